@@ -1,0 +1,259 @@
+"""The ``deepsem`` command: train, evaluate, encode, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="deepsem",
+    help="Learn what text means from weak signals: LSTM-DSSM two-tower models for search and matching.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Encoder(StrEnum):
+    lstm = "lstm"
+    lstm_peephole = "lstm-peephole"
+    lstm_coupled = "lstm-coupled"
+
+
+class Pooling(StrEnum):
+    last = "last"
+    mean = "mean"
+    max = "max"
+    last_max = "last+max"
+
+
+class Loss(StrEnum):
+    softmax = "softmax"
+    pointwise = "pointwise"
+    hinge = "hinge"
+    pointwise_softmax = "pointwise+softmax"
+
+
+class Negatives(StrEnum):
+    in_batch = "in-batch"
+    random = "random"
+    both = "both"
+
+
+class TokenizerName(StrEnum):
+    char = "char"
+    word = "word"
+    trigram = "trigram"
+    subword = "subword"
+
+
+def _columns(spec: str) -> tuple[int | str | None, ...]:
+    """"0,1,2" or "q,d,label" or "0,1,-" (no label: every pair positive) -> a column spec per field."""
+    parts = [p.strip() for p in spec.split(",")]
+    if len(parts) != 3:
+        raise typer.BadParameter(f"expected three comma-separated columns (text_a,text_b,label), got {spec!r}")
+    return tuple(None if p in ("-", "") else int(p) if p.isdigit() else p for p in parts)
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Training pairs: TSV/CSV/JSONL/Parquet with text_a, text_b[, label].")],
+    out: Annotated[Path, typer.Option(help="Model directory to write (config.json, tokenizer, weights).")],
+    dev: Annotated[Path | None, typer.Option(help="Dev pairs: chooses the best epoch and the threshold.")] = None,
+    columns: Annotated[str, typer.Option(help="Columns of text_a,text_b,label by index or header name; "
+                                         "'-' for label means every pair is a positive.")] = "0,1,2",
+    skip_bad_rows: Annotated[bool, typer.Option(help="Skip malformed rows (counted) instead of stopping.")] = False,
+    tokenizer: Annotated[TokenizerName, typer.Option(help="char: Chinese characters + whole Latin words; word: "
+                         "jieba; trigram: DSSM letter trigrams; subword: WordPiece.")] = TokenizerName.char,
+    min_count: Annotated[int, typer.Option(help="Drop tokens seen fewer times in the training text.")] = 1,
+    max_vocab: Annotated[int | None, typer.Option(help="Keep at most this many tokens.")] = None,
+    max_length: Annotated[int, typer.Option(help="Truncate texts to this many tokens.")] = 64,
+    encoder: Annotated[Encoder, typer.Option(help="Recurrent tower.")] = Encoder.lstm_peephole,
+    embedding_dim: Annotated[int, typer.Option(help="Token embedding size.")] = 128,
+    hidden: Annotated[int, typer.Option(help="LSTM hidden size (per direction).")] = 256,
+    layers: Annotated[int, typer.Option(help="Stacked LSTM layers.")] = 1,
+    bidirectional: Annotated[bool, typer.Option(help="Read the text both ways.")] = False,
+    pooling: Annotated[Pooling, typer.Option(help="Sentence vector: last state, mean, max, or last+max.")
+                       ] = Pooling.last,
+    dim: Annotated[int, typer.Option(help="Semantic vector size (the tanh layer).")] = 128,
+    dropout: Annotated[float, typer.Option(help="Dropout before the semantic layer and between layers.")] = 0.0,
+    embedding_dropout: Annotated[float, typer.Option(help="Dropout on token embeddings.")] = 0.0,
+    separate_towers: Annotated[bool, typer.Option(help="Separate query and document towers.")] = False,
+    gamma: Annotated[float, typer.Option(help="Initial softmax smoothing factor gamma.")] = 10.0,
+    loss: Annotated[Loss, typer.Option(help="softmax: DSSM -log P(D+|Q) over negatives; pointwise: BCE on 0/1 "
+                    "labels; hinge: pairwise margin; pointwise+softmax: both.")] = Loss.pointwise_softmax,
+    negatives: Annotated[Negatives, typer.Option(help="Negatives for softmax/hinge: in-batch, K random "
+                         "documents, or both.")] = Negatives.in_batch,
+    num_negatives: Annotated[int, typer.Option(help="K random negatives per query.")] = 4,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    schedule: Annotated[str, typer.Option(help="linear, cosine or constant decay after warm-up.")] = "linear",
+    clip_norm: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = 1.0,
+    patience: Annotated[int, typer.Option(help="Stop after this many dev evaluations without gain.")] = 3,
+    eval_every: Annotated[int | None, typer.Option(help="Steps between dev evaluations (default: epoch).")
+                          ] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop training after this many minutes.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (data order, initialisation, dropout).")] = 13,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from the run's last checkpoint if there is one.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train an LSTM-DSSM two-tower model on text pairs and save the best model directory."""
+    from deepsem.config import ConfigError, ModelConfig, TowerConfig, TrainConfig
+    from deepsem.data.errors import DataError
+    from deepsem.matching import train as train_pairs
+
+    try:
+        tower = TowerConfig(encoder=encoder.value, embedding_dim=embedding_dim, hidden_size=hidden,
+                            num_layers=layers, bidirectional=bidirectional, pooling=pooling.value, output_dim=dim,
+                            dropout=dropout, embedding_dropout=embedding_dropout)
+        model_cfg = ModelConfig(tower=tower, shared_towers=not separate_towers, gamma=gamma)
+        model_cfg.validate()
+        train_cfg = TrainConfig(loss=loss.value, negatives=negatives.value, num_negatives=num_negatives,
+                                epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                schedule=schedule, clip_norm=clip_norm or None, patience=patience,
+                                eval_every=eval_every, max_minutes=max_minutes, seed=seed, threads=threads)
+        train_cfg.validate()
+        model, result = train_pairs(
+            data, out, dev, tokenizer=tokenizer.value,
+            tokenizer_options={"min_count": min_count, "max_size": max_vocab, "max_length": max_length},
+            model=model_cfg, training=train_cfg, columns=_columns(columns), skip_bad_rows=skip_bad_rows,
+            resume=resume, progress=progress,
+        )
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+        return
+    typer.echo(f"stopped: {result.stopped} after {result.steps} steps ({result.seconds:.0f} s)")
+    if "dev_metrics" in model.info:
+        typer.echo("best dev: " + ", ".join(f"{k} {v:.4f}" for k, v in model.info["dev_metrics"].items()))
+    typer.echo(f"model directory: {out}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Model directory.")],
+    data: Annotated[Path | None, typer.Argument(help="Labelled pairs (TSV/CSV/JSONL/Parquet).")] = None,
+    retrieval: Annotated[Path | None, typer.Option(help="A BEIR-style folder (corpus.jsonl, queries.jsonl, "
+                         "qrels/SPLIT.tsv) to rank instead of pairs.")] = None,
+    split: Annotated[str, typer.Option(help="qrels split of --retrieval.")] = "test",
+    columns: Annotated[str, typer.Option(help="Columns text_a,text_b,label of DATA.")] = "0,1,2",
+    threshold: Annotated[float | None, typer.Option(help="Cosine threshold for accuracy/F1 (default: the "
+                         "one chosen on dev at training time).")] = None,
+    dev: Annotated[Path | None, typer.Option(help="Choose the threshold on these pairs instead.")] = None,
+    skip_bad_rows: Annotated[bool, typer.Option(help="Skip malformed rows (counted).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+) -> None:
+    """Score a model: accuracy, F1, ROC-AUC, Spearman on pairs; MRR, MAP, NDCG, recall on retrieval."""
+    from deepsem.config import ConfigError
+    from deepsem.data.errors import DataError
+    from deepsem.data.readers import read_retrieval
+    from deepsem.encoder import load
+    from deepsem.matching import as_pairs, evaluate_pairs, evaluate_retrieval
+    from deepsem.metrics import best_threshold
+
+    if (data is None) == (retrieval is None):
+        _fail(ValueError("give either DATA (pairs) or --retrieval DIR"))
+    try:
+        semantic = load(model)
+        if retrieval is not None:
+            rs = read_retrieval(retrieval, split=split)
+            metrics = evaluate_retrieval(semantic, rs.queries, rs.corpus, rs.qrels, ks=(1, 10, 100))
+        else:
+            assert data is not None
+            pairs = as_pairs(data, _columns(columns), skip_bad_rows)
+            chosen = threshold
+            if dev is not None:
+                dev_pairs = as_pairs(dev, _columns(columns), skip_bad_rows)
+                assert dev_pairs.labels is not None
+                chosen = best_threshold(semantic.similarity(dev_pairs.text_a, dev_pairs.text_b), dev_pairs.labels)
+            if chosen is None:
+                chosen = semantic.threshold
+            metrics = evaluate_pairs(semantic, pairs, threshold=chosen)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+    else:
+        for key, value in metrics.items():
+            typer.echo(f"{key:>12}  {value:.4f}")
+
+
+@app.command()
+def encode(
+    model: Annotated[Path, typer.Option(help="Model directory.")],
+    out: Annotated[Path, typer.Option(help="Where to write the vectors (.npy, float32, one row per text).")],
+    texts: Annotated[Path | None, typer.Argument(help="A text file, one text per line; stdin when absent or '-'.")
+                     ] = None,
+    side: Annotated[str, typer.Option(help="Tower to use: query or doc.")] = "query",
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 512,
+    chunk: Annotated[int, typer.Option(help="Texts read and encoded at a time (bounds memory).")] = 100_000,
+) -> None:
+    """Encode texts (one per line) into L2-normalised vectors saved as a .npy file."""
+    import numpy as np
+
+    from deepsem.encoder import load
+    from deepsem.fileio import atomic_write
+
+    try:
+        semantic = load(model)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+        return
+    stream = sys.stdin if texts is None or str(texts) == "-" else open(texts, encoding="utf-8")  # noqa: SIM115
+    parts: list[np.ndarray] = []
+    batch: list[str] = []
+    try:
+        for number, line in enumerate(stream, 1):
+            text = line.rstrip("\r\n")
+            if not text.strip():
+                _fail(ValueError(f"{texts or 'stdin'}, line {number}: empty text"))
+            batch.append(text)
+            if len(batch) >= chunk:
+                parts.append(semantic.encode(batch, batch_size=batch_size, side=side))
+                batch = []
+    except UnicodeDecodeError as exc:
+        _fail(ValueError(f"{texts or 'stdin'}: not UTF-8 text after line {len(batch)}: {exc}"))
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    if batch:
+        parts.append(semantic.encode(batch, batch_size=batch_size, side=side))
+    vectors = np.concatenate(parts) if parts else np.zeros((0, semantic.dim), np.float32)
+    atomic_write(out, lambda p: np.save(open(p, "wb"), vectors))  # noqa: SIM115
+    typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {out}", err=True)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path | None, typer.Option(help="Keep the model directory here (default: a temp dir).")] = None,
+    serve: Annotated[bool, typer.Option(help="Serve the search page after training.")] = True,
+    minutes: Annotated[float, typer.Option(help="Training time budget in minutes.")] = 1.8,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train LSTM-DSSM on the shipped Tatoeba English–Chinese pairs and answer example queries."""
+    from deepsem.demo import run_demo
+
+    run_demo(out=out, minutes=minutes, progress=progress)
+    if serve:
+        typer.echo("(the search page is not part of this version yet: the results above are the demo)")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,70 @@
+"""Training objectives of the two-tower model.
+
+All take L2-normalised vectors, so every score is a cosine R(Q, D) in [-1, 1].
+
+- :func:`softmax_loss` — the DSSM objective: -log P(D+ | Q) with
+  P(D+ | Q) = exp(gamma R(Q, D+)) / sum_{D in {D+} u negatives} exp(gamma R(Q, D)); negatives are the other
+  documents of the batch (in-batch), K sampled documents per query, or both.
+- :func:`pointwise_loss` — labelled 0/1 pairs: binary cross-entropy on the logit gamma R(Q, D) + b.
+- :func:`hinge_loss` — pairwise: max(0, margin - R(Q, D+) + R(Q, D-)) over the negatives.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+
+def negative_scores(
+    q: Tensor,
+    docs: Tensor,
+    positive: Tensor,
+    same_doc: Tensor | None = None,
+    sampled: Tensor | None = None,
+    in_batch: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Positive scores ``(P,)`` and negative scores ``(P, N)``.
+
+    ``q`` ``(P, E)`` are queries, ``docs`` ``(B, E)`` the documents of the batch and ``positive`` ``(P,)``
+    the row of each query's relevant document. With ``in_batch`` every other document of the batch is a
+    negative, except those marked in ``same_doc`` ``(P, B)`` (True where a document has the same text as
+    the query's positive: a false negative). ``sampled`` ``(P, K, E)`` adds K sampled negatives per query;
+    a sampled negative equal to the positive should be passed as ``-inf`` by masking its score afterwards.
+    """
+    rows = torch.arange(q.shape[0], device=q.device)
+    sim = q @ docs.T
+    pos = sim[rows, positive]
+    parts = []
+    if in_batch:
+        mask = torch.zeros_like(sim, dtype=torch.bool)
+        mask[rows, positive] = True
+        if same_doc is not None:
+            mask = mask | same_doc
+        parts.append(sim.masked_fill(mask, float("-inf")))
+    if sampled is not None:
+        parts.append(torch.einsum("pe,pke->pk", q, sampled))
+    if not parts:
+        raise ValueError("no negatives: enable in-batch negatives or pass sampled ones")
+    return pos, torch.cat(parts, dim=1)
+
+
+def softmax_loss(pos: Tensor, neg: Tensor, gamma: Tensor | float) -> Tensor:
+    """-log softmax of the positive among itself and the negatives, scores scaled by gamma."""
+    scores = torch.cat([pos[:, None], neg], dim=1)
+    masked = ~torch.isfinite(scores)
+    # scale the finite scores only: -inf * gamma would give a NaN gradient for a learned gamma
+    logits = (scores.masked_fill(masked, 0.0) * gamma).masked_fill(masked, float("-inf"))
+    return F.cross_entropy(logits, torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device))
+
+
+def pointwise_loss(score: Tensor, labels: Tensor, gamma: Tensor | float, bias: Tensor | float) -> Tensor:
+    """Binary cross-entropy of sigma(gamma * cos + bias) against 0/1 labels."""
+    return F.binary_cross_entropy_with_logits(score * gamma + bias, labels)
+
+
+def hinge_loss(pos: Tensor, neg: Tensor, margin: float) -> Tensor:
+    """Mean over (query, negative) pairs of max(0, margin - R(Q, D+) + R(Q, D-)); -inf negatives count 0."""
+    finite = torch.isfinite(neg)
+    losses = F.relu(margin - pos[:, None] + neg.masked_fill(~finite, -1e4))
+    return losses.sum() / finite.sum().clamp(min=1)

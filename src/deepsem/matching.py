@@ -1,0 +1,243 @@
+"""Text matching with a two-tower model: train from pairs, evaluate on pairs or a retrieval set.
+
+This is what ``deepsem train`` and ``deepsem evaluate`` run, and what :func:`deepsem.train` exposes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepsem.config import ModelConfig, TrainConfig
+from deepsem.data.batches import PairSet, TextTable
+from deepsem.data.readers import read_pairs
+from deepsem.encoder import SemanticModel
+from deepsem.index import exact_search
+from deepsem.losses import hinge_loss, negative_scores, pointwise_loss, softmax_loss
+from deepsem.metrics import pair_metrics, retrieval_metrics
+from deepsem.models import TwoTowerModel
+from deepsem.text import Tokenizer, build_tokenizer, load_tokenizer
+from deepsem.trainer import Trainer, TrainResult
+
+
+@dataclass
+class TextPairs:
+    """Aligned lists of texts; ``labels`` None means every pair is a positive (clicked, translated...)."""
+
+    text_a: list[str]
+    text_b: list[str]
+    labels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.text_a) != len(self.text_b) or (self.labels is not None and len(self.labels) != len(self.text_a)):
+            raise ValueError("text_a, text_b and labels must have the same length")
+
+    @property
+    def is_labelled(self) -> bool:
+        """True when the labels hold both classes (a pair classification set), not only positives."""
+        return self.labels is not None and len(np.unique(self.labels > 0.5)) == 2
+
+
+def as_pairs(data: str | Path | TextPairs | Any, columns: Sequence[int | str | None] = (0, 1, 2),
+             skip_bad_rows: bool = False, label_map: Any = None) -> TextPairs:
+    """A file path (TSV/CSV/JSONL/Parquet) or already loaded pairs -> :class:`TextPairs`."""
+    if isinstance(data, TextPairs):
+        return data
+    if isinstance(data, str | Path):
+        a, b, label = columns
+        pairs = read_pairs(data, text_a=a, text_b=b, label=label, skip_bad_rows=skip_bad_rows,
+                           label_map=label_map)
+        if pairs.skipped.count:
+            print(f"{data}: {pairs.skipped}")
+        labels = None if label is None else np.asarray(pairs.labels, dtype=np.float32)
+        return TextPairs(list(pairs.text_a), list(pairs.text_b), labels)
+    if hasattr(data, "text_a") and hasattr(data, "text_b"):
+        labels = getattr(data, "labels", None)
+        return TextPairs(list(data.text_a), list(data.text_b), None if labels is None else np.asarray(labels))
+    raise TypeError(f"cannot read pairs from {type(data).__name__}")
+
+
+# -- evaluation -----------------------------------------------------------------------------------------
+def evaluate_pairs(model: SemanticModel, pairs: TextPairs, threshold: float | None = None) -> dict[str, float]:
+    """Accuracy and F1 at ``threshold`` (chosen on these pairs when None), ROC-AUC and Spearman."""
+    if pairs.labels is None:
+        raise ValueError("pair evaluation needs labels")
+    scores = model.similarity(pairs.text_a, pairs.text_b)
+    return pair_metrics(scores, pairs.labels, threshold=threshold)
+
+
+def evaluate_translation(model: SemanticModel, pairs: TextPairs, ks: Sequence[int] = (1, 10)) -> dict[str, float]:
+    """Positive-only pairs as retrieval: each text_a searches all distinct text_b of the set."""
+    docs = list(dict.fromkeys(pairs.text_b))
+    doc_id = {t: str(i) for i, t in enumerate(docs)}
+    qid_of: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for a, b in zip(pairs.text_a, pairs.text_b, strict=True):
+        qid = qid_of.setdefault(a, f"q{len(qid_of)}")
+        qrels.setdefault(qid, {})[doc_id[b]] = 1
+    queries = {qid: text for text, qid in qid_of.items()}
+    return evaluate_retrieval(model, queries, {str(i): t for i, t in enumerate(docs)}, qrels, ks)
+
+
+def evaluate_retrieval(model: SemanticModel, queries: dict[str, str], corpus: dict[str, str],
+                       qrels: dict[str, dict[str, int]], ks: Sequence[int] = (1, 10, 100)) -> dict[str, float]:
+    """Encode the corpus (doc tower) and queries (query tower), search exactly, score with ``qrels``."""
+    doc_ids = list(corpus)
+    doc_vecs = model.encode([corpus[d] for d in doc_ids], side="doc")
+    qids = [q for q in queries if q in qrels]
+    q_vecs = model.encode([queries[q] for q in qids], side="query")
+    scores, idx = exact_search(q_vecs, doc_vecs, max(ks))
+    run = {q: {doc_ids[j]: float(s) for s, j in zip(scores[r], idx[r], strict=True)} for r, q in enumerate(qids)}
+    return retrieval_metrics(run, qrels, ks=tuple(ks))
+
+
+# -- training ---------------------------------------------------------------------------------------------
+def _pair_step(model: TwoTowerModel, table: TextTable, pairs: PairSet, cfg: TrainConfig,
+               rng: np.random.Generator):
+    doc_pool = np.unique(pairs.b[pairs.labels > 0.5]) if (pairs.labels > 0.5).any() else np.unique(pairs.b)
+    use_softmax = cfg.loss in ("softmax", "hinge", "pointwise+softmax")
+
+    def step(idx: np.ndarray) -> torch.Tensor:
+        a_rows, b_rows = pairs.a[idx], pairs.b[idx]
+        labels = torch.from_numpy(pairs.labels[idx])
+        q = model.encode(*table.batch(a_rows), "query")
+        d = model.encode(*table.batch(b_rows), "doc")
+        loss = torch.zeros(())
+        if cfg.loss in ("pointwise", "pointwise+softmax"):
+            loss = loss + pointwise_loss((q * d).sum(-1), (labels > 0.5).float(), model.gamma, model.bias)
+        positive = np.flatnonzero(pairs.labels[idx] > 0.5)
+        if use_softmax and len(positive):
+            p = torch.from_numpy(positive)
+            same = torch.from_numpy(b_rows[positive][:, None] == b_rows[None, :])
+            sampled, sampled_rows = None, None
+            if cfg.negatives in ("random", "both"):
+                sampled_rows = rng.choice(doc_pool, size=(len(positive), cfg.num_negatives))
+                flat = sampled_rows.reshape(-1)
+                sampled = model.encode(*table.batch(flat), "doc").view(len(positive), cfg.num_negatives, -1)
+            pos, neg = negative_scores(q[p], d, p, same_doc=same, sampled=sampled,
+                                       in_batch=cfg.negatives != "random")
+            if sampled_rows is not None:
+                clash = torch.from_numpy(sampled_rows == b_rows[positive][:, None])
+                neg = torch.cat([neg[:, : neg.shape[1] - cfg.num_negatives],
+                                 neg[:, -cfg.num_negatives :].masked_fill(clash, float("-inf"))], dim=1)
+            if cfg.loss == "hinge":
+                term = hinge_loss(pos, neg, cfg.margin)
+            else:
+                term = softmax_loss(pos, neg, model.gamma)
+                if cfg.symmetric and model.config.shared_towers and cfg.negatives != "random":
+                    # the other direction: each positive document picks its query among the batch's queries
+                    a_sel = a_rows[positive]
+                    same_q = torch.from_numpy(a_sel[:, None] == a_sel[None, :])
+                    rpos, rneg = negative_scores(d[p], q[p], torch.arange(len(positive)), same_doc=same_q)
+                    term = 0.5 * (term + softmax_loss(rpos, rneg, model.gamma))
+            loss = loss + cfg.softmax_weight * term
+        return loss
+
+    return step
+
+
+def train(
+    train_data: str | Path | TextPairs,
+    out: str | Path,
+    dev_data: str | Path | TextPairs | None = None,
+    *,
+    tokenizer: str | Tokenizer = "char",
+    tokenizer_options: dict[str, Any] | None = None,
+    model: ModelConfig | dict[str, Any] | None = None,
+    training: TrainConfig | dict[str, Any] | None = None,
+    columns: Sequence[int | str | None] = (0, 1, 2),
+    skip_bad_rows: bool = False,
+    label_map: Any = None,
+    run_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> tuple[SemanticModel, TrainResult]:
+    """Train a two-tower model on pairs and save the best model (by dev score) to ``out``.
+
+    ``train_data``/``dev_data``: a file (TSV/CSV/JSONL/Parquet, columns text_a, text_b[, label]) or
+    :class:`TextPairs`. With 0/1 labels the dev metric is accuracy (threshold chosen on dev); with
+    positive pairs only it is MRR@10 of retrieving each text_b from its text_a among the dev set.
+    Run files (checkpoint, metrics.jsonl, training.png) go to ``run_dir`` (default ``out/training``);
+    an interrupted run started again with the same arguments resumes from its last checkpoint.
+    """
+    t0 = time.perf_counter()
+    cfg = training if isinstance(training, TrainConfig) else TrainConfig.from_dict(training or {}, "training")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    run_dir = Path(run_dir) if run_dir is not None else out / "training"
+    train_pairs = as_pairs(train_data, columns, skip_bad_rows, label_map)
+    dev_pairs = as_pairs(dev_data, columns, skip_bad_rows, label_map) if dev_data is not None else None
+    if not len(train_pairs.text_a):
+        raise ValueError("no training pairs")
+
+    # the tokenizer is learned from the training texts once; a resumed run reuses the saved one
+    if isinstance(tokenizer, str):
+        if resume and (run_dir / "tokenizer" / "tokenizer.json").exists():
+            tok = load_tokenizer(run_dir / "tokenizer")
+        else:
+            tok = build_tokenizer(tokenizer, _iter_texts(train_pairs), **(tokenizer_options or {}))
+            tok.save(run_dir / "tokenizer")
+    else:
+        tok = tokenizer
+    mcfg = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model or {}, "model")
+    mcfg.tower.vocab_size = tok.vocab_size
+    mcfg.tower.validate()
+    torch.manual_seed(cfg.seed)
+    net = TwoTowerModel(mcfg)
+
+    table = TextTable(tok)
+    labels = train_pairs.labels if train_pairs.labels is not None else np.ones(len(train_pairs.text_a), np.float32)
+    pairs = PairSet.from_texts(table, train_pairs.text_a, train_pairs.text_b, labels)
+    semantic = SemanticModel(net, tok)
+    labelled_dev = dev_pairs is not None and dev_pairs.is_labelled
+    metric = "accuracy" if labelled_dev else "mrr@10"
+
+    def evaluate() -> dict[str, float]:
+        assert dev_pairs is not None
+        if labelled_dev:
+            return evaluate_pairs(semantic, dev_pairs)
+        return evaluate_translation(semantic, dev_pairs)
+
+    info: dict[str, Any] = {"training": cfg.to_dict(), "train_pairs": len(pairs)}
+
+    def on_best(metrics: dict[str, float]) -> None:
+        if "threshold" in metrics:
+            net.config.threshold = float(metrics["threshold"])
+        info["dev_metrics"] = metrics
+        semantic.info = info
+        semantic.save(out)
+
+    step_rng = np.random.default_rng([cfg.seed, 7])
+    steps_per_epoch = (len(pairs) + cfg.batch_size - 1) // cfg.batch_size
+    trainer = Trainer(
+        net, cfg, run_dir,
+        step=_pair_step(net, table, pairs, cfg, step_rng),
+        batches=lambda epoch, rng: pairs.batches(cfg.batch_size, rng),
+        steps_per_epoch=steps_per_epoch,
+        evaluate=evaluate if dev_pairs is not None else None,
+        metric=metric, on_best=on_best, progress=progress,
+    )
+    result = trainer.fit(resume=resume)
+    info["train_seconds"] = round(result.seconds, 1)
+    info["stopped"] = result.stopped
+    best = SemanticModel.load(out)
+    best.info.update(info)
+    best.save(out)
+    (run_dir / "result.json").write_text(json.dumps(
+        {"best_metric": result.best_metric, "metric": metric, "best_step": result.best_step, "steps": result.steps,
+         "seconds": result.seconds, "total_seconds": time.perf_counter() - t0, "stopped": result.stopped},
+        indent=2), encoding="utf-8")
+    return best, result
+
+
+def _iter_texts(pairs: TextPairs):
+    yield from pairs.text_a
+    yield from pairs.text_b

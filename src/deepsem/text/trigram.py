@@ -1,0 +1,117 @@
+"""Letter-trigram word hashing, as in DSSM (Huang et al., 2013).
+
+Each word is wrapped in ``#`` boundary marks and cut into overlapping character trigrams:
+``good`` -> ``#good#`` -> ``#go``, ``goo``, ``ood``, ``od#``; a one-letter word gives one trigram (``#a#``).
+Words are split as in the ``char`` tokenizer, so each Chinese character is its own word (``中`` -> ``#中#``).
+Punctuation is dropped by default (``keep_punct=False``), as in the original word hashing.
+
+* :meth:`TrigramTokenizer.tokenize` and :meth:`~TrigramTokenizer.encode` give the flat trigram sequence
+  (``encode`` truncated to ``max_length`` trigram ids);
+* :meth:`TrigramTokenizer.encode_words` gives one list of trigram ids per word (truncated to ``max_length``
+  words) - the input of the bag-of-trigrams DSSM and CNN-DSSM towers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from deepsem.text.base import DEFAULT_MAX_LENGTH, OptionCheck, VocabTokenizer, check_bool
+from deepsem.text.char import normalize_text, word_pattern
+from deepsem.text.vocab import UNK_ID, Vocab
+
+BOUNDARY = "#"
+#: At most this many distinct words are remembered (the cache is emptied when it is full).
+CACHE_SIZE = 1 << 18
+
+
+def letter_trigrams(word: str) -> list[str]:
+    """``good`` -> ``['#go', 'goo', 'ood', 'od#']``; ``a`` -> ``['#a#']``; ``''`` -> ``[]``."""
+    if not word:
+        return []
+    marked = f"{BOUNDARY}{word}{BOUNDARY}"
+    return [marked[i : i + 3] for i in range(len(marked) - 2)]
+
+
+class TrigramTokenizer(VocabTokenizer):
+    """DSSM letter trigrams per word; the vocabulary holds the trigrams seen in the corpus."""
+
+    name: ClassVar[str] = "trigram"
+    OPTIONS: ClassVar[dict[str, OptionCheck]] = {
+        "lowercase": check_bool,
+        "nfkc": check_bool,
+        "keep_punct": check_bool,
+    }
+
+    def __init__(
+        self,
+        vocab: Vocab,
+        *,
+        max_length: int | None = DEFAULT_MAX_LENGTH,
+        lowercase: bool = True,
+        nfkc: bool = True,
+        keep_punct: bool = False,
+    ) -> None:
+        super().__init__(vocab, max_length=max_length)
+        for key, value in (("lowercase", lowercase), ("nfkc", nfkc), ("keep_punct", keep_punct)):
+            check_bool(key, value)
+        self.lowercase = lowercase
+        self.nfkc = nfkc
+        self.keep_punct = keep_punct
+        self._pattern = word_pattern(keep_punct)
+        self._cache_word_ids: dict[str, list[int]] = {}
+
+    def _options(self) -> dict[str, Any]:
+        return {"lowercase": self.lowercase, "nfkc": self.nfkc, "keep_punct": self.keep_punct}
+
+    def _on_vocab_change(self) -> None:
+        self._cache_word_ids.clear()
+
+    def words(self, text: str) -> list[str]:
+        """The words of ``text`` (split as in the ``char`` tokenizer)."""
+        return self._pattern.findall(normalize_text(text, nfkc=self.nfkc, lowercase=self.lowercase))
+
+    def tokenize(self, text: str) -> list[str]:
+        return [tri for word in self.words(text) for tri in letter_trigrams(word)]
+
+    def _word_ids(self, word: str) -> list[int]:
+        ids = self._cache_word_ids.get(word)
+        if ids is None:
+            get = self._ids.get
+            ids = [get(tri, UNK_ID) for tri in letter_trigrams(word)]
+            if len(self._cache_word_ids) >= CACHE_SIZE:
+                self._cache_word_ids.clear()
+            self._cache_word_ids[word] = ids
+        return ids
+
+    def _encode_untruncated(self, text: str) -> list[int]:
+        cache = self._cache_word_ids
+        ids: list[int] = []
+        for word in self.words(text):
+            word_ids = cache.get(word)
+            ids.extend(self._word_ids(word) if word_ids is None else word_ids)
+        return ids
+
+    def encode_words(self, text: str) -> list[list[int]]:
+        """One list of trigram ids per word, at most ``max_length`` words; ``[[unk_id]]`` for an empty text.
+
+        Unknown trigrams map to ``unk_id``, so no word's list is empty. The inner lists are fresh copies.
+        """
+        words = self.words(text)
+        if self.max_length is not None:
+            words = words[: self.max_length]
+        if not words:
+            return [[UNK_ID]]
+        cache = self._cache_word_ids
+        out: list[list[int]] = []
+        for word in words:
+            word_ids = cache.get(word)
+            out.append((self._word_ids(word) if word_ids is None else word_ids).copy())
+        return out
+
+    def encode_words_batch(self, texts: Sequence[str]) -> list[list[list[int]]]:
+        """:meth:`encode_words` for each text."""
+        return [self.encode_words(t) for t in texts]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self._finish(self._encode_untruncated(t)) for t in texts]

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny synthetic pair data set that a small model learns in seconds."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+# 12 topics, each a set of Chinese characters; texts of one topic paraphrase each other
+TOPICS = [
+    "银行卡账户余额", "还款利息逾期", "密码登录验证", "借钱额度申请", "天气下雨晴朗", "火车站车票",
+    "吃饭餐厅米饭", "学习考试学校", "电影音乐唱歌", "医院医生看病", "手机电话号码", "旅游酒店机场",
+]
+
+
+def make_pairs(n: int, seed: int) -> list[tuple[str, str, int]]:
+    rng = random.Random(seed)
+
+    def sentence(topic: int) -> str:
+        chars = TOPICS[topic]
+        return "".join(rng.choice(chars) for _ in range(rng.randint(3, 7)))
+
+    rows = []
+    for i in range(n):
+        t = rng.randrange(len(TOPICS))
+        if i % 2 == 0:
+            rows.append((sentence(t), sentence(t), 1))
+        else:
+            other = (t + rng.randrange(1, len(TOPICS))) % len(TOPICS)
+            rows.append((sentence(t), sentence(other), 0))
+    return rows
+
+
+def write_tsv(path: Path, rows: list[tuple[str, str, int]]) -> Path:
+    path.write_text("".join(f"{a}\t{b}\t{y}\n" for a, b, y in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pair_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("pairs")
+    return write_tsv(d / "train.tsv", make_pairs(1200, 1)), write_tsv(d / "dev.tsv", make_pairs(300, 2))
+
+
+TINY_MODEL = {"tower": {"embedding_dim": 16, "hidden_size": 24, "output_dim": 16}}
+TINY_TRAINING = {"epochs": 3, "batch_size": 32, "lr": 1e-2, "checkpoint_every": 20}
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(pair_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import deepsem
+
+    out = tmp_path_factory.mktemp("model") / "m"
+    deepsem.train(pair_files[0], out, pair_files[1], model=TINY_MODEL, training=TINY_TRAINING, progress=False)
+    return out

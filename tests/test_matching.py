@@ -1,0 +1,143 @@
+"""End to end on a tiny synthetic set: train, save, load, encode, evaluate, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_MODEL, TINY_TRAINING, make_pairs, write_tsv
+
+import deepsem
+from deepsem.matching import TextPairs, evaluate_translation
+
+
+def test_training_learns_and_saves_a_model_directory(trained_model_dir: Path, pair_files):
+    files = sorted(p.name for p in trained_model_dir.iterdir())
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(files)
+    run = trained_model_dir / "training"
+    assert (run / "training.png").read_bytes()[:4] == b"\x89PNG"
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and all("dev_accuracy" in r for r in log)
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    model = deepsem.load(trained_model_dir)
+    assert model.threshold is not None
+    config = json.loads((trained_model_dir / "config.json").read_text())
+    assert config["dev_metrics"]["accuracy"] == max(r["dev_accuracy"] for r in log)
+    # the task is easy: well above chance on held-out pairs
+    rows = make_pairs(200, 99)
+    pairs = TextPairs([r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows], np.float32))
+    metrics = deepsem.evaluate_pairs(model, pairs, threshold=model.threshold)
+    assert metrics["accuracy"] > 0.85 and metrics["roc_auc"] > 0.9
+
+
+def test_encode_is_normalised_and_consistent(trained_model_dir: Path):
+    model = deepsem.load(trained_model_dir)
+    texts = ["银行卡余额", "天气晴朗", "银行卡余额", "手机号码电话"]
+    v = model.encode(texts, batch_size=2)
+    assert v.dtype == np.float32 and v.shape == (4, model.dim)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(v[0], v[2], atol=1e-6)
+    np.testing.assert_allclose(model.encode("天气晴朗"), v[1], atol=1e-6)  # alone == in a padded batch
+    assert model.similarity("银行卡余额", "账户余额") > model.similarity("银行卡余额", "天气晴朗")
+    np.testing.assert_allclose(model.similarity(texts[:2], texts[2:]), (v[:2] * v[2:]).sum(1), atol=1e-6)
+    with pytest.raises(ValueError):
+        model.similarity(["a"], ["b", "c"])
+    assert model.encode([]).shape == (0, model.dim)
+
+
+def test_loaded_model_equals_saved_one(trained_model_dir: Path, tmp_path: Path):
+    model = deepsem.load(trained_model_dir)
+    model.save(tmp_path / "copy")
+    again = deepsem.load(tmp_path / "copy")
+    texts = ["还款逾期利息", "火车站"]
+    np.testing.assert_array_equal(model.encode(texts), again.encode(texts))
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "training" / "checkpoint" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("loss,negatives", [("softmax", "both"), ("hinge", "in-batch"), ("pointwise", "in-batch")])
+def test_every_loss_trains(tmp_path: Path, pair_files, loss, negatives):
+    training = {**TINY_TRAINING, "epochs": 1, "loss": loss, "negatives": negatives, "num_negatives": 2}
+    _, result = deepsem.train(pair_files[0], tmp_path / "m", pair_files[1], model=TINY_MODEL,
+                                  training=training, progress=False)
+    assert result.steps == 38 and result.best_metric is not None and result.best_metric > 0.6
+
+
+def test_runs_are_repeatable_and_a_killed_run_resumes(tmp_path: Path, pair_files, monkeypatch):
+    training = {**TINY_TRAINING, "epochs": 2, "checkpoint_every": 10}
+    deepsem.train(pair_files[0], tmp_path / "a", pair_files[1], model=TINY_MODEL, training=training, progress=False)
+    deepsem.train(pair_files[0], tmp_path / "b", pair_files[1], model=TINY_MODEL, training=training, progress=False)
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    # kill a run at step 25 (after the checkpoint at step 20), then start it again: it resumes there
+    from deepsem import trainer as train_module
+
+    calls = {"n": 0}
+
+    class Killed(Exception):
+        pass
+
+    real_step = train_module.Trainer.fit
+
+    def counting_fit(self, resume=True):
+        step = self.step_fn
+
+        def wrapped(batch):
+            calls["n"] += 1
+            if calls["n"] == 25:
+                raise Killed
+            return step(batch)
+
+        self.step_fn = wrapped
+        return real_step(self, resume)
+
+    monkeypatch.setattr(train_module.Trainer, "fit", counting_fit)
+    with pytest.raises(Killed):
+        deepsem.train(pair_files[0], tmp_path / "c", pair_files[1], model=TINY_MODEL, training=training,
+                      progress=False)
+    state = json.loads((tmp_path / "c" / "training" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["global_step"] == 20
+    monkeypatch.setattr(train_module.Trainer, "fit", real_step)
+    _, result = deepsem.train(pair_files[0], tmp_path / "c", pair_files[1], model=TINY_MODEL, training=training,
+                              progress=False)
+    assert result.steps == 76
+    wc = _weights(tmp_path / "c")
+    assert all(torch.allclose(wa[k], wc[k], atol=1e-6) for k in wa)
+
+
+def test_positive_only_pairs_use_retrieval_dev_metric(tmp_path: Path):
+    rows = [r for r in make_pairs(600, 5) if r[2] == 1]
+    train = TextPairs([r[0] for r in rows], [r[1] for r in rows])
+    dev_rows = [r for r in make_pairs(100, 6) if r[2] == 1]
+    dev = TextPairs([r[0] for r in dev_rows], [r[1] for r in dev_rows])
+    training = {**TINY_TRAINING, "loss": "softmax", "epochs": 2}
+    model, result = deepsem.train(train, tmp_path / "m", dev, model=TINY_MODEL, training=training, progress=False)
+    assert set(model.info["dev_metrics"]) >= {"mrr@10", "recall@1"}
+    assert evaluate_translation(model, dev)["mrr@10"] == pytest.approx(result.best_metric)
+
+
+def test_time_limit_stops_training(tmp_path: Path, pair_files):
+    training = {**TINY_TRAINING, "epochs": 50, "max_minutes": 0.002}
+    _, result = deepsem.train(pair_files[0], tmp_path / "m", pair_files[1], model=TINY_MODEL, training=training,
+                              progress=False)
+    assert result.stopped == "time-limit" and result.steps < 50 * 38
+
+
+def test_bad_row_is_reported_with_file_and_line(tmp_path: Path):
+    path = write_tsv(tmp_path / "bad.tsv", make_pairs(20, 3))
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("只有一列\n")
+    with pytest.raises(ValueError) as info:
+        deepsem.train(path, tmp_path / "m", model=TINY_MODEL, training=TINY_TRAINING, progress=False)
+    assert "bad.tsv" in str(info.value) and "line 21" in str(info.value)
+    model, _ = deepsem.train(path, tmp_path / "m", model=TINY_MODEL, training={**TINY_TRAINING, "epochs": 1},
+                             skip_bad_rows=True, progress=False)
+    assert model.info["train_pairs"] == 20
