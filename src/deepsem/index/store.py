@@ -1,0 +1,90 @@
+"""The document store beside a vector index: SQLite, one row per document (id, text, metadata as JSON).
+
+The Faiss id of a document is its ``row``; deleted documents keep their row with ``deleted = 1`` until
+the index is rebuilt, so a search filters them out without touching the vector index.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    row INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    text TEXT NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}',
+    deleted INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class DocStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.db = sqlite3.connect(str(self.path), check_same_thread=False)
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __len__(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM docs WHERE deleted = 0").fetchone()[0])
+
+    def next_row(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(MAX(row) + 1, 0) FROM docs").fetchone()[0])
+
+    def add(self, rows: Sequence[int], ids: Sequence[str], texts: Sequence[str],
+            metas: Sequence[dict[str, Any]]) -> None:
+        """Insert documents; an id that already exists (and is not deleted) is an error."""
+        clash = self.existing(ids)
+        if clash:
+            raise ValueError(f"document id(s) already in the index: {', '.join(sorted(clash)[:5])}")
+        with self.db:
+            self.db.execute("DELETE FROM docs WHERE deleted = 1 AND id IN (SELECT value FROM json_each(?))",
+                            (json.dumps(list(ids)),))
+            self.db.executemany(
+                "INSERT INTO docs (row, id, text, meta) VALUES (?, ?, ?, ?)",
+                ((int(r), i, t, json.dumps(m, ensure_ascii=False)) for r, i, t, m in
+                 zip(rows, ids, texts, metas, strict=True)),
+            )
+
+    def existing(self, ids: Iterable[str]) -> set[str]:
+        found = self.db.execute("SELECT id FROM docs WHERE deleted = 0 AND id IN (SELECT value FROM json_each(?))",
+                                (json.dumps(list(ids)),))
+        return {r[0] for r in found}
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Mark documents deleted; returns how many were found."""
+        with self.db:
+            cur = self.db.execute(
+                "UPDATE docs SET deleted = 1 WHERE deleted = 0 AND id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(ids)),))
+        return cur.rowcount
+
+    def deleted_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM docs WHERE deleted = 1").fetchone()[0])
+
+    def fetch(self, rows: Sequence[int]) -> dict[int, tuple[str, str, dict[str, Any]]]:
+        """row -> (id, text, metadata) for the live documents among ``rows``."""
+        if not len(rows):
+            return {}
+        found = self.db.execute(
+            "SELECT row, id, text, meta FROM docs WHERE deleted = 0 AND row IN (SELECT value FROM json_each(?))",
+            (json.dumps([int(r) for r in rows]),))
+        return {r: (i, t, json.loads(m)) for r, i, t, m in found}
+
+    def iter_live(self, batch: int = 10_000) -> Iterable[list[tuple[int, str, str, dict[str, Any]]]]:
+        last = -1
+        while True:
+            rows = self.db.execute(
+                "SELECT row, id, text, meta FROM docs WHERE deleted = 0 AND row > ? ORDER BY row LIMIT ?",
+                (last, batch)).fetchall()
+            if not rows:
+                return
+            yield [(r, i, t, json.loads(m)) for r, i, t, m in rows]
+            last = rows[-1][0]
