@@ -368,6 +368,37 @@ def search(
 
 
 @app.command()
+def serve(
+    index: Annotated[Path | None, typer.Option(help="Index directory to search (its model encodes queries).")
+                     ] = None,
+    model: Annotated[Path | None, typer.Option(help="Serve only /similarity and /embed for this model.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    max_chars: Annotated[int, typer.Option(help="Longest text accepted (characters).")] = 1000,
+    max_texts: Annotated[int, typer.Option(help="Most texts (queries, pairs) in one request.")] = 256,
+    max_k: Annotated[int, typer.Option(help="Largest k accepted.")] = 100,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a request waits to share an encoder call.")] = 2.0,
+) -> None:
+    """Serve search, similarity and embeddings over HTTP, with a search page at /."""
+    import uvicorn
+
+    from deepsem.encoder import load
+    from deepsem.serve import Limits, create_app
+
+    if (index is None) == (model is None):
+        _fail(ValueError("give --index DIR (search and more) or --model DIR (similarity and embeddings)"))
+    try:
+        idx = _load_index(index) if index is not None else None
+        semantic = load(model) if model is not None else None
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+        return
+    app_ = create_app(idx, semantic, Limits(max_chars, max_texts, max_k), max_wait_ms=max_wait_ms)
+    typer.echo(f"serving on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command()
 def demo(
     out: Annotated[Path | None, typer.Option(help="Keep the model directory here (default: a temp dir).")] = None,
     serve: Annotated[bool, typer.Option(help="Serve the search page after training.")] = True,

@@ -68,6 +68,7 @@ class Index:
         self.directory, self.version, self.model = directory, version, model
         self.faiss_index, self.store, self.meta = faiss_index, store, meta
         self._flat: np.ndarray | None = None
+        self._deleted = store.deleted_count()
 
     # -- building -----------------------------------------------------------------------------------------
     @classmethod
@@ -202,9 +203,14 @@ class Index:
             queries = [queries]
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        vectors = self.model.encode(list(queries), side="query")
-        deleted = self.store.deleted_count()
-        fetch = k + deleted
+        return self.search_encoded(self.model.encode(list(queries), side="query"), k, filter)
+
+    def search_encoded(self, vectors: np.ndarray, k: int = 10, filter: dict[str, Any] | None = None
+                       ) -> list[list[Hit]]:
+        """:meth:`search` for query vectors already encoded with this index's model (query tower)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        fetch = k + self._deleted
         if filter:
             fetch = max(fetch * 20, 1000)
         scores, rows = self.search_vectors(vectors, fetch)

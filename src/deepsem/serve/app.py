@@ -1,0 +1,186 @@
+"""The HTTP service: FastAPI over an index (search) and its model (similarity, embeddings), plus a web page.
+
+    POST /search      {"queries": "怎么还款" | [...], "k": 10, "filter": {"lang": "zh"}}
+    POST /similarity  {"pairs": [["text a", "text b"], ...]}
+    POST /embed       {"texts": ["...", ...]}
+    GET  /healthz, GET /stats, GET / (the search page), GET /docs (OpenAPI)
+
+Concurrent requests are micro-batched into one encoder call. Every limit (text length, texts per request,
+k) answers a 4xx with a message; any other failure answers 500 with a short message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from deepsem.encoder import SemanticModel
+from deepsem.index import Index
+from deepsem.serve.batcher import MicroBatcher
+
+Scalar = str | int | float | bool
+
+
+@dataclass
+class Limits:
+    max_chars: int = 1000
+    max_texts: int = 256
+    max_k: int = 100
+
+
+class SearchRequest(BaseModel):
+    queries: str | list[str] = Field(description="One query or a list of queries.")
+    k: int = Field(10, description="Results per query.")
+    filter: dict[str, Scalar] | None = Field(None, description="Keep documents whose metadata has these values.")
+
+
+class HitModel(BaseModel):
+    id: str
+    text: str
+    score: float
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    results: list[list[HitModel]]
+    took_ms: float
+
+
+class SimilarityRequest(BaseModel):
+    pairs: list[tuple[str, str]] = Field(description="Pairs of texts [query side, document side].")
+
+
+class SimilarityResponse(BaseModel):
+    scores: list[float]
+    threshold: float | None
+    took_ms: float
+
+
+class EmbedRequest(BaseModel):
+    texts: list[str]
+    side: str = Field("query", pattern="^(query|doc)$", description="Which tower: query or doc.")
+
+
+class EmbedResponse(BaseModel):
+    vectors: list[list[float]]
+    dim: int
+    took_ms: float
+
+
+def _check_texts(texts: list[str], limits: Limits, what: str = "text") -> None:
+    if not texts:
+        raise HTTPException(422, f"no {what}s given")
+    if len(texts) > limits.max_texts:
+        raise HTTPException(413, f"{len(texts)} {what}s in one request; the limit is {limits.max_texts}")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise HTTPException(422, f"{what} {i} is empty")
+        if len(text) > limits.max_chars:
+            raise HTTPException(413, f"{what} {i} has {len(text)} characters; the limit is {limits.max_chars}")
+
+
+def create_app(index: Index | None = None, model: SemanticModel | None = None, limits: Limits | None = None,
+               max_wait_ms: float = 2.0) -> FastAPI:
+    """The service for ``index`` (its model encodes queries) or, without an index, for ``model`` alone."""
+    if index is None and model is None:
+        raise ValueError("create_app needs an index or a model")
+    semantic = index.model if index is not None else model
+    assert semantic is not None
+    limits = limits or Limits()
+    started = time.time()
+    counters = {"search": 0, "similarity": 0, "embed": 0, "errors": 0}
+
+    def run_search(items: list[tuple[str, int, dict[str, Scalar] | None]]) -> list[list[dict[str, Any]]]:
+        assert index is not None
+        vectors = semantic.encode([q for q, _, _ in items], side="query")
+        out: list[list[dict[str, Any]] | None] = [None] * len(items)
+        plain = [i for i, (_, _, f) in enumerate(items) if not f]
+        if plain:
+            k = max(items[i][1] for i in plain)
+            for i, hits in zip(plain, index.search_encoded(vectors[plain], k), strict=True):
+                out[i] = [h.to_dict() for h in hits[: items[i][1]]]
+        for i, (_, k, f) in enumerate(items):
+            if f:
+                out[i] = [h.to_dict() for h in index.search_encoded(vectors[i : i + 1], k, f)[0]]
+        return out  # type: ignore[return-value]
+
+    search_batcher = MicroBatcher(run_search, max_batch=limits.max_texts, max_wait_ms=max_wait_ms)
+    encode_batchers = {side: MicroBatcher(lambda texts, side=side: semantic.encode(texts, side=side),
+                                          max_batch=limits.max_texts * 2, max_wait_ms=max_wait_ms)
+                       for side in ("query", "doc")}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        for batcher in (search_batcher, *encode_batchers.values()):
+            await batcher.close()
+
+    app = FastAPI(title="deepsem", description="Semantic search and matching with LSTM-DSSM.",
+                  version=__import__("deepsem").__version__, lifespan=lifespan)
+
+    @app.exception_handler(Exception)
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        counters["errors"] += 1
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        html = resources.files("deepsem.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+        return HTMLResponse(html)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        info: dict[str, Any] = {"uptime_s": round(time.time() - started, 1), "requests": counters,
+                                "model": repr(semantic), "limits": limits.__dict__,
+                                "batching": search_batcher.stats.to_dict()}
+        if index is not None:
+            info["index"] = index.stats()
+        return info
+
+    @app.post("/search", response_model=SearchResponse)
+    async def search(req: SearchRequest) -> dict[str, Any]:
+        if index is None:
+            raise HTTPException(404, "this service has no index: start it with --index")
+        queries = [req.queries] if isinstance(req.queries, str) else req.queries
+        _check_texts(queries, limits, "query")
+        if not 1 <= req.k <= limits.max_k:
+            raise HTTPException(422, f"k must be between 1 and {limits.max_k}, got {req.k}")
+        t0 = time.perf_counter()
+        results = await search_batcher([(q, req.k, req.filter) for q in queries])
+        counters["search"] += 1
+        return {"results": results, "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    @app.post("/similarity", response_model=SimilarityResponse)
+    async def similarity(req: SimilarityRequest) -> dict[str, Any]:
+        _check_texts([t for pair in req.pairs for t in pair], limits)
+        if len(req.pairs) > limits.max_texts:
+            raise HTTPException(413, f"{len(req.pairs)} pairs in one request; the limit is {limits.max_texts}")
+        t0 = time.perf_counter()
+        a = await encode_batchers["query"]([p[0] for p in req.pairs])
+        b = await encode_batchers["doc"]([p[1] for p in req.pairs])
+        counters["similarity"] += 1
+        return {"scores": np.asarray((a * b).sum(1), dtype=float).tolist(), "threshold": semantic.threshold,
+                "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    @app.post("/embed", response_model=EmbedResponse)
+    async def embed(req: EmbedRequest) -> dict[str, Any]:
+        _check_texts(req.texts, limits)
+        t0 = time.perf_counter()
+        vectors = await encode_batchers[req.side](req.texts)
+        counters["embed"] += 1
+        return {"vectors": np.asarray(vectors, dtype=float).tolist(), "dim": semantic.dim,
+                "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    return app

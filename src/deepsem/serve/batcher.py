@@ -1,0 +1,102 @@
+"""Micro-batching: concurrent requests wait a moment and share one encoder call.
+
+Each request puts its texts on a queue and awaits a future. One worker takes everything that arrives
+within ``max_wait_ms`` of the first item (up to ``max_batch`` texts), runs ``fn`` once on all of it in a
+worker thread (so the event loop keeps accepting requests), and hands each request its own slice back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class _Job:
+    items: Sequence[Any]
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class BatchStats:
+    calls: int = 0
+    items: int = 0
+    largest: int = 0
+    seconds: float = 0.0
+    recent: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"calls": self.calls, "items": self.items, "largest_batch": self.largest,
+                "mean_batch": round(self.items / self.calls, 2) if self.calls else 0.0,
+                "busy_seconds": round(self.seconds, 3)}
+
+
+class MicroBatcher:
+    """``await batcher(items)`` -> ``fn(all items of the batch)`` sliced back to these items.
+
+    ``fn`` takes a list and returns an array (or list) with one row per item.
+    """
+
+    def __init__(self, fn: Callable[[list[Any]], Any], max_batch: int = 256, max_wait_ms: float = 2.0) -> None:
+        self.fn, self.max_batch, self.max_wait = fn, max_batch, max_wait_ms / 1000
+        self.queue: asyncio.Queue[_Job] | None = None
+        self.worker: asyncio.Task[None] | None = None
+        self.stats = BatchStats()
+
+    async def __call__(self, items: Sequence[Any]) -> Any:
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            self.worker = asyncio.get_running_loop().create_task(self._run())
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Job(items, future))
+        return await future
+
+    async def _run(self) -> None:
+        assert self.queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            size = len(jobs[0].items)
+            deadline = loop.time() + self.max_wait
+            while size < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), timeout)
+                except TimeoutError:
+                    break
+                jobs.append(job)
+                size += len(job.items)
+            items = [x for job in jobs for x in job.items]
+            t0 = time.perf_counter()
+            try:
+                out = await asyncio.to_thread(self.fn, items)
+            except Exception as exc:  # every waiting request gets the error, the worker lives on
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            self.stats.calls += 1
+            self.stats.items += len(items)
+            self.stats.largest = max(self.stats.largest, len(items))
+            self.stats.seconds += time.perf_counter() - t0
+            start = 0
+            for job in jobs:
+                end = start + len(job.items)
+                if not job.future.done():
+                    job.future.set_result(out[start:end] if isinstance(out, np.ndarray | list) else out)
+                start = end
+
+    async def close(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.worker
+            self.worker, self.queue = None, None
