@@ -141,3 +141,16 @@ def test_bad_row_is_reported_with_file_and_line(tmp_path: Path):
     model, _ = deepsem.train(path, tmp_path / "m", model=TINY_MODEL, training={**TINY_TRAINING, "epochs": 1},
                              skip_bad_rows=True, progress=False)
     assert model.info["train_pairs"] == 20
+
+
+def test_lr_schedule_follows_steps_or_time():
+    from deepsem.trainer import lr_factor
+
+    assert lr_factor(0, 100, 0.1, "linear") == pytest.approx(0.1)  # warm-up
+    assert lr_factor(9, 100, 0.1, "linear") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 0.1, "linear") == pytest.approx(0.5)
+    assert lr_factor(55, 100, 0.1, "cosine") == pytest.approx(0.5)
+    assert lr_factor(55, 100, 0.1, "constant") == 1.0
+    # a time budget that runs out first drives the decay: 80% of the time gone -> 20% of the rate left
+    assert lr_factor(20, 100, 0.1, "linear", time_fraction=0.8) == pytest.approx(0.2)
+    assert lr_factor(95, 100, 0.1, "linear", time_fraction=0.1) == pytest.approx(1 - 85 / 90)

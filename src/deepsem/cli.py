@@ -400,17 +400,27 @@ def serve(
 
 @app.command()
 def demo(
-    out: Annotated[Path | None, typer.Option(help="Keep the model directory here (default: a temp dir).")] = None,
-    serve: Annotated[bool, typer.Option(help="Serve the search page after training.")] = True,
+    out: Annotated[Path | None, typer.Option(help="Keep the model and index directories here (default: a "
+                   "temporary directory).")] = None,
+    serve: Annotated[bool, typer.Option(help="Serve the search page after training (--no-serve stops after "
+                     "the example searches).")] = True,
+    host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
     minutes: Annotated[float, typer.Option(help="Training time budget in minutes.")] = 1.8,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train LSTM-DSSM on the shipped Tatoeba English–Chinese pairs and answer example queries."""
+    """Train LSTM-DSSM on the shipped Tatoeba English–Chinese pairs, index every sentence, serve a search page."""
     from deepsem.demo import run_demo
 
-    run_demo(out=out, minutes=minutes, progress=progress)
+    _, index_dir, _ = run_demo(out=out, minutes=minutes, progress=progress)
     if serve:
-        typer.echo("(the search page is not part of this version yet: the results above are the demo)")
+        import uvicorn
+
+        from deepsem.index import Index
+        from deepsem.serve import create_app
+
+        typer.echo(f"\nsearch page: http://{host}:{port}/   (Ctrl-C to stop)")
+        uvicorn.run(create_app(Index.load(index_dir)), host=host, port=port, log_level="warning")
 
 
 def main() -> None:  # pragma: no cover

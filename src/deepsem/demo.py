@@ -17,7 +17,7 @@ import numpy as np
 
 from deepsem.config import ModelConfig, TowerConfig, TrainConfig
 from deepsem.encoder import SemanticModel
-from deepsem.index import exact_search
+from deepsem.index import Document, Index
 from deepsem.matching import TextPairs, evaluate_translation, train
 
 EXAMPLE_QUERIES = (
@@ -56,23 +56,26 @@ def split_pairs(en: list[str], zh: list[str], dev_size: int = 1000, seed: int = 
     return (TextPairs([e for e, _ in tr], [z for _, z in tr]), TextPairs([e for e, _ in dev], [z for _, z in dev]))
 
 
-def demo_configs(minutes: float) -> tuple[ModelConfig, TrainConfig]:
+def demo_configs(minutes: float | None, epochs: int = 20) -> tuple[ModelConfig, TrainConfig]:
     tower = TowerConfig(encoder="lstm-peephole", embedding_dim=128, hidden_size=256, output_dim=128, pooling="last")
     model = ModelConfig(tower=tower, shared_towers=True, gamma=20.0, learn_gamma=True)
-    training = TrainConfig(loss="softmax", negatives="in-batch", epochs=20, batch_size=256, lr=3e-3,
-                           warmup=0.02, patience=3, max_minutes=minutes, checkpoint_every=10_000)
+    training = TrainConfig(loss="softmax", negatives="in-batch", epochs=epochs, batch_size=256, lr=3e-3,
+                           warmup=0.02, patience=3, max_minutes=minutes, time_schedule=True,
+                           checkpoint_every=10_000)
     return model, training
 
 
-def run_demo(out: str | Path | None = None, minutes: float = 1.8, queries: tuple[str, ...] = EXAMPLE_QUERIES,
-             k: int = 5, progress: bool = True) -> SemanticModel:
-    """Train, report the dev score, and answer example queries in the terminal."""
+def run_demo(out: str | Path | None = None, minutes: float | None = 1.8, queries: tuple[str, ...] = EXAMPLE_QUERIES,
+             k: int = 5, progress: bool = True, epochs: int = 20) -> tuple[SemanticModel, Path, dict[str, float]]:
+    """Train, report the dev score, index every sentence, answer example queries.
+
+    Returns the model, the index directory and the held-out scores (``en2zh_*`` and ``zh2en_*``)."""
     t0 = time.perf_counter()
     en, zh, _ = load_tatoeba()
     train_pairs, dev_pairs = split_pairs(en, zh)
     print(f"Tatoeba English–Chinese: {len(train_pairs.text_a):,} training pairs, {len(dev_pairs.text_a):,} held out")
     out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="deepsem-demo-"))
-    model_cfg, train_cfg = demo_configs(minutes)
+    model_cfg, train_cfg = demo_configs(minutes, epochs)
     model, result = train(train_pairs, out_dir / "model", dev_pairs, tokenizer="char",
                           tokenizer_options={"min_count": 2}, model=model_cfg, training=train_cfg,
                           resume=False, progress=progress)
@@ -83,13 +86,14 @@ def run_demo(out: str | Path | None = None, minutes: float = 1.8, queries: tuple
     print(f"  English -> Chinese: top-1 {en2zh['recall@1']:.3f}, MRR@10 {en2zh['mrr@10']:.3f}")
     print(f"  Chinese -> English: top-1 {zh2en['recall@1']:.3f}, MRR@10 {zh2en['mrr@10']:.3f}")
     corpus = list(dict.fromkeys(en + zh))
-    vectors = model.encode(corpus, side="doc")
-    print(f"corpus: {len(corpus):,} unique sentences of both languages")
-    q_vecs = model.encode(list(queries))
-    scores, idx = exact_search(q_vecs, vectors, k)
-    for query, s_row, i_row in zip(queries, scores, idx, strict=True):
+    zh_set = set(zh)
+    docs = [Document(str(i), t, {"lang": "zh" if t in zh_set else "en"}) for i, t in enumerate(corpus)]
+    index = Index.build(model, docs, out_dir / "index", "Flat")
+    print(f"index: {len(index):,} unique sentences of both languages -> {out_dir / 'index'}")
+    for query, hits in zip(queries, index.search(list(queries), k=k), strict=True):
         print(f"\n> {query}")
-        for s, i in zip(s_row, i_row, strict=True):
-            print(f"  {s:.3f}  {corpus[i]}")
+        for h in hits:
+            print(f"  {h.score:.3f}  {h.text}")
     print(f"\nmodel directory: {out_dir / 'model'}   ({time.perf_counter() - t0:.0f} s in all)")
-    return model
+    scores = {**{f"en2zh_{key}": v for key, v in en2zh.items()}, **{f"zh2en_{key}": v for key, v in zh2en.items()}}
+    return model, out_dir / "index", scores

@@ -35,14 +35,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
-    """Multiplier of the base learning rate at ``step`` (0-based) of ``total``."""
+def lr_factor(step: int, total: int, warmup: float, schedule: str, time_fraction: float = 0.0) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based) of ``total``.
+
+    ``time_fraction`` (elapsed / time budget) moves the decay along when the budget, not the step count,
+    will end training: progress is the larger of the step and the time fractions.
+    """
     warm = int(total * warmup)
     if step < warm:
         return (step + 1) / warm
     if schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - warm) / max(1, total - warm))
+    progress = min(1.0, max((step - warm) / max(1, total - warm), time_fraction))
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return max(0.0, 1.0 - progress)
@@ -186,9 +190,12 @@ class Trainer:
             for i, batch in enumerate(self.batches(epoch, rng)):
                 if i < self.state["step_in_epoch"]:
                     continue  # replaying the order of a resumed epoch
+                time_fraction = 0.0
+                if cfg.time_schedule and cfg.max_minutes:
+                    time_fraction = (time.perf_counter() - start) / (cfg.max_minutes * 60)
                 for group in self.optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(self.state["global_step"], self.total_steps, cfg.warmup,
-                                                     cfg.schedule)
+                                                     cfg.schedule, time_fraction)
                 loss = self.step_fn(batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
