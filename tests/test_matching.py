@@ -154,3 +154,27 @@ def test_lr_schedule_follows_steps_or_time():
     # a time budget that runs out first drives the decay: 80% of the time gone -> 20% of the rate left
     assert lr_factor(20, 100, 0.1, "linear", time_fraction=0.8) == pytest.approx(0.2)
     assert lr_factor(95, 100, 0.1, "linear", time_fraction=0.1) == pytest.approx(1 - 85 / 90)
+
+
+def test_click_logs_train_as_dssm_does(tmp_path: Path):
+    from deepsem.data.readers import read_clicks
+    from deepsem.matching import clicks_to_pairs
+
+    rows = make_pairs(400, 8)
+    log = tmp_path / "clicks.tsv"
+    with open(log, "w", encoding="utf-8") as fh:
+        fh.write("query\tdoc\tclicks\tshown\n")
+        for a, b, y in rows:
+            fh.write(f"{a}\t{b}\t{y * 2}\t3\n")
+        fh.write(f"{rows[0][0]}\t{rows[0][1]}\t1\t1\n")  # the same pair again: summed
+    parsed = read_clicks(log, query="query", doc="doc", clicks="clicks", impressions="shown")
+    pairs = clicks_to_pairs(parsed)
+    assert pairs.labels is not None and len(pairs.text_a) == len(parsed.queries)
+    assert pairs.labels.sum() == sum(1 for a, b, y in rows if y == 1) + (rows[0][2] == 0)
+    model, result = deepsem.train(log, tmp_path / "m", columns=("query", "doc", "clicks"), clicks=True,
+                                  impressions="shown", model=TINY_MODEL, training={**TINY_TRAINING, "epochs": 1},
+                                  progress=False)
+    assert model.info["train_pairs"] == len(pairs.text_a) and result.steps > 0
+    # no impressions: every aggregated pair with a click is a positive, and there are no labels
+    only_clicks = clicks_to_pairs(read_clicks(log, query="query", doc="doc", clicks="clicks"))
+    assert only_clicks.labels is None and len(only_clicks.text_a) == int(pairs.labels.sum())

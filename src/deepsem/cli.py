@@ -73,6 +73,11 @@ def train(
     columns: Annotated[str, typer.Option(help="Columns of text_a,text_b,label by index or header name; "
                                          "'-' for label means every pair is a positive.")] = "0,1,2",
     skip_bad_rows: Annotated[bool, typer.Option(help="Skip malformed rows (counted) instead of stopping.")] = False,
+    clicks: Annotated[bool, typer.Option(help="DATA (and --dev) are click logs: --columns name query,doc,clicks "
+                      "('-' for clicks: each row is one click); rows are summed per (query, doc); clicked "
+                      "pairs are positives, shown-but-unclicked pairs (with --impressions) negatives.")] = False,
+    impressions: Annotated[str | None, typer.Option(help="Impressions column of a click log (index or name).")
+                           ] = None,
     tokenizer: Annotated[TokenizerName, typer.Option(help="char: Chinese characters + whole Latin words; word: "
                          "jieba; trigram: DSSM letter trigrams; subword: WordPiece.")] = TokenizerName.char,
     min_count: Annotated[int, typer.Option(help="Drop tokens seen fewer times in the training text.")] = 1,
@@ -130,6 +135,7 @@ def train(
             data, out, dev, tokenizer=tokenizer.value,
             tokenizer_options={"min_count": min_count, "max_size": max_vocab, "max_length": max_length},
             model=model_cfg, training=train_cfg, columns=_columns(columns), skip_bad_rows=skip_bad_rows,
+            clicks=clicks, impressions=int(impressions) if impressions and impressions.isdigit() else impressions,
             resume=resume, progress=progress,
         )
     except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:

@@ -17,7 +17,7 @@ import torch
 
 from deepsem.config import ModelConfig, TrainConfig
 from deepsem.data.batches import PairSet, TextTable
-from deepsem.data.readers import read_pairs
+from deepsem.data.readers import Clicks, read_clicks, read_pairs
 from deepsem.encoder import SemanticModel
 from deepsem.index import exact_search
 from deepsem.losses import hinge_loss, negative_scores, pointwise_loss, softmax_loss
@@ -45,11 +45,46 @@ class TextPairs:
         return self.labels is not None and len(np.unique(self.labels > 0.5)) == 2
 
 
+def clicks_to_pairs(log: Clicks, min_clicks: float = 1.0) -> TextPairs:
+    """A click log aggregated per (query, doc) -> pairs, as DSSM trains on clicks.
+
+    A pair clicked at least ``min_clicks`` times is a positive. When the log has impressions, a pair shown
+    but never clicked is a negative (label 0), so pointwise losses can use it; a pair clicked fewer than
+    ``min_clicks`` times (but at least once) is left out as ambiguous.
+    """
+    a: list[str] = []
+    b: list[str] = []
+    y: list[float] = []
+    for i, (q, d) in enumerate(zip(log.queries, log.docs, strict=True)):
+        if log.clicks[i] >= min_clicks:
+            label = 1.0
+        elif log.impressions is not None and log.clicks[i] == 0 and log.impressions[i] > 0:
+            label = 0.0
+        else:
+            continue
+        a.append(q)
+        b.append(d)
+        y.append(label)
+    return TextPairs(a, b, np.asarray(y, np.float32) if log.impressions is not None else None)
+
+
 def as_pairs(data: str | Path | TextPairs | Any, columns: Sequence[int | str | None] = (0, 1, 2),
-             skip_bad_rows: bool = False, label_map: Any = None) -> TextPairs:
-    """A file path (TSV/CSV/JSONL/Parquet) or already loaded pairs -> :class:`TextPairs`."""
+             skip_bad_rows: bool = False, label_map: Any = None, clicks: bool = False,
+             impressions: int | str | None = None) -> TextPairs:
+    """A file path (TSV/CSV/JSONL/Parquet) or already loaded pairs -> :class:`TextPairs`.
+
+    With ``clicks`` the file is a click log: ``columns`` name the query, document and clicks columns (clicks
+    ``None``: every row is one click), ``impressions`` an optional impressions column; see
+    :func:`clicks_to_pairs`.
+    """
     if isinstance(data, TextPairs):
         return data
+    if clicks and isinstance(data, str | Path):
+        q, d, c = columns
+        log = read_clicks(data, query=q, doc=d, clicks=c, impressions=impressions, skip_bad_rows=skip_bad_rows)
+        if log.skipped.count:
+            print(f"{data}: {log.skipped}")
+        return clicks_to_pairs(log)
     if isinstance(data, str | Path):
         a, b, label = columns
         pairs = read_pairs(data, text_a=a, text_b=b, label=label, skip_bad_rows=skip_bad_rows,
@@ -155,15 +190,17 @@ def train(
     columns: Sequence[int | str | None] = (0, 1, 2),
     skip_bad_rows: bool = False,
     label_map: Any = None,
+    clicks: bool = False,
+    impressions: int | str | None = None,
     run_dir: str | Path | None = None,
     resume: bool = True,
     progress: bool = True,
 ) -> tuple[SemanticModel, TrainResult]:
     """Train a two-tower model on pairs and save the best model (by dev score) to ``out``.
 
-    ``train_data``/``dev_data``: a file (TSV/CSV/JSONL/Parquet, columns text_a, text_b[, label]) or
-    :class:`TextPairs`. With 0/1 labels the dev metric is accuracy (threshold chosen on dev); with
-    positive pairs only it is MRR@10 of retrieving each text_b from its text_a among the dev set.
+    ``train_data``/``dev_data``: a file (TSV/CSV/JSONL/Parquet, columns text_a, text_b[, label]; or a click
+    log with ``clicks=True``, see :func:`as_pairs`) or :class:`TextPairs`. With 0/1 labels the dev metric
+    is accuracy (threshold chosen on dev); with positive pairs only it is MRR@10 of retrieving each text_b from its text_a among the dev set.
     Run files (checkpoint, metrics.jsonl, training.png) go to ``run_dir`` (default ``out/training``);
     an interrupted run started again with the same arguments resumes from its last checkpoint.
     """
@@ -173,8 +210,9 @@ def train(
         torch.set_num_threads(cfg.threads)
     out = Path(out)
     run_dir = Path(run_dir) if run_dir is not None else out / "training"
-    train_pairs = as_pairs(train_data, columns, skip_bad_rows, label_map)
-    dev_pairs = as_pairs(dev_data, columns, skip_bad_rows, label_map) if dev_data is not None else None
+    train_pairs = as_pairs(train_data, columns, skip_bad_rows, label_map, clicks, impressions)
+    dev_pairs = (as_pairs(dev_data, columns, skip_bad_rows, label_map, clicks, impressions)
+                 if dev_data is not None else None)
     if not len(train_pairs.text_a):
         raise ValueError("no training pairs")
 

@@ -47,6 +47,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -63,6 +64,8 @@ _tanh_backward = torch.ops.aten.tanh_backward.grad_input
 # the matmul that fills the buffer (a (32*256, 1024) float32 projection: 8 ms of matmul, 9 ms of faults);
 # smaller blocks are recycled from the heap.
 _CHUNK_BYTES = 8 << 20
+# Without a backward to feed, one block buffer is reused for all blocks; smaller, so that it stays in cache.
+_INFERENCE_CHUNK_BYTES = 4 << 20
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -163,10 +166,30 @@ def lstm_layer_reference(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _time_chunks(steps: int, bytes_per_step: int) -> list[tuple[int, int]]:
-    """Split ``range(steps)`` into consecutive ``(start, end)`` blocks of at most ``_CHUNK_BYTES``."""
-    size = max(1, _CHUNK_BYTES // max(1, bytes_per_step))
+def _time_chunks(steps: int, bytes_per_step: int, budget: int) -> list[tuple[int, int]]:
+    """Split ``range(steps)`` into consecutive ``(start, end)`` blocks of at most ``budget`` bytes."""
+    size = max(1, budget // max(1, bytes_per_step))
     return [(s, min(s + size, steps)) for s in range(0, steps, size)]
+
+
+class _Forward(NamedTuple):
+    hs: Tensor  # (T, B, H) h_1 .. h_T
+    cs: Tensor | None  # (T, B, H) C_1 .. C_T; kept for the backward or when asked
+    c_last: Tensor  # (B, H), C_T
+    gates: list[Tensor]  # activated gates [i,] f, g, o in blocks of steps (n, B, G); only with ``store``
+    spans: list[tuple[int, int]]  # the (start, end) steps of each block
+    tanh_cs: Tensor | None  # (T, B, H) tanh(C_t); only with ``store``
+    cands: Tensor | None  # (T, B, H) the candidates C~_t; only with ``store`` (the gate blocks keep a^g)
+
+
+def _tanh_of_block(block: Tensor, out: Tensor | None) -> Tensor:
+    """``tanh`` of a column block of the gate buffer, into ``out`` if given (else a new tensor).
+
+    ATen's tanh on a view that skips columns (row stride 4H) was measured 3-4x slower with 2 threads than
+    a copy to contiguous memory followed by tanh there; so copy first.
+    """
+    dense = out.copy_(block) if out is not None else block.contiguous()
+    return dense.tanh_()
 
 
 def _loop_forward(
@@ -179,58 +202,71 @@ def _loop_forward(
     c0: Tensor,
     coupled: bool,
     store: bool,
-) -> tuple[Tensor, Tensor, list[Tensor], Tensor | None]:
+    keep_cells: bool = True,
+) -> _Forward:
     """Run the gate equations over all steps; shapes and layout as in :func:`lstm_layer`.
 
-    Returns ``hs`` and ``cs`` of shape (T + 1, B, H) whose slot 0 is the initial state, the activated gates
-    (chunks of (n, B, G)) and, when ``store``, ``tanh(C_t)`` (T, B, H) for the backward.
+    With ``store`` everything the backward needs is kept: the gates (one buffer per block of steps), all
+    cell states and their tanh. Without it (inference) one block buffer is reused for all blocks, small
+    enough to stay in cache, and the cell states are kept only if ``keep_cells``.
     """
     steps, batch, n_in = x.shape
     hidden = w_hh.shape[1]
     gsize = w_hh.shape[0]
-    hs = x.new_empty(steps + 1, batch, hidden)
-    cs = x.new_empty(steps + 1, batch, hidden)
-    hs[0].copy_(h0)
-    cs[0].copy_(c0)
+    keep_cells = keep_cells or store
+    hs = x.new_empty(steps, batch, hidden)
+    cs = x.new_empty(steps, batch, hidden) if keep_cells else None
     tcs = x.new_empty(steps, batch, hidden) if store else None
+    gs = x.new_empty(steps, batch, hidden) if store else None
     w_ih_t = w_ih.t()
     w_hh_t = w_hh.t().contiguous()  # (H, G): measured 15% faster per step than the transposed view
-    h, c = hs[0], cs[0]
-    chunks: list[Tensor] = []
-    for start, end in _time_chunks(steps, batch * gsize * x.element_size()):
-        # Input projection (and bias) of the whole chunk in one matmul, outside the recurrence.
+    h, c = h0, c0
+    step_bytes = batch * gsize * x.element_size()
+    spans = _time_chunks(steps, step_bytes, _CHUNK_BYTES if store else _INFERENCE_CHUNK_BYTES)
+    gates: list[Tensor] = []
+    reused = None if store else x.new_empty(spans[0][1] - spans[0][0], batch, gsize)
+    # Per-step views, made once (one unbind per block instead of a dozen slicing calls per step).
+    h_steps, c_steps = hs.unbind(0), cs.unbind(0) if cs is not None else None
+    tc_steps, g_steps = tcs.unbind(0) if tcs is not None else None, gs.unbind(0) if gs is not None else None
+    n_sig = 1 if coupled else 2  # sigmoid gates before the candidate: [i, f] or, coupled, [f]
+    p_in, p_out = (peep[:n_sig], peep[-1]) if peep is not None else (None, None)
+    for start, end in spans:
+        # Input projection (and bias) of the whole block in one matmul, outside the recurrence.
         xs = x[start:end].reshape(-1, n_in)
-        pre = torch.addmm(bias, xs, w_ih_t) if bias is not None else torch.mm(xs, w_ih_t)
-        pre = pre.view(end - start, batch, gsize)
-        chunks.append(pre)
+        pre = x.new_empty(end - start, batch, gsize) if reused is None else reused[: end - start]
+        if bias is not None:
+            torch.addmm(bias, xs, w_ih_t, out=pre.view(-1, gsize))
+        else:
+            torch.mm(xs, w_ih_t, out=pre.view(-1, gsize))
+        if store:
+            gates.append(pre)
+        blocks = pre.unflatten(-1, (gsize // hidden, hidden))  # (n, B, gates, H)
+        fused_fo = coupled and peep is None  # f and o need no cell: one sigmoid for both
+        sig_cols = slice(0, None, 2) if fused_fo else slice(0, n_sig)
+        sig_steps = blocks[:, :, sig_cols].unbind(0)
+        i_steps, f_steps = blocks[:, :, 0].unbind(0), blocks[:, :, n_sig - 1].unbind(0)
+        g_pre_steps, o_steps = blocks[:, :, n_sig].unbind(0), blocks[:, :, -1].unbind(0)
         for t, a in enumerate(pre.unbind(0), start):
+            r = t - start
+            sig, f, o = sig_steps[r], f_steps[r], o_steps[r]
             a.addmm_(h, w_hh_t)  # a = W [h_{t-1}, x_t] + b, all gates, in place
-            tc_out = tcs[t] if tcs is not None else None
-            if coupled:  # gates f, g, o (the i rows are not computed at all)
-                f, g, o = a[:, :hidden], a[:, hidden : 2 * hidden], a[:, 2 * hidden :]
-                if peep is not None:
-                    f.addcmul_(c, peep[0])  # f_t = σ(... + w_cf * C_{t-1})
-                    f.sigmoid_()
-                else:
-                    a.view(batch, 3, hidden)[:, ::2].sigmoid_()  # f and o at once
-                g.tanh_()  # C~_t
-                c = torch.addcmul(g, f, c - g, out=cs[t + 1])  # C_t = f C_{t-1} + (1 - f) C~_t
-                if peep is not None:
-                    o.addcmul_(c, peep[1]).sigmoid_()  # o_t = σ(... + w_co * C_t)
-            else:  # gates i, f, g, o
-                i_f = a[:, : 2 * hidden]
-                if peep is not None:  # [i, f] += [w_ci, w_cf] * C_{t-1}
-                    i_f.view(batch, 2, hidden).addcmul_(c.unsqueeze(1), peep[:2])
-                i_f.sigmoid_()
-                i, f = a[:, :hidden], a[:, hidden : 2 * hidden]
-                g, o = a[:, 2 * hidden : 3 * hidden].tanh_(), a[:, 3 * hidden :]
-                c = torch.mul(f, c, out=cs[t + 1]).addcmul_(i, g)  # C_t = f C_{t-1} + i C~_t
-                if peep is not None:
-                    o.addcmul_(c, peep[2])  # o_t = σ(... + w_co * C_t)
+            if p_in is not None:  # [i, f] += [w_ci, w_cf] * C_{t-1}  (coupled: f += w_cf * C_{t-1})
+                sig.addcmul_(c.unsqueeze(1), p_in)
+            sig.sigmoid_()  # i_t, f_t (coupled: f_t, and o_t too if no peepholes)
+            g = _tanh_of_block(g_pre_steps[r], g_steps[t] if g_steps is not None else None)  # C~_t
+            c_out = c_steps[t] if c_steps is not None else None
+            if coupled:  # C_t = f C_{t-1} + (1 - f) C~_t  =  C~_t + f (C_{t-1} - C~_t)
+                c = torch.lerp(g, c, f, out=c_out) if c_out is not None else torch.lerp(g, c, f)
+            else:  # C_t = f C_{t-1} + i C~_t
+                c = torch.mul(f, c, out=c_out) if c_out is not None else f * c
+                c.addcmul_(i_steps[r], g)
+            if p_out is not None:  # o_t = σ(... + w_co * C_t)
+                o.addcmul_(c, p_out)
+            if not fused_fo:
                 o.sigmoid_()
-            tc = torch.tanh(c, out=tc_out) if tc_out is not None else torch.tanh(c)
-            h = torch.mul(o, tc, out=hs[t + 1])  # h_t = o_t tanh(C_t)
-    return hs, cs, chunks, tcs
+            tc = torch.tanh(c, out=tc_steps[t]) if tc_steps is not None else torch.tanh(c)
+            h = torch.mul(o, tc, out=h_steps[t])  # h_t = o_t tanh(C_t)
+    return _Forward(hs, cs, c, gates, spans, tcs, gs)
 
 
 class _LSTMLayerFunction(torch.autograd.Function):
@@ -248,105 +284,106 @@ class _LSTMLayerFunction(torch.autograd.Function):
         c0: Tensor,
         coupled: bool,
     ) -> tuple[Tensor, Tensor]:
-        hs, cs, chunks, tcs = _loop_forward(x, w_ih, w_hh, bias, peep, h0, c0, coupled, store=True)
+        run = _loop_forward(x, w_ih, w_hh, bias, peep, h0, c0, coupled, store=True)
         ctx.coupled = coupled
-        ctx.n_chunks = len(chunks)
+        ctx.spans = run.spans
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, w_ih, w_hh, bias, peep, hs, cs, tcs, *chunks)
-        return hs[1:], cs[1:]
+        ctx.save_for_backward(x, w_ih, w_hh, bias, peep, h0, c0, run.hs, run.cs, run.tanh_cs, run.cands, *run.gates)
+        return run.hs, run.cs
 
     @staticmethod
+    @once_differentiable
     def backward(  # type: ignore[override]
         ctx: Any, grad_hs: Tensor | None, grad_cs: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        x, w_ih, w_hh, bias, peep, hs, cs, tcs, *chunks = ctx.saved_tensors
+        x, w_ih, w_hh, bias, peep, h0, c0, hs, cs, tcs, gs, *gate_blocks = ctx.saved_tensors
         coupled: bool = ctx.coupled
-        steps, batch, n_in = x.shape
+        batch, n_in = x.shape[1], x.shape[2]
         hidden = w_hh.shape[1]
         gsize = w_hh.shape[0]
         need_x, need_wih, need_whh, need_b, need_p, need_h0, need_c0, _ = ctx.needs_input_grad
-
-        # Walk the chunks and steps backwards; dA (pre-activation gate gradients) fills per-chunk buffers.
-        spans = _time_chunks(steps, batch * gsize * x.element_size())
-        d_chunks: list[Tensor] = [x.new_empty(0)] * len(spans)
-        da_next: Tensor | None = None  # δa_{t+1}, feeds δh_t through W_hh
-        dc_carry: Tensor | None = None  # ∂L/∂C_t through step t+1
-        for k in range(len(spans) - 1, -1, -1):
-            start, end = spans[k]
-            dchunk = x.new_empty(end - start, batch, gsize)
-            d_chunks[k] = dchunk
-            gates = chunks[k]
-            for t in range(end - 1, start - 1, -1):
-                a, da = gates[t - start], dchunk[t - start]
-                c_prev, tc = cs[t], tcs[t]
-                # δh_t = ∂ℓ/∂h_t + δa_{t+1} W_hh
-                if da_next is None:
-                    dh = grad_hs[t] if grad_hs is not None else x.new_zeros(batch, hidden)
-                elif grad_hs is not None:
-                    dh = torch.addmm(grad_hs[t], da_next, w_hh)
-                else:
-                    dh = torch.mm(da_next, w_hh)
-                o = a[:, gsize - hidden :]
-                da_o = da[:, gsize - hidden :]
-                _sigmoid_backward(torch.mul(dh, tc, out=da_o), o, grad_input=da_o)  # δâ^o = δh tanh(C) σ'
-                dc = dh * o
-                _tanh_backward(dc, tc, grad_input=dc)  # δC_t = δh o (1 - tanh²C) + ...
-                if dc_carry is not None:
-                    dc += dc_carry
-                if grad_cs is not None:
-                    dc += grad_cs[t]
-                if peep is not None:
-                    dc.addcmul_(da_o, peep[-1])  # ... + δâ^o w_co
-                if coupled:  # C_t = f C_{t-1} + (1 - f) C~
-                    f, g = a[:, :hidden], a[:, hidden : 2 * hidden]
-                    da_f, da_g = da[:, :hidden], da[:, hidden : 2 * hidden]
-                    _sigmoid_backward(torch.mul(dc, c_prev - g, out=da_f), f, grad_input=da_f)
-                    _tanh_backward(torch.mul(dc, 1.0 - f, out=da_g), g, grad_input=da_g)
-                    dc_carry = dc.mul_(f)
-                    if peep is not None:
-                        dc_carry.addcmul_(da_f, peep[0])
-                else:
-                    i, f, g = a[:, :hidden], a[:, hidden : 2 * hidden], a[:, 2 * hidden : 3 * hidden]
-                    torch.mul(dc, g, out=da[:, :hidden])  # δi = δC C~
-                    torch.mul(dc, c_prev, out=da[:, hidden : 2 * hidden])  # δf = δC C_{t-1}
-                    da_if = da[:, : 2 * hidden]
-                    _sigmoid_backward(da_if, a[:, : 2 * hidden], grad_input=da_if)
-                    da_g = da[:, 2 * hidden : 3 * hidden]
-                    _tanh_backward(torch.mul(dc, i, out=da_g), g, grad_input=da_g)  # δC~ = δC i
-                    dc_carry = dc.mul_(f)  # ∂L/∂C_{t-1} = δC f + δâ^i w_ci + δâ^f w_cf
-                    if peep is not None:
-                        dc_carry.addcmul_(da[:, :hidden], peep[0]).addcmul_(
-                            da[:, hidden : 2 * hidden], peep[1]
-                        )
-                da_next = da
-
-        # Everything that does not feed the recurrence: a few big matmuls over whole chunks.
         grad_x = x.new_empty(x.shape) if need_x else None
         grad_wih = torch.zeros_like(w_ih) if need_wih else None
         grad_whh = torch.zeros_like(w_hh) if need_whh else None
         grad_b = torch.zeros_like(bias) if need_b and bias is not None else None
         grad_p = torch.zeros_like(peep) if need_p and peep is not None else None
-        for (start, end), dchunk in zip(spans, d_chunks, strict=True):
-            dflat = dchunk.view(-1, gsize)
-            if grad_x is not None:
+        # Column blocks of the gate rows: [i, f, g, o] or, coupled, [f, g, o].
+        n_sig = 1 if coupled else 2  # sigmoid gates before g
+        o_cols = slice(gsize - hidden, gsize)
+
+        da_next: Tensor | None = None  # δa_{t+1}, reaches δh_t through W_hh
+        carry: Tensor | None = None  # ε_{t+1} = ∂L/∂C_t through step t+1
+        for (start, end), gates in reversed(list(zip(ctx.spans, gate_blocks, strict=True))):
+            c_prev = cs[start - 1 : end - 1] if start > 0 else torch.cat([c0.unsqueeze(0), cs[: end - 1]])
+            tc = tcs[start:end]
+            f = gates[..., (n_sig - 1) * hidden : n_sig * hidden]
+            g = gs[start:end]
+            o = gates[..., o_cols]
+            # The gate gradients are δh_t or δC_t times factors that depend on the forward values only:
+            # compute those factors for the whole block first (into the buffer that becomes δa), so the
+            # sequential loop below is four element-wise operations a step.
+            #   δâ^o = δh K_o,  δC = ε + δh K_h,  [δâ^i, δâ^f, δa^g] = δC [K_i, K_f, K_g],  ε = δC K_ε
+            da_block = torch.empty_like(gates)
+            k_i = da_block[..., :hidden]
+            k_f = da_block[..., (n_sig - 1) * hidden : n_sig * hidden]
+            k_g = da_block[..., n_sig * hidden : (n_sig + 1) * hidden]
+            k_o = da_block[..., o_cols]
+            _sigmoid_backward(tc, o, grad_input=k_o)  # K_o = tanh(C_t) σ'(o_t)
+            k_h = _tanh_backward(o, tc, grad_input=torch.empty_like(tc))  # K_h = o_t (1 - tanh²C_t) ...
+            if peep is not None:
+                k_h.addcmul_(k_o, peep[-1])  # ... + K_o w_co
+            if coupled:  # C_t = f C_{t-1} + (1 - f) C~_t
+                _sigmoid_backward(c_prev - g, f, grad_input=k_f)  # K_f = (C_{t-1} - C~_t) σ'(f_t)
+                _tanh_backward(1.0 - f, g, grad_input=k_g)  # K_g = (1 - f_t)(1 - C~_t²)
+                k_eps = torch.addcmul(f, k_f, peep[0]) if peep is not None else f  # K_ε = f + K_f w_cf
+            else:
+                i = gates[..., :hidden]
+                _sigmoid_backward(g, i, grad_input=k_i)  # K_i = C~_t σ'(i_t)
+                _sigmoid_backward(c_prev, f, grad_input=k_f)  # K_f = C_{t-1} σ'(f_t)
+                _tanh_backward(i, g, grad_input=k_g)  # K_g = i_t (1 - C~_t²)
+                k_eps = f  # K_ε = f + K_i w_ci + K_f w_cf
+                if peep is not None:
+                    k_eps = torch.addcmul(f, k_i, peep[0]).addcmul_(k_f, peep[1])
+            n_rest = gsize // hidden - 1  # gates scaled by δC: i, f, g (or f, g)
+            for t in range(end - 1, start - 1, -1):
+                r = t - start
+                if da_next is None:  # δh_t = ∂ℓ/∂h_t + δa_{t+1} W_hh
+                    dh = grad_hs[t] if grad_hs is not None else x.new_zeros(batch, hidden)
+                elif grad_hs is not None:
+                    dh = torch.addmm(grad_hs[t], da_next, w_hh)
+                else:
+                    dh = torch.mm(da_next, w_hh)
+                da = da_block[r]
+                da[:, o_cols].mul_(dh)  # δâ^o_t
+                dc = torch.addcmul(carry, dh, k_h[r]) if carry is not None else dh * k_h[r]  # δC_t
+                if grad_cs is not None:
+                    dc += grad_cs[t]
+                da[:, : n_rest * hidden].view(batch, n_rest, hidden).mul_(dc.unsqueeze(1))  # δâ^i, δâ^f, δa^g
+                carry = dc.mul_(k_eps[r])  # ε_t
+                da_next = da
+
+            # The sums over steps, one matmul each for the whole block.
+            dflat = da_block.view(-1, gsize)
+            if grad_x is not None:  # ∂L/∂x_t = δa_t W_ih
                 torch.mm(dflat, w_ih, out=grad_x[start:end].view(-1, n_in))
-            if grad_wih is not None:
+            if grad_wih is not None:  # Σ_t δa_t^T x_t
                 grad_wih.addmm_(dflat.t(), x[start:end].reshape(-1, n_in))
-            if grad_whh is not None:  # Σ_t δa_t^T h_{t-1}; hs[t] is h_{t-1}
-                grad_whh.addmm_(dflat.t(), hs[start:end].view(-1, hidden))
+            if grad_whh is not None:  # Σ_t δa_t^T h_{t-1}
+                if start > 0:
+                    grad_whh.addmm_(dflat.t(), hs[start - 1 : end - 1].view(-1, hidden))
+                else:
+                    grad_whh.addmm_(da_block[0].t(), h0)
+                    if end > 1:
+                        grad_whh.addmm_(da_block[1:].view(-1, gsize).t(), hs[: end - 1].view(-1, hidden))
             if grad_b is not None:
                 grad_b += dflat.sum(0)
-            if grad_p is not None:
-                c_prev, c_new = cs[start:end], cs[start + 1 : end + 1]
-                if coupled:  # [w_cf, w_co]
-                    grad_p[0] += (dchunk[..., :hidden] * c_prev).sum((0, 1))
-                else:  # [w_ci, w_cf, w_co]
-                    grad_p[:2] += (
-                        dchunk[..., : 2 * hidden].unflatten(-1, (2, hidden)) * c_prev.unsqueeze(2)
-                    ).sum((0, 1))
-                grad_p[-1] += (dchunk[..., gsize - hidden :] * c_new).sum((0, 1))
-        grad_h0 = torch.mm(d_chunks[0][0], w_hh) if need_h0 else None
-        grad_c0 = dc_carry if need_c0 else None
+            if grad_p is not None:  # Σ δâ^i C_{t-1}, Σ δâ^f C_{t-1}, Σ δâ^o C_t over steps and batch
+                da_sig = da_block[..., : n_sig * hidden].unflatten(-1, (n_sig, hidden))
+                grad_p[:n_sig] += (da_sig * c_prev.unsqueeze(2)).sum((0, 1))
+                grad_p[-1] += (da_block[..., o_cols] * cs[start:end]).sum((0, 1))
+        assert da_next is not None
+        grad_h0 = torch.mm(da_next, w_hh) if need_h0 else None
+        grad_c0 = carry if need_c0 else None
         return grad_x, grad_wih, grad_whh, grad_b, grad_p, grad_h0, grad_c0, None
 
 
@@ -359,15 +396,19 @@ def lstm_layer(
     bias: Tensor | None = None,
     peep: Tensor | None = None,
     coupled: bool = False,
-) -> tuple[Tensor, Tensor]:
+    last: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """One layer, one direction over the whole sequence, with a hand-written backward through time.
 
     Shapes: ``x`` (T, B, E); ``h0``, ``c0`` (B, H). For the standard cell ``w_ih`` (4H, E), ``w_hh`` (4H, H)
     and ``bias`` (4H,) (= b_ih + b_hh) hold the gates i, f, g, o in rows, and ``peep`` = [w_ci, w_cf, w_co]
     (3, H). For the coupled cell (``i = 1 - f``) they hold only f, g, o: (3H, E), (3H, H), (3H,), and
-    ``peep`` = [w_cf, w_co] (2, H). ``peep`` None means no peepholes. Returns all hidden states and all cell
-    states, each (T, B, H): every step is computed, padding included; pick the final states out with
-    ``lengths`` afterwards (steps after a sequence's end never influence the steps before it).
+    ``peep`` = [w_cf, w_co] (2, H). ``peep`` None means no peepholes. ``last`` (B,) int64, if given, is the
+    index of each sequence's last real step in a right-padded batch (None: T - 1 for all).
+
+    Returns ``(hs, h_n, c_n)``: the hidden states of all steps (T, B, H) and the states at step ``last``,
+    each (B, H). Every step is computed, padding included (steps after a sequence's end never influence
+    the steps before it, so only the outputs there are meaningless; the caller zeroes them).
 
     The forward computes the input projection of a block of steps in one matmul, then per step one
     ``addmm`` for ``W_hh h_{t-1}`` and the gate arithmetic in place (one sigmoid over i and f together).
@@ -398,14 +439,20 @@ def lstm_layer(
     ``δf_t = δC_t (C_{t-1} - C~_t)``, ``δC~_t = δC_t (1 - f_t)``, ``ε_t = δC_t f_t + δâ^f_t w_cf``, and
     there is no input gate. Checked against autograd by ``torch.autograd.gradcheck`` in the tests.
     """
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, w_ih, w_hh, bias, peep, h0, c0)
-    ):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w_ih, w_hh, bias, peep, h0, c0)):
         hs, cs = _LSTMLayerFunction.apply(x, w_ih, w_hh, bias, peep, h0, c0, coupled)
-        return hs, cs
+        if last is None:
+            return hs, hs[-1], cs[-1]
+        index = last.view(1, -1, 1).expand(1, hs.shape[1], hs.shape[2])
+        return hs, hs.gather(0, index).squeeze(0), cs.gather(0, index).squeeze(0)
     with torch.no_grad():
-        hs, cs, _, _ = _loop_forward(x, w_ih, w_hh, bias, peep, h0, c0, coupled, store=False)
-    return hs[1:], cs[1:]
+        run = _loop_forward(x, w_ih, w_hh, bias, peep, h0, c0, coupled, store=False, keep_cells=last is not None)
+    hs = run.hs
+    if last is None:
+        return hs, hs[-1], run.c_last
+    assert run.cs is not None
+    index = last.view(1, -1, 1).expand(1, hs.shape[1], hs.shape[2])
+    return hs, hs.gather(0, index).squeeze(0), run.cs.gather(0, index).squeeze(0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -414,37 +461,34 @@ def lstm_layer(
 
 
 class _Lengths(NamedTuple):
-    """What the layers need to know about a right-padded batch."""
+    """What the layers need to know about a right-padded batch (empty sequences count as length 1 in all
+    but ``lengths``, ``mask`` and ``empty``; their results are replaced at the end)."""
 
-    lengths: Tensor  # (B,) int64 on the input's device
-    lengths_cpu: Tensor  # the same on the CPU, for pack_padded_sequence
+    lengths: Tensor  # (B,) int64 on the input's device, the real lengths
+    lengths_cpu: Tensor  # (B,) at least 1, on the CPU, for pack_padded_sequence
     mask: Tensor  # (T, B, 1), 1.0 at real tokens, in the input's dtype
-    last: Tensor  # (1, B, 1) index of each sequence's last real token
+    last: Tensor  # (B,) index of each sequence's last real token (0 for an empty one)
     reverse_index: Tensor  # (T * B,) flat (t, b) -> (len_b - 1 - t, b) inside each sequence, identity after
+    empty: Tensor | None  # (B, 1) True for sequences of length 0, None if there are none
 
 
-def _prepare_lengths(
-    lengths: Tensor | Sequence[int], steps: int, batch: int, like: Tensor
-) -> _Lengths | None:
-    lengths_cpu = torch.as_tensor(lengths, dtype=torch.int64, device="cpu").reshape(-1)
-    if lengths_cpu.numel() != batch:
-        raise ValueError(f"lengths has {lengths_cpu.numel()} entries for a batch of {batch}")
-    if batch and (int(lengths_cpu.min()) < 1 or int(lengths_cpu.max()) > steps):
-        raise ValueError(f"lengths must lie in [1, {steps}], got {lengths_cpu.tolist()}")
-    if bool((lengths_cpu == steps).all()):
+def _prepare_lengths(lengths: Tensor | Sequence[int], steps: int, batch: int, like: Tensor) -> _Lengths | None:
+    real_cpu = torch.as_tensor(lengths, dtype=torch.int64, device="cpu").reshape(-1)
+    if real_cpu.numel() != batch:
+        raise ValueError(f"lengths has {real_cpu.numel()} entries for a batch of {batch}")
+    if batch and (int(real_cpu.min()) < 0 or int(real_cpu.max()) > steps):
+        raise ValueError(f"lengths must lie in [0, {steps}], got {real_cpu.tolist()}")
+    if bool((real_cpu == steps).all()):
         return None  # nothing padded
-    lengths_dev = lengths_cpu.to(like.device)
+    lengths_cpu = real_cpu.clamp(min=1)
+    real_dev, lengths_dev = real_cpu.to(like.device), lengths_cpu.to(like.device)
     t = torch.arange(steps, device=like.device).unsqueeze(1)  # (T, 1)
-    real = t < lengths_dev  # (T, B)
-    source_t = torch.where(real, lengths_dev - 1 - t, t)
+    inside = t < lengths_dev  # (T, B)
+    source_t = torch.where(inside, lengths_dev - 1 - t, t)
     reverse_index = (source_t * batch + torch.arange(batch, device=like.device)).reshape(-1)
-    return _Lengths(
-        lengths_dev,
-        lengths_cpu,
-        real.unsqueeze(2).to(like.dtype),
-        (lengths_dev - 1).view(1, -1, 1),
-        reverse_index,
-    )
+    empty = (real_dev == 0).unsqueeze(1) if bool((real_cpu == 0).any()) else None
+    mask = (t < real_dev).unsqueeze(2).to(like.dtype)
+    return _Lengths(real_dev, lengths_cpu, mask, lengths_dev - 1, reverse_index, empty)
 
 
 class LSTM(nn.Module):
@@ -622,11 +666,16 @@ class LSTM(nn.Module):
         pad = _prepare_lengths(lengths, steps, batch, x) if lengths is not None else None
 
         if self.backward == "bptt" and not (self.peephole or self.coupled):
-            return self._forward_fused(x, hx, pad)
-        seq = x.transpose(0, 1) if self.batch_first else x
-        out, h_n, c_n = self._forward_loop(seq.contiguous(), hx, pad)
-        if self.batch_first:
-            out = out.transpose(0, 1)
+            out, (h_n, c_n) = self._forward_fused(x, hx, pad)
+        else:
+            seq = x.transpose(0, 1) if self.batch_first else x
+            out, h_n, c_n = self._forward_loop(seq.contiguous(), hx, pad)
+            if self.batch_first:
+                out = out.transpose(0, 1)
+        if pad is not None and pad.empty is not None:  # empty sequences: zero output, initial state
+            empty_rows = pad.empty.view(-1, 1, 1) if self.batch_first else pad.empty.view(1, -1, 1)
+            out = out.masked_fill(empty_rows, 0.0)
+            h_n, c_n = torch.where(pad.empty, hx[0], h_n), torch.where(pad.empty, hx[1], c_n)
         return out, (h_n, c_n)
 
     def _forward_fused(
@@ -742,23 +791,10 @@ class LSTM(nn.Module):
                 peep = torch.stack([p["weight_cf"], p["weight_co"]])  # type: ignore[list-item]
         elif self.peephole:
             peep = torch.stack([p["weight_ci"], p["weight_cf"], p["weight_co"]])  # type: ignore[list-item]
-        batch, n_in = x.shape[1], x.shape[2]
+        n_in = x.shape[2]
         if reverse:  # run the reversed sequence forwards; each sequence reversed within its own length
-            x = (
-                x.flip(0)
-                if pad is None
-                else x.reshape(-1, n_in).index_select(0, pad.reverse_index).view_as(x)
-            )
-        hs, cs = lstm_layer(x, h0, c0, w_ih, w_hh, bias, peep, self.coupled)
-        if pad is None:
-            h_n, c_n = hs[-1], cs[-1]
-        else:
-            last = pad.last.expand(1, batch, hidden)
-            h_n, c_n = hs.gather(0, last).squeeze(0), cs.gather(0, last).squeeze(0)
+            x = x.flip(0) if pad is None else x.reshape(-1, n_in).index_select(0, pad.reverse_index).view_as(x)
+        hs, h_n, c_n = lstm_layer(x, h0, c0, w_ih, w_hh, bias, peep, self.coupled, None if pad is None else pad.last)
         if reverse:
-            hs = (
-                hs.flip(0)
-                if pad is None
-                else hs.reshape(-1, hidden).index_select(0, pad.reverse_index).view_as(hs)
-            )
+            hs = hs.flip(0) if pad is None else hs.reshape(-1, hidden).index_select(0, pad.reverse_index).view_as(hs)
         return hs, h_n, c_n
