@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             ms = medians[(name, mode)]
             row[f"{mode}_ms"] = round(ms, 3)
             row[f"{mode}_ratio"] = round(ms / medians[("torch.nn.LSTM", mode)], 3)
+            row[f"{mode}_min_ms"] = round(min(times[(name, mode)]) * 1e3, 3)
+            row[f"{mode}_all_ms"] = [round(v * 1e3, 3) for v in times[(name, mode)]]
         rows.append(row)
 
     config = {k: v for k, v in vars(args).items() if k != "json"}

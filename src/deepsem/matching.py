@@ -200,7 +200,8 @@ def train(
 
     ``train_data``/``dev_data``: a file (TSV/CSV/JSONL/Parquet, columns text_a, text_b[, label]; or a click
     log with ``clicks=True``, see :func:`as_pairs`) or :class:`TextPairs`. With 0/1 labels the dev metric
-    is accuracy (threshold chosen on dev); with positive pairs only it is MRR@10 of retrieving each text_b from its text_a among the dev set.
+    is accuracy (threshold chosen on dev); with positive pairs only it is MRR@10 of retrieving each text_b
+    from its text_a among the dev set.
     Run files (checkpoint, metrics.jsonl, training.png) go to ``run_dir`` (default ``out/training``);
     an interrupted run started again with the same arguments resumes from its last checkpoint.
     """
