@@ -274,6 +274,8 @@ def index_build(
     skip_bad_rows: Annotated[bool, typer.Option(help="Skip malformed documents (counted).")] = False,
     check_recall: Annotated[bool, typer.Option(help="Report recall@10 of the index against exact search on "
                             "a sample of 200 documents used as queries.")] = False,
+    vectors: Annotated[Path | None, typer.Option(help="Precomputed document vectors (.npy from `deepsem encode "
+                       "--side doc`, one row per document in corpus order): skips encoding.")] = None,
 ) -> None:
     """Encode every document of a corpus and index the vectors."""
     import time
@@ -283,8 +285,11 @@ def index_build(
 
     t0 = time.perf_counter()
     try:
+        import numpy as np
+
+        given = np.load(vectors, allow_pickle=False) if vectors is not None else None
         built = Index.build(model, corpus, index, factory, id_field=id_field, text_field=text_field,
-                            skip_bad_rows=skip_bad_rows, progress=True)
+                            skip_bad_rows=skip_bad_rows, vectors=given, progress=True)
     except (DataError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
         return

@@ -147,3 +147,15 @@ def test_duplicate_ids_and_bad_factory(trained_model_dir, tmp_path):
         Index.build(trained_model_dir, [Document("a", "x"), Document("a", "y")], tmp_path / "i")
     with pytest.raises(ValueError, match="bad Faiss factory"):
         Index.build(trained_model_dir, ["x"], tmp_path / "j", "NoSuchIndex")
+
+
+def test_precomputed_vectors(trained_model_dir, tmp_path):
+    model = deepsem.load(trained_model_dir)
+    texts = ["银行卡余额", "火车站", "医院"]
+    vectors = model.encode(texts, side="doc")
+    index = Index.build(model, texts, tmp_path / "i", vectors=vectors)
+    assert [h.text for h in index.search("火车站", k=1)[0]] == ["火车站"]
+    with pytest.raises(ValueError, match="vectors given"):
+        Index.build(model, texts, tmp_path / "j", vectors=vectors[:2])
+    with pytest.raises(ValueError, match="do not fit"):
+        Index.build(model, texts, tmp_path / "k", vectors=vectors[:, :3])

@@ -280,6 +280,7 @@ def test_gradcheck_layer_blocks(variant: str, monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_bptt_matches_autograd(variant: str, bidirectional: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lstm_module, "_CHUNK_BYTES", 3 * 5 * 4 * 6 * 8)  # blocks of three steps
+    monkeypatch.setattr(lstm_module, "_INFERENCE_CHUNK_BYTES", 2 * 5 * 4 * 6 * 8)  # two steps (inference)
     torch.manual_seed(4)
     fast, ref = _pair(VARIANTS[variant], input_size=4, hidden_size=6, num_layers=2, bidirectional=bidirectional)
     x = torch.randn(5, 8, 4, dtype=torch.float64)  # batch-first (B=5, T=8)
@@ -294,6 +295,10 @@ def test_bptt_matches_autograd(variant: str, bidirectional: bool, monkeypatch: p
         grads = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
         results.append((out, h_n, c_n, xg.grad, grads))
     (out_f, h_f, c_f, gx_f, g_f), (out_r, h_r, c_r, gx_r, g_r) = results
+    with torch.no_grad():  # the inference loop (one reused block buffer) gives the same
+        out_n, (h_nograd, c_nograd) = fast(x, lengths=lengths)
+    for got, want in ((out_n, out_f), (h_nograd, h_f), (c_nograd, c_f)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
     for got, want in ((out_f, out_r), (h_f, h_r), (c_f, c_r), (gx_f, gx_r)):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
     assert set(g_f) == set(g_r)

@@ -85,13 +85,15 @@ class Index:
         batch_size: int = 512,
         chunk: int = 50_000,
         train_size: int = 100_000,
+        vectors: np.ndarray | None = None,
         progress: bool = False,
     ) -> Index:
         """Encode every document of ``corpus`` with ``model``'s document tower and index the vectors.
 
         ``factory`` is a Faiss index factory string ("Flat", "HNSW32", "IVF1024,Flat", "IVF256,PQ16", ...);
         inner product on L2-normalised vectors = cosine. Training factories (IVF, PQ) train on the first
-        ``train_size`` vectors.
+        ``train_size`` vectors. ``vectors`` (one row per document, in corpus order, made by this model's
+        document tower, e.g. with ``deepsem encode --side doc``) skips the encoding.
         """
         faiss = _faiss()
         directory = Path(directory)
@@ -102,6 +104,8 @@ class Index:
             iter_corpus(corpus, id_field=id_field, text_field=text_field, skip_bad_rows=skip_bad_rows)
             if isinstance(corpus, str | Path) else corpus
         )
+        if vectors is not None and (vectors.ndim != 2 or vectors.shape[1] != semantic.dim):
+            raise ValueError(f"vectors of shape {vectors.shape} do not fit the model's dimension {semantic.dim}")
         version, work = _new_version(directory)
         store = DocStore(work / "docs.sqlite")
         try:
@@ -120,22 +124,30 @@ class Index:
                 raise ValueError(f"duplicate document id(s) in the corpus: {', '.join(dup[:5]) or 'within a batch'}")
             seen.update(ids)
             rows = np.arange(row, row + len(batch), dtype=np.int64)
-            vectors = semantic.encode([d.text for d in batch], batch_size=batch_size, side="doc")
+            if vectors is not None:
+                if row + len(batch) > len(vectors):
+                    raise ValueError(f"{len(vectors)} vectors given for a corpus of more documents")
+                batch_vectors = np.ascontiguousarray(vectors[row : row + len(batch)], dtype=np.float32)
+            else:
+                batch_vectors = semantic.encode([d.text for d in batch], batch_size=batch_size, side="doc")
             store.add(rows.tolist(), ids, [d.text for d in batch], [d.metadata for d in batch])
             row += len(batch)
             if not index.is_trained:  # hold vectors until there are enough to train on
-                pending.append(vectors)
+                pending.append(batch_vectors)
                 pending_rows.append(rows)
                 if sum(len(p) for p in pending) >= train_size:
                     _train_and_flush(index, pending, pending_rows)
             else:
-                index.add_with_ids(vectors, rows)
+                index.add_with_ids(batch_vectors, rows)
             if progress:
                 print(f"indexed {row:,} documents ({row / (time.perf_counter() - t0):.0f}/s)", flush=True)
         if pending:
             _train_and_flush(index, pending, pending_rows)
         if row == 0:
             raise ValueError("the corpus has no documents")
+        if vectors is not None and len(vectors) != row:
+            raise ValueError(f"{len(vectors)} vectors given for {row} documents")
+
         store.close()
         meta = {"format": FORMAT, "version": 1, "factory": factory, "dim": semantic.dim, "documents": row,
                 "built_seconds": round(time.perf_counter() - t0, 2)}

@@ -182,14 +182,13 @@ class _Forward(NamedTuple):
     cands: Tensor | None  # (T, B, H) the candidates C~_t; only with ``store`` (the gate blocks keep a^g)
 
 
-def _tanh_of_block(block: Tensor, out: Tensor | None) -> Tensor:
-    """``tanh`` of a column block of the gate buffer, into ``out`` if given (else a new tensor).
+def _tanh_of_block(block: Tensor, out: Tensor) -> Tensor:
+    """``tanh`` of a column block of the gate buffer into the contiguous ``out``.
 
     ATen's tanh on a view that skips columns (row stride 4H) was measured 3-4x slower with 2 threads than
     a copy to contiguous memory followed by tanh there; so copy first.
     """
-    dense = out.copy_(block) if out is not None else block.contiguous()
-    return dense.tanh_()
+    return out.copy_(block).tanh_()
 
 
 def _loop_forward(
@@ -225,9 +224,14 @@ def _loop_forward(
     spans = _time_chunks(steps, step_bytes, _CHUNK_BYTES if store else _INFERENCE_CHUNK_BYTES)
     gates: list[Tensor] = []
     reused = None if store else x.new_empty(spans[0][1] - spans[0][0], batch, gsize)
-    # Per-step views, made once (one unbind per block instead of a dozen slicing calls per step).
-    h_steps, c_steps = hs.unbind(0), cs.unbind(0) if cs is not None else None
-    tc_steps, g_steps = tcs.unbind(0) if tcs is not None else None, gs.unbind(0) if gs is not None else None
+    # Where each step writes C~_t, C_t and tanh(C_t): the stored tensors, or (inference) a few buffers
+    # reused over and over (two in turn for C, whose previous value is read while the new one is written).
+    # Per-step views are made once (one unbind instead of a dozen slicing calls a step).
+    h_steps = hs.unbind(0)
+    scratch = x.new_empty(4, batch, hidden).unbind(0)
+    g_steps = gs.unbind(0) if gs is not None else scratch[:1] * steps
+    tc_steps = tcs.unbind(0) if tcs is not None else scratch[1:2] * steps
+    c_steps = cs.unbind(0) if cs is not None else scratch[2:] * ((steps + 1) // 2)
     n_sig = 1 if coupled else 2  # sigmoid gates before the candidate: [i, f] or, coupled, [f]
     p_in, p_out = (peep[:n_sig], peep[-1]) if peep is not None else (None, None)
     for start, end in spans:
@@ -253,18 +257,16 @@ def _loop_forward(
             if p_in is not None:  # [i, f] += [w_ci, w_cf] * C_{t-1}  (coupled: f += w_cf * C_{t-1})
                 sig.addcmul_(c.unsqueeze(1), p_in)
             sig.sigmoid_()  # i_t, f_t (coupled: f_t, and o_t too if no peepholes)
-            g = _tanh_of_block(g_pre_steps[r], g_steps[t] if g_steps is not None else None)  # C~_t
-            c_out = c_steps[t] if c_steps is not None else None
+            g = _tanh_of_block(g_pre_steps[r], g_steps[t])  # C~_t
             if coupled:  # C_t = f C_{t-1} + (1 - f) C~_t  =  C~_t + f (C_{t-1} - C~_t)
-                c = torch.lerp(g, c, f, out=c_out) if c_out is not None else torch.lerp(g, c, f)
+                c = torch.lerp(g, c, f, out=c_steps[t])
             else:  # C_t = f C_{t-1} + i C~_t
-                c = torch.mul(f, c, out=c_out) if c_out is not None else f * c
-                c.addcmul_(i_steps[r], g)
+                c = torch.mul(f, c, out=c_steps[t]).addcmul_(i_steps[r], g)
             if p_out is not None:  # o_t = σ(... + w_co * C_t)
                 o.addcmul_(c, p_out)
             if not fused_fo:
                 o.sigmoid_()
-            tc = torch.tanh(c, out=tc_steps[t]) if tc_steps is not None else torch.tanh(c)
+            tc = torch.tanh(c, out=tc_steps[t])
             h = torch.mul(o, tc, out=h_steps[t])  # h_t = o_t tanh(C_t)
     return _Forward(hs, cs, c, gates, spans, tcs, gs)
 
@@ -655,6 +657,8 @@ class LSTM(nn.Module):
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input has {x.shape[-1]} features, expected {self.input_size}")
         steps, batch = (x.shape[1], x.shape[0]) if self.batch_first else (x.shape[0], x.shape[1])
+        if steps == 0:
+            raise ValueError("Expected sequence length to be larger than 0 in RNN")
         states = self.num_layers * self.num_directions
         if hx is None:
             zeros = x.new_zeros(states, batch, self.hidden_size)
