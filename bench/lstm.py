@@ -5,7 +5,9 @@ peepholes and ours with coupled input/forget gates (both on the hand-written bac
 Inference is a forward under ``torch.no_grad()``; training is forward plus backward of ``output.sum()``
 (the input requires grad, as an embedding output would). Each figure is the median over ``--repeats`` runs
 after ``--warmup`` runs; the ratio is against torch.nn.LSTM measured in the same run. The variants are
-interleaved repeat by repeat so that a change of machine load hits all of them alike.
+interleaved repeat by repeat so that a change of machine load hits all of them alike; "paired" is the
+median over repeats of (this variant's time / torch's time in the same repeat), steadier than the ratio
+of medians when other processes share the CPU.
 
     python bench/lstm.py --batch 256 --length 32 --input 128 --hidden 256 --repeats 20
 """
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             ms = medians[(name, mode)]
             row[f"{mode}_ms"] = round(ms, 3)
             row[f"{mode}_ratio"] = round(ms / medians[("torch.nn.LSTM", mode)], 3)
+            pairs = zip(times[(name, mode)], times[("torch.nn.LSTM", mode)], strict=True)
+            row[f"{mode}_paired_ratio"] = round(statistics.median(ours / ref for ours, ref in pairs), 3)
             row[f"{mode}_min_ms"] = round(min(times[(name, mode)]) * 1e3, 3)
             row[f"{mode}_all_ms"] = [round(v * 1e3, 3) for v in times[(name, mode)]]
         rows.append(row)
@@ -113,13 +117,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"{args.layers}{', bidirectional' if args.bidirectional else ''}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; median of {args.repeats}"
     )
-    header = f"{'variant':<24}{'infer ms':>10}{'ratio':>8}{'train ms':>11}{'ratio':>8}"
+    header = f"{'variant':<24}{'infer ms':>10}{'ratio':>8}{'paired':>8}{'train ms':>11}{'ratio':>8}{'paired':>8}"
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
             f"{row['variant']:<24}{row['inference_ms']:>10.2f}{row['inference_ratio']:>8.3f}"
-            f"{row['training_ms']:>11.2f}{row['training_ratio']:>8.3f}"
+            f"{row['inference_paired_ratio']:>8.3f}{row['training_ms']:>11.2f}{row['training_ratio']:>8.3f}"
+            f"{row['training_paired_ratio']:>8.3f}"
         )
     result: dict[str, object] = {
         "config": config,

@@ -109,8 +109,8 @@ def main() -> None:
         rows.append(ref)
         for factory in args.factories:
             before = rss_mb()
-            t_build, index = timed(lambda f=factory, t=texts, v=vectors: Index.build(
-                model, t, args.work / f"{size}-{f.replace(',', '_')}", f, vectors=v))
+            t_build, index = timed(lambda f=factory, t=texts, v=vectors, n=size: Index.build(
+                model, t, args.work / f"{n}-{f.replace(',', '_')}", f, vectors=v))
             assert isinstance(index, Index)
             mem = rss_mb() - before
             _, found = index.search_vectors(q_vecs, 10)
