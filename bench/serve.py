@@ -1,0 +1,114 @@
+"""Load test of ``deepsem serve`` on loopback: requests/s and latency of POST /search at several concurrencies.
+
+    python bench/serve.py --index runs/bench-search/100000-HNSW32 --concurrency 1 8 32 --duration 20
+
+The server runs in its own process (``deepsem serve``); the load comes from ``wrk`` (Debian package ``wrk``)
+with a Lua script that cycles through real queries (LCQMC test questions), one query per request, k=10.
+Each concurrency level is bounded by ``--duration`` seconds after a short warm-up. Errors (non-2xx answers,
+socket errors, timeouts) are counted and must be 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+LUA = """
+local queries = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  local body = '{"queries": ' .. queries[(i %% #queries) + 1] .. ', "k": 10}'
+  return wrk.format("POST", "/search", {["Content-Type"] = "application/json"}, body)
+end
+"""
+
+
+def wait_ready(url: str, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError("the server did not start")
+
+
+def to_ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(url: str, script: Path, concurrency: int, duration: int) -> dict[str, float]:
+    threads = min(2, concurrency)
+    cmd = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{duration}s", "--latency", "--timeout", "5s",
+           "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if socket:
+        errors += sum(int(x) for x in socket.groups())
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {"concurrency": concurrency, "requests": requests,
+            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+            "p50_ms": to_ms(latency["50"]), "p99_ms": to_ms(latency["99"]), "errors": errors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=Path, required=True, help="an index built by deepsem (e.g. 100k docs)")
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/datasets"))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--duration", type=int, default=20)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    lcqmc = (args.data_dir / "lcqmc/test.tsv").read_text("utf-8").splitlines()
+    queries = list(dict.fromkeys(line.split("\t")[0] for line in lcqmc))[:2000]
+    script = Path(tempfile.mkdtemp()) / "search.lua"
+    script.write_text(LUA % ", ".join("[[" + json.dumps(q, ensure_ascii=False) + "]]" for q in queries), "utf-8")
+    url = f"http://127.0.0.1:{args.port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "deepsem.cli", "serve", "--index", str(args.index), "--port", str(args.port),
+         "--max-wait-ms", str(args.max_wait_ms)], stdout=subprocess.DEVNULL, env={**os.environ})
+    rows = []
+    try:
+        wait_ready(url)
+        run_wrk(url, script, 4, 3)  # warm-up
+        for c in args.concurrency:
+            rows.append(run_wrk(url, script, c, args.duration))
+            print(rows[-1], flush=True)
+        with urllib.request.urlopen(url + "/stats") as r:
+            stats = json.loads(r.read())
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+    print(f"\nPOST /search (k=10, one query per request) over {stats['index']['documents']:,} documents "
+          f"({stats['index']['factory']}), {args.duration} s per level, server and wrk on the same 2 cores")
+    print(f"{'concurrency':>11} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for r in rows:
+        print(f"{r['concurrency']:>11} {r['rps']:>11.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7}")
+    print(f"micro-batching: {stats['batching']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rows": rows, "stats": stats}, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
