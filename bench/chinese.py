@@ -53,10 +53,12 @@ SOURCES: dict[str, tuple[tuple[Any, Any, Any], Any]] = {
 
 SETTINGS: dict[str, Any] = {
     "tokenizer": {"name": "char", "min_count": 2, "max_length": 48},
-    "model": {"tower": {"encoder": "lstm-peephole", "embedding_dim": 128, "hidden_size": 256,
-                        "bidirectional": False, "pooling": "last", "output_dim": 128}},
-    "training": {"loss": "pointwise+softmax", "negatives": "in-batch", "epochs": 3, "batch_size": 128,
-                 "lr": 2e-3, "patience": 2, "eval_every": 500},
+    "model": {"tower": {"encoder": "lstm-peephole", "embedding_dim": 128, "hidden_size": 128,
+                        "bidirectional": True, "pooling": "last+max", "output_dim": 128, "dropout": 0.2,
+                        "embedding_dropout": 0.2}},
+    # the linear decay follows the 15-minute budget (time_schedule), whichever ends first
+    "training": {"loss": "pointwise+softmax", "negatives": "in-batch", "epochs": 4, "batch_size": 128,
+                 "lr": 3e-3, "patience": 3, "eval_every": 600, "time_schedule": True},
 }
 
 

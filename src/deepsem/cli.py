@@ -109,7 +109,8 @@ def train(
     patience: Annotated[int, typer.Option(help="Stop after this many dev evaluations without gain.")] = 3,
     eval_every: Annotated[int | None, typer.Option(help="Steps between dev evaluations (default: epoch).")
                           ] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop training after this many minutes.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop training after this many minutes; the learning "
+                           "rate decay then follows the elapsed time when that ends training first.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (data order, initialisation, dropout).")] = 13,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the run's last checkpoint if there is one.")] = True,

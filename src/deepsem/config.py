@@ -154,7 +154,7 @@ class TrainConfig(_Config):
     patience: int = 3  # dev evaluations without improvement before stopping
     checkpoint_every: int = 500
     max_minutes: float | None = None
-    time_schedule: bool = False  # with max_minutes: the LR schedule runs on max(step, time) progress
+    time_schedule: bool = True  # with max_minutes: the LR schedule runs on max(step, time) progress
     threads: int | None = None
 
     def validate(self, where: str | None = None) -> None:
