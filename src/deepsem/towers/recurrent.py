@@ -30,7 +30,7 @@ class RecurrentTower(nn.Module):
             c.hidden_size,
             num_layers=c.num_layers,
             batch_first=True,
-            dropout=c.dropout,
+            dropout=c.dropout if c.num_layers > 1 else 0.0,
             bidirectional=c.bidirectional,
             peephole=c.encoder == "lstm-peephole",
             coupled=c.encoder == "lstm-coupled",
