@@ -148,8 +148,9 @@ def lstm_layer_reference(
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
     h, c = h0, c0
     outputs: list[Tensor] = [x.new_zeros(())] * x.shape[0]
+    inputs = x.unbind(0)  # one gradient concatenation in the backward, not a zero-filled x per step
     for t in steps:
-        cell = lstm_cell(x[t], h, c, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, coupled)
+        cell = lstm_cell(inputs[t], h, c, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, coupled)
         if lengths is None:
             h, c = cell.h, cell.c
             outputs[t] = h
@@ -176,7 +177,7 @@ class _Forward(NamedTuple):
     hs: Tensor  # (T, B, H) h_1 .. h_T
     cs: Tensor | None  # (T, B, H) C_1 .. C_T; kept for the backward or when asked
     c_last: Tensor  # (B, H), C_T
-    gates: list[Tensor]  # activated gates [i,] f, g, o in blocks of steps (n, B, G); only with ``store``
+    gates: list[Tensor]  # blocks (n, B, G) of steps: gate values [i,] f, o (and a^g); only with ``store``
     spans: list[tuple[int, int]]  # the (start, end) steps of each block
     tanh_cs: Tensor | None  # (T, B, H) tanh(C_t); only with ``store``
     cands: Tensor | None  # (T, B, H) the candidates C~_t; only with ``store`` (the gate blocks keep a^g)
@@ -414,6 +415,9 @@ def lstm_layer(
 
     The forward computes the input projection of a block of steps in one matmul, then per step one
     ``addmm`` for ``W_hh h_{t-1}`` and the gate arithmetic in place (one sigmoid over i and f together).
+    The backward first computes, for a whole block, the factors that turn δh_t and δC_t into the gate
+    gradients (they depend on forward values only), so that the sequential loop is one matmul and four
+    element-wise operations a step; the weight gradients are then one matmul per block.
 
     Backward through time. Write ``a_t = W_ih x_t + b + W_hh h_{t-1}`` (rows a^i, a^f, a^g, a^o) and
     ``â`` for a gate's full pre-activation (with its peephole term), so that ``i = σ(â^i)``,
