@@ -275,6 +275,9 @@ def index_build(
     skip_bad_rows: Annotated[bool, typer.Option(help="Skip malformed documents (counted).")] = False,
     check_recall: Annotated[bool, typer.Option(help="Report recall@10 of the index against exact search on "
                             "a sample of 200 documents used as queries.")] = False,
+    search_params: Annotated[str | None, typer.Option(help="Faiss search parameters kept with the index, e.g. "
+                             "'efSearch=256' (HNSW) or 'nprobe=64' (IVF); default efSearch=128 / nprobe=32.")
+                             ] = None,
     vectors: Annotated[Path | None, typer.Option(help="Precomputed document vectors (.npy from `deepsem encode "
                        "--side doc`, one row per document in corpus order): skips encoding.")] = None,
 ) -> None:
@@ -290,7 +293,8 @@ def index_build(
 
         given = np.load(vectors, allow_pickle=False) if vectors is not None else None
         built = Index.build(model, corpus, index, factory, id_field=id_field, text_field=text_field,
-                            skip_bad_rows=skip_bad_rows, vectors=given, progress=True)
+                            skip_bad_rows=skip_bad_rows, vectors=given, search_params=search_params,
+                            progress=True)
     except (DataError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
         return

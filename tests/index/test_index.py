@@ -159,3 +159,17 @@ def test_precomputed_vectors(trained_model_dir, tmp_path):
         Index.build(model, texts, tmp_path / "j", vectors=vectors[:2])
     with pytest.raises(ValueError, match="do not fit"):
         Index.build(model, texts, tmp_path / "k", vectors=vectors[:, :3])
+
+
+def test_search_params_are_kept_and_applied(trained_model_dir, tmp_path):
+    import faiss
+
+    path, _ = corpus_file(tmp_path, 100)
+    index = Index.build(trained_model_dir, path, tmp_path / "h", "HNSW16")
+    assert index.meta["search_params"] == "efSearch=128"
+    assert faiss.downcast_index(Index.load(tmp_path / "h").faiss_index.index).hnsw.efSearch == 128
+    index = Index.build(trained_model_dir, path, tmp_path / "v", "IVF4,Flat", search_params="nprobe=3",
+                        train_size=50)
+    assert faiss.downcast_index(Index.load(tmp_path / "v").faiss_index.index).nprobe == 3
+    with pytest.raises(ValueError, match="search_params"):
+        Index.build(trained_model_dir, path, tmp_path / "x", "HNSW16", search_params="noSuchParam=3")
