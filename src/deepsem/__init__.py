@@ -12,9 +12,11 @@ __version__ = "0.1.0"
 
 from deepsem.config import ModelConfig, TowerConfig, TrainConfig
 from deepsem.encoder import SemanticModel, load
+from deepsem.index import Index
 from deepsem.matching import TextPairs, evaluate_pairs, evaluate_retrieval, train
 
 __all__ = [
+    "Index",
     "ModelConfig",
     "SemanticModel",
     "TextPairs",
