@@ -14,10 +14,10 @@ Punctuation is dropped by default (``keep_punct=False``), as in the original wor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from deepsem.text.base import DEFAULT_MAX_LENGTH, OptionCheck, VocabTokenizer, check_bool
-from deepsem.text.char import normalize_text, word_pattern
+from deepsem.text.base import DEFAULT_MAX_LENGTH
+from deepsem.text.char import CharTokenizer
 from deepsem.text.vocab import UNK_ID, Vocab
 
 BOUNDARY = "#"
@@ -33,15 +33,13 @@ def letter_trigrams(word: str) -> list[str]:
     return [marked[i : i + 3] for i in range(len(marked) - 2)]
 
 
-class TrigramTokenizer(VocabTokenizer):
-    """DSSM letter trigrams per word; the vocabulary holds the trigrams seen in the corpus."""
+class TrigramTokenizer(CharTokenizer):
+    """DSSM letter trigrams per word; the vocabulary holds the trigrams seen in the corpus.
+
+    Words are the tokens of :class:`CharTokenizer` (same options), punctuation dropped by default.
+    """
 
     name: ClassVar[str] = "trigram"
-    OPTIONS: ClassVar[dict[str, OptionCheck]] = {
-        "lowercase": check_bool,
-        "nfkc": check_bool,
-        "keep_punct": check_bool,
-    }
 
     def __init__(
         self,
@@ -52,24 +50,15 @@ class TrigramTokenizer(VocabTokenizer):
         nfkc: bool = True,
         keep_punct: bool = False,
     ) -> None:
-        super().__init__(vocab, max_length=max_length)
-        for key, value in (("lowercase", lowercase), ("nfkc", nfkc), ("keep_punct", keep_punct)):
-            check_bool(key, value)
-        self.lowercase = lowercase
-        self.nfkc = nfkc
-        self.keep_punct = keep_punct
-        self._pattern = word_pattern(keep_punct)
+        super().__init__(vocab, max_length=max_length, lowercase=lowercase, nfkc=nfkc, keep_punct=keep_punct)
         self._cache_word_ids: dict[str, list[int]] = {}
-
-    def _options(self) -> dict[str, Any]:
-        return {"lowercase": self.lowercase, "nfkc": self.nfkc, "keep_punct": self.keep_punct}
 
     def _on_vocab_change(self) -> None:
         self._cache_word_ids.clear()
 
     def words(self, text: str) -> list[str]:
         """The words of ``text`` (split as in the ``char`` tokenizer)."""
-        return self._pattern.findall(normalize_text(text, nfkc=self.nfkc, lowercase=self.lowercase))
+        return super().tokenize(text)
 
     def tokenize(self, text: str) -> list[str]:
         return [tri for word in self.words(text) for tri in letter_trigrams(word)]

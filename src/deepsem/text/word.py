@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import jieba
 
-from deepsem.text.base import DEFAULT_MAX_LENGTH, OptionCheck, VocabTokenizer, check_bool
-from deepsem.text.char import CJK_RANGES, HAN_RANGES, SYMBOL, WORD, normalize_text
+from deepsem.text.base import DEFAULT_MAX_LENGTH, OptionCheck, check_bool
+from deepsem.text.char import CJK_RANGES, HAN_RANGES, SYMBOL, WORD, CharTokenizer, normalize_text
 from deepsem.text.vocab import UNK_ID, Vocab
 
 #: At most this many distinct Chinese runs are remembered (the cache is emptied when it is full).
@@ -35,19 +35,14 @@ def _init_jieba() -> None:
         _jieba_ready = True
 
 
-class WordTokenizer(VocabTokenizer):
+class WordTokenizer(CharTokenizer):
     """jieba words for Chinese, regex words for other scripts, lower-cased.
 
     ``hmm``: let jieba's HMM guess words missing from its dictionary (jieba's default).
     """
 
     name: ClassVar[str] = "word"
-    OPTIONS: ClassVar[dict[str, OptionCheck]] = {
-        "lowercase": check_bool,
-        "nfkc": check_bool,
-        "keep_punct": check_bool,
-        "hmm": check_bool,
-    }
+    OPTIONS: ClassVar[dict[str, OptionCheck]] = {**CharTokenizer.OPTIONS, "hmm": check_bool}
 
     def __init__(
         self,
@@ -59,17 +54,8 @@ class WordTokenizer(VocabTokenizer):
         keep_punct: bool = True,
         hmm: bool = True,
     ) -> None:
-        super().__init__(vocab, max_length=max_length)
-        for key, value in (
-            ("lowercase", lowercase),
-            ("nfkc", nfkc),
-            ("keep_punct", keep_punct),
-            ("hmm", hmm),
-        ):
-            check_bool(key, value)
-        self.lowercase = lowercase
-        self.nfkc = nfkc
-        self.keep_punct = keep_punct
+        super().__init__(vocab, max_length=max_length, lowercase=lowercase, nfkc=nfkc, keep_punct=keep_punct)
+        check_bool("hmm", hmm)
         self.hmm = hmm
         other = rf"[{CJK_RANGES}]|{WORD}|{SYMBOL}" if keep_punct else rf"[{CJK_RANGES}]|{WORD}"
         # group 1: a run of Han characters (handed to jieba); group 2: any other token.
@@ -77,12 +63,7 @@ class WordTokenizer(VocabTokenizer):
         self._cache_cut: dict[str, list[str]] = {}
 
     def _options(self) -> dict[str, Any]:
-        return {
-            "lowercase": self.lowercase,
-            "nfkc": self.nfkc,
-            "keep_punct": self.keep_punct,
-            "hmm": self.hmm,
-        }
+        return {**super()._options(), "hmm": self.hmm}
 
     def _cut(self, run: str) -> list[str]:
         words = self._cache_cut.get(run)
