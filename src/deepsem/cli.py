@@ -393,10 +393,16 @@ def serve(
     max_chars: Annotated[int, typer.Option(help="Longest text accepted (characters).")] = 1000,
     max_texts: Annotated[int, typer.Option(help="Most texts (queries, pairs) in one request.")] = 256,
     max_k: Annotated[int, typer.Option(help="Largest k accepted.")] = 100,
-    max_wait_ms: Annotated[float, typer.Option(help="How long a request waits to share an encoder call.")] = 2.0,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a request may wait for others to share its encoder "
+                           "call (requests that queued meanwhile always share it).")] = 0.0,
+    threads: Annotated[int, typer.Option(help="Torch threads for encoding. 1 leaves the other cores to the "
+                       "HTTP loop; small micro-batches gain nothing from more.")] = 1,
 ) -> None:
     """Serve search, similarity and embeddings over HTTP, with a search page at /."""
+    import torch
     import uvicorn
+
+    torch.set_num_threads(threads)
 
     from deepsem.encoder import load
     from deepsem.serve import Limits, create_app

@@ -134,3 +134,26 @@ def test_internal_error_is_500_without_traceback(index: Index, monkeypatch):
         r = c.post("/search", json={"queries": "a"})
     assert r.status_code == 500 and r.json() == {"detail": "internal error: ZeroDivisionError"}
     assert deepsem.__version__
+
+
+def test_without_waiting_requests_queued_meanwhile_share_the_next_call():
+    import time as _time
+
+    calls: list[int] = []
+
+    def slow(items):
+        calls.append(len(items))
+        _time.sleep(0.05)
+        return list(items)
+
+    async def main():
+        batcher = MicroBatcher(slow, max_wait_ms=0)
+        first = asyncio.ensure_future(batcher(["a"]))
+        await asyncio.sleep(0.01)  # the first call is running now
+        rest = await asyncio.gather(*(batcher([str(i)]) for i in range(7)))
+        await first
+        await batcher.close()
+        return rest
+
+    assert asyncio.run(main()) == [[str(i)] for i in range(7)]
+    assert calls == [1, 7]

@@ -88,7 +88,7 @@ def _check_texts(texts: list[str], limits: Limits, what: str = "text") -> None:
 
 
 def create_app(index: Index | None = None, model: SemanticModel | None = None, limits: Limits | None = None,
-               max_wait_ms: float = 2.0) -> FastAPI:
+               max_wait_ms: float = 0.0) -> FastAPI:
     """The service for ``index`` (its model encodes queries) or, without an index, for ``model`` alone."""
     if index is None and model is None:
         raise ValueError("create_app needs an index or a model")

@@ -1,8 +1,10 @@
 """Micro-batching: concurrent requests wait a moment and share one encoder call.
 
-Each request puts its texts on a queue and awaits a future. One worker takes everything that arrives
-within ``max_wait_ms`` of the first item (up to ``max_batch`` texts), runs ``fn`` once on all of it in a
-worker thread (so the event loop keeps accepting requests), and hands each request its own slice back.
+Each request puts its texts on a queue and awaits a future. One worker takes everything that is waiting
+(requests that arrived while the previous batch ran) plus, if ``max_wait_ms`` > 0, whatever arrives within
+that time (up to ``max_batch`` texts), runs ``fn`` once on all of it in a worker thread (so the event loop
+keeps accepting requests), and hands each request its own slice back. With ``max_wait_ms=0`` a lone
+request never waits, and batches grow by themselves under load.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class MicroBatcher:
     ``fn`` takes a list and returns an array (or list) with one row per item.
     """
 
-    def __init__(self, fn: Callable[[list[Any]], Any], max_batch: int = 256, max_wait_ms: float = 2.0) -> None:
+    def __init__(self, fn: Callable[[list[Any]], Any], max_batch: int = 256, max_wait_ms: float = 0.0) -> None:
         self.fn, self.max_batch, self.max_wait = fn, max_batch, max_wait_ms / 1000
         self.queue: asyncio.Queue[_Job] | None = None
         self.worker: asyncio.Task[None] | None = None
@@ -63,8 +65,12 @@ class MicroBatcher:
         while True:
             jobs = [await self.queue.get()]
             size = len(jobs[0].items)
+            # everything that queued up while the previous batch ran joins this one at once
+            while size < self.max_batch and not self.queue.empty():
+                jobs.append(self.queue.get_nowait())
+                size += len(jobs[-1].items)
             deadline = loop.time() + self.max_wait
-            while size < self.max_batch:
+            while size < self.max_batch and self.max_wait > 0:
                 timeout = deadline - loop.time()
                 if timeout <= 0:
                     break
