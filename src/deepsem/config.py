@@ -90,18 +90,22 @@ def _positive(where: str, name: str, value: float, allow_zero: bool = False) -> 
 
 @dataclass
 class TowerConfig(_Config):
-    """One tower: token embedding -> recurrent encoder -> pooling -> linear + tanh semantic layer."""
+    """One tower: token embedding -> recurrent encoder -> pooling -> linear + tanh semantic layer.
+
+    Defaults: the best BQ settings measured on a 2-core CPU (bench/RESULTS.md). The LSTM-DSSM paper's
+    tower is ``bidirectional=False, pooling="last"``.
+    """
 
     encoder: str = "lstm-peephole"
     vocab_size: int = 2
     embedding_dim: int = 128
-    hidden_size: int = 256
+    hidden_size: int = 128
     num_layers: int = 1
-    bidirectional: bool = False
-    pooling: str = "last"
+    bidirectional: bool = True
+    pooling: str = "last+max"
     output_dim: int = 128
-    dropout: float = 0.0
-    embedding_dropout: float = 0.0
+    dropout: float = 0.2
+    embedding_dropout: float = 0.2
 
     def validate(self, where: str | None = None) -> None:
         w = where or "tower"
@@ -142,9 +146,9 @@ class TrainConfig(_Config):
     margin: float = 0.3
     softmax_weight: float = 1.0
     symmetric: bool = True  # softmax both ways (D -> Q too) when the towers are shared
-    epochs: int = 4
+    epochs: int = 5
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 0.01
     warmup: float = 0.05
     schedule: str = "linear"

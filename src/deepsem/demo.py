@@ -57,7 +57,9 @@ def split_pairs(en: list[str], zh: list[str], dev_size: int = 1000, seed: int = 
 
 
 def demo_configs(minutes: float | None, epochs: int = 20) -> tuple[ModelConfig, TrainConfig]:
-    tower = TowerConfig(encoder="lstm-peephole", embedding_dim=128, hidden_size=256, output_dim=128, pooling="last")
+    # the LSTM-DSSM paper's tower (one direction, last state), with which the demo numbers were measured
+    tower = TowerConfig(encoder="lstm-peephole", embedding_dim=128, hidden_size=256, output_dim=128, pooling="last",
+                        bidirectional=False, dropout=0.0, embedding_dropout=0.0)
     model = ModelConfig(tower=tower, shared_towers=True, gamma=20.0, learn_gamma=True)
     training = TrainConfig(loss="softmax", negatives="in-batch", epochs=epochs, batch_size=256, lr=3e-3,
                            warmup=0.02, patience=3, max_minutes=minutes, time_schedule=True,
