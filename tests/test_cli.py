@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from conftest import make_pairs, write_tsv
 from typer.testing import CliRunner
 
@@ -70,3 +71,72 @@ def test_bad_input_is_a_clear_error(tmp_path: Path):
     assert result.exit_code == 2 and "not a deepsem model directory" in result.output
     result = runner.invoke(app, ["train", str(bad), "--out", str(tmp_path / "m"), "--columns", "0,1"])
     assert result.exit_code != 0 and "three comma-separated columns" in result.output
+
+
+def test_train_any_tower_from_the_command_line(tmp_path: Path, pair_files):
+    # cnn picks the trigram tokenizer by itself; clipping by value and the uniform init are options
+    out = tmp_path / "cnn"
+    result = runner.invoke(app, ["train", str(pair_files[0]), "--out", str(out), "--dev", str(pair_files[1]),
+                                 "--epochs", "1", "--encoder", "cnn", "--clip-value", "0.5", *TINY])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["tower"]["encoder"] == "cnn" and config["model"]["tower"]["hidden_size"] == 24
+    assert config["training"]["clip_value"] == 0.5
+    assert json.loads((out / "tokenizer.json").read_text())["config"]["name"] == "trigram"
+
+    out = tmp_path / "dssm"
+    result = runner.invoke(app, ["train", str(pair_files[0]), "--out", str(out), "--epochs", "1",
+                                 "--encoder", "dssm", "--no-progress", "--batch-size", "64"])
+    assert result.exit_code == 0, result.output
+    tower = json.loads((out / "config.json").read_text())["model"]["tower"]
+    assert (tower["hidden_size"], tower["num_layers"]) == (300, 2)  # the paper's 300 -> 300 -> 128
+
+    out = tmp_path / "gru"
+    result = runner.invoke(app, ["train", str(pair_files[0]), "--out", str(out), "--epochs", "1", "--encoder",
+                                 "gru", "--no-orthogonal-init", *TINY])
+    assert result.exit_code == 0, result.output
+    tower = json.loads((out / "config.json").read_text())["model"]["tower"]
+    assert tower["encoder"] == "gru" and tower["orthogonal_init"] is False
+
+    result = runner.invoke(app, ["train", str(pair_files[0]), "--out", str(tmp_path / "bad"), "--encoder", "dssm",
+                                 "--tokenizer", "char", *TINY])
+    assert result.exit_code == 2 and "tokenizer 'trigram'" in result.output
+
+
+def test_embeddings_train_then_pretrained_frozen_embeddings(tmp_path: Path, pair_files):
+    from deepsem.embeddings import read_vectors
+
+    vec = tmp_path / "chars.vec"
+    result = runner.invoke(app, ["embeddings", "train", str(pair_files[0]), "--out", str(vec), "--column", "0",
+                                 "--column", "1", "--tokenizer", "char", "--dim", "16", "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    words, matrix = read_vectors(vec)
+    assert matrix.shape == (len(words), 16) and "银" in words
+
+    out = tmp_path / "m"
+    result = runner.invoke(app, ["train", str(pair_files[0]), "--out", str(out), "--epochs", "1",
+                                 "--pretrained", str(vec), "--freeze-embeddings", *TINY])
+    assert result.exit_code == 0, result.output
+    assert "pretrained vectors:" in result.output
+    model = deepsem.load(out)
+    assert model.info["pretrained"]["frozen"] and model.info["pretrained"]["found"] >= len(words) - 1
+    table = model.model.query_tower.embedding.weight.detach()
+    row = table[model.tokenizer.token_to_id("银")]
+    source = torch.from_numpy(matrix[words.index("银")])
+    # frozen: after training the row still points exactly along the pretrained vector
+    assert torch.nn.functional.cosine_similarity(row, source, dim=0) > 0.9999
+
+    result = runner.invoke(app, ["train", str(pair_files[0]), "--out", str(tmp_path / "x"), "--encoder", "dssm",
+                                 "--pretrained", str(vec), *TINY])
+    assert result.exit_code == 2 and "no token embedding" in result.output
+
+
+def test_diagnose_gradients_writes_plot_and_table(tmp_path: Path):
+    result = runner.invoke(app, ["diagnose", "gradients", "--out", str(tmp_path), "--cell", "rnn", "--cell",
+                                 "lstm", "--length", "12", "--steps", "5", "--hidden", "8"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "gradient_norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "gradient_norms.md").read_text()
+    assert "| rnn | adding | 12 |" in table and "| lstm | adding | 12 |" in table
+    result = runner.invoke(app, ["diagnose", "gradients", "--out", str(tmp_path), "--cell", "transformer"])
+    assert result.exit_code == 2 and "unknown cell" in result.output

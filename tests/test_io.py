@@ -58,3 +58,19 @@ def test_missing_weights(copy_dir: Path):
     (copy_dir / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
         deepsem.load(copy_dir)
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path: Path):
+    import os
+
+    from deepsem.fileio import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a.txt", "x")
+        assert path.stat().st_mode & 0o777 == 0o644  # not the 0600 of the temporary file
+        os.umask(0o077)
+        assert atomic_write_text(tmp_path / "b.txt", "y").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no temporary file left

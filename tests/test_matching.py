@@ -178,3 +178,37 @@ def test_click_logs_train_as_dssm_does(tmp_path: Path):
     # no impressions: every aggregated pair with a click is a positive, and there are no labels
     only_clicks = clicks_to_pairs(read_clicks(log, query="query", doc="doc", clicks="clicks"))
     assert only_clicks.labels is None and len(only_clicks.text_a) == int(pairs.labels.sum())
+
+
+class _FixedScores:
+    """Stands in for a SemanticModel: similarity returns given scores, in pair order."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = np.asarray(scores, np.float32)
+
+    def similarity(self, a, b):
+        return self.scores
+
+
+def test_evaluate_ranking_worked_example():
+    # q1: the positive is ranked 2nd of 3; q2: positives at ranks 2 and 3; q3: no positive -> left out
+    pairs = deepsem.TextPairs(["q1", "q1", "q1", "q2", "q2", "q2", "q3", "q3"],
+                              ["a", "b", "c", "d", "e", "f", "g", "h"],
+                              np.array([0, 1, 0, 1, 1, 0, 0, 0], np.float32))
+    m = deepsem.evaluate_ranking(_FixedScores([0.9, 0.8, 0.1, 0.3, 0.2, 0.5, 0.7, 0.6]), pairs)
+    assert m["queries"] == 2
+    assert m["mrr"] == pytest.approx(0.5)
+    assert m["map"] == pytest.approx((0.5 + (1 / 2 + 2 / 3) / 2) / 2)
+    ndcg_q1 = 1 / np.log2(3)
+    ndcg_q2 = (1 / np.log2(3) + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    assert m["ndcg@3"] == pytest.approx((ndcg_q1 + ndcg_q2) / 2)
+
+
+def test_dev_metric_picks_the_model_by_ranking(tmp_path: Path, pair_files):
+    model, result = deepsem.train(pair_files[0], tmp_path / "m", pair_files[1], model=TINY_MODEL,
+                                  training={**TINY_TRAINING, "epochs": 2}, dev_metric="map", progress=False)
+    assert {"map", "mrr", "ndcg@3", "accuracy"} <= set(model.info["dev_metrics"])
+    assert result.best_metric == pytest.approx(model.info["dev_metrics"]["map"])
+    with pytest.raises(ValueError, match="dev_metric"):
+        deepsem.train(pair_files[0], tmp_path / "m2", pair_files[1], model=TINY_MODEL, training=TINY_TRAINING,
+                      dev_metric="bleu", progress=False)

@@ -6,16 +6,21 @@ Public API::
     model, result = deepsem.train("pairs.tsv", out="runs/model", dev_data="dev.tsv")
     model = deepsem.load("runs/model")
     vectors = model.encode(["怎么还款", "how do I repay"])
+    clf, _ = deepsem.train_classifier("news.tsv", out="runs/news", dev="dev.tsv")
+    deepsem.load("runs/news").predict(["央行宣布降息"], k=3)
 """
 
 __version__ = "0.1.0"
 
-from deepsem.config import ModelConfig, TowerConfig, TrainConfig
+from deepsem.classification import Classifier, evaluate_classifier, train_classifier
+from deepsem.config import ClassifierConfig, ModelConfig, TowerConfig, TrainConfig
 from deepsem.encoder import SemanticModel, load
 from deepsem.index import Index
-from deepsem.matching import TextPairs, evaluate_pairs, evaluate_retrieval, train
+from deepsem.matching import TextPairs, evaluate_pairs, evaluate_ranking, evaluate_retrieval, train
 
 __all__ = [
+    "Classifier",
+    "ClassifierConfig",
     "Index",
     "ModelConfig",
     "SemanticModel",
@@ -23,8 +28,11 @@ __all__ = [
     "TowerConfig",
     "TrainConfig",
     "__version__",
+    "evaluate_classifier",
     "evaluate_pairs",
+    "evaluate_ranking",
     "evaluate_retrieval",
     "load",
     "train",
+    "train_classifier",
 ]

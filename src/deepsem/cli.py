@@ -20,9 +20,13 @@ app = typer.Typer(
 
 
 class Encoder(StrEnum):
-    lstm = "lstm"
     lstm_peephole = "lstm-peephole"
+    lstm = "lstm"
     lstm_coupled = "lstm-coupled"
+    gru = "gru"
+    rnn = "rnn"
+    dssm = "dssm"
+    cnn = "cnn"
 
 
 class Pooling(StrEnum):
@@ -78,15 +82,25 @@ def train(
                       "pairs are positives, shown-but-unclicked pairs (with --impressions) negatives.")] = False,
     impressions: Annotated[str | None, typer.Option(help="Impressions column of a click log (index or name).")
                            ] = None,
-    tokenizer: Annotated[TokenizerName, typer.Option(help="char: Chinese characters + whole Latin words; word: "
-                         "jieba; trigram: DSSM letter trigrams; subword: WordPiece.")] = TokenizerName.char,
+    tokenizer: Annotated[TokenizerName | None, typer.Option(help="char: Chinese characters + whole Latin words; "
+                         "word: jieba; trigram: DSSM letter trigrams; subword: WordPiece. Default: trigram for "
+                         "the dssm and cnn encoders, char otherwise.")] = None,
     min_count: Annotated[int, typer.Option(help="Drop tokens seen fewer times in the training text.")] = 1,
     max_vocab: Annotated[int | None, typer.Option(help="Keep at most this many tokens.")] = None,
     max_length: Annotated[int, typer.Option(help="Truncate texts to this many tokens.")] = 64,
-    encoder: Annotated[Encoder, typer.Option(help="Recurrent tower.")] = Encoder.lstm_peephole,
-    embedding_dim: Annotated[int, typer.Option(help="Token embedding size.")] = 128,
-    hidden: Annotated[int, typer.Option(help="LSTM hidden size (per direction).")] = 128,
-    layers: Annotated[int, typer.Option(help="Stacked LSTM layers.")] = 1,
+    encoder: Annotated[Encoder, typer.Option(help="Tower: lstm-peephole (LSTM-DSSM), lstm, lstm-coupled, gru, rnn "
+                       "(recurrent); dssm (bag of letter trigrams -> tanh layers); cnn (CLSM convolution).")
+                       ] = Encoder.lstm_peephole,
+    embedding_dim: Annotated[int, typer.Option(help="Token embedding size (recurrent towers).")] = 128,
+    hidden: Annotated[int | None, typer.Option(help="Hidden size per direction; dssm: hidden layer width; cnn: "
+                      "feature maps. Default: 128 (recurrent), 300 (dssm, cnn).")] = None,
+    layers: Annotated[int | None, typer.Option(help="Stacked recurrent layers; dssm: hidden tanh layers. "
+                      "Default: 1; dssm 2.")] = None,
+    orthogonal_init: Annotated[bool, typer.Option(help="Orthogonal recurrent matrices (else torch's uniform).")
+                               ] = True,
+    pretrained: Annotated[Path | None, typer.Option(help="Initialise the token embeddings from word vectors "
+                          "(word2vec/fastText .vec/.txt, e.g. from 'deepsem embeddings train').")] = None,
+    freeze_embeddings: Annotated[bool, typer.Option(help="Keep the --pretrained embeddings fixed.")] = False,
     bidirectional: Annotated[bool, typer.Option(help="Read the text both ways.")] = True,
     pooling: Annotated[Pooling, typer.Option(help="Sentence vector: last state, mean, max, or last+max.")
                        ] = Pooling.last_max,
@@ -106,6 +120,7 @@ def train(
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
     schedule: Annotated[str, typer.Option(help="linear, cosine or constant decay after warm-up.")] = "linear",
     clip_norm: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = 1.0,
+    clip_value: Annotated[float, typer.Option(help="Clip every gradient element to [-v, v] (0 = off).")] = 0.0,
     patience: Annotated[int, typer.Option(help="Stop after this many dev evaluations without gain.")] = 3,
     eval_every: Annotated[int | None, typer.Option(help="Steps between dev evaluations (default: epoch).")
                           ] = None,
@@ -128,12 +143,15 @@ def train(
     try:
         tower = TowerConfig(encoder=encoder.value, embedding_dim=embedding_dim, hidden_size=hidden,
                             num_layers=layers, bidirectional=bidirectional, pooling=pooling.value, output_dim=dim,
-                            dropout=dropout, embedding_dropout=embedding_dropout)
+                            dropout=dropout, embedding_dropout=embedding_dropout, orthogonal_init=orthogonal_init)
+        if tokenizer is None:
+            tokenizer = TokenizerName.trigram if encoder in (Encoder.dssm, Encoder.cnn) else TokenizerName.char
         model_cfg = ModelConfig(tower=tower, shared_towers=not separate_towers, gamma=gamma)
         model_cfg.validate()
         train_cfg = TrainConfig(loss=loss.value, negatives=negatives.value, num_negatives=num_negatives,
                                 epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                schedule=schedule, clip_norm=clip_norm or None, patience=patience,
+                                schedule=schedule, clip_norm=clip_norm or None, clip_value=clip_value or None,
+                                patience=patience,
                                 eval_every=eval_every, max_minutes=max_minutes, seed=seed, threads=threads)
         train_cfg.validate()
         model, result = train_pairs(
@@ -141,7 +159,7 @@ def train(
             tokenizer_options={"min_count": min_count, "max_size": max_vocab, "max_length": max_length},
             model=model_cfg, training=train_cfg, columns=_columns(columns), skip_bad_rows=skip_bad_rows,
             clicks=clicks, impressions=int(impressions) if impressions and impressions.isdigit() else impressions,
-            resume=resume, progress=progress,
+            resume=resume, progress=progress, pretrained=pretrained, freeze_embeddings=freeze_embeddings,
         )
     except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
@@ -391,7 +409,8 @@ def search(
 def serve(
     index: Annotated[Path | None, typer.Option(help="Index directory to search (its model encodes queries).")
                      ] = None,
-    model: Annotated[Path | None, typer.Option(help="Serve only /similarity and /embed for this model.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Serve only /similarity and /embed for this model (/classify "
+                     "for a classifier's directory).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     max_chars: Annotated[int, typer.Option(help="Longest text accepted (characters).")] = 1000,
@@ -415,11 +434,16 @@ def serve(
         _fail(ValueError("give --index DIR (search and more) or --model DIR (similarity and embeddings)"))
     try:
         idx = _load_index(index) if index is not None else None
-        semantic = load(model) if model is not None else None
+        loaded = load(model) if model is not None else None
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
         return
-    app_ = create_app(idx, semantic, Limits(max_chars, max_texts, max_k), max_wait_ms=max_wait_ms)
+    from deepsem.classification import Classifier
+
+    classifier = loaded if isinstance(loaded, Classifier) else None  # a classifier directory: /classify
+    semantic = None if isinstance(loaded, Classifier) else loaded
+    app_ = create_app(idx, semantic, Limits(max_chars, max_texts, max_k), max_wait_ms=max_wait_ms,
+                      classifier=classifier)
     typer.echo(f"serving on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
 
@@ -447,6 +471,316 @@ def demo(
 
         typer.echo(f"\nsearch page: http://{host}:{port}/   (Ctrl-C to stop)")
         uvicorn.run(create_app(Index.load(index_dir)), host=host, port=port, log_level="warning")
+
+
+classify_app = typer.Typer(help="Text classification with the towers: train, evaluate, predict.",
+                           no_args_is_help=True)
+app.add_typer(classify_app, name="classify")
+
+
+def _column(spec: str) -> int | str:
+    """"0" / "-1" -> a column position, anything else -> a header name."""
+    return int(spec) if spec.lstrip("-").isdigit() else spec
+
+
+def _class_weights(spec: str | None) -> str | dict[str, float] | None:
+    """None, "balanced", or "label=weight,label=weight"."""
+    if spec is None or spec in ("", "none"):
+        return None
+    if spec == "balanced":
+        return spec
+    weights: dict[str, float] = {}
+    for part in spec.split(","):
+        label, sep, value = part.rpartition("=")
+        try:
+            if not sep or not label.strip():
+                raise ValueError
+            weights[label.strip()] = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"--class-weights: expected 'balanced' or label=weight,..., got {spec!r}"
+                                     ) from None
+    return weights
+
+
+def _load_classifier(model: Path):
+    from deepsem.classification import Classifier
+    from deepsem.encoder import load
+
+    try:
+        loaded = load(model)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+        raise
+    if not isinstance(loaded, Classifier):
+        _fail(ValueError(f"{model}: a two-tower model directory, not a classifier (train one with "
+                         "'deepsem classify train')"))
+    return loaded
+
+
+@classify_app.command("train")
+def classify_train(
+    data: Annotated[Path, typer.Argument(help="Training texts with labels: TSV/CSV/JSONL/Parquet.")],
+    out: Annotated[Path, typer.Option(help="Model directory to write (config.json, tokenizer, weights).")],
+    dev: Annotated[Path | None, typer.Option(help="Dev texts: choose the best epoch, stop early.")] = None,
+    text_col: Annotated[str, typer.Option(help="Text column: 0-based index or header name.")] = "0",
+    label_col: Annotated[str, typer.Option(help="Label column: 0-based index or header name.")] = "1",
+    multi_label: Annotated[bool, typer.Option(help="Several labels per text (a sigmoid per label, BCE loss).")
+                           ] = False,
+    label_sep: Annotated[str, typer.Option(help="Separator of the labels of one text (--multi-label).")] = ",",
+    class_weights: Annotated[str | None, typer.Option(help="'balanced' (rare classes weigh more) or "
+                             "label=weight,label=weight. Multi-label: the positives' weight per label.")] = None,
+    encoder: Annotated[Encoder, typer.Option(help="Tower: lstm-peephole, lstm, lstm-coupled, gru, rnn (recurrent); "
+                       "dssm (bag of letter trigrams); cnn (CLSM convolution).")] = Encoder.lstm_peephole,
+    tokenizer: Annotated[TokenizerName | None, typer.Option(help="char, word (jieba), trigram or subword. "
+                         "Default: trigram for the dssm and cnn encoders, char otherwise.")] = None,
+    min_count: Annotated[int, typer.Option(help="Drop tokens seen fewer times in the training text.")] = 1,
+    max_length: Annotated[int, typer.Option(help="Truncate texts to this many tokens.")] = 64,
+    embedding_dim: Annotated[int, typer.Option(help="Token embedding size (recurrent towers).")] = 128,
+    hidden: Annotated[int | None, typer.Option(help="Hidden size per direction; dssm: layer width; cnn: feature "
+                      "maps. Default: 128 (recurrent), 300 (dssm, cnn).")] = None,
+    layers: Annotated[int | None, typer.Option(help="Stacked recurrent layers; dssm: hidden layers.")] = None,
+    bidirectional: Annotated[bool, typer.Option(help="Read the text both ways.")] = True,
+    pooling: Annotated[Pooling, typer.Option(help="Sentence vector: last state, mean, max, or last+max.")
+                       ] = Pooling.last_max,
+    dim: Annotated[int, typer.Option(help="Size of the tower's output vector.")] = 128,
+    dropout: Annotated[float, typer.Option(help="Dropout in the tower and on token embeddings.")] = 0.2,
+    ngram_buckets: Annotated[int, typer.Option(help="Add a fastText-style bag of token n-grams next to the tower, "
+                             "hashed into this many rows (e.g. 100000; 0 = the tower alone).")] = 0,
+    ngram_order: Annotated[int, typer.Option(help="Longest n-gram of the bag (2 = bigrams).")] = 2,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Texts per step.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 3e-3,
+    patience: Annotated[int, typer.Option(help="Stop after this many dev evaluations without gain.")] = 3,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop training after this many minutes.")] = None,
+    clip_norm: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 13,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    skip_bad_rows: Annotated[bool, typer.Option(help="Skip malformed rows (counted) instead of stopping.")] = False,
+    resume: Annotated[bool, typer.Option(help="Resume from the run's last checkpoint if there is one.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a text classifier (any tower -> linear layer) and save the best model directory."""
+    from deepsem.classification import train_classifier
+    from deepsem.config import ConfigError, TowerConfig, TrainConfig
+    from deepsem.data.errors import DataError
+
+    try:
+        if tokenizer is None:
+            tokenizer = TokenizerName.trigram if encoder in (Encoder.dssm, Encoder.cnn) else TokenizerName.char
+        tower = TowerConfig(encoder=encoder.value, embedding_dim=embedding_dim, hidden_size=hidden,
+                            num_layers=layers, bidirectional=bidirectional, pooling=pooling.value, output_dim=dim,
+                            dropout=dropout, embedding_dropout=dropout)
+        tower.validate()
+        train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, clip_norm=clip_norm or None,
+                                patience=patience, max_minutes=max_minutes, seed=seed, threads=threads)
+        train_cfg.validate()
+        clf, result = train_classifier(
+            data, out, dev, tokenizer=tokenizer.value,
+            tokenizer_options={"min_count": min_count, "max_length": max_length}, tower=tower, training=train_cfg,
+            multi_label=multi_label, class_weights=_class_weights(class_weights), text_col=_column(text_col),
+            label_col=_column(label_col), label_sep=label_sep, skip_bad_rows=skip_bad_rows, resume=resume,
+            ngram_buckets=ngram_buckets, ngram_order=ngram_order,
+            progress=progress,
+        )
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+        return
+    typer.echo(f"{len(clf.labels)} labels; stopped: {result.stopped} after {result.steps} steps "
+               f"({result.seconds:.0f} s)")
+    if "dev_metrics" in clf.info:
+        typer.echo("best dev: " + ", ".join(f"{k} {v:.4f}" for k, v in clf.info["dev_metrics"].items()))
+    typer.echo(f"model directory: {out}")
+
+
+@classify_app.command("evaluate")
+def classify_evaluate(
+    model: Annotated[Path, typer.Option(help="Classifier model directory.")],
+    data: Annotated[Path, typer.Argument(help="Labelled texts (TSV/CSV/JSONL/Parquet).")],
+    text_col: Annotated[str, typer.Option(help="Text column: 0-based index or header name.")] = "0",
+    label_col: Annotated[str, typer.Option(help="Label column: 0-based index or header name.")] = "1",
+    label_sep: Annotated[str | None, typer.Option(help="Separator of multi-label labels (default: the one the "
+                         "model was trained with).")] = None,
+    confusion: Annotated[Path | None, typer.Option(help="Write the confusion matrix as a PNG here.")] = None,
+    skip_bad_rows: Annotated[bool, typer.Option(help="Skip malformed rows (counted).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every metric as JSON.")] = False,
+) -> None:
+    """Accuracy, macro/micro F1, per-class precision/recall/F1 and the most confused classes."""
+    from deepsem.classification import evaluate_classifier
+    from deepsem.data.errors import DataError
+
+    clf = _load_classifier(model)
+    try:
+        metrics = evaluate_classifier(clf, data, text_col=_column(text_col), label_col=_column(label_col),
+                                      label_sep=label_sep, skip_bad_rows=skip_bad_rows, confusion_png=confusion)
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
+        return
+    for key in ("examples", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "log_loss", "hamming_loss"):
+        if key in metrics:
+            value = metrics[key]
+            typer.echo(f"{key:>12}  {value}" if isinstance(value, int) else f"{key:>12}  {value:.4f}")
+    width = max(8, *(len(y) for y in clf.labels))
+    typer.echo(f"\n{'label':<{width}}  precision  recall      f1  support")
+    for label, row in metrics["per_class"].items():
+        typer.echo(f"{label:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:6.4f}  "
+                   f"{row['support']:7d}")
+    if metrics.get("most_confused"):
+        typer.echo("\nmost confused (true -> predicted):")
+        for pair in metrics["most_confused"]:
+            typer.echo(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
+    if "confusion_png" in metrics:
+        typer.echo(f"\nconfusion matrix: {metrics['confusion_png']}")
+
+
+@classify_app.command("predict")
+def classify_predict(
+    model: Annotated[Path, typer.Option(help="Classifier model directory.")],
+    texts: Annotated[Path | None, typer.Argument(help="A text file, one text per line; stdin when absent or '-'.")
+                     ] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Labels per text, most probable first.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per text.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 1024,
+    chunk: Annotated[int, typer.Option(help="Texts read and classified at a time (bounds memory).")] = 100_000,
+) -> None:
+    """Print the k most probable labels of each text with their probabilities (tab-separated)."""
+    if k < 1:
+        _fail(ValueError(f"-k must be >= 1, got {k}"))
+    clf = _load_classifier(model)
+    name = str(texts) if texts is not None and str(texts) != "-" else "stdin"
+    try:
+        stream = sys.stdin if name == "stdin" else open(name, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        _fail(ValueError(f"{name}: {exc}"))
+        return
+
+    def flush(batch: list[str]) -> None:
+        for text, top in zip(batch, clf.predict(batch, k=k, batch_size=batch_size), strict=True):
+            if as_json:
+                typer.echo(json.dumps({"text": text, "predictions": [{"label": y, "prob": round(p, 6)}
+                                                                     for y, p in top]}, ensure_ascii=False))
+            else:
+                typer.echo("\t".join(f"{y}\t{p:.4f}" for y, p in top))
+
+    batch: list[str] = []
+    number = 0
+    try:
+        for number, line in enumerate(stream, 1):
+            text = line.rstrip("\r\n")
+            if not text.strip():
+                _fail(ValueError(f"{name}, line {number}: empty text"))
+            batch.append(text)
+            if len(batch) >= chunk:
+                flush(batch)
+                batch = []
+    except UnicodeDecodeError as exc:
+        _fail(ValueError(f"{name}, line {number + 1}: not UTF-8 text ({exc.reason})"))
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    if batch:
+        flush(batch)
+
+
+embeddings_app = typer.Typer(help="Word vectors (word2vec, fastText) for initialising token embeddings.",
+                             no_args_is_help=True)
+app.add_typer(embeddings_app, name="embeddings")
+
+
+class VectorMethod(StrEnum):
+    skipgram = "skipgram"
+    cbow = "cbow"
+    fasttext = "fasttext"
+
+
+@embeddings_app.command("train")
+def embeddings_train(
+    corpus: Annotated[list[Path], typer.Argument(help="Text files, one text per line (a TSV/CSV line is used "
+                      "whole unless --column picks fields).")],
+    out: Annotated[Path, typer.Option(help="Vectors file to write (word2vec text format, .vec).")],
+    tokenizer: Annotated[TokenizerName, typer.Option(help="Tokens to learn vectors for: the tokenizer the model "
+                         "will use (char for Chinese characters, word for jieba/English words).")
+                         ] = TokenizerName.char,
+    column: Annotated[list[int] | None, typer.Option(help="Tab-separated columns holding text (repeatable); "
+                      "default: the whole line.")] = None,
+    method: Annotated[VectorMethod, typer.Option(help="skipgram or cbow (word2vec), or fasttext (skip-gram "
+                      "with character n-grams).")] = VectorMethod.skipgram,
+    dim: Annotated[int, typer.Option(help="Vector size: use the model's --embedding-dim.")] = 128,
+    window: Annotated[int, typer.Option(help="Context window.")] = 5,
+    min_count: Annotated[int, typer.Option(help="Ignore tokens rarer than this.")] = 2,
+    epochs: Annotated[int, typer.Option(help="Passes over the corpus.")] = 5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 13,
+    workers: Annotated[int, typer.Option(help="Worker threads (1 is deterministic).")] = 1,
+) -> None:
+    """Learn word vectors on your own corpus with gensim; pass them to 'deepsem train --pretrained'."""
+    from deepsem.embeddings import train_vectors
+    from deepsem.text import build_tokenizer
+
+    def texts():
+        for path in corpus:
+            with open(path, encoding="utf-8") as fh:
+                for number, line in enumerate(fh, 1):
+                    line = line.rstrip("\n")
+                    if column is None:
+                        yield line
+                        continue
+                    fields = line.split("\t")
+                    for c in column:
+                        if c >= len(fields):
+                            raise ValueError(f"{path}, line {number}: no column {c} ({len(fields)} fields)")
+                        yield fields[c]
+
+    class Corpus:  # re-iterable: gensim reads the corpus once per epoch
+        def __iter__(self):
+            return texts()
+
+    try:
+        missing = [str(p) for p in corpus if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"no such file: {', '.join(missing)}")
+        if tokenizer in (TokenizerName.subword, TokenizerName.trigram):
+            raise ValueError("word vectors are learned for char or word tokens (the tokens of a recurrent tower)")
+        tok = build_tokenizer(tokenizer.value, [], min_count=1)
+        info = train_vectors(Corpus(), out, tokenizer=tok, method=method.value, dim=dim, window=window,
+                             min_count=min_count, epochs=epochs, seed=seed, workers=workers)
+    except (FileNotFoundError, ValueError, UnicodeDecodeError, ImportError) as exc:
+        _fail(exc)
+        return
+    typer.echo(f"{info.words} vectors of {info.dim} dimensions ({info.method}, {info.seconds:.1f} s) -> {out}")
+
+
+diagnose_app = typer.Typer(help="Look inside training: gradients through time.", no_args_is_help=True)
+app.add_typer(diagnose_app, name="diagnose")
+
+
+@diagnose_app.command("gradients")
+def diagnose_gradients(
+    out: Annotated[Path, typer.Option(help="Folder for the plot (gradient_norms.png), table and JSON.")],
+    cell: Annotated[list[str] | None, typer.Option(help="Cells to compare (repeatable): rnn, gru, lstm, "
+                    "lstm-peephole, lstm-coupled. Default: rnn, gru, lstm.")] = None,
+    task: Annotated[str, typer.Option(help="adding (the adding problem) or copy (copy the first token).")
+                    ] = "adding",
+    length: Annotated[int, typer.Option(help="Sequence length (the distance the gradient must travel).")] = 100,
+    steps: Annotated[int, typer.Option(help="Training steps per cell.")] = 1000,
+    hidden: Annotated[int, typer.Option(help="Hidden size.")] = 64,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads (these small recurrences run fastest on 1).")
+                       ] = 1,
+) -> None:
+    """Train cells on a long-range synthetic task and plot ||dL/dh_t|| against the distance from the end."""
+    from deepsem.diagnose import diagnose_gradients as run
+    from deepsem.diagnose import table_markdown
+
+    try:
+        report = run(cells=tuple(cell or ("rnn", "gru", "lstm")), task=task, length=length, steps=steps,
+                     hidden=hidden, seed=seed, out_dir=out, threads=threads, progress=True)
+    except ValueError as exc:
+        _fail(exc)
+        return
+    typer.echo(table_markdown(report.results))
+    typer.echo(f"plot: {report.png}\ntable: {report.table}")
 
 
 def main() -> None:  # pragma: no cover

@@ -12,7 +12,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-ENCODERS = ("lstm", "lstm-peephole", "lstm-coupled")
+ENCODERS = ("lstm-peephole", "lstm", "lstm-coupled", "gru", "rnn", "dssm", "cnn")
+#: Per-encoder defaults of ``hidden_size`` / ``num_layers`` when they are left ``None``: the papers' DSSM
+#: (300 -> 300 -> 128) and CLSM (300 feature maps); the recurrent towers the best BQ setting.
+ENCODER_DEFAULTS: dict[str, tuple[int, int]] = {"dssm": (300, 2), "cnn": (300, 1)}
+RECURRENT_DEFAULT = (128, 1)
 POOLINGS = ("last", "mean", "max", "last+max")
 LOSSES = ("softmax", "pointwise", "hinge", "pointwise+softmax")
 NEGATIVES = ("in-batch", "random", "both")
@@ -90,22 +94,34 @@ def _positive(where: str, name: str, value: float, allow_zero: bool = False) -> 
 
 @dataclass
 class TowerConfig(_Config):
-    """One tower: token embedding -> recurrent encoder -> pooling -> linear + tanh semantic layer.
+    """One tower: text ids -> ``encoder`` (see :mod:`deepsem.towers`) -> a ``output_dim`` tanh semantic layer.
 
-    Defaults: the best BQ settings measured on a 2-core CPU (bench/RESULTS.md). The LSTM-DSSM paper's
-    tower is ``bidirectional=False, pooling="last"``.
+    Recurrent towers: token embedding -> RNN/LSTM/GRU (``hidden_size`` per direction, ``num_layers``) ->
+    pooling. ``dssm``: ``num_layers`` tanh layers of ``hidden_size`` over the bag of letter trigrams. ``cnn``:
+    ``hidden_size`` convolution maps. ``hidden_size``/``num_layers`` left ``None`` take the encoder's default
+    (:data:`ENCODER_DEFAULTS`). Defaults: the best BQ settings measured on a 2-core CPU (bench/RESULTS.md);
+    the LSTM-DSSM paper's tower is ``bidirectional=False, pooling="last"``. ``orthogonal_init``: recurrent
+    matrices start orthogonal (else torch's uniform init).
     """
 
     encoder: str = "lstm-peephole"
     vocab_size: int = 2
     embedding_dim: int = 128
-    hidden_size: int = 128
-    num_layers: int = 1
+    hidden_size: int | None = None  # None -> the encoder's default, filled in on creation
+    num_layers: int | None = None
     bidirectional: bool = True
     pooling: str = "last+max"
     output_dim: int = 128
     dropout: float = 0.2
     embedding_dropout: float = 0.2
+    orthogonal_init: bool = True
+
+    def __post_init__(self) -> None:
+        hidden, layers = ENCODER_DEFAULTS.get(self.encoder, RECURRENT_DEFAULT)
+        if self.hidden_size is None:
+            self.hidden_size = hidden
+        if self.num_layers is None:
+            self.num_layers = layers
 
     def validate(self, where: str | None = None) -> None:
         w = where or "tower"
@@ -152,7 +168,8 @@ class TrainConfig(_Config):
     weight_decay: float = 0.01
     warmup: float = 0.05
     schedule: str = "linear"
-    clip_norm: float | None = 1.0
+    clip_norm: float | None = 1.0  # clip the global gradient norm to this (None: off)
+    clip_value: float | None = None  # clip every gradient element to [-v, v] first (None: off)
     seed: int = 13
     eval_every: int | None = None  # steps between dev evaluations; None = once per epoch
     patience: int = 3  # dev evaluations without improvement before stopping
@@ -172,11 +189,54 @@ class TrainConfig(_Config):
             _positive(w, name, getattr(self, name), allow_zero=True)
         if self.warmup >= 1:
             raise ConfigError(f"{w}: field 'warmup' is a fraction of the steps, got {self.warmup}")
-        if self.clip_norm is not None:
-            _positive(w, "clip_norm", self.clip_norm)
+        for name in ("clip_norm", "clip_value"):
+            if getattr(self, name) is not None:
+                _positive(w, name, getattr(self, name))
         if self.eval_every is not None:
             _positive(w, "eval_every", self.eval_every)
         if self.max_minutes is not None:
             _positive(w, "max_minutes", self.max_minutes)
         if self.negatives in ("random", "both") and self.num_negatives < 1:
             raise ConfigError(f"{w}: negatives={self.negatives!r} needs num_negatives >= 1")
+
+
+@dataclass
+class ClassifierConfig(_Config):
+    """A text classifier: one tower -> dropout -> a linear layer of ``num_labels`` logits.
+
+    ``multi_label``: each label is a separate yes/no decision (sigmoid per label, trained with BCE); otherwise
+    the labels exclude each other (softmax, cross-entropy). ``threshold``: the probability at which a label
+    is predicted in multi-label mode. ``dropout``: applied to the tower's vector before the linear layer.
+
+    ``ngram_buckets`` > 0 adds fastText-style features next to the tower: the mean of ``ngram_dim``-wide
+    embeddings of the text's tokens and of its token n-grams (orders 2 to ``ngram_order``, hashed into
+    ``ngram_buckets`` rows), concatenated to the tower's vector. 0 (the default): the tower alone.
+    """
+
+    tower: TowerConfig = field(default_factory=TowerConfig)
+    num_labels: int = 2
+    multi_label: bool = False
+    dropout: float = 0.1
+    threshold: float = 0.5
+    ngram_buckets: int = 0
+    ngram_order: int = 2
+    ngram_dim: int = 16
+
+    def validate(self, where: str | None = None) -> None:
+        w = where or "classifier"
+        if self.num_labels < (1 if self.multi_label else 2):
+            raise ConfigError(f"{w}: field 'num_labels' must be >= {1 if self.multi_label else 2}, "
+                              f"got {self.num_labels}")
+        if self.num_labels > 1_000_000:
+            raise ConfigError(f"{w}: field 'num_labels' is too large ({self.num_labels})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{w}: field 'dropout' must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"{w}: field 'threshold' must be in (0, 1), got {self.threshold}")
+        _positive(w, "ngram_buckets", self.ngram_buckets, allow_zero=True)
+        _positive(w, "ngram_dim", self.ngram_dim)
+        if not 2 <= self.ngram_order <= 5:
+            raise ConfigError(f"{w}: field 'ngram_order' must be in [2, 5], got {self.ngram_order}")
+        if (self.ngram_buckets + self.tower.vocab_size) * self.ngram_dim > 2_000_000_000:
+            raise ConfigError(f"{w}: ngram_buckets x ngram_dim is too large ({self.ngram_buckets})")
+        self.tower.validate(f"{w}.tower")

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
 
 from deepsem.data.batches import encode_texts
-from deepsem.io import load_model_dir, save_model_dir
+from deepsem.io import load_model_dir, read_config, save_model_dir
 from deepsem.models import TwoTowerModel
 from deepsem.text import Tokenizer
+
+if TYPE_CHECKING:
+    from deepsem.classification import Classifier
 
 
 class SemanticModel:
@@ -79,8 +82,14 @@ class SemanticModel:
                 f"vocab={c.vocab_size}, dim={c.output_dim})")
 
 
-def load(directory: str | Path) -> SemanticModel:
-    """Load a model directory written by ``deepsem train`` / :func:`deepsem.train`."""
+def load(directory: str | Path) -> SemanticModel | Classifier:
+    """Load a model directory written by ``deepsem train`` / :func:`deepsem.train` (a :class:`SemanticModel`),
+    or by ``deepsem classify train`` / :func:`deepsem.classification.train_classifier` (a
+    :class:`~deepsem.classification.Classifier`): ``config.json``'s ``task`` tells which."""
+    if read_config(directory)["task"] == "classifier":
+        from deepsem.classification import Classifier
+
+        return Classifier.load(directory)
     return SemanticModel.load(directory)
 
 

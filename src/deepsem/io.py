@@ -21,7 +21,9 @@ from deepsem.text import Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-TASKS = ("two-tower",)
+TASKS = ("two-tower", "classifier")
+#: The config.json field holding the model configuration of each task.
+MODEL_FIELDS = {"two-tower": "model", "classifier": "classifier"}
 
 
 def save_model_dir(
@@ -50,8 +52,8 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a JSON object")
     if config.get("task") not in TASKS:
         raise ConfigError(f"{path}: field 'task' is {config.get('task')!r}; expected one of {', '.join(TASKS)}")
-    if "model" not in config:
-        raise ConfigError(f"{path}: field 'model' is missing")
+    if MODEL_FIELDS[config["task"]] not in config:
+        raise ConfigError(f"{path}: field {MODEL_FIELDS[config['task']]!r} is missing")
     return config
 
 
@@ -59,6 +61,9 @@ def load_model_dir(directory: str | Path) -> tuple[TwoTowerModel, Tokenizer, dic
     """Rebuild the model from ``config.json``, load its weights and tokenizer."""
     directory = Path(directory)
     config = read_config(directory)
+    if config["task"] != "two-tower":
+        raise ConfigError(f"{directory}: a {config['task']} model directory, not a two-tower model; "
+                          "load it with deepsem.load")
     model_config = ModelConfig.from_dict(config["model"], where=f"{directory / CONFIG_FILE}: model")
     tokenizer = load_tokenizer(directory)
     if tokenizer.vocab_size != model_config.tower.vocab_size:

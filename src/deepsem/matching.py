@@ -5,7 +5,6 @@ This is what ``deepsem train`` and ``deepsem evaluate`` run, and what :func:`dee
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,8 +22,8 @@ from deepsem.index import exact_search
 from deepsem.losses import hinge_loss, negative_scores, pointwise_loss, softmax_loss
 from deepsem.metrics import pair_metrics, retrieval_metrics
 from deepsem.models import TwoTowerModel
-from deepsem.text import Tokenizer, build_tokenizer, load_tokenizer
-from deepsem.trainer import Trainer, TrainResult
+from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
+from deepsem.trainer import Trainer, TrainResult, write_run_result
 
 
 @dataclass
@@ -106,6 +105,32 @@ def evaluate_pairs(model: SemanticModel, pairs: TextPairs, threshold: float | No
         raise ValueError("pair evaluation needs labels")
     scores = model.similarity(pairs.text_a, pairs.text_b)
     return pair_metrics(scores, pairs.labels, threshold=threshold)
+
+
+RANKING_METRICS = ("map", "mrr", "ndcg@3", "ndcg@5", "ndcg@10")
+
+
+def evaluate_ranking(model: SemanticModel, pairs: TextPairs) -> dict[str, float]:
+    """Labelled pairs as candidate lists (answer selection, re-ranking): the pairs sharing a text_a are one
+    query's candidates, ranked by score. MAP, MRR, NDCG@3/5/10 over the queries with at least one positive
+    (as WikiQA is scored); ``queries`` is how many were scored."""
+    if pairs.labels is None:
+        raise ValueError("ranking evaluation needs labels")
+    scores = model.similarity(pairs.text_a, pairs.text_b)
+    run: dict[str, dict[str, float]] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    qid_of: dict[str, str] = {}
+    for i, (a, label) in enumerate(zip(pairs.text_a, pairs.labels, strict=True)):
+        qid = qid_of.setdefault(a, f"q{len(qid_of)}")
+        run.setdefault(qid, {})[str(i)] = float(scores[i])
+        if label > 0.5:
+            qrels.setdefault(qid, {})[str(i)] = 1
+    if not qrels:
+        raise ValueError("ranking evaluation needs at least one query with a positive candidate")
+    metrics = retrieval_metrics(run, qrels, ks=(3, 5, 10))
+    out = {key: metrics[key] for key in RANKING_METRICS}
+    out["queries"] = float(len(qrels))
+    return out
 
 
 def evaluate_translation(model: SemanticModel, pairs: TextPairs, ks: Sequence[int] = (1, 10)) -> dict[str, float]:
@@ -195,6 +220,9 @@ def train(
     run_dir: str | Path | None = None,
     resume: bool = True,
     progress: bool = True,
+    pretrained: str | Path | None = None,
+    freeze_embeddings: bool = False,
+    dev_metric: str | None = None,
 ) -> tuple[SemanticModel, TrainResult]:
     """Train a two-tower model on pairs and save the best model (by dev score) to ``out``.
 
@@ -202,6 +230,12 @@ def train(
     log with ``clicks=True``, see :func:`as_pairs`) or :class:`TextPairs`. With 0/1 labels the dev metric
     is accuracy (threshold chosen on dev); with positive pairs only it is MRR@10 of retrieving each text_b
     from its text_a among the dev set.
+    ``dev_metric`` overrides which dev number picks the best model: a pair metric (``accuracy``, ``f1``,
+    ``roc_auc``, ``spearman``) or a ranking metric of the dev candidate lists (``map``, ``mrr``, ``ndcg@3``,
+    ``ndcg@5``, ``ndcg@10``; see :func:`evaluate_ranking`), which suits answer selection and click logs,
+    where most pairs are negatives and accuracy barely moves.
+    ``pretrained``: word vectors (.vec/.txt) copied into the token embeddings, kept fixed with
+    ``freeze_embeddings``.
     Run files (checkpoint, metrics.jsonl, training.png) go to ``run_dir`` (default ``out/training``);
     an interrupted run started again with the same arguments resumes from its last checkpoint.
     """
@@ -229,6 +263,7 @@ def train(
     mcfg = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model or {}, "model")
     mcfg.tower.vocab_size = tok.vocab_size
     mcfg.tower.validate()
+    check_tokenizer_fits(mcfg.tower.encoder, tok)
     torch.manual_seed(cfg.seed)
     net = TwoTowerModel(mcfg)
 
@@ -237,15 +272,24 @@ def train(
     pairs = PairSet.from_texts(table, train_pairs.text_a, train_pairs.text_b, labels)
     semantic = SemanticModel(net, tok)
     labelled_dev = dev_pairs is not None and dev_pairs.is_labelled
-    metric = "accuracy" if labelled_dev else "mrr@10"
+    metric = dev_metric or ("accuracy" if labelled_dev else "mrr@10")
+    ranking = metric in RANKING_METRICS and labelled_dev
+    pair_keys = ("accuracy", "f1", "roc_auc", "spearman")
+    if dev_pairs is not None and metric not in (RANKING_METRICS + pair_keys if labelled_dev else ("mrr@10",)):
+        raise ValueError(f"dev_metric {metric!r} does not apply to "
+                         f"{'labelled' if labelled_dev else 'positive-only'} dev pairs")
 
     def evaluate() -> dict[str, float]:
         assert dev_pairs is not None
+        if ranking:
+            return {**evaluate_ranking(semantic, dev_pairs), **evaluate_pairs(semantic, dev_pairs)}
         if labelled_dev:
             return evaluate_pairs(semantic, dev_pairs)
         return evaluate_translation(semantic, dev_pairs)
 
     info: dict[str, Any] = {"training": cfg.to_dict(), "train_pairs": len(pairs)}
+    if pretrained is not None:
+        info["pretrained"] = load_pretrained(net, tok, pretrained, freeze_embeddings)
 
     def on_best(metrics: dict[str, float]) -> None:
         if "threshold" in metrics:
@@ -270,11 +314,37 @@ def train(
     best = SemanticModel.load(out)
     best.info.update(info)
     best.save(out)
-    (run_dir / "result.json").write_text(json.dumps(
-        {"best_metric": result.best_metric, "metric": metric, "best_step": result.best_step, "steps": result.steps,
-         "seconds": result.seconds, "total_seconds": time.perf_counter() - t0, "stopped": result.stopped},
-        indent=2), encoding="utf-8")
+    write_run_result(run_dir, result, metric, t0)
     return best, result
+
+
+def load_pretrained(net: TwoTowerModel, tokenizer: Tokenizer, path: str | Path, freeze: bool) -> dict[str, Any]:
+    """Copy word vectors into every token embedding table of ``net``; frozen if ``freeze``."""
+    from deepsem.embeddings import initialize_embedding, read_vectors, vocab_tokens
+
+    tokens = vocab_tokens(tokenizer)
+    words, matrix = read_vectors(path, vocab=set(tokens))
+    report: dict[str, Any] = {}
+    for tower in dict.fromkeys([net.query_tower, net.doc_tower]):
+        embedding = getattr(tower, "embedding", None)
+        if embedding is None:
+            raise ValueError(f"encoder {net.config.tower.encoder!r} has no token embedding table for pretrained "
+                             "vectors (the dssm and cnn towers hash letter trigrams)")
+        coverage = initialize_embedding(embedding.weight, tokens, (words, matrix))
+        embedding.weight.requires_grad_(not freeze)
+        report = {"path": str(path), "found": coverage.found, "total": coverage.total, "frozen": freeze}
+    print(f"pretrained vectors: {report['found']} of {report['total']} tokens found in {path}"
+          + (" (frozen)" if freeze else ""))
+    return report
+
+
+def check_tokenizer_fits(encoder: str, tokenizer: Tokenizer) -> None:
+    """The ``dssm`` and ``cnn`` towers read letter trigrams with word separators: only the ``trigram`` tokenizer."""
+    from deepsem.towers import TRIGRAM_ENCODERS
+
+    if encoder in TRIGRAM_ENCODERS and not isinstance(tokenizer, TrigramTokenizer):
+        raise ValueError(f"encoder {encoder!r} reads letter trigrams: use tokenizer 'trigram', "
+                         f"not {tokenizer.name!r}")
 
 
 def _iter_texts(pairs: TextPairs):

@@ -15,7 +15,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,37 @@ class TrainResult:
     seconds: float
     stopped: str  # "finished", "early-stopping", "time-limit"
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def clip_gradients(
+    parameters: Iterable[torch.Tensor], clip_norm: float | None = None, clip_value: float | None = None
+) -> float:
+    """Clip gradients in place: first each element to ``[-clip_value, clip_value]``, then the global L2
+    norm to ``clip_norm``. Returns the global norm before clipping (``inf``/``nan`` if it overflowed).
+
+    Clipping by value bounds every coordinate and so changes the gradient's direction; clipping by norm
+    rescales the whole gradient and keeps its direction (Pascanu et al. 2013), which is why it is the default.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+    if clip_value is not None:
+        for g in grads:
+            g.clamp_(-clip_value, clip_value)
+    if clip_norm is not None:
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        scale = (clip_norm / (total + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale)
+    return norm
+
+
+def write_run_result(run_dir: Path, result: TrainResult, metric: str, started: float) -> None:
+    """``run_dir/result.json``: the best dev metric and step, steps, seconds and why training stopped."""
+    atomic_write_json(run_dir / "result.json", {
+        "best_metric": result.best_metric, "metric": metric, "best_step": result.best_step, "steps": result.steps,
+        "seconds": result.seconds, "total_seconds": time.perf_counter() - started, "stopped": result.stopped})
 
 
 class Trainer:
@@ -199,8 +230,7 @@ class Trainer:
                 loss = self.step_fn(batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+                clip_gradients(self.model.parameters(), cfg.clip_norm, cfg.clip_value)
                 self.optimizer.step()
                 value = float(loss.detach())
                 if not math.isfinite(value):

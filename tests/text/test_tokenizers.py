@@ -22,6 +22,7 @@ from deepsem.text import (
     letter_trigrams,
     load_tokenizer,
 )
+from deepsem.text.trigram import SEPARATOR_ID
 
 CORPUS = [
     "我爱北京天安门",
@@ -182,8 +183,21 @@ def test_trigram_tokenize() -> None:
     tok = build("trigram")
     assert tok.tokenize("good") == ["#go", "goo", "ood", "od#"]
     assert tok.tokenize("A") == ["#a#"]
-    assert tok.tokenize("中文") == ["#中#", "#文#"]
-    assert tok.tokenize("Good, 中!") == ["#go", "goo", "ood", "od#", "#中#"]
+    assert tok.tokenize("中文") == ["#中#", "#", "#文#"]  # the word separator between words
+    assert tok.tokenize("Good, 中!") == ["#go", "goo", "ood", "od#", "#", "#中#"]
+    assert tok.token_to_id("#") == SEPARATOR_ID == 2
+
+
+def test_trigram_separator_id_is_fixed() -> None:
+    # the separator sits at id 2 whatever the counts, and max_size still bounds the vocabulary
+    for texts, max_size in ((["good"], None), (["a b c d e f g h"], None), (["good day", "good"], 5)):
+        tok = TrigramTokenizer.build(texts, max_size=max_size)
+        assert tok.vocab.tokens[:3] == ["[PAD]", "[UNK]", "#"]
+        assert max_size is None or tok.vocab_size == max_size
+    ids = tok.encode("good day")
+    assert ids.count(SEPARATOR_ID) == 1 and ids[0] != SEPARATOR_ID
+    with pytest.raises(ValueError, match="separator"):
+        TrigramTokenizer(Vocab(["[PAD]", "[UNK]", "#go", "#"]))
 
 
 def test_trigram_encode_words() -> None:
@@ -199,6 +213,7 @@ def test_trigram_encode_words() -> None:
     assert tok.encode_words("good")[0] == good
     assert tok.encode_words_batch(["good", ""]) == [[good], [[tok.unk_id]]]
     assert tok.encode("good morning") == good[:3]  # flat trigram ids, truncated to max_length ids
+    assert tok.encode("中 国") == [tok.token_to_id("#中#"), SEPARATOR_ID, tok.token_to_id("#国#")]
 
 
 # ---------------------------------------------------------------------- subword

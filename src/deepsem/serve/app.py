@@ -3,6 +3,7 @@
     POST /search      {"queries": "怎么还款" | [...], "k": 10, "filter": {"lang": "zh"}}
     POST /similarity  {"pairs": [["text a", "text b"], ...]}
     POST /embed       {"texts": ["...", ...]}
+    POST /classify    {"texts": ["...", ...], "k": 1}   (a classifier model: create_app(classifier=...))
     GET  /healthz, GET /stats, GET / (the search page), GET /docs (OpenAPI)
 
 Concurrent requests are micro-batched into one encoder call. Every limit (text length, texts per request,
@@ -22,6 +23,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from deepsem.classification import Classifier
 from deepsem.encoder import SemanticModel
 from deepsem.index import Index
 from deepsem.serve.batcher import MicroBatcher
@@ -75,6 +77,22 @@ class EmbedResponse(BaseModel):
     took_ms: float
 
 
+class ClassifyRequest(BaseModel):
+    texts: list[str]
+    k: int = Field(1, description="Labels per text, most probable first.")
+    threshold: float | None = Field(None, description="Keep only labels at least this probable.")
+
+
+class LabelProb(BaseModel):
+    label: str
+    prob: float
+
+
+class ClassifyResponse(BaseModel):
+    predictions: list[list[LabelProb]]
+    took_ms: float
+
+
 def _check_texts(texts: list[str], limits: Limits, what: str = "text") -> None:
     if not texts:
         raise HTTPException(422, f"no {what}s given")
@@ -88,15 +106,21 @@ def _check_texts(texts: list[str], limits: Limits, what: str = "text") -> None:
 
 
 def create_app(index: Index | None = None, model: SemanticModel | None = None, limits: Limits | None = None,
-               max_wait_ms: float = 0.0) -> FastAPI:
-    """The service for ``index`` (its model encodes queries) or, without an index, for ``model`` alone."""
-    if index is None and model is None:
-        raise ValueError("create_app needs an index or a model")
+               max_wait_ms: float = 0.0, classifier: Classifier | None = None) -> FastAPI:
+    """The service for ``index`` (its model encodes queries) or, without an index, for ``model`` alone; with
+    ``classifier`` (alone or besides them) also ``POST /classify``."""
+    if index is None and model is None and classifier is None:
+        raise ValueError("create_app needs an index, a model or a classifier")
     semantic = index.model if index is not None else model
-    assert semantic is not None
     limits = limits or Limits()
     started = time.time()
-    counters = {"search": 0, "similarity": 0, "embed": 0, "errors": 0}
+    counters = {"search": 0, "similarity": 0, "embed": 0, "classify": 0, "errors": 0}
+
+    def two_tower() -> SemanticModel:
+        if semantic is None:
+            raise HTTPException(404, "this service has no two-tower model: start it with --index or with --model "
+                                "of a two-tower model")
+        return semantic
 
     def run_search(items: list[tuple[str, int, dict[str, Scalar] | None]]) -> list[list[dict[str, Any]]]:
         assert index is not None
@@ -113,14 +137,16 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         return out  # type: ignore[return-value]
 
     search_batcher = MicroBatcher(run_search, max_batch=limits.max_texts, max_wait_ms=max_wait_ms)
-    encode_batchers = {side: MicroBatcher(lambda texts, side=side: semantic.encode(texts, side=side),
+    encode_batchers = {side: MicroBatcher(lambda texts, side=side: two_tower().encode(texts, side=side),
                                           max_batch=limits.max_texts * 2, max_wait_ms=max_wait_ms)
                        for side in ("query", "doc")}
+    classify_batcher = MicroBatcher(lambda texts: classifier.predict_proba(texts),  # type: ignore[union-attr]
+                                    max_batch=limits.max_texts * 2, max_wait_ms=max_wait_ms)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        for batcher in (search_batcher, *encode_batchers.values()):
+        for batcher in (search_batcher, *encode_batchers.values(), classify_batcher):
             await batcher.close()
 
     app = FastAPI(title="deepsem", description="Semantic search and matching with LSTM-DSSM.",
@@ -143,10 +169,13 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
         info: dict[str, Any] = {"uptime_s": round(time.time() - started, 1), "requests": counters,
-                                "model": repr(semantic), "limits": limits.__dict__,
+                                "model": repr(semantic if semantic is not None else classifier),
+                                "limits": limits.__dict__,
                                 "batching": search_batcher.stats.to_dict()}
         if index is not None:
             info["index"] = index.stats()
+        if classifier is not None:
+            info["classifier"] = repr(classifier)
         return info
 
     @app.post("/search", response_model=SearchResponse)
@@ -164,6 +193,7 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
 
     @app.post("/similarity", response_model=SimilarityResponse)
     async def similarity(req: SimilarityRequest) -> dict[str, Any]:
+        model_ = two_tower()
         _check_texts([t for pair in req.pairs for t in pair], limits)
         if len(req.pairs) > limits.max_texts:
             raise HTTPException(413, f"{len(req.pairs)} pairs in one request; the limit is {limits.max_texts}")
@@ -171,16 +201,33 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         a = await encode_batchers["query"]([p[0] for p in req.pairs])
         b = await encode_batchers["doc"]([p[1] for p in req.pairs])
         counters["similarity"] += 1
-        return {"scores": np.asarray((a * b).sum(1), dtype=float).tolist(), "threshold": semantic.threshold,
+        return {"scores": np.asarray((a * b).sum(1), dtype=float).tolist(), "threshold": model_.threshold,
                 "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     @app.post("/embed", response_model=EmbedResponse)
     async def embed(req: EmbedRequest) -> dict[str, Any]:
+        model_ = two_tower()
         _check_texts(req.texts, limits)
         t0 = time.perf_counter()
         vectors = await encode_batchers[req.side](req.texts)
         counters["embed"] += 1
-        return {"vectors": np.asarray(vectors, dtype=float).tolist(), "dim": semantic.dim,
+        return {"vectors": np.asarray(vectors, dtype=float).tolist(), "dim": model_.dim,
+                "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    @app.post("/classify", response_model=ClassifyResponse)
+    async def classify(req: ClassifyRequest) -> dict[str, Any]:
+        if classifier is None:
+            raise HTTPException(404, "this service has no classifier: start it with --model of a classifier")
+        _check_texts(req.texts, limits)
+        if not 1 <= req.k <= limits.max_k:
+            raise HTTPException(422, f"k must be between 1 and {limits.max_k}, got {req.k}")
+        if req.threshold is not None and not 0.0 <= req.threshold <= 1.0:
+            raise HTTPException(422, f"threshold must be between 0 and 1, got {req.threshold}")
+        t0 = time.perf_counter()
+        probs = await classify_batcher(req.texts)
+        counters["classify"] += 1
+        top = classifier.top_k(np.asarray(probs), req.k, req.threshold)
+        return {"predictions": [[{"label": y, "prob": p} for y, p in row] for row in top],
                 "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     return app

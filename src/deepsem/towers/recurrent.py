@@ -1,16 +1,38 @@
-"""The recurrent tower of LSTM-DSSM: embedding -> LSTM (peephole by default) -> pooling -> tanh layer.
+"""The recurrent towers of LSTM-DSSM: embedding -> RNN / LSTM / GRU -> pooling -> tanh semantic layer.
 
-With ``pooling="last"`` the sentence vector is the LSTM state at each sequence's own last real token
-(and, when bidirectional, the backward state at its first token), as in Palangi et al. (2016).
+``encoder`` picks the cell: ``lstm-peephole`` (the LSTM-DSSM default), ``lstm``, ``lstm-coupled`` (coupled
+input/forget gate), all from :mod:`deepsem.nn.lstm`; ``gru`` and ``rnn`` (vanilla tanh RNN) from torch.
+With ``pooling="last"`` the sentence vector is the state at each sequence's own last real token (and, when
+bidirectional, the backward state at its first token), as in Palangi et al. (2016).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from deepsem.config import TowerConfig
 from deepsem.nn.lstm import LSTM
+
+LSTM_ENCODERS = ("lstm", "lstm-peephole", "lstm-coupled")
+RECURRENT_ENCODERS = (*LSTM_ENCODERS, "gru", "rnn")
+
+
+def init_recurrent(rnn: nn.Module, hidden: int, orthogonal: bool) -> None:
+    """Recurrent matrices orthogonal gate block by gate block (every singular value 1), or, with
+    ``orthogonal=False``, torch's default U(-1/sqrt(H), 1/sqrt(H)); other parameters are left as they are."""
+    with torch.no_grad():
+        for name, weight in rnn.named_parameters():
+            if not name.startswith("weight_hh"):
+                continue
+            for start in range(0, weight.shape[0], hidden):
+                if orthogonal:
+                    nn.init.orthogonal_(weight[start : start + hidden])
+                else:
+                    nn.init.uniform_(weight[start : start + hidden], -1 / math.sqrt(hidden), 1 / math.sqrt(hidden))
 
 
 class RecurrentTower(nn.Module):
@@ -18,31 +40,44 @@ class RecurrentTower(nn.Module):
 
     def __init__(self, config: TowerConfig) -> None:
         super().__init__()
-        self.config = config
-        c = config
+        self.config = c = config
         self.embedding = nn.Embedding(c.vocab_size, c.embedding_dim, padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=c.embedding_dim**-0.5)
         with torch.no_grad():
             self.embedding.weight[0].zero_()
         self.embedding_dropout = nn.Dropout(c.embedding_dropout)
-        self.rnn = LSTM(
-            c.embedding_dim,
-            c.hidden_size,
-            num_layers=c.num_layers,
-            batch_first=True,
-            dropout=c.dropout if c.num_layers > 1 else 0.0,
-            bidirectional=c.bidirectional,
-            peephole=c.encoder == "lstm-peephole",
-            coupled=c.encoder == "lstm-coupled",
-        )
+        options = dict(num_layers=c.num_layers, batch_first=True, bidirectional=c.bidirectional,
+                       dropout=c.dropout if c.num_layers > 1 else 0.0)
+        self.rnn: nn.Module
+        if c.encoder in LSTM_ENCODERS:
+            self.rnn = LSTM(c.embedding_dim, c.hidden_size, peephole=c.encoder == "lstm-peephole",
+                            coupled=c.encoder == "lstm-coupled", **options)
+        else:
+            self.rnn = (nn.GRU if c.encoder == "gru" else nn.RNN)(c.embedding_dim, c.hidden_size, **options)
+            for name, p in self.rnn.named_parameters():  # Xavier input blocks, zero biases, like deepsem's LSTM
+                if name.startswith("weight_ih"):
+                    for start in range(0, p.shape[0], c.hidden_size):
+                        nn.init.xavier_uniform_(p.data[start : start + c.hidden_size])
+                elif name.startswith("bias"):
+                    nn.init.zeros_(p)
+        init_recurrent(self.rnn, c.hidden_size, c.orthogonal_init)
         directions = 2 if c.bidirectional else 1
         pooled = c.hidden_size * directions * (2 if c.pooling == "last+max" else 1)
         self.dropout = nn.Dropout(c.dropout)
         self.proj = nn.Linear(pooled, c.output_dim)
 
+    def run(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """All outputs ``(B, T, D*H)`` (zero past each length) and the final states ``(layers*D, B, H)``."""
+        if isinstance(self.rnn, LSTM):
+            output, (h_n, _) = self.rnn(x, lengths=lengths)
+            return output, h_n
+        packed = pack_padded_sequence(x, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
+        output, h_n = self.rnn(packed)
+        output, _ = pad_packed_sequence(output, batch_first=True, total_length=x.shape[1])
+        return output, h_n
+
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
-        x = self.embedding_dropout(self.embedding(ids))
-        output, (h_n, _) = self.rnn(x, lengths=lengths)
+        output, h_n = self.run(self.embedding_dropout(self.embedding(ids)), lengths)
         pooling = self.config.pooling
         parts = []
         if pooling in ("last", "last+max"):
@@ -56,10 +91,3 @@ class RecurrentTower(nn.Module):
                 parts.append(output.masked_fill(~mask, float("-inf")).amax(1))
         pooled = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return torch.tanh(self.proj(self.dropout(pooled)))
-
-
-def build_tower(config: TowerConfig) -> nn.Module:
-    """The tower named by ``config.encoder`` (an allow-list, never an import string)."""
-    if config.encoder in ("lstm", "lstm-peephole", "lstm-coupled"):
-        return RecurrentTower(config)
-    raise ValueError(f"unknown encoder {config.encoder!r}")

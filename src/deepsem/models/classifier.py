@@ -1,0 +1,79 @@
+"""A text classifier on top of any tower: text ids -> tower vector -> dropout -> linear logits.
+
+Optionally (``ClassifierConfig.ngram_buckets > 0``) a bag of token n-grams sits next to the tower, as in
+fastText (Joulin et al., 2017): the tokens and their hashed n-grams are embedded and averaged, and that
+vector is concatenated to the tower's before the linear layer. Word order beyond the n-grams is the tower's
+business; the bag adds cheap, directly learnt phrase features (character bigrams are close to words in
+Chinese).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from deepsem.config import ClassifierConfig
+from deepsem.towers import build_tower
+
+#: Multiplier of the n-gram hash ``h = (h * P + id) mod buckets``, started from the order ``n``.
+_PRIME = 1_000_003
+
+
+class TextClassifier(nn.Module):
+    """``forward(ids (B, T), lengths (B,)) -> logits (B, num_labels)``.
+
+    The tower is any of :mod:`deepsem.towers` (``config.tower.encoder``); its ``output_dim`` tanh vector (and
+    the n-gram bag's vector, if configured) feeds one linear layer. Logits go through a softmax (one label
+    per text) or a sigmoid per label (``config.multi_label``); :meth:`probabilities` applies the right one.
+    """
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.tower = build_tower(c.tower)
+        width = c.tower.output_dim
+        self.ngrams: nn.Embedding | None = None
+        if c.ngram_buckets > 0:
+            # rows [0, vocab) are the tokens, [vocab, vocab + buckets) the hashed n-grams
+            self.ngrams = nn.Embedding(c.tower.vocab_size + c.ngram_buckets, c.ngram_dim)
+            nn.init.normal_(self.ngrams.weight, std=c.ngram_dim**-0.5)
+            width += c.ngram_dim
+        self.dropout = nn.Dropout(c.dropout)
+        self.head = nn.Linear(width, c.num_labels)
+
+    def ngram_ids(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Rows of the n-gram table for every token and every n-gram of orders 2..``ngram_order``, ``(B, S)``,
+        and a mask ``(B, S)`` of the ones inside each text."""
+        c = self.config
+        steps = ids.shape[1]
+        positions = torch.arange(steps, device=ids.device)
+        rows = [ids]
+        masks = [positions[None, :] < lengths[:, None]]
+        for n in range(2, c.ngram_order + 1):
+            span = steps - n + 1
+            if span <= 0:
+                break
+            h = torch.full_like(ids[:, :span], n)
+            for k in range(n):
+                h = (h * _PRIME + ids[:, k : k + span]) % c.ngram_buckets
+            rows.append(h + c.tower.vocab_size)
+            masks.append(positions[None, :span] + (n - 1) < lengths[:, None])
+        return torch.cat(rows, 1), torch.cat(masks, 1)
+
+    def ngram_vector(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """The mean embedding of the text's tokens and n-grams ``(B, ngram_dim)``."""
+        assert self.ngrams is not None
+        rows, mask = self.ngram_ids(ids, lengths)
+        weights = mask.to(self.ngrams.weight.dtype)
+        total = (self.ngrams(rows) * weights.unsqueeze(-1)).sum(1)
+        return total / weights.sum(1, keepdim=True).clamp(min=1.0)
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        features = self.tower(ids, lengths)
+        if self.ngrams is not None:
+            features = torch.cat([features, self.ngram_vector(ids, lengths)], dim=-1)
+        return self.head(self.dropout(features))
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """Softmax over labels, or an independent sigmoid per label for multi-label models."""
+        return logits.sigmoid() if self.config.multi_label else logits.softmax(-1)

@@ -1,0 +1,66 @@
+"""The CNN-DSSM / CLSM tower (Shen et al., 2014): words as letter-trigram vectors -> convolution over
+word-trigram windows (300 feature maps) -> max pooling over time -> a 128-wide tanh semantic layer.
+
+A window of three words concatenates their trigram count vectors ``[x_{t-1}; x_t; x_{t+1}]`` (three times
+the trigram vocabulary wide) and the convolution multiplies it by ``W_c = [W_0 W_1 W_2]``, so
+``W_c [x_{t-1}; x_t; x_{t+1}] = W_0 x_{t-1} + W_1 x_t + W_2 x_{t+1}``. Each ``W_k x`` is a sum of columns
+over the word's trigrams: one :class:`torch.nn.EmbeddingBag` ``(V, 3C)`` holds ``[W_0 W_1 W_2]`` transposed
+and sums it per word (the flat sequence marks words with the separator id), and the window sum is three
+shifted slices. Words outside the text are zero vectors, so an n-word text has n windows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from deepsem.config import TowerConfig
+from deepsem.text.trigram import SEPARATOR_ID
+
+WINDOW = 3
+
+
+class CNNTower(nn.Module):
+    """Trigram ids ``(B, T)`` (the ``trigram`` tokenizer, words split by the separator) -> ``(B, output_dim)``.
+
+    ``hidden_size`` is the number of convolution feature maps (the paper: 300).
+    """
+
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        maps = c.hidden_size
+        # [W_0 W_1 W_2]^T, one row a trigram; a word's rows are summed by the bag (its count vector times W)
+        self.conv = nn.EmbeddingBag(c.vocab_size, WINDOW * maps, mode="sum")
+        bound = math.sqrt(6.0 / (WINDOW * c.vocab_size + maps))
+        nn.init.uniform_(self.conv.weight, -bound, bound)
+        self.bias = nn.Parameter(torch.zeros(maps))
+        self.dropout = nn.Dropout(c.dropout)
+        self.proj = nn.Linear(maps, c.output_dim)
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        batch, steps = ids.shape
+        maps = self.config.hidden_size
+        positions = torch.arange(steps, device=ids.device)
+        real = positions[None, :] < lengths[:, None]
+        word = (ids == SEPARATOR_ID).cumsum(1)  # word index of every position
+        n_words = word.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1) + 1
+        keep = (ids > SEPARATOR_ID) & real
+        if self.training and self.config.embedding_dropout > 0:
+            keep = keep & (torch.rand(keep.shape, device=ids.device) >= self.config.embedding_dropout)
+        width = int(n_words.max())
+        # one bag per (row, word) slot, in row-major order: the kept trigrams of a word are contiguous
+        slot = (torch.arange(batch, device=ids.device)[:, None] * width + word)[keep]
+        offsets = torch.cumsum(torch.bincount(slot, minlength=batch * width), 0) - torch.bincount(
+            slot, minlength=batch * width)
+        # W_0 x, W_1 x, W_2 x of every word slot, each (B, n, C)
+        before, centre, after = self.conv(ids[keep], offsets).view(batch, width, WINDOW, maps).unbind(2)
+        # window t: W_0 x_{t-1} + W_1 x_t + W_2 x_{t+1}, with zero words outside the text
+        conv = centre + F.pad(before, (0, 0, 1, 0))[:, :width] + F.pad(after, (0, 0, 0, 1))[:, 1:]
+        h = torch.tanh(conv + self.bias)  # (B, n, C): one feature vector per word-trigram window
+        valid = torch.arange(width, device=ids.device)[None, :] < n_words[:, None]
+        pooled = h.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(1)
+        return torch.tanh(self.proj(self.dropout(pooled)))
