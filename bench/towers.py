@@ -69,7 +69,7 @@ def run_bq(encoder: str, args: argparse.Namespace, vectors: Path | None = None) 
 
 
 def run_wikiqa(encoder: str, args: argparse.Namespace, vectors: Path | None = None) -> dict[str, float]:
-    out = args.out / f"wikiqa-{encoder}{'-vectors' if vectors else ''}"
+    out = args.out / f"wikiqa-{encoder}{'-vectors' if vectors else ''}-{args.wikiqa_negatives}-{args.wikiqa_lr:g}"
     train = wikiqa(args.data_dir, "train")
     tokenizer: str | Tokenizer = tokenizer_for(encoder, "en")
     if vectors is not None:
@@ -80,7 +80,8 @@ def run_wikiqa(encoder: str, args: argparse.Namespace, vectors: Path | None = No
     model, result = deepsem.train(
         train, out, wikiqa(args.data_dir, "dev"), tokenizer=tokenizer,
         tokenizer_options={"min_count": 1}, model={"tower": {"encoder": encoder}},
-        training={"epochs": 50, "max_minutes": args.wikiqa_minutes, "threads": args.threads, "seed": args.seed},
+        training={"epochs": 50, "max_minutes": args.wikiqa_minutes, "threads": args.threads, "seed": args.seed,
+                  "negatives": args.wikiqa_negatives, "lr": args.wikiqa_lr},
         dev_metric="map", resume=False, progress=False, pretrained=vectors)
     m = evaluate_ranking(model, wikiqa(args.data_dir, "test"))
     return {"ndcg@3": m["ndcg@3"], "ndcg@5": m["ndcg@5"], "map": m["map"], "mrr": m["mrr"],
@@ -116,6 +117,9 @@ def main() -> None:
     parser.add_argument("--bq-minutes", type=float, default=4.0)
     parser.add_argument("--wikiqa-minutes", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--wikiqa-lr", type=float, default=3e-3)
+    parser.add_argument("--wikiqa-negatives", default="in-batch", choices=["in-batch", "labelled"],
+                        help="labelled: the softmax also sees 4 wrong candidates of the question itself")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--vectors-zh", type=Path, help="char vectors for a BQ row with pretrained embeddings")
     parser.add_argument("--vectors-en", type=Path, help="word vectors for a WikiQA row with pretrained embeddings")
@@ -145,8 +149,10 @@ def main() -> None:
             print("bq", encoder, results["bq"][encoder], flush=True)
             save()
         if "wikiqa" in args.tasks:
-            results["wikiqa"][encoder] = run_wikiqa(encoder, args)
-            print("wikiqa", encoder, results["wikiqa"][encoder], flush=True)
+            name = encoder if args.wikiqa_negatives == "in-batch" else f"{encoder}, {args.wikiqa_negatives} negatives"
+            name += f", lr {args.wikiqa_lr:g}" if args.wikiqa_lr != 3e-3 else ""
+            results["wikiqa"][name] = run_wikiqa(encoder, args)
+            print("wikiqa", name, results["wikiqa"][name], flush=True)
             save()
     if args.vectors_zh and "bq" in args.tasks and not args.speed:
         name = f"{args.vectors_encoder} + {args.vectors_zh.name}"

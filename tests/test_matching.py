@@ -62,7 +62,8 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(model_dir / "training" / "checkpoint" / "model.safetensors"))
 
 
-@pytest.mark.parametrize("loss,negatives", [("softmax", "both"), ("hinge", "in-batch"), ("pointwise", "in-batch")])
+@pytest.mark.parametrize("loss,negatives", [("softmax", "both"), ("hinge", "in-batch"), ("pointwise", "in-batch"),
+                                            ("pointwise+softmax", "labelled"), ("softmax", "labelled")])
 def test_every_loss_trains(tmp_path: Path, pair_files, loss, negatives):
     training = {**TINY_TRAINING, "epochs": 1, "loss": loss, "negatives": negatives, "num_negatives": 2}
     _, result = deepsem.train(pair_files[0], tmp_path / "m", pair_files[1], model=TINY_MODEL,
@@ -212,3 +213,28 @@ def test_dev_metric_picks_the_model_by_ranking(tmp_path: Path, pair_files):
     with pytest.raises(ValueError, match="dev_metric"):
         deepsem.train(pair_files[0], tmp_path / "m2", pair_files[1], model=TINY_MODEL, training=TINY_TRAINING,
                       dev_metric="bleu", progress=False)
+
+
+def test_labelled_negatives_come_from_the_same_query():
+    from deepsem.data.batches import PairSet, TextTable
+    from deepsem.matching import labelled_negatives, sample_negatives
+    from deepsem.text import build_tokenizer
+
+    a = ["q1", "q1", "q1", "q2", "q2", "q3"]
+    b = ["right1", "wrong1a", "wrong1b", "right2", "wrong2", "right3"]
+    y = [1, 0, 0, 1, 0, 1]
+    table = TextTable(build_tokenizer("char", a + b))
+    pairs = PairSet.from_texts(table, a, b, y)
+    own = labelled_negatives(pairs)
+    row = {t: int(table.add([t])[0]) for t in set(a + b)}
+    assert {q: sorted(v.tolist()) for q, v in own.items()} == {
+        row["q1"]: sorted([row["wrong1a"], row["wrong1b"]]), row["q2"]: [row["wrong2"]]}
+    rng = np.random.default_rng(0)
+    pool = np.array([row["right1"], row["right2"], row["right3"]])
+    queries = np.array([row["q1"], row["q2"], row["q3"]])
+    for _ in range(20):
+        sampled = sample_negatives(queries, 3, rng, pool, own)
+        assert sampled.shape == (3, 3)
+        assert set(sampled[0].tolist()) <= {row["wrong1a"], row["wrong1b"]}
+        assert set(sampled[1].tolist()) == {row["wrong2"]}  # fewer than k: repeated
+        assert set(sampled[2].tolist()) <= set(pool.tolist())  # none of its own: random documents

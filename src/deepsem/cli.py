@@ -47,6 +47,7 @@ class Negatives(StrEnum):
     in_batch = "in-batch"
     random = "random"
     both = "both"
+    labelled = "labelled"
 
 
 class TokenizerName(StrEnum):
@@ -112,7 +113,8 @@ def train(
     loss: Annotated[Loss, typer.Option(help="softmax: DSSM -log P(D+|Q) over negatives; pointwise: BCE on 0/1 "
                     "labels; hinge: pairwise margin; pointwise+softmax: both.")] = Loss.pointwise_softmax,
     negatives: Annotated[Negatives, typer.Option(help="Negatives for softmax/hinge: in-batch, K random "
-                         "documents, or both.")] = Negatives.in_batch,
+                         "documents, both, or labelled: in-batch + K of the query's own label-0 documents (its "
+                         "unclicked results, a question's wrong candidates).")] = Negatives.in_batch,
     num_negatives: Annotated[int, typer.Option(help="K random negatives per query.")] = 4,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 128,

@@ -19,7 +19,7 @@ ENCODER_DEFAULTS: dict[str, tuple[int, int]] = {"dssm": (300, 2), "cnn": (300, 1
 RECURRENT_DEFAULT = (128, 1)
 POOLINGS = ("last", "mean", "max", "last+max")
 LOSSES = ("softmax", "pointwise", "hinge", "pointwise+softmax")
-NEGATIVES = ("in-batch", "random", "both")
+NEGATIVES = ("in-batch", "random", "both", "labelled")
 SCHEDULES = ("linear", "cosine", "constant")
 
 
@@ -196,7 +196,7 @@ class TrainConfig(_Config):
             _positive(w, "eval_every", self.eval_every)
         if self.max_minutes is not None:
             _positive(w, "max_minutes", self.max_minutes)
-        if self.negatives in ("random", "both") and self.num_negatives < 1:
+        if self.negatives in ("random", "both", "labelled") and self.num_negatives < 1:
             raise ConfigError(f"{w}: negatives={self.negatives!r} needs num_negatives >= 1")
 
 

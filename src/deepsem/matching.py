@@ -159,9 +159,31 @@ def evaluate_retrieval(model: SemanticModel, queries: dict[str, str], corpus: di
 
 
 # -- training ---------------------------------------------------------------------------------------------
+def labelled_negatives(pairs: PairSet) -> dict[int, np.ndarray]:
+    """For each query row, the document rows labelled 0 with it (an impression's unclicked documents, a
+    question's wrong candidates)."""
+    groups: dict[int, list[int]] = {}
+    for a, b, y in zip(pairs.a.tolist(), pairs.b.tolist(), pairs.labels.tolist(), strict=True):
+        if y <= 0.5:
+            groups.setdefault(a, []).append(b)
+    return {a: np.unique(np.asarray(bs)) for a, bs in groups.items()}
+
+
+def sample_negatives(queries: np.ndarray, k: int, rng: np.random.Generator, doc_pool: np.ndarray,
+                     own: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """``(len(queries), k)`` document rows: ``k`` of each query's own labelled negatives when ``own`` has any
+    (with repeats if it has fewer than ``k``), random documents of ``doc_pool`` otherwise."""
+    if own is None:
+        return rng.choice(doc_pool, size=(len(queries), k))
+    rows = [rng.choice(own[q], size=k, replace=len(own[q]) < k) if q in own else rng.choice(doc_pool, size=k)
+            for q in queries.tolist()]
+    return np.stack(rows) if rows else np.zeros((0, k), np.int64)
+
+
 def _pair_step(model: TwoTowerModel, table: TextTable, pairs: PairSet, cfg: TrainConfig,
                rng: np.random.Generator):
     doc_pool = np.unique(pairs.b[pairs.labels > 0.5]) if (pairs.labels > 0.5).any() else np.unique(pairs.b)
+    own = labelled_negatives(pairs) if cfg.negatives == "labelled" else None
     use_softmax = cfg.loss in ("softmax", "hinge", "pointwise+softmax")
 
     def step(idx: np.ndarray) -> torch.Tensor:
@@ -177,8 +199,8 @@ def _pair_step(model: TwoTowerModel, table: TextTable, pairs: PairSet, cfg: Trai
             p = torch.from_numpy(positive)
             same = torch.from_numpy(b_rows[positive][:, None] == b_rows[None, :])
             sampled, sampled_rows = None, None
-            if cfg.negatives in ("random", "both"):
-                sampled_rows = rng.choice(doc_pool, size=(len(positive), cfg.num_negatives))
+            if cfg.negatives in ("random", "both", "labelled"):
+                sampled_rows = sample_negatives(a_rows[positive], cfg.num_negatives, rng, doc_pool, own)
                 flat = sampled_rows.reshape(-1)
                 sampled = model.encode(*table.batch(flat), "doc").view(len(positive), cfg.num_negatives, -1)
             pos, neg = negative_scores(q[p], d, p, same_doc=same, sampled=sampled,
@@ -198,6 +220,8 @@ def _pair_step(model: TwoTowerModel, table: TextTable, pairs: PairSet, cfg: Trai
                     rpos, rneg = negative_scores(d[p], q[p], torch.arange(len(positive)), same_doc=same_q)
                     term = 0.5 * (term + softmax_loss(rpos, rneg, model.gamma))
             loss = loss + cfg.softmax_weight * term
+        if not loss.requires_grad:  # a batch without a positive pair under a softmax/hinge loss: nothing to learn
+            loss = 0.0 * (q.sum() + d.sum())
         return loss
 
     return step
