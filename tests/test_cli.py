@@ -140,3 +140,18 @@ def test_diagnose_gradients_writes_plot_and_table(tmp_path: Path):
     assert "| rnn | adding | 12 |" in table and "| lstm | adding | 12 |" in table
     result = runner.invoke(app, ["diagnose", "gradients", "--out", str(tmp_path), "--cell", "transformer"])
     assert result.exit_code == 2 and "unknown cell" in result.output
+
+
+def test_embeddings_train_bad_input_is_a_clear_error(tmp_path: Path):
+    corpus = tmp_path / "c.tsv"
+    corpus.write_text("银行卡\t余额\n还款\n", encoding="utf-8")
+    result = runner.invoke(app, ["embeddings", "train", str(corpus), "--out", str(tmp_path / "v.vec"),
+                                 "--column", "1"])
+    assert result.exit_code == 2 and f"{corpus}, line 2: no column 1" in result.output
+    result = runner.invoke(app, ["embeddings", "train", str(tmp_path / "missing.txt"),
+                                 "--out", str(tmp_path / "v.vec")])
+    assert result.exit_code == 2 and "no such file" in result.output
+    result = runner.invoke(app, ["embeddings", "train", str(corpus), "--out", str(tmp_path / "v.vec"),
+                                 "--tokenizer", "trigram"])
+    assert result.exit_code == 2 and "char or word tokens" in result.output
+    assert not (tmp_path / "v.vec").exists()

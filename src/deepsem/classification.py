@@ -42,7 +42,7 @@ from deepsem.io import CONFIG_FILE, WEIGHTS_FILE, read_config
 from deepsem.metrics import precision_recall_f1
 from deepsem.models.classifier import TextClassifier
 from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
-from deepsem.trainer import Trainer, TrainResult, write_run_result
+from deepsem.trainer import Trainer, TrainResult, finish_run
 
 __all__ = [
     "Classifier",
@@ -723,10 +723,4 @@ def train_classifier(
         metric=metric, on_best=on_best, progress=progress,
     )
     result = trainer.fit(resume=resume)
-    info["train_seconds"] = round(result.seconds, 1)
-    info["stopped"] = result.stopped
-    best = Classifier.load(out)
-    best.info.update(info)
-    best.save(out)
-    write_run_result(run_dir, result, metric, t0)
-    return best, result
+    return finish_run(result, info, out, run_dir, metric, t0, Classifier.load), result

@@ -23,7 +23,7 @@ from deepsem.losses import hinge_loss, negative_scores, pointwise_loss, softmax_
 from deepsem.metrics import pair_metrics, retrieval_metrics
 from deepsem.models import TwoTowerModel
 from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
-from deepsem.trainer import Trainer, TrainResult, write_run_result
+from deepsem.trainer import Trainer, TrainResult, finish_run
 
 
 @dataclass
@@ -333,13 +333,7 @@ def train(
         metric=metric, on_best=on_best, progress=progress,
     )
     result = trainer.fit(resume=resume)
-    info["train_seconds"] = round(result.seconds, 1)
-    info["stopped"] = result.stopped
-    best = SemanticModel.load(out)
-    best.info.update(info)
-    best.save(out)
-    write_run_result(run_dir, result, metric, t0)
-    return best, result
+    return finish_run(result, info, out, run_dir, metric, t0, SemanticModel.load), result
 
 
 def load_pretrained(net: TwoTowerModel, tokenizer: Tokenizer, path: str | Path, freeze: bool) -> dict[str, Any]:

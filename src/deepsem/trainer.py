@@ -87,11 +87,20 @@ def clip_gradients(
     return norm
 
 
-def write_run_result(run_dir: Path, result: TrainResult, metric: str, started: float) -> None:
-    """``run_dir/result.json``: the best dev metric and step, steps, seconds and why training stopped."""
+def finish_run(result: TrainResult, info: dict[str, Any], out: Path, run_dir: Path, metric: str, started: float,
+               load_best: Callable[[Path], Any]) -> Any:
+    """After :meth:`Trainer.fit`: reload the best model saved in ``out`` (``load_best(out)``), add how training
+    went to its ``info`` and save it again; write ``run_dir/result.json`` (best dev metric and step, steps, seconds, why
+    training stopped). Returns the best model."""
+    info["train_seconds"] = round(result.seconds, 1)
+    info["stopped"] = result.stopped
+    best = load_best(out)
+    best.info.update(info)
+    best.save(out)
     atomic_write_json(run_dir / "result.json", {
         "best_metric": result.best_metric, "metric": metric, "best_step": result.best_step, "steps": result.steps,
         "seconds": result.seconds, "total_seconds": time.perf_counter() - started, "stopped": result.stopped})
+    return best
 
 
 class Trainer:
