@@ -19,7 +19,8 @@ Systems, on the same splits (``--limit N`` trains on a seeded random sample of N
   fastText-style bag of token uni- and bigrams beside it, 100,000 hash rows x 32, and stronger regularisation:
   dropout 0.4, label smoothing 0.1, English words seen at least twice), ``bigru`` (torch's fused GRU
   2 x 128), ``cnn`` (CLSM convolution over letter trigrams), ``dssm`` (bag of letter trigrams -> tanh
-  layers). Each trains for at most ``--minutes`` (``--epochs`` epochs, early stopping on dev accuracy with
+  layers), ``cnn+ngrams`` / ``dssm+ngrams`` (those towers with a bag of hashed token n-grams of orders 2-3
+  beside them, 200,000 rows x 32: over trigram tokens that is Chinese character bigrams). Each trains for at most ``--minutes`` (``--epochs`` epochs, early stopping on dev accuracy with
   patience 3).
 - fastText (the ``fasttext`` package, ``pip install fasttext-wheel``; benchmark only, not a deepsem
   dependency): unigrams and ``wordNgrams=2``; Chinese as characters and as jieba words; English lower-cased
@@ -59,6 +60,12 @@ MODELS: dict[str, dict[str, Any]] = {
     "bigru": {"tower": {"encoder": "gru", "hidden_size": 128}, "zh": "char", "en": "word"},
     "cnn": {"tower": {"encoder": "cnn"}, "zh": "trigram", "en": "trigram"},
     "dssm": {"tower": {"encoder": "dssm"}, "zh": "trigram", "en": "trigram"},
+    # the CLSM tower with a fastText-style bag beside it; over trigram tokens an n-gram of order 3 spans a word
+    # separator: Chinese character bigrams, English letter-trigram pairs across a word boundary
+    "cnn+ngrams": {"tower": {"encoder": "cnn"}, "zh": "trigram", "en": "trigram",
+                   "options": {"ngram_buckets": 200_000, "ngram_order": 3, "ngram_dim": 32}},
+    "dssm+ngrams": {"tower": {"encoder": "dssm"}, "zh": "trigram", "en": "trigram",
+                    "options": {"ngram_buckets": 200_000, "ngram_order": 3, "ngram_dim": 32}},
 }
 #: Longest input in tokens, per tokenizer (above the 99th percentile of both test sets).
 MAX_LENGTH = {"char": 64, "word": 128, "trigram": 512}

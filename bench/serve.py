@@ -1,6 +1,11 @@
-"""Load test of ``deepsem serve`` on loopback: requests/s and latency of POST /search at several concurrencies.
+"""Load test of ``deepsem serve`` on loopback: requests/s and latency of POST /search (or POST /recommend) at
+several concurrencies.
 
     python bench/serve.py --index runs/bench-search/100000-HNSW32 --concurrency 1 8 32 --duration 20
+    python bench/serve.py --recommender runs/recommend/lstm-peephole --concurrency 1 8 32 --duration 20
+
+With ``--recommender`` each request is one ml-100k user's test-time history (its last 50 items, oldest first)
+and k=10, the history's items excluded.
 
 The server runs in its own process (``deepsem serve``); the load comes from ``wrk`` (Debian package ``wrk``)
 with a Lua script that cycles through real queries (LCQMC test questions), one query per request, k=10.
@@ -24,12 +29,11 @@ import urllib.request
 from pathlib import Path
 
 LUA = """
-local queries = {%s}
+local bodies = {%s}
 local i = 0
 request = function()
   i = i + 1
-  local body = '{"queries": ' .. queries[(i %% #queries) + 1] .. ', "k": 10}'
-  return wrk.format("POST", "/search", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "%s", {["Content-Type"] = "application/json"}, bodies[(i %% #bodies) + 1])
 end
 """
 
@@ -69,7 +73,8 @@ def run_wrk(url: str, script: Path, concurrency: int, duration: int) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", type=Path, required=True, help="an index built by deepsem (e.g. 100k docs)")
+    parser.add_argument("--index", type=Path, help="an index built by deepsem (e.g. 100k docs)")
+    parser.add_argument("--recommender", type=Path, help="a recommender model directory (POST /recommend)")
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--duration", type=int, default=20)
@@ -79,13 +84,25 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
-    lcqmc = (args.data_dir / "lcqmc/test.tsv").read_text("utf-8").splitlines()
-    queries = list(dict.fromkeys(line.split("\t")[0] for line in lcqmc))[:2000]
-    script = Path(tempfile.mkdtemp()) / "search.lua"
-    script.write_text(LUA % ", ".join("[[" + json.dumps(q, ensure_ascii=False) + "]]" for q in queries), "utf-8")
+    if (args.index is None) == (args.recommender is None):
+        sys.exit("give --index or --recommender")
+    if args.index is not None:
+        lcqmc = (args.data_dir / "lcqmc/test.tsv").read_text("utf-8").splitlines()
+        queries = list(dict.fromkeys(line.split("\t")[0] for line in lcqmc))[:2000]
+        bodies = [json.dumps({"queries": q, "k": 10}, ensure_ascii=False) for q in queries]
+        path, what = "/search", ["--index", str(args.index)]
+    else:
+        from deepsem.data.interactions import load_movielens, split_sequences
+
+        split = split_sequences(load_movielens(args.data_dir / "movielens" / "ml-100k"))
+        bodies = [json.dumps({"history": [split.items[i] for i in split.history(u, "test")[-50:]], "k": 10})
+                  for u in split.examples("test")[0]]
+        path, what = "/recommend", ["--model", str(args.recommender)]
+    script = Path(tempfile.mkdtemp()) / "load.lua"
+    script.write_text(LUA % (", ".join("[[" + b + "]]" for b in bodies), path), "utf-8")
     url = f"http://127.0.0.1:{args.port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "deepsem.cli", "serve", "--index", str(args.index), "--port", str(args.port),
+        [sys.executable, "-m", "deepsem.cli", "serve", *what, "--port", str(args.port),
          "--max-wait-ms", str(args.max_wait_ms)], stdout=subprocess.DEVNULL, env={**os.environ})
     rows = []
     try:
@@ -99,8 +116,12 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=30)
-    print(f"\nPOST /search (k=10, one query per request) over {stats['index']['documents']:,} documents "
-          f"({stats['index']['factory']}), {args.duration} s per level, server and wrk on the same 2 cores")
+    if args.index is not None:
+        print(f"\nPOST /search (k=10, one query per request) over {stats['index']['documents']:,} documents "
+              f"({stats['index']['factory']}), {args.duration} s per level, server and wrk on the same 2 cores")
+    else:
+        print(f"\nPOST /recommend (k=10, one history of <= 50 items per request), {stats['recommender']}, "
+              f"{args.duration} s per level, server and wrk on the same 2 cores")
     print(f"{'concurrency':>11} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for r in rows:
         print(f"{r['concurrency']:>11} {r['rps']:>11.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7}")

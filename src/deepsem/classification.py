@@ -29,7 +29,6 @@ from typing import Any, overload
 
 import numpy as np
 import torch
-from safetensors.torch import load_model as _load_weights
 from safetensors.torch import save_model as _save_weights
 from torch import Tensor
 from torch.nn import functional as F
@@ -38,7 +37,7 @@ from deepsem.config import ClassifierConfig, ConfigError, TowerConfig, TrainConf
 from deepsem.data.errors import DataError, SkipReport
 from deepsem.data.readers import Column, detect_format, iter_records
 from deepsem.fileio import atomic_write, atomic_write_json
-from deepsem.io import CONFIG_FILE, WEIGHTS_FILE, read_config
+from deepsem.io import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_config
 from deepsem.metrics import precision_recall_f1
 from deepsem.models.classifier import TextClassifier
 from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
@@ -444,14 +443,8 @@ class Classifier:
         if tokenizer.vocab_size != model_config.tower.vocab_size:
             raise ConfigError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model expects "
                               f"{model_config.tower.vocab_size}")
-        weights = directory / WEIGHTS_FILE
-        if not weights.is_file():
-            raise FileNotFoundError(f"{directory}: {WEIGHTS_FILE} is missing")
         model = TextClassifier(model_config)
-        missing, unexpected = _load_weights(model, str(weights), strict=False)
-        if missing or unexpected:
-            raise ConfigError(f"{weights}: weights do not match config.json (missing {missing}, "
-                              f"unexpected {unexpected})")
+        load_weights(model, directory)
         info = {k: v for k, v in config.items() if k not in _RESERVED}
         return cls(model, tokenizer, labels, info)
 

@@ -412,7 +412,7 @@ def serve(
     index: Annotated[Path | None, typer.Option(help="Index directory to search (its model encodes queries).")
                      ] = None,
     model: Annotated[Path | None, typer.Option(help="Serve only /similarity and /embed for this model (/classify "
-                     "for a classifier's directory).")] = None,
+                     "for a classifier's directory, /recommend for a recommender's).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     max_chars: Annotated[int, typer.Option(help="Longest text accepted (characters).")] = 1000,
@@ -441,11 +441,13 @@ def serve(
         _fail(exc)
         return
     from deepsem.classification import Classifier
+    from deepsem.recommend import Recommender
 
     classifier = loaded if isinstance(loaded, Classifier) else None  # a classifier directory: /classify
-    semantic = None if isinstance(loaded, Classifier) else loaded
+    recommender = loaded if isinstance(loaded, Recommender) else None  # a recommender directory: /recommend
+    semantic = None if isinstance(loaded, Classifier | Recommender) else loaded
     app_ = create_app(idx, semantic, Limits(max_chars, max_texts, max_k), max_wait_ms=max_wait_ms,
-                      classifier=classifier)
+                      classifier=classifier, recommender=recommender)
     typer.echo(f"serving on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
 
@@ -504,8 +506,8 @@ def _class_weights(spec: str | None) -> str | dict[str, float] | None:
     return weights
 
 
-def _load_classifier(model: Path):
-    from deepsem.classification import Classifier
+def _load_task(model: Path, kind: type, wrong: str):
+    """``deepsem.load(model)``, which must be a ``kind``; else exit 2 with ``wrong``."""
     from deepsem.encoder import load
 
     try:
@@ -513,10 +515,15 @@ def _load_classifier(model: Path):
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
         raise
-    if not isinstance(loaded, Classifier):
-        _fail(ValueError(f"{model}: a two-tower model directory, not a classifier (train one with "
-                         "'deepsem classify train')"))
+    if not isinstance(loaded, kind):
+        _fail(ValueError(f"{model}: {wrong}"))
     return loaded
+
+
+def _load_classifier(model: Path):
+    from deepsem.classification import Classifier
+
+    return _load_task(model, Classifier, "not a classifier (train one with 'deepsem classify train')")
 
 
 @classify_app.command("train")
@@ -791,3 +798,280 @@ def main() -> None:  # pragma: no cover
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+recommend_app = typer.Typer(help="Two-tower recommendation from interaction logs: train, evaluate, predict, "
+                            "item2vec, serve.", no_args_is_help=True)
+app.add_typer(recommend_app, name="recommend")
+
+
+class RecurrentEncoder(StrEnum):
+    lstm_peephole = "lstm-peephole"
+    lstm = "lstm"
+    lstm_coupled = "lstm-coupled"
+    gru = "gru"
+    rnn = "rnn"
+
+
+class RecommendNegatives(StrEnum):
+    full = "full"
+    in_batch = "in-batch"
+    sampled = "sampled"
+
+
+def _interactions(data: Path, items: Path | None, users: Path | None, columns: str, rating_col: str | None,
+                  min_rating: float | None, skip_bad_rows: bool):
+    """A MovieLens folder, or a log file with --columns user,item,time (+ optional item / user feature files)."""
+    from deepsem.data.interactions import load_movielens, read_interactions, read_items, read_user_features
+
+    try:
+        if data.is_dir():
+            loaded = load_movielens(data, skip_bad_rows=skip_bad_rows)
+        else:
+            parts = [p.strip() for p in columns.split(",")]
+            if len(parts) != 3:
+                raise typer.BadParameter(f"--columns: expected user,item,time, got {columns!r}")
+            loaded = read_interactions(data, user_col=_column(parts[0]), item_col=_column(parts[1]),
+                                       time_col=_column(parts[2]),
+                                       rating_col=_column(rating_col) if rating_col else None,
+                                       skip_bad_rows=skip_bad_rows)
+        if items is not None:
+            loaded.item_features = read_items(items)
+        if users is not None:
+            loaded.user_features = read_user_features(users)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+        raise
+    if loaded.skipped.count:
+        typer.echo(f"{data}: {loaded.skipped}", err=True)
+    if loaded.duplicates:
+        typer.echo(f"{data}: dropped {loaded.duplicates} repeated (user, item, time) rows", err=True)
+    return loaded.filter(min_rating)
+
+
+def _load_recommender(model: Path):
+    from deepsem.recommend import Recommender
+
+    return _load_task(model, Recommender, "not a recommender (train one with 'deepsem recommend train')")
+
+
+_DATA_HELP = ("Interactions: a MovieLens folder (ml-100k, ml-1m, ml-latest) or a CSV/TSV/JSONL/Parquet log with "
+              "user, item and time columns.")
+
+
+@recommend_app.command("train")
+def recommend_train(
+    data: Annotated[Path, typer.Argument(help=_DATA_HELP)],
+    out: Annotated[Path, typer.Option(help="Model directory to write.")],
+    columns: Annotated[str, typer.Option(help="user,item,time columns of a log file (index or header name).")
+                       ] = "0,1,2",
+    rating_col: Annotated[str | None, typer.Option(help="Rating column of a log file.")] = None,
+    min_rating: Annotated[float | None, typer.Option(help="Keep only interactions rated at least this.")] = None,
+    items: Annotated[Path | None, typer.Option(help="Item features: item id, title, '|'-separated categories.")
+                     ] = None,
+    users: Annotated[Path | None, typer.Option(help="User features: user id, then one feature column.")] = None,
+    skip_bad_rows: Annotated[bool, typer.Option(help="Skip malformed rows (counted) instead of stopping.")] = False,
+    n_test: Annotated[int, typer.Option(help="Last items per user held out for the test.")] = 1,
+    n_valid: Annotated[int, typer.Option(help="Items before them held out for validation (early stopping).")] = 1,
+    encoder: Annotated[RecurrentEncoder, typer.Option(help="User tower.")] = RecurrentEncoder.lstm_peephole,
+    embedding_dim: Annotated[int, typer.Option(help="Item (and feature) embedding size.")] = 64,
+    hidden: Annotated[int, typer.Option(help="User tower hidden size.")] = 128,
+    layers: Annotated[int, typer.Option(help="User tower layers.")] = 1,
+    dim: Annotated[int, typer.Option(help="User / item vector size.")] = 64,
+    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.2,
+    max_history: Annotated[int, typer.Option(help="Most recent items the user tower reads.")] = 50,
+    title_encoder: Annotated[str, typer.Option(help="Item titles in the item tower: bag (mean word embedding), a "
+                             "text tower (dssm, cnn, gru, lstm, lstm-peephole...) or none.")] = "bag",
+    item_features: Annotated[bool, typer.Option(help="Use item titles and categories.")] = True,
+    user_features: Annotated[bool, typer.Option(help="Use user features.")] = True,
+    negatives: Annotated[RecommendNegatives, typer.Option(help="Softmax over all items, the batch's targets, or "
+                         "those plus popularity-sampled items.")] = RecommendNegatives.full,
+    num_negatives: Annotated[int, typer.Option(help="Sampled items per batch (--negatives sampled).")] = 256,
+    logq: Annotated[bool, typer.Option(help="Log-Q correction of in-batch / sampled negatives.")] = True,
+    item2vec_init: Annotated[bool, typer.Option(help="Start the item embeddings from Item2Vec (needs gensim).")
+                             ] = False,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 60,
+    batch_size: Annotated[int, typer.Option(help="History windows per step.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation "
+                        "NDCG@10.")] = 5,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop training after this many minutes.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 13,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from the run's last checkpoint if there is one.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train the two-tower recommender (user tower over the history, item tower over id + features)."""
+    from deepsem.recommend import train_recommender
+
+    loaded = _interactions(data, items, users, columns, rating_col, min_rating, skip_bad_rows)
+    config = {"encoder": encoder.value, "embedding_dim": embedding_dim, "hidden_size": hidden, "num_layers": layers,
+              "output_dim": dim, "dropout": dropout, "max_history": max_history,
+              "title_encoder": title_encoder}
+    training = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience, "seed": seed,
+                "max_minutes": max_minutes, "threads": threads, "weight_decay": 0.0}
+    try:
+        rec, result = train_recommender(loaded, out, config=config, training=training, negatives=negatives.value,
+                                        num_negatives=num_negatives, logq=logq, n_test=n_test, n_valid=n_valid,
+                                        use_item_features=item_features, use_user_features=user_features,
+                                        item2vec_init=item2vec_init, resume=resume, progress=progress)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        _fail(exc)
+        return
+    typer.echo(f"stopped: {result.stopped} after {result.steps} steps ({result.seconds:.0f} s)")
+    if "valid_metrics" in rec.info:
+        typer.echo("best validation: " + ", ".join(f"{k} {v:.4f}" for k, v in rec.info["valid_metrics"].items()))
+    typer.echo(f"model directory: {out}")
+
+
+@recommend_app.command("evaluate")
+def recommend_evaluate(
+    model: Annotated[Path, typer.Option(help="Recommender model directory.")],
+    data: Annotated[Path, typer.Argument(help=_DATA_HELP + " Split as at training time.")],
+    columns: Annotated[str, typer.Option(help="user,item,time columns of a log file.")] = "0,1,2",
+    rating_col: Annotated[str | None, typer.Option(help="Rating column of a log file.")] = None,
+    min_rating: Annotated[float | None, typer.Option(help="Keep only interactions rated at least this.")] = None,
+    users: Annotated[Path | None, typer.Option(help="User features file.")] = None,
+    n_test: Annotated[int, typer.Option(help="Last items per user held out for the test.")] = 1,
+    n_valid: Annotated[int, typer.Option(help="Items before them held out for validation.")] = 1,
+    stage: Annotated[str, typer.Option(help="test or valid.")] = "test",
+    k: Annotated[str, typer.Option(help="Comma-separated cut-offs.")] = "10,50",
+    baselines: Annotated[bool, typer.Option(help="Also evaluate most-popular and Item2Vec on the same split.")
+                         ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """HitRate@k, Recall@k, NDCG@k, MRR and coverage, every target ranked among all items (history excluded)."""
+    from deepsem.data.interactions import split_sequences
+    from deepsem.recommend import evaluate_ranking_over_items, popularity_scores
+
+    rec = _load_recommender(model)
+    if stage not in ("test", "valid"):
+        _fail(ValueError(f"--stage must be test or valid, got {stage!r}"))
+    loaded = _interactions(data, None, users, columns, rating_col, min_rating, False)
+    split = split_sequences(loaded, n_test=n_test, n_valid=n_valid)
+    ks = [int(x) for x in k.split(",")]
+    # the model's catalogue decides the item positions; items it never saw cannot be recommended
+    try:
+        split = _align_split(split, rec.catalogue.ids)
+        results = {"deepsem": evaluate_ranking_over_items(rec.scorer(split, loaded.user_features), split, stage, ks)}
+        if baselines:
+            from deepsem.item2vec import train_item2vec
+
+            results["most-popular"] = evaluate_ranking_over_items(popularity_scores(split), split, stage, ks)
+            vectors = train_item2vec([split.history(u, stage).tolist() for u in range(len(split.users))])
+            results["item2vec"] = evaluate_ranking_over_items(vectors.scorer(split), split, stage, ks)
+    except (ValueError, ImportError) as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    names = list(next(iter(results.values())))
+    typer.echo(f"{'method':<14}" + "".join(f"{n:>13}" for n in names))
+    for method, metrics in results.items():
+        typer.echo(f"{method:<14}" + "".join(f"{metrics[n]:>13.4f}" for n in names))
+
+
+def _align_split(split, catalogue: list[str]):
+    """``split`` re-indexed to the model's catalogue: item positions follow ``catalogue``; interactions with items
+    the model does not know are dropped from histories, and such targets can only be missed (rank > every k)."""
+    import numpy as np
+
+    from deepsem.data.interactions import SequenceSplit
+
+    if list(split.items) == list(catalogue):
+        return split
+    index = {item: i for i, item in enumerate(catalogue)}
+    unknown = len(catalogue)  # a position past the catalogue: never recommended
+    mapping = np.array([index.get(item, unknown) for item in split.items], dtype=np.int64)
+
+    def remap(seqs: list, keep_unknown: bool) -> list:
+        out = []
+        for seq in seqs:
+            mapped = mapping[seq]
+            out.append(mapped if keep_unknown else mapped[mapped < unknown])
+        return out
+
+    n_unknown_targets = int(sum((mapping[t] == unknown).sum() for t in split.test))
+    if n_unknown_targets:
+        typer.echo(f"{n_unknown_targets} test targets are items the model never saw", err=True)
+    return SequenceSplit(split.users, [*list(catalogue), "<unknown>"], remap(split.train, False),
+                         remap(split.valid, True), remap(split.test, True), split.train_time, split.valid_time,
+                         split.test_time)
+
+
+@recommend_app.command("predict")
+def recommend_predict(
+    model: Annotated[Path, typer.Option(help="Recommender model directory.")],
+    history: Annotated[list[str] | None, typer.Argument(help="The user's item ids, oldest first.")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Items to return.")] = 10,
+    include_seen: Annotated[bool, typer.Option(help="Also return items of the history.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Recommend k items for a history given on the command line (an empty one gets the most popular)."""
+    rec = _load_recommender(model)
+    if k < 1:
+        _fail(ValueError(f"-k must be >= 1, got {k}"))
+    answer = rec.recommend_many([history or []], k, exclude_seen=not include_seen)[0]
+    if answer.unknown:
+        typer.echo(f"unknown item ids ignored: {' '.join(answer.unknown)}", err=True)
+    if answer.fallback:
+        typer.echo("no known item in the history: the most popular items", err=True)
+    titles = rec.catalogue.titles
+    rows = [{"id": i, "title": titles[rec.catalogue.index[i]], "score": round(s, 6)} for i, s in answer.items]
+    if as_json:
+        typer.echo(json.dumps({"items": rows, "fallback": answer.fallback, "unknown": answer.unknown},
+                              ensure_ascii=False))
+        return
+    for row in rows:
+        typer.echo(f"{row['id']}\t{row['score']:.4f}\t{row['title']}")
+
+
+@recommend_app.command("item2vec")
+def recommend_item2vec(
+    data: Annotated[Path, typer.Argument(help=_DATA_HELP)],
+    out: Annotated[Path, typer.Option(help="Vector file to write (word2vec text format, one item id per line).")],
+    columns: Annotated[str, typer.Option(help="user,item,time columns of a log file.")] = "0,1,2",
+    min_rating: Annotated[float | None, typer.Option(help="Keep only interactions rated at least this.")] = None,
+    dim: Annotated[int, typer.Option(help="Vector size.")] = 64,
+    window: Annotated[int, typer.Option(help="Skip-gram window (items).")] = 5,
+    epochs: Annotated[int, typer.Option(help="Passes over the sequences.")] = 10,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 13,
+) -> None:
+    """Item2Vec: skip-gram over each user's items in time order (all of them: no split)."""
+    from deepsem.embeddings import write_vectors
+    from deepsem.item2vec import train_item2vec
+
+    loaded = _interactions(data, None, None, columns, None, min_rating, False)
+    try:
+        vectors = train_item2vec([s.tolist() for s in loaded.sequences()], dim=dim, window=window, epochs=epochs,
+                                 seed=seed)
+    except (ValueError, ImportError) as exc:
+        _fail(exc)
+        return
+    write_vectors(out, [loaded.items[int(i)] for i in vectors.items], vectors.matrix)
+    typer.echo(f"{len(vectors.items)} item vectors of dimension {vectors.matrix.shape[1]} -> {out}")
+
+
+@recommend_app.command("serve")
+def recommend_serve(
+    model: Annotated[Path, typer.Option(help="Recommender model directory.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    max_k: Annotated[int, typer.Option(help="Largest k accepted.")] = 100,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a request may wait to share a user-tower call.")
+                           ] = 0.0,
+    threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+) -> None:
+    """Serve POST /recommend (history in, items out, seen items excluded) over HTTP."""
+    import torch
+    import uvicorn
+
+    from deepsem.serve import Limits, create_app
+
+    torch.set_num_threads(threads)
+    rec = _load_recommender(model)
+    rec.index()
+    app_ = create_app(recommender=rec, limits=Limits(max_k=max_k), max_wait_ms=max_wait_ms)
+    typer.echo(f"serving {rec!r} on http://{host}:{port}/recommend  (API docs: http://{host}:{port}/docs)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)

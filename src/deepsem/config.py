@@ -240,3 +240,52 @@ class ClassifierConfig(_Config):
         if (self.ngram_buckets + self.tower.vocab_size) * self.ngram_dim > 2_000_000_000:
             raise ConfigError(f"{w}: ngram_buckets x ngram_dim is too large ({self.ngram_buckets})")
         self.tower.validate(f"{w}.tower")
+
+
+RECOMMEND_NEGATIVES = ("full", "in-batch", "sampled")
+TITLE_ENCODERS = ("none", "bag", *ENCODERS)
+
+
+@dataclass
+class RecommenderConfig(_Config):
+    """A two-tower recommender (see :mod:`deepsem.models.recommender`).
+
+    Item tower: item-id embedding (``embedding_dim``) + mean embedding of its categories + a vector of its title
+    -> a linear layer to ``output_dim``. The title vector is the mean embedding of its words (``title_encoder=
+    "bag"``), or any text tower of :mod:`deepsem.towers` (``"dssm"``, ``"cnn"`` over letter trigrams, ``"gru"``,
+    ``"lstm"``... over words) with an ``embedding_dim`` output; ``"none"``: no title. User tower:
+    the same item inputs, step by step through ``encoder`` (any recurrent tower; unidirectional, so the vector at
+    a step has seen only the items up to it) of ``hidden_size`` x ``num_layers``, plus the mean embedding of the
+    user's features -> a linear layer to ``output_dim``. Both vectors are L2-normalised; the score is
+    ``gamma * cosine``. ``max_history``: the most recent items the user tower reads.
+    """
+
+    n_items: int = 1  # item rows 1..n_items; row 0 is padding
+    n_categories: int = 1
+    n_title_tokens: int = 1
+    n_user_features: int = 1
+    encoder: str = "lstm-peephole"
+    title_encoder: str = "bag"
+    embedding_dim: int = 64
+    hidden_size: int = 128
+    num_layers: int = 1
+    output_dim: int = 64
+    dropout: float = 0.2
+    max_history: int = 50
+    gamma: float = 10.0
+    learn_gamma: bool = True
+    orthogonal_init: bool = True
+
+    def validate(self, where: str | None = None) -> None:
+        w = where or "recommender"
+        from deepsem.towers.recurrent import RECURRENT_ENCODERS
+
+        _choice(w, "encoder", self.encoder, RECURRENT_ENCODERS)
+        _choice(w, "title_encoder", self.title_encoder, TITLE_ENCODERS)
+        for name in ("n_items", "n_categories", "n_title_tokens", "n_user_features", "embedding_dim", "hidden_size",
+                     "num_layers", "output_dim", "max_history", "gamma"):
+            _positive(w, name, getattr(self, name))
+        if self.n_items * self.embedding_dim > 2_000_000_000 or self.n_items > 100_000_000:
+            raise ConfigError(f"{w}: n_items x embedding_dim is too large ({self.n_items})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{w}: field 'dropout' must be in [0, 1), got {self.dropout}")

@@ -16,6 +16,7 @@ from deepsem.text import Tokenizer
 
 if TYPE_CHECKING:
     from deepsem.classification import Classifier
+    from deepsem.recommend import Recommender
 
 
 class SemanticModel:
@@ -82,14 +83,21 @@ class SemanticModel:
                 f"vocab={c.vocab_size}, dim={c.output_dim})")
 
 
-def load(directory: str | Path) -> SemanticModel | Classifier:
+def load(directory: str | Path) -> SemanticModel | Classifier | Recommender:
     """Load a model directory written by ``deepsem train`` / :func:`deepsem.train` (a :class:`SemanticModel`),
-    or by ``deepsem classify train`` / :func:`deepsem.classification.train_classifier` (a
-    :class:`~deepsem.classification.Classifier`): ``config.json``'s ``task`` tells which."""
-    if read_config(directory)["task"] == "classifier":
+    by ``deepsem classify train`` / :func:`deepsem.classification.train_classifier` (a
+    :class:`~deepsem.classification.Classifier`) or by ``deepsem recommend train`` /
+    :func:`deepsem.recommend.train_recommender` (a :class:`~deepsem.recommend.Recommender`): ``config.json``'s
+    ``task`` tells which."""
+    task = read_config(directory)["task"]
+    if task == "classifier":
         from deepsem.classification import Classifier
 
         return Classifier.load(directory)
+    if task == "recommender":
+        from deepsem.recommend import Recommender
+
+        return Recommender.load(directory)
     return SemanticModel.load(directory)
 
 

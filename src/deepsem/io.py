@@ -12,6 +12,7 @@ from typing import Any
 
 from safetensors.torch import load_model as _load_weights
 from safetensors.torch import save_model as _save_weights
+from torch import nn
 
 from deepsem import __version__
 from deepsem.config import ConfigError, ModelConfig
@@ -21,9 +22,9 @@ from deepsem.text import Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-TASKS = ("two-tower", "classifier")
+TASKS = ("two-tower", "classifier", "recommender")
 #: The config.json field holding the model configuration of each task.
-MODEL_FIELDS = {"two-tower": "model", "classifier": "classifier"}
+MODEL_FIELDS = {"two-tower": "model", "classifier": "classifier", "recommender": "recommender"}
 
 
 def save_model_dir(
@@ -72,11 +73,21 @@ def load_model_dir(directory: str | Path) -> tuple[TwoTowerModel, Tokenizer, dic
             f"{model_config.tower.vocab_size}"
         )
     model = TwoTowerModel(model_config)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"{directory}: {WEIGHTS_FILE} is missing")
-    missing, unexpected = _load_weights(model, str(weights), strict=False)
-    if missing or unexpected:
-        raise ConfigError(f"{weights}: weights do not match config.json (missing {missing}, unexpected {unexpected})")
+    load_weights(model, directory)
     model.eval()
     return model, tokenizer, config
+
+
+def load_weights(model: nn.Module, directory: str | Path) -> None:
+    """Read ``directory/model.safetensors`` into ``model`` (built from ``config.json``): every tensor must be
+    there, with the shape the config gives it, and nothing else."""
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{directory}: {WEIGHTS_FILE} is missing")
+    try:
+        missing, unexpected = _load_weights(model, str(weights), strict=False)
+    except RuntimeError as exc:  # a tensor's shape differs from what config.json describes
+        raise ConfigError(f"{weights}: weights do not match config.json: {str(exc).splitlines()[-1].strip()}"
+                          ) from None
+    if missing or unexpected:
+        raise ConfigError(f"{weights}: weights do not match config.json (missing {missing}, unexpected {unexpected})")

@@ -7,6 +7,8 @@ All take L2-normalised vectors, so every score is a cosine R(Q, D) in [-1, 1].
   documents of the batch (in-batch), K sampled documents per query, or both.
 - :func:`pointwise_loss` — labelled 0/1 pairs: binary cross-entropy on the logit gamma R(Q, D) + b.
 - :func:`hinge_loss` — pairwise: max(0, margin - R(Q, D+) + R(Q, D-)) over the negatives.
+- :func:`candidate_softmax_loss` — recommendation: softmax of each user's next item over a set of candidate
+  items (all items, the batch's targets, or those plus sampled ones), with the log-Q correction.
 """
 
 from __future__ import annotations
@@ -68,3 +70,20 @@ def hinge_loss(pos: Tensor, neg: Tensor, margin: float) -> Tensor:
     finite = torch.isfinite(neg)
     losses = F.relu(margin - pos[:, None] + neg.masked_fill(~finite, -1e4))
     return losses.sum() / finite.sum().clamp(min=1)
+
+
+def candidate_softmax_loss(users: Tensor, candidates: Tensor, target: Tensor, gamma: Tensor | float,
+                           log_q: Tensor | None = None) -> Tensor:
+    """-log P(target | user) over a shared candidate set, with the sampling-bias (log-Q) correction.
+
+    ``users`` ``(P, E)`` and ``candidates`` ``(C, E)`` are L2-normalised; ``target`` ``(P,)`` is each user's
+    positive's row in ``candidates`` (the set holds every positive once, so there are no accidental hits).
+    When the candidates are the batch's targets or items sampled by popularity, popular items are negatives far
+    more often than under the full softmax, and the model learns to push them down; subtracting ``log_q``
+    ``(C,)``, the log of each candidate's sampling probability, from its logit removes that bias (Yi et al.
+    2019, "Sampling-bias-corrected neural modeling"). ``log_q=None``: no correction (the full softmax).
+    """
+    logits = (users @ candidates.T) * gamma
+    if log_q is not None:
+        logits = logits - log_q[None, :]
+    return F.cross_entropy(logits, target)

@@ -19,6 +19,9 @@ scores are ordered by doc id, *descending* (string order), which is what ``trec_
 results are deterministic and match it even with ties. Queries are averaged over those in ``qrels``
 that have at least one relevant document; such a query missing from the run scores 0.
 
+Recommendation (targets ranked among all items): :func:`recommendation_metrics` – HitRate@k, Recall@k,
+NDCG@k, MRR and catalogue coverage@k from each user's target ranks.
+
 Classification: :func:`accuracy`, :func:`precision_recall_f1`, :func:`confusion_matrix`.
 """
 
@@ -49,6 +52,7 @@ __all__ = [
     "recall",
     "recall_at_k",
     "reciprocal_rank",
+    "recommendation_metrics",
     "retrieval_metrics",
     "roc_auc",
     "spearman",
@@ -479,3 +483,48 @@ def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int | None = None) -> 
         raise ValueError(f"labels must lie in [0, {n_classes})")
     flat = t.astype(np.int64) * n_classes + p.astype(np.int64)
     return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Recommendation
+
+
+def recommendation_metrics(ranks: Sequence[Any], ks: Iterable[int] = (10, 50), top: Any | None = None,
+                           n_items: int | None = None) -> dict[str, float]:
+    """Top-k metrics of a recommender, averaged over users.
+
+    ``ranks[u]``: the 1-based ranks of user ``u``'s held-out items among all candidate items (one rank per
+    target; each rank counts the other targets ranked above it). Per user, with ``T`` the targets:
+
+    * ``hr@k`` – 1 if any target is in the top k (HitRate),
+    * ``recall@k`` – the share of ``T`` in the top k (equal to ``hr@k`` with one target),
+    * ``ndcg@k`` – sum over targets in the top k of 1/log2(rank + 1), divided by the ideal DCG
+      sum_{j=1..min(|T|, k)} 1/log2(j + 1),
+    * ``mrr`` – 1 / the best target's rank (over the whole ranking, no cut-off).
+
+    ``top`` ``(users, >= max(k))``: each user's recommended items, best first; with ``n_items`` it gives
+    ``coverage@k``, the share of the catalogue recommended to at least one user in a top k.
+    """
+    ks = sorted(set(int(k) for k in ks))
+    if not ks or ks[0] < 1:
+        raise ValueError("ks must hold cut-offs >= 1")
+    if not len(ranks):
+        raise ValueError("no users to average over")
+    rank_arrays = [np.asarray(r, dtype=np.int64).reshape(-1) for r in ranks]
+    if any(len(r) == 0 or (r < 1).any() for r in rank_arrays):
+        raise ValueError("every user needs at least one target, with ranks >= 1")
+    out: dict[str, float] = {}
+    for k in ks:
+        hits = [(r <= k) for r in rank_arrays]
+        ideal = [float(np.sum(1.0 / np.log2(np.arange(2, min(len(r), k) + 2)))) for r in rank_arrays]
+        dcg = [float(np.sum(1.0 / np.log2(r[h] + 1))) for r, h in zip(rank_arrays, hits, strict=True)]
+        out[f"hr@{k}"] = float(np.mean([h.any() for h in hits]))
+        out[f"recall@{k}"] = float(np.mean([h.mean() for h in hits]))
+        out[f"ndcg@{k}"] = float(np.mean([d / i for d, i in zip(dcg, ideal, strict=True)]))
+    out["mrr"] = float(np.mean([1.0 / r.min() for r in rank_arrays]))
+    if top is not None and n_items:
+        top = np.asarray(top)
+        for k in ks:
+            if top.shape[1] >= k:
+                out[f"coverage@{k}"] = float(len(np.unique(top[:, :k])) / n_items)
+    return out

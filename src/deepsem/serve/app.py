@@ -4,6 +4,7 @@
     POST /similarity  {"pairs": [["text a", "text b"], ...]}
     POST /embed       {"texts": ["...", ...]}
     POST /classify    {"texts": ["...", ...], "k": 1}   (a classifier model: create_app(classifier=...))
+    POST /recommend   {"history": ["50", "172"], "k": 10}  (a recommender: create_app(recommender=...))
     GET  /healthz, GET /stats, GET / (the search page), GET /docs (OpenAPI)
 
 Concurrent requests are micro-batched into one encoder call. Every limit (text length, texts per request,
@@ -26,6 +27,7 @@ from pydantic import BaseModel, Field
 from deepsem.classification import Classifier
 from deepsem.encoder import SemanticModel
 from deepsem.index import Index
+from deepsem.recommend import Recommender
 from deepsem.serve.batcher import MicroBatcher
 
 Scalar = str | int | float | bool
@@ -93,6 +95,27 @@ class ClassifyResponse(BaseModel):
     took_ms: float
 
 
+class RecommendRequest(BaseModel):
+    history: list[str | int] = Field(description="The user's item ids, oldest first (may be empty).")
+    k: int = Field(10, description="Items to return.")
+    exclude_seen: bool = Field(True, description="Leave out the items of the history.")
+    user_features: list[str] | None = Field(None, description="User features as the model knows them, e.g. "
+                                            "['gender=F', 'age=25-34'].")
+
+
+class ItemScore(BaseModel):
+    id: str
+    title: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    items: list[ItemScore]
+    fallback: bool = Field(description="True when the history had no known item: the most popular items.")
+    unknown: list[str] = Field(description="History ids the model does not know (ignored).")
+    took_ms: float
+
+
 def _check_texts(texts: list[str], limits: Limits, what: str = "text") -> None:
     if not texts:
         raise HTTPException(422, f"no {what}s given")
@@ -106,15 +129,16 @@ def _check_texts(texts: list[str], limits: Limits, what: str = "text") -> None:
 
 
 def create_app(index: Index | None = None, model: SemanticModel | None = None, limits: Limits | None = None,
-               max_wait_ms: float = 0.0, classifier: Classifier | None = None) -> FastAPI:
+               max_wait_ms: float = 0.0, classifier: Classifier | None = None,
+               recommender: Recommender | None = None) -> FastAPI:
     """The service for ``index`` (its model encodes queries) or, without an index, for ``model`` alone; with
-    ``classifier`` (alone or besides them) also ``POST /classify``."""
-    if index is None and model is None and classifier is None:
-        raise ValueError("create_app needs an index, a model or a classifier")
+    ``classifier`` also ``POST /classify``, with ``recommender`` also ``POST /recommend``."""
+    if index is None and model is None and classifier is None and recommender is None:
+        raise ValueError("create_app needs an index, a model, a classifier or a recommender")
     semantic = index.model if index is not None else model
     limits = limits or Limits()
     started = time.time()
-    counters = {"search": 0, "similarity": 0, "embed": 0, "classify": 0, "errors": 0}
+    counters = {"search": 0, "similarity": 0, "embed": 0, "classify": 0, "recommend": 0, "errors": 0}
 
     def two_tower() -> SemanticModel:
         if semantic is None:
@@ -142,11 +166,19 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
                        for side in ("query", "doc")}
     classify_batcher = MicroBatcher(lambda texts: classifier.predict_proba(texts),  # type: ignore[union-attr]
                                     max_batch=limits.max_texts * 2, max_wait_ms=max_wait_ms)
+    def run_recommend(items: list[tuple[list[str], int, list[str] | None]]) -> list[Any]:
+        """One user-tower call for the (history, k, user features) of every waiting request."""
+        assert recommender is not None
+        features = [f or [] for _, _, f in items] if any(f for _, _, f in items) else None
+        return recommender.recommend_many([h for h, _, _ in items], max(k for _, k, _ in items),
+                                          user_features=features)
+
+    recommend_batcher = MicroBatcher(run_recommend, max_batch=limits.max_texts, max_wait_ms=max_wait_ms)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        for batcher in (search_batcher, *encode_batchers.values(), classify_batcher):
+        for batcher in (search_batcher, *encode_batchers.values(), classify_batcher, recommend_batcher):
             await batcher.close()
 
     app = FastAPI(title="deepsem", description="Semantic search and matching with LSTM-DSSM.",
@@ -171,11 +203,14 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         info: dict[str, Any] = {"uptime_s": round(time.time() - started, 1), "requests": counters,
                                 "model": repr(semantic if semantic is not None else classifier),
                                 "limits": limits.__dict__,
-                                "batching": search_batcher.stats.to_dict()}
+                                "batching": (recommend_batcher if recommender is not None and index is None
+                                             else search_batcher).stats.to_dict()}
         if index is not None:
             info["index"] = index.stats()
         if classifier is not None:
             info["classifier"] = repr(classifier)
+        if recommender is not None:
+            info["recommender"] = repr(recommender)
         return info
 
     @app.post("/search", response_model=SearchResponse)
@@ -228,6 +263,28 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         counters["classify"] += 1
         top = classifier.top_k(np.asarray(probs), req.k, req.threshold)
         return {"predictions": [[{"label": y, "prob": p} for y, p in row] for row in top],
+                "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    async def recommend(req: RecommendRequest) -> dict[str, Any]:
+        if recommender is None:
+            raise HTTPException(404, "this service has no recommender: start it with --model of a recommender")
+        if not 1 <= req.k <= limits.max_k:
+            raise HTTPException(422, f"k must be between 1 and {limits.max_k}, got {req.k}")
+        if len(req.history) > limits.max_chars:
+            raise HTTPException(413, f"a history of {len(req.history)} items; the limit is {limits.max_chars}")
+        history = [str(item) for item in req.history]
+        t0 = time.perf_counter()
+        if req.exclude_seen:  # the common case: shares a batch with concurrent requests
+            (answer,) = await recommend_batcher([(history, req.k, req.user_features)])
+        else:
+            answer = recommender.recommend_many([history], req.k, exclude_seen=False,
+                                                user_features=[req.user_features] if req.user_features else None)[0]
+        counters["recommend"] += 1
+        titles = recommender.catalogue.titles
+        index_of = recommender.catalogue.index
+        items = [{"id": i, "title": titles[index_of[i]], "score": s} for i, s in answer.items[: req.k]]
+        return {"items": items, "fallback": answer.fallback, "unknown": answer.unknown,
                 "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     return app

@@ -35,6 +35,42 @@ def init_recurrent(rnn: nn.Module, hidden: int, orthogonal: bool) -> None:
                     nn.init.uniform_(weight[start : start + hidden], -1 / math.sqrt(hidden), 1 / math.sqrt(hidden))
 
 
+def build_rnn(encoder: str, input_size: int, hidden: int, num_layers: int = 1, bidirectional: bool = False,
+              dropout: float = 0.0, orthogonal: bool = True) -> nn.Module:
+    """The recurrent net named by ``encoder`` (batch first): deepsem's LSTMs, or torch's GRU / tanh RNN with
+    Xavier input blocks and zero biases like deepsem's LSTM; recurrent matrices by :func:`init_recurrent`."""
+    options = dict(num_layers=num_layers, batch_first=True, bidirectional=bidirectional,
+                   dropout=dropout if num_layers > 1 else 0.0)
+    rnn: nn.Module
+    if encoder in LSTM_ENCODERS:
+        rnn = LSTM(input_size, hidden, peephole=encoder == "lstm-peephole", coupled=encoder == "lstm-coupled",
+                   **options)
+    elif encoder in ("gru", "rnn"):
+        rnn = (nn.GRU if encoder == "gru" else nn.RNN)(input_size, hidden, **options)
+        for name, p in rnn.named_parameters():
+            if name.startswith("weight_ih"):
+                for start in range(0, p.shape[0], hidden):
+                    nn.init.xavier_uniform_(p.data[start : start + hidden])
+            elif name.startswith("bias"):
+                nn.init.zeros_(p)
+    else:
+        raise ValueError(f"unknown recurrent encoder {encoder!r}; expected one of {', '.join(RECURRENT_ENCODERS)}")
+    init_recurrent(rnn, hidden, orthogonal)
+    return rnn
+
+
+def run_rnn(rnn: nn.Module, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Run ``rnn`` (from :func:`build_rnn`) over right-padded ``x`` ``(B, T, E)``: all outputs ``(B, T, D*H)``
+    (zero past each length) and the final states ``(layers*D, B, H)`` at each sequence's own end."""
+    if isinstance(rnn, LSTM):
+        output, (h_n, _) = rnn(x, lengths=lengths)
+        return output, h_n
+    packed = pack_padded_sequence(x, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
+    output, h_n = rnn(packed)
+    output, _ = pad_packed_sequence(output, batch_first=True, total_length=x.shape[1])
+    return output, h_n
+
+
 class RecurrentTower(nn.Module):
     """Token ids ``(B, T)`` right-padded with 0, and their lengths ``(B,)`` -> vectors ``(B, output_dim)``."""
 
@@ -46,21 +82,8 @@ class RecurrentTower(nn.Module):
         with torch.no_grad():
             self.embedding.weight[0].zero_()
         self.embedding_dropout = nn.Dropout(c.embedding_dropout)
-        options = dict(num_layers=c.num_layers, batch_first=True, bidirectional=c.bidirectional,
-                       dropout=c.dropout if c.num_layers > 1 else 0.0)
-        self.rnn: nn.Module
-        if c.encoder in LSTM_ENCODERS:
-            self.rnn = LSTM(c.embedding_dim, c.hidden_size, peephole=c.encoder == "lstm-peephole",
-                            coupled=c.encoder == "lstm-coupled", **options)
-        else:
-            self.rnn = (nn.GRU if c.encoder == "gru" else nn.RNN)(c.embedding_dim, c.hidden_size, **options)
-            for name, p in self.rnn.named_parameters():  # Xavier input blocks, zero biases, like deepsem's LSTM
-                if name.startswith("weight_ih"):
-                    for start in range(0, p.shape[0], c.hidden_size):
-                        nn.init.xavier_uniform_(p.data[start : start + c.hidden_size])
-                elif name.startswith("bias"):
-                    nn.init.zeros_(p)
-        init_recurrent(self.rnn, c.hidden_size, c.orthogonal_init)
+        self.rnn = build_rnn(c.encoder, c.embedding_dim, c.hidden_size, c.num_layers, c.bidirectional, c.dropout,
+                             c.orthogonal_init)
         directions = 2 if c.bidirectional else 1
         pooled = c.hidden_size * directions * (2 if c.pooling == "last+max" else 1)
         self.dropout = nn.Dropout(c.dropout)
@@ -68,13 +91,7 @@ class RecurrentTower(nn.Module):
 
     def run(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """All outputs ``(B, T, D*H)`` (zero past each length) and the final states ``(layers*D, B, H)``."""
-        if isinstance(self.rnn, LSTM):
-            output, (h_n, _) = self.rnn(x, lengths=lengths)
-            return output, h_n
-        packed = pack_padded_sequence(x, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
-        output, h_n = self.rnn(packed)
-        output, _ = pad_packed_sequence(output, batch_first=True, total_length=x.shape[1])
-        return output, h_n
+        return run_rnn(self.rnn, x, lengths)
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         output, h_n = self.run(self.embedding_dropout(self.embedding(ids)), lengths)
