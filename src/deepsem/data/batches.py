@@ -95,7 +95,8 @@ def encode_texts(
     dim = model.config.tower.output_dim  # type: ignore[union-attr]
     out = np.zeros((len(ids), dim), dtype=np.float32)
     was_training = model.training
-    model.eval()
+    if was_training:  # switching modes walks every submodule: ~0.1 ms, a tenth of encoding one short query
+        model.eval()
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
@@ -104,5 +105,6 @@ def encode_texts(
             for i, r in enumerate(rows):
                 batch[i, : len(ids[r])] = torch.tensor(ids[r])
             out[rows] = model.encode(batch, lengths, side).float().numpy()  # type: ignore[operator]
-    model.train(was_training)
+    if was_training:
+        model.train()
     return out
