@@ -21,7 +21,8 @@ Systems, on the same splits (``--limit N`` trains on a seeded random sample of N
   2 x 128), ``cnn`` (CLSM convolution over letter trigrams), ``dssm`` (bag of letter trigrams -> tanh
   layers), ``cnn+ngrams`` / ``dssm+ngrams`` (those towers with a bag of hashed token n-grams of orders 2-3
   beside them, 200,000 rows x 32: over trigram tokens that is Chinese character bigrams), ``cnn+ngrams-reg``
-  (the same with dropout 0.4, head dropout 0.3 and label smoothing 0.1). Each trains for at most ``--minutes``
+  (the same with dropout 0.4, head dropout 0.3 and label smoothing 0.1), ``cnn100+ngrams-reg`` (that with 100
+  feature maps instead of 300: a third of the gather per token). Each trains for at most ``--minutes``
   (``--epochs`` epochs, early stopping on dev accuracy with patience 3).
 - fastText (the ``fasttext`` package, ``pip install fasttext-wheel``; benchmark only, not a deepsem
   dependency): unigrams and ``wordNgrams=2``; Chinese as characters and as jieba words; English lower-cased
@@ -68,6 +69,10 @@ MODELS: dict[str, dict[str, Any]] = {
     "cnn+ngrams-reg": {"tower": {"encoder": "cnn", "dropout": 0.4, "embedding_dropout": 0.2}, "zh": "trigram",
                        "en": "trigram", "options": {"ngram_buckets": 200_000, "ngram_order": 3, "ngram_dim": 32,
                                                     "head_dropout": 0.3, "label_smoothing": 0.1}},
+    "cnn100+ngrams-reg": {"tower": {"encoder": "cnn", "hidden_size": 100, "dropout": 0.4, "embedding_dropout": 0.2},
+                          "zh": "trigram", "en": "trigram",
+                          "options": {"ngram_buckets": 200_000, "ngram_order": 3, "ngram_dim": 32,
+                                      "head_dropout": 0.3, "label_smoothing": 0.1}},
     "dssm+ngrams": {"tower": {"encoder": "dssm"}, "zh": "trigram", "en": "trigram",
                     "options": {"ngram_buckets": 200_000, "ngram_order": 3, "ngram_dim": 32}},
 }

@@ -258,6 +258,14 @@ def test_ngram_bag_is_padding_invariant_and_learns(files: tuple[Path, Path], tmp
     assert rows.shape == (2, 4 + 3 + 2) and mask[1].tolist() == [1, 1, 0, 0, 1, 0, 0, 0, 0]
     assert int(rows[:, 4:].min()) >= 10 and int(rows.max()) < 60  # n-grams live after the token rows
     torch.testing.assert_close(net(ids, lengths)[1], net(ids[1:, :2], lengths[1:])[0])
+    # the bag is the plain mean of the looked-up rows inside each text (value and gradient)
+    table = net.ngrams.weight
+    by_hand = torch.stack([table[rows[b][mask[b]]].mean(0) for b in range(2)])
+    torch.testing.assert_close(net.ngram_vector(ids, lengths), by_hand)
+    (grad_bag,) = torch.autograd.grad(net.ngram_vector(ids, lengths).square().sum(), table)
+    (grad_hand,) = torch.autograd.grad(torch.stack([table[rows[b][mask[b]]].mean(0) for b in range(2)]).square().sum(),
+                                       table)
+    torch.testing.assert_close(grad_bag, grad_hand)
     clf, _ = train_classifier(files[0], tmp_path / "ng", files[1], tower={**TINY_TOWER, "encoder": "gru"},
                               training=TINY_TRAINING, ngram_buckets=2000, progress=False)
     assert clf.model.ngrams is not None and evaluate_classifier(clf, files[1])["accuracy"] > 0.9

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from deepsem.config import ClassifierConfig
 from deepsem.towers import build_tower
@@ -65,8 +66,9 @@ class TextClassifier(nn.Module):
         assert self.ngrams is not None
         rows, mask = self.ngram_ids(ids, lengths)
         weights = mask.to(self.ngrams.weight.dtype)
-        total = (self.ngrams(rows) * weights.unsqueeze(-1)).sum(1)
-        return total / weights.sum(1, keepdim=True).clamp(min=1.0)
+        weights = weights / weights.sum(1, keepdim=True).clamp(min=1.0)
+        # a weighted sum per text in one kernel: never the (B, S, ngram_dim) tensor of every looked-up row
+        return F.embedding_bag(rows, self.ngrams.weight, mode="sum", per_sample_weights=weights)
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         features = self.tower(ids, lengths)

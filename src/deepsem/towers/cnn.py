@@ -54,8 +54,8 @@ class CNNTower(nn.Module):
         width = int(n_words.max())
         # one bag per (row, word) slot, in row-major order: the kept trigrams of a word are contiguous
         slot = (torch.arange(batch, device=ids.device)[:, None] * width + word)[keep]
-        offsets = torch.cumsum(torch.bincount(slot, minlength=batch * width), 0) - torch.bincount(
-            slot, minlength=batch * width)
+        counts = torch.bincount(slot, minlength=batch * width)
+        offsets = torch.cumsum(counts, 0) - counts
         # W_0 x, W_1 x, W_2 x of every word slot, each (B, n, C)
         before, centre, after = self.conv(ids[keep], offsets).view(batch, width, WINDOW, maps).unbind(2)
         # window t: W_0 x_{t-1} + W_1 x_t + W_2 x_{t+1}, with zero words outside the text
