@@ -22,6 +22,8 @@ from deepsem.data.interactions import (
     ItemFeatures,
     load_movielens,
     read_interactions,
+    read_items,
+    read_user_features,
     split_sequences,
 )
 from deepsem.item2vec import train_item2vec
@@ -115,6 +117,23 @@ def test_bad_rows_name_file_line_and_field(tmp_path: Path, body: str, line: int,
         assert problem in str(err.value)
     skipped = read_interactions(path, skip_bad_rows=True)
     assert skipped.skipped.count == 1 and len(skipped) == 1
+
+
+def test_item_and_user_feature_files_and_their_bad_rows(tmp_path: Path) -> None:
+    items = tmp_path / "items.tsv"
+    items.write_text("i1\tFilm one\tDrama|War\ni2\t\t\n", encoding="utf-8")
+    features = read_items(items)
+    assert features.titles == {"i1": "Film one", "i2": ""} and features.categories["i1"] == ["Drama", "War"]
+    items.write_text("i1\tFilm one\tDrama\n\tno id\tWar\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"items.tsv, line 2, field 'item': empty id"):
+        read_items(items)
+    users = tmp_path / "users.csv"
+    users.write_text("user,gender,age\nu1,F,30\nu2,,40\n", encoding="utf-8")
+    assert read_user_features(users, user_col="user", feature_cols=("gender", "age")) == {
+        "u1": ["gender=F", "age=30"], "u2": ["age=40"]}
+    users.write_text("user,gender\n,F\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"users.csv, line 2, field 'user'"):
+        read_user_features(users, user_col="user", feature_cols=("gender",))
 
 
 def test_parquet_logs_read_like_csv(tmp_path: Path) -> None:
@@ -361,6 +380,14 @@ def test_model_directory_round_trip(trained: Recommender, tmp_path: Path) -> Non
         got, want = loaded.recommend(history, k=5), trained.recommend(history, k=5)
         assert [i for i, _ in got] == [i for i, _ in want]
         assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5)
+    items_json = (saved / "items.json").read_text()
+    (saved / "items.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"items\.json: not valid JSON"):
+        deepsem.load(saved)
+    (saved / "items.json").write_text(json.dumps({**json.loads(items_json), "counts": [1]}))
+    with pytest.raises(ValueError, match="field 'counts' has 1 entries"):
+        deepsem.load(saved)
+    (saved / "items.json").write_text(items_json)
     config = json.loads((saved / "config.json").read_text())
     config["recommender"]["n_items"] = 99
     (saved / "config.json").write_text(json.dumps(config))

@@ -37,7 +37,7 @@ from deepsem.config import ClassifierConfig, ConfigError, TowerConfig, TrainConf
 from deepsem.data.errors import DataError, SkipReport
 from deepsem.data.readers import Column, detect_format, iter_records
 from deepsem.fileio import atomic_write, atomic_write_json
-from deepsem.io import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_config
+from deepsem.io import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_task_config
 from deepsem.metrics import precision_recall_f1
 from deepsem.models.classifier import TextClassifier
 from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
@@ -427,10 +427,8 @@ class Classifier:
     def load(cls, directory: str | Path) -> Classifier:
         """Rebuild from ``config.json`` (validated before any tensor is allocated), tokenizer and weights."""
         directory = Path(directory)
-        config = read_config(directory)
+        config = read_task_config(directory, "classifier", "a classifier")
         path = directory / CONFIG_FILE
-        if config["task"] != "classifier":
-            raise ConfigError(f"{path}: a {config['task']} model, not a classifier; load it with deepsem.load")
         model_config = ClassifierConfig.from_dict(config["classifier"], where=f"{path}: classifier")
         labels = config.get("labels")
         if (not isinstance(labels, list) or not all(isinstance(y, str) and y for y in labels)

@@ -58,13 +58,19 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
+def read_task_config(directory: str | Path, task: str, noun: str) -> dict[str, Any]:
+    """:func:`read_config` of a directory that must hold a ``task`` model (``noun`` names it in the error)."""
+    config = read_config(directory)
+    if config["task"] != task:
+        raise ConfigError(f"{Path(directory) / CONFIG_FILE}: a {config['task']} model, not {noun}; load it with "
+                          "deepsem.load")
+    return config
+
+
 def load_model_dir(directory: str | Path) -> tuple[TwoTowerModel, Tokenizer, dict[str, Any]]:
     """Rebuild the model from ``config.json``, load its weights and tokenizer."""
     directory = Path(directory)
-    config = read_config(directory)
-    if config["task"] != "two-tower":
-        raise ConfigError(f"{directory}: a {config['task']} model directory, not a two-tower model; "
-                          "load it with deepsem.load")
+    config = read_task_config(directory, "two-tower", "a two-tower model")
     model_config = ModelConfig.from_dict(config["model"], where=f"{directory / CONFIG_FILE}: model")
     tokenizer = load_tokenizer(directory)
     if tokenizer.vocab_size != model_config.tower.vocab_size:

@@ -38,7 +38,7 @@ from deepsem.config import RECOMMEND_NEGATIVES, ConfigError, RecommenderConfig, 
 from deepsem.data.errors import DataError
 from deepsem.data.interactions import Interactions, SequenceSplit, load_movielens, split_sequences
 from deepsem.fileio import atomic_write, atomic_write_json
-from deepsem.io import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_config
+from deepsem.io import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_task_config
 from deepsem.losses import candidate_softmax_loss
 from deepsem.metrics import recommendation_metrics
 from deepsem.models.recommender import TwoTowerRecommender
@@ -366,10 +366,8 @@ class Recommender:
         import faiss
 
         directory = Path(directory)
-        config = read_config(directory)
+        config = read_task_config(directory, "recommender", "a recommender")
         path = directory / CONFIG_FILE
-        if config["task"] != "recommender":
-            raise ConfigError(f"{path}: a {config['task']} model, not a recommender; load it with deepsem.load")
         rcfg = RecommenderConfig.from_dict(config["recommender"], where=f"{path}: recommender")
         items_path = directory / ITEMS_FILE
         if not items_path.is_file():
