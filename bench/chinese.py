@@ -57,7 +57,7 @@ SETTINGS: dict[str, Any] = {
                         "bidirectional": True, "pooling": "last+max", "output_dim": 128, "dropout": 0.2,
                         "embedding_dropout": 0.2}},
     # the linear decay follows the 15-minute budget (time_schedule), whichever ends first
-    "training": {"loss": "pointwise+softmax", "negatives": "in-batch", "epochs": 4, "batch_size": 128,
+    "training": {"loss": "pointwise+softmax", "negatives": "in-batch", "epochs": 6, "batch_size": 128,
                  "lr": 3e-3, "patience": 3, "eval_every": 600, "time_schedule": True},
 }
 

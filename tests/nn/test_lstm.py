@@ -317,9 +317,13 @@ def test_coupled_ignores_input_gate_rows() -> None:
     assert module.weight_ih_l0.grad[:4].abs().max() == 0 and module.weight_hh_l0.grad[:4].abs().max() == 0
     assert module.weight_ih_l0.grad[4:].abs().max() > 0
     with torch.no_grad():
+        before = module(x)[0]  # the inference loop: the same numbers up to the order of float sums
+        torch.testing.assert_close(before, out, rtol=0, atol=1e-6)
         module.weight_ih_l0[:4].normal_()
         module.weight_ci_l0.normal_()
-        assert torch.equal(module(x)[0], out)
+        assert torch.equal(module(x)[0], before)  # the new parameter versions were picked up, and changed nothing
+    out_again, _ = module(x)
+    assert torch.equal(out_again, out)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -437,3 +441,34 @@ def test_unbatched_input_and_repr() -> None:
     torch.testing.assert_close(c_n, c_b[:, 0])
     assert module.batch_first
     assert "peephole=True" in repr(module)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The inference loop (both directions in one time loop, parameters stacked once)
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["peephole", "coupled", "peephole+coupled"])
+def test_inference_loop_is_used_and_follows_parameter_changes(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    original = lstm_module._loop_forward_directions
+    monkeypatch.setattr(lstm_module, "_loop_forward_directions", lambda *a, **k: calls.append(1) or original(*a, **k))
+    torch.manual_seed(9)
+    module = LSTM(5, 6, num_layers=2, bidirectional=True, batch_first=True, **VARIANTS[variant])
+    _randomize_peepholes(module)
+    x, lengths = torch.randn(3, 7, 5), [7, 2, 5]
+    with torch.no_grad():
+        before = module(x, lengths=lengths)[0]
+    assert len(calls) == 2  # one call per layer, both directions in it
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
+    module(x, lengths=lengths)[0].square().sum().backward()
+    optimizer.step()  # parameters change in place: the stacked copies must be made again
+    with torch.no_grad():
+        after = module(x, lengths=lengths)[0]
+    torch.testing.assert_close(after, module(x, lengths=lengths)[0].detach(), rtol=0, atol=1e-6)
+    assert (after - before).abs().max() > 1e-3
+    module.double()  # parameter data replaced (same Parameter objects, new memory and dtype)
+    with torch.no_grad():
+        doubled = module(x.double(), lengths=lengths)[0]
+    assert doubled.dtype == torch.float64
+    torch.testing.assert_close(doubled, module(x.double(), lengths=lengths)[0].detach(), rtol=0, atol=1e-12)

@@ -147,7 +147,7 @@ def test_without_waiting_requests_queued_meanwhile_share_the_next_call():
         return list(items)
 
     async def main():
-        batcher = MicroBatcher(slow, max_wait_ms=0)
+        batcher = MicroBatcher(slow, max_wait_ms=0, threaded=True)  # the call runs while requests arrive
         first = asyncio.ensure_future(batcher(["a"]))
         await asyncio.sleep(0.01)  # the first call is running now
         rest = await asyncio.gather(*(batcher([str(i)]) for i in range(7)))
@@ -157,3 +157,34 @@ def test_without_waiting_requests_queued_meanwhile_share_the_next_call():
 
     assert asyncio.run(main()) == [[str(i)] for i in range(7)]
     assert calls == [1, 7]
+
+
+def test_inline_batcher_runs_in_the_loop_thread_and_still_batches():
+    import threading
+
+    calls: list[tuple[int, int]] = []
+
+    def fn(items):
+        calls.append((len(items), threading.get_ident()))
+        return [x.upper() for x in items]
+
+    async def main():
+        batcher = MicroBatcher(fn, threaded=False)
+        # the eight requests are queued before the worker first runs: one call for all of them
+        results = await asyncio.gather(*(batcher([f"q{i}"]) for i in range(8)))
+        lone = await batcher(["z"])
+        await batcher.close()
+        return results, lone, threading.get_ident()
+
+    results, lone, loop_thread = asyncio.run(main())
+    assert results == [[f"Q{i}"] for i in range(8)] and lone == ["Z"]
+    assert [n for n, _ in calls] == [8, 1] and {t for _, t in calls} == {loop_thread}
+
+
+def test_inline_service_answers_as_the_threaded_one(index: Index):
+    body = {"queries": ["银行", "火车"], "k": 3}
+    answers = []
+    for threaded in (True, False):
+        with TestClient(create_app(index, encoder_thread=threaded)) as c:
+            answers.append(c.post("/search", json=body).json()["results"])
+    assert answers[0] == answers[1]

@@ -51,6 +51,13 @@ class TextTable:
                 matrix[row, : len(ids)] = ids
             self._matrix, self._lengths = matrix, lengths
 
+    @property
+    def lengths(self) -> np.ndarray:
+        """Token count of every text, by row."""
+        self._freeze()
+        assert self._lengths is not None
+        return self._lengths
+
     def batch(self, rows: np.ndarray) -> tuple[Tensor, Tensor]:
         """Padded ids ``(B, T)`` trimmed to the longest row of the batch, and lengths ``(B,)``."""
         self._freeze()
@@ -79,11 +86,38 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batches(self, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
-        """Index arrays of pairs; shuffled when ``rng`` is given, in order otherwise."""
+    def lengths(self) -> np.ndarray:
+        """The longer side's token count of each pair (what a batch of it is padded to)."""
+        return np.maximum(self.table.lengths[self.a], self.table.lengths[self.b])
+
+    def batches(self, batch_size: int, rng: np.random.Generator | None = None,
+                by_length: bool = False) -> Iterator[np.ndarray]:
+        """Index arrays of pairs; shuffled when ``rng`` is given, in order otherwise. ``by_length`` (with
+        ``rng``): shuffled batches of pairs of similar lengths (see :func:`length_batches`)."""
+        if rng is not None and by_length:
+            yield from length_batches(self.lengths(), batch_size, rng)
+            return
         order = rng.permutation(len(self)) if rng is not None else np.arange(len(self))
         for start in range(0, len(order), batch_size):
             yield order[start : start + batch_size]
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                   bucket_batches: int = 50) -> Iterator[np.ndarray]:
+    """Shuffled batches of similar lengths: shuffle, sort each run of ``bucket_batches`` batches by length,
+    cut it into batches, shuffle the batches. ``ceil(N / batch_size)`` batches in all, each example once.
+
+    A batch is padded to its longest row and a recurrent tower runs every step up to it, so on short-text
+    data (median 10 characters, a random batch of 128 reaching ~46) this cuts the steps run about 3x."""
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * bucket_batches
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    for j in rng.permutation(len(batches)):
+        yield batches[j]
 
 
 def encode_texts(

@@ -8,8 +8,13 @@ rename, so a killed build, add or delete leaves the previous version in use)::
     INDEX/v000002/docs.sqlite     id, text, metadata (JSON), deleted flag
     INDEX/v000002/index.json      factory, dim, counts, sha256 of the model weights
     INDEX/v000002/model/          the model directory the vectors were made with
+    INDEX/v000002/lexical/        (built with ``lexical=True``) a BM25 index of the same documents
 
 A search encodes the queries with that model only: the checksum is verified on load.
+
+Search modes: ``dense`` (the vectors alone), ``lexical`` (BM25 alone) and ``hybrid``: the union of both top
+lists, each candidate scored ``w * cosine + (1 - w) * BM25 / (the query's best BM25 score)`` with ``w`` the
+index's ``hybrid_weight`` (default 0.5, chosen on LCQMC dev; see bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ from deepsem.encoder import SemanticModel
 from deepsem.fileio import atomic_write, atomic_write_json, atomic_write_text
 from deepsem.index.corpus import Document, iter_corpus
 from deepsem.index.exact import exact_search
+from deepsem.index.lexical import LexicalIndex
 from deepsem.index.store import DocStore
 
 FORMAT = "deepsem.index"
+MODES = ("dense", "lexical", "hybrid")
+HYBRID_CANDIDATES = 100  # each side's top list in hybrid mode (at least; more with deleted rows or filters)
 
 
 def default_search_params(factory: str) -> str:
@@ -72,10 +80,12 @@ class Index:
     """Build with :meth:`build`, open with :meth:`load`, query with :meth:`search`."""
 
     def __init__(self, directory: Path, version: str, model: SemanticModel, faiss_index: Any, store: DocStore,
-                 meta: dict[str, Any]) -> None:
+                 meta: dict[str, Any], lexical: LexicalIndex | None = None) -> None:
         self.directory, self.version, self.model = directory, version, model
         self.faiss_index, self.store, self.meta = faiss_index, store, meta
+        self.lexical = lexical
         self._flat: np.ndarray | None = None
+        self._row_position: dict[int, int] | None = None
         self._deleted = store.deleted_count()
 
     # -- building -----------------------------------------------------------------------------------------
@@ -96,6 +106,8 @@ class Index:
         vectors: np.ndarray | None = None,
         search_params: str | None = None,
         progress: bool = False,
+        lexical: bool = False,
+        hybrid_weight: float = 0.5,
     ) -> Index:
         """Encode every document of ``corpus`` with ``model``'s document tower and index the vectors.
 
@@ -105,7 +117,11 @@ class Index:
         ("efSearch=128" for HNSW, "nprobe=32" for IVF by default: :func:`default_search_params`).
         ``vectors`` (one row per document, in corpus order, made by this model's
         document tower, e.g. with ``deepsem encode --side doc``) skips the encoding.
+        ``lexical`` also builds a BM25 index of the documents, for ``mode="lexical"`` and ``"hybrid"``
+        searches (then the default); ``hybrid_weight`` is the cosine's share of the hybrid score.
         """
+        if not 0.0 <= hybrid_weight <= 1.0:
+            raise ValueError(f"hybrid_weight must be in [0, 1], got {hybrid_weight}")
         faiss = _faiss()
         directory = Path(directory)
         model_dir = model if isinstance(model, str | Path) else None
@@ -159,10 +175,13 @@ class Index:
         if vectors is not None and len(vectors) != row:
             raise ValueError(f"{len(vectors)} vectors given for {row} documents")
 
-        store.close()
         meta = {"format": FORMAT, "version": 1, "factory": factory, "dim": semantic.dim, "documents": row,
-                "search_params": default_search_params(factory) if search_params is None else search_params,
-                "built_seconds": round(time.perf_counter() - t0, 2)}
+                "search_params": default_search_params(factory) if search_params is None else search_params}
+        if lexical:
+            _lexical_from_store(store).save(work / "lexical")
+            meta["lexical"] = {"hybrid_weight": hybrid_weight}
+        store.close()
+        meta["built_seconds"] = round(time.perf_counter() - t0, 2)
         _write_version(work, index, semantic, meta)
         _switch(directory, version)
         return cls.load(directory)
@@ -196,7 +215,14 @@ class Index:
                 faiss.ParameterSpace().set_index_parameters(index, meta["search_params"])
             except RuntimeError as exc:
                 raise ValueError(f"{meta_path}: field 'search_params' {meta['search_params']!r}: {exc}") from None
-        return cls(directory, version, model, index, DocStore(work / "docs.sqlite"), meta)
+        lexical = None
+        if meta.get("lexical"):
+            weight = meta["lexical"].get("hybrid_weight") if isinstance(meta["lexical"], dict) else None
+            if not isinstance(weight, int | float) or not 0 <= weight <= 1:
+                raise ValueError(f"{meta_path}: field 'lexical.hybrid_weight' must be a number in [0, 1], "
+                                 f"got {weight!r}")
+            lexical = LexicalIndex.load(work / "lexical")
+        return cls(directory, version, model, index, DocStore(work / "docs.sqlite"), meta, lexical)
 
     def __len__(self) -> int:
         return len(self.store)
@@ -224,26 +250,53 @@ class Index:
             self._flat = (ids, np.array(vectors, copy=True))  # type: ignore[assignment]
         return self._flat  # type: ignore[return-value]
 
-    def search(self, queries: str | Sequence[str], k: int = 10, filter: dict[str, Any] | None = None
-               ) -> list[list[Hit]]:
-        """The ``k`` nearest documents of each query, best first; ``filter`` keeps documents whose metadata
-        has every given key equal to the given value."""
+    def search(self, queries: str | Sequence[str], k: int = 10, filter: dict[str, Any] | None = None,
+               mode: str | None = None, hybrid_weight: float | None = None) -> list[list[Hit]]:
+        """The ``k`` best documents of each query, best first; ``filter`` keeps documents whose metadata
+        has every given key equal to the given value. ``mode``: ``dense``, ``lexical`` or ``hybrid`` (see the
+        module docstring); default ``hybrid`` for an index built with ``lexical=True``, else ``dense``.
+        ``hybrid_weight`` overrides the index's cosine share for this search (e.g. to tune it on dev data)."""
         if isinstance(queries, str):
             queries = [queries]
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        return self.search_encoded(self.model.encode(list(queries), side="query"), k, filter)
+        mode = self.resolve_mode(mode)
+        vectors = None if mode == "lexical" else self.model.encode(list(queries), side="query")
+        return self.search_encoded(vectors, k, filter, texts=list(queries), mode=mode, hybrid_weight=hybrid_weight)
 
-    def search_encoded(self, vectors: np.ndarray, k: int = 10, filter: dict[str, Any] | None = None
-                       ) -> list[list[Hit]]:
-        """:meth:`search` for query vectors already encoded with this index's model (query tower)."""
+    def resolve_mode(self, mode: str | None) -> str:
+        """``mode`` checked against this index (None: its default)."""
+        if mode is None:
+            return "hybrid" if self.lexical is not None else "dense"
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode != "dense" and self.lexical is None:
+            raise ValueError(f"mode {mode!r} needs the index's lexical (BM25) part: {self.directory} was built "
+                             "without it (Index.build(..., lexical=True), deepsem index build --lexical)")
+        return mode
+
+    def search_encoded(self, vectors: np.ndarray | None, k: int = 10, filter: dict[str, Any] | None = None,
+                       texts: Sequence[str] | None = None, mode: str | None = None,
+                       hybrid_weight: float | None = None) -> list[list[Hit]]:
+        """:meth:`search` for query vectors already encoded with this index's model (query tower).
+        ``texts`` (the queries) are needed by the ``lexical`` and ``hybrid`` modes."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        mode = self.resolve_mode(mode)
         fetch = k + self._deleted
         if filter:
             fetch = max(fetch * 20, 1000)
-        scores, rows = self.search_vectors(vectors, fetch)
-        docs = self.store.fetch(sorted({int(r) for r in rows.ravel() if r >= 0}))
+        if mode == "dense":
+            if vectors is None:
+                raise ValueError("dense search needs the query vectors")
+            scores, rows = self.search_vectors(vectors, fetch)
+        else:
+            if texts is None or (vectors is None and mode == "hybrid"):
+                raise ValueError(f"{mode} search needs the query texts" + (" and vectors" if mode == "hybrid" else ""))
+            if hybrid_weight is not None and not 0.0 <= hybrid_weight <= 1.0:
+                raise ValueError(f"hybrid_weight must be in [0, 1], got {hybrid_weight}")
+            scores, rows = self._ranked(texts, vectors, fetch, mode, hybrid_weight)
+        docs = self.store.fetch(sorted({int(r) for row in rows for r in row if r >= 0}))
         results = []
         for s_row, r_row in zip(scores, rows, strict=True):
             hits: list[Hit] = []
@@ -258,6 +311,56 @@ class Index:
                     break
             results.append(hits)
         return results
+
+    def _ranked(self, texts: Sequence[str], vectors: np.ndarray | None, fetch: int, mode: str,
+                weight: float | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Scores and rows, best first, of the lexical or hybrid ranking of each query."""
+        assert self.lexical is not None
+        weight = float(self.meta["lexical"]["hybrid_weight"]) if weight is None else weight
+        size = max(fetch, HYBRID_CANDIDATES)
+        if mode == "hybrid":
+            assert vectors is not None
+            if len(vectors) != len(texts):
+                raise ValueError(f"{len(vectors)} query vectors for {len(texts)} query texts")
+            dense_scores, dense_rows = self.search_vectors(vectors, size)
+        out_scores, out_rows = [], []
+        for i, text in enumerate(texts):
+            bm25 = self.lexical.scores(text)
+            if mode == "lexical":
+                s, r = self.lexical.top(bm25, fetch)
+                out_scores.append(s)
+                out_rows.append(r)
+                continue
+            assert vectors is not None
+            keep = dense_rows[i] >= 0
+            d_rows, cosine = dense_rows[i][keep], dense_scores[i][keep]
+            _, lex_rows = self.lexical.top(bm25, size)
+            extra = np.setdiff1d(lex_rows, d_rows)
+            if len(extra):
+                cosine = np.concatenate([cosine, self._vectors_of(extra) @ vectors[i]])
+                d_rows = np.concatenate([d_rows, extra])
+            best = float(bm25.max(initial=0.0))
+            lexical = self.lexical.scores_of(bm25, d_rows) / best if best > 0 else np.zeros(len(d_rows), np.float32)
+            fused = weight * cosine + (1.0 - weight) * lexical
+            order = np.argsort(-fused, kind="stable")[:fetch]
+            out_scores.append(fused[order].astype(np.float32))
+            out_rows.append(d_rows[order])
+        return out_scores, out_rows
+
+    def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        """The indexed vectors of document ``rows`` (read back from Faiss; lossy for PQ factories)."""
+        if self.factory == "Flat":
+            ids, vectors = self._flat_vectors()
+            position = {int(r): j for j, r in enumerate(ids)} if self._row_position is None else self._row_position
+            self._row_position = position
+            return vectors[[position[int(r)] for r in rows]]
+        keys = np.ascontiguousarray(rows, dtype=np.int64)
+        try:
+            return self.faiss_index.reconstruct_batch(keys)
+        except RuntimeError:  # an IVF index reconstructs only with its direct map
+            faiss = _faiss()
+            faiss.extract_index_ivf(self.faiss_index.index).make_direct_map()
+            return self.faiss_index.reconstruct_batch(keys)
 
     def check_recall(self, k: int = 10, n_queries: int = 200, seed: int = 0) -> float:
         """Recall@k of this index against exact search over the same vectors.
@@ -297,6 +400,9 @@ class Index:
             store.add(rows.tolist(), [d.id for d in batch], [d.text for d in batch], [d.metadata for d in batch])
             index.add_with_ids(self.model.encode([d.text for d in batch], side="doc"), rows)
             added += len(batch)
+        if self.lexical is not None:  # BM25 statistics cover the whole corpus: rebuilt over the live documents
+            shutil.rmtree(work / "lexical")
+            _lexical_from_store(store).save(work / "lexical")
         store.close()
         self.meta["documents"] = int(self.meta["documents"]) + added
         _write_version(work, index, self.model, self.meta, copy_model=False)
@@ -318,7 +424,10 @@ class Index:
     def rebuild(self, factory: str | None = None) -> Index:
         """Re-encode the live documents into a fresh index (optionally with another factory)."""
         docs = [Document(i, t, m) for batch in self.store.iter_live() for _, i, t, m in batch]
-        built = Index.build(self.model, docs, self.directory, factory or self.factory)
+        lexical = self.meta.get("lexical") or {}
+        built = Index.build(self.model, docs, self.directory, factory or self.factory,
+                            search_params=None if factory else self.meta.get("search_params"),
+                            lexical=bool(lexical), hybrid_weight=lexical.get("hybrid_weight", 0.5))
         self.__dict__.update(built.__dict__)
         return self
 
@@ -329,7 +438,8 @@ class Index:
 
     def stats(self) -> dict[str, Any]:
         return {"documents": len(self.store), "deleted": self.store.deleted_count(), "factory": self.factory,
-                "dim": self.meta["dim"], "version": self.version}
+                "dim": self.meta["dim"], "version": self.version, "lexical": self.lexical is not None,
+                "default_mode": self.resolve_mode(None)}
 
 
 def _batches(docs: Iterable[Document | str], size: int) -> Iterable[list[Document]]:
@@ -341,6 +451,15 @@ def _batches(docs: Iterable[Document | str], size: int) -> Iterable[list[Documen
             batch = []
     if batch:
         yield batch
+
+
+def _lexical_from_store(store: DocStore) -> LexicalIndex:
+    rows: list[int] = []
+    texts: list[str] = []
+    for batch in store.iter_live():
+        rows += [r for r, _, _, _ in batch]
+        texts += [t for _, _, t, _ in batch]
+    return LexicalIndex.build(rows, texts)
 
 
 def _train_and_flush(index: Any, pending: list[np.ndarray], pending_rows: list[np.ndarray]) -> None:

@@ -272,6 +272,70 @@ def _loop_forward(
     return _Forward(hs, cs, c, gates, spans, tcs, gs)
 
 
+def _loop_forward_directions(
+    x: Tensor,
+    w_ih_t: Tensor,
+    w_hh_t: Tensor,
+    bias: Tensor | None,
+    peep: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    coupled: bool,
+    keep_cells: bool,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Inference only: D independent layers (the two directions of a bidirectional layer, the reverse one fed
+    its reversed input) in one time loop, so that each step is one ``baddbmm`` and one kernel per gate
+    operation for all D instead of D of each: short texts on a CPU are bound by the per-operation overhead.
+
+    Shapes as :func:`lstm_layer` with a leading D and the weights transposed: ``x`` (D, T, B, E), ``w_ih_t``
+    (D, E, G), ``w_hh_t`` (D, H, G), ``bias`` (D, G), ``peep`` (D, k, H), ``h0``/``c0`` (D, B, H). Returns
+    ``hs`` (T, D, B, H), the cell states (T, D, B, H) if ``keep_cells`` (else None) and the last cell state
+    (D, B, H).
+    """
+    dirs, steps, batch, n_in = x.shape
+    hidden, gsize = w_hh_t.shape[1], w_hh_t.shape[2]
+    hs = x.new_empty(steps, dirs, batch, hidden)
+    cs = x.new_empty(steps, dirs, batch, hidden) if keep_cells else None
+    scratch = x.new_empty(4, dirs, batch, hidden).unbind(0)
+    g_buf, tc_buf = scratch[0], scratch[1]
+    c_steps = cs.unbind(0) if cs is not None else scratch[2:] * ((steps + 1) // 2)
+    h_steps = hs.unbind(0)
+    n_sig = 1 if coupled else 2
+    fused_fo = coupled and peep is None
+    sig_cols = slice(0, None, 2) if fused_fo else slice(0, n_sig)
+    p_in = peep[:, :n_sig].unsqueeze(1) if peep is not None else None  # (D, 1, n_sig, H)
+    p_out = peep[:, -1].unsqueeze(1) if peep is not None else None  # (D, 1, H)
+    h, c = h0, c0
+    for start, end in _time_chunks(steps, dirs * batch * gsize * x.element_size(), _INFERENCE_CHUNK_BYTES):
+        xs = x[:, start:end].reshape(dirs, -1, n_in)
+        pre = torch.baddbmm(bias.unsqueeze(1), xs, w_ih_t) if bias is not None else torch.bmm(xs, w_ih_t)
+        # step-major (n, D, B, G): each step's gates one contiguous block, which baddbmm_ updates in place
+        pre = pre.view(dirs, end - start, batch, gsize).transpose(0, 1).contiguous()
+        blocks = pre.view(end - start, dirs, batch, gsize // hidden, hidden)
+        a_steps = pre.unbind(0)
+        sig_steps = blocks[:, :, :, sig_cols].unbind(0)
+        i_steps, f_steps = blocks[:, :, :, 0].unbind(0), blocks[:, :, :, n_sig - 1].unbind(0)
+        g_pre_steps, o_steps = blocks[:, :, :, n_sig].unbind(0), blocks[:, :, :, -1].unbind(0)
+        for r in range(end - start):
+            t = start + r
+            sig, f, o = sig_steps[r], f_steps[r], o_steps[r]
+            a_steps[r].baddbmm_(h, w_hh_t)  # + W_hh h_{t-1}, all gates of all D
+            if p_in is not None:
+                sig.addcmul_(c.unsqueeze(2), p_in)
+            sig.sigmoid_()
+            g = _tanh_of_block(g_pre_steps[r], g_buf)
+            if coupled:
+                c = torch.lerp(g, c, f, out=c_steps[t])
+            else:
+                c = torch.mul(f, c, out=c_steps[t]).addcmul_(i_steps[r], g)
+            if p_out is not None:
+                o.addcmul_(c, p_out)
+            if not fused_fo:
+                o.sigmoid_()
+            h = torch.mul(o, torch.tanh(c, out=tc_buf), out=h_steps[t])
+    return hs, cs, c
+
+
 class _LSTMLayerFunction(torch.autograd.Function):
     """One layer, one direction; see :func:`lstm_layer` for the backward derivation."""
 
@@ -554,6 +618,8 @@ class LSTM(nn.Module):
         self.peephole = peephole
         self.coupled = coupled
         self.backward = backward
+        # per layer: (a key of its parameters' identity and versions, their stacked transposed inference form)
+        self._inference_cache: dict[int, tuple[tuple[Any, ...], Any]] = {}
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         gates = 4 * hidden_size
         self._flat_names: list[str] = []
@@ -745,6 +811,13 @@ class LSTM(nn.Module):
             if layer > 0 and self.dropout > 0 and self.training:
                 layer_in = F.dropout(layer_in, self.dropout, training=True)
             outs: list[Tensor] = []
+            if self.backward == "bptt" and not self._needs_grad(layer_in, layer):  # inference
+                states = slice(layer * self.num_directions, (layer + 1) * self.num_directions)
+                outs, h_n, c_n = self._run_directions(layer_in, hx[0][states], hx[1][states], layer, pad)
+                h_finals += h_n
+                c_finals += c_n
+                layer_in = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+                continue
             for direction, suffix in enumerate(self._suffixes()):
                 index = layer * self.num_directions + direction
                 p = self._direction_params(layer, suffix)
@@ -775,16 +848,16 @@ class LSTM(nn.Module):
             layer_in = layer_in * pad.mask
         return layer_in, torch.stack(h_finals), torch.stack(c_finals)
 
-    def _run_bptt(
-        self,
-        x: Tensor,
-        h0: Tensor,
-        c0: Tensor,
-        p: dict[str, Tensor | None],
-        pad: _Lengths | None,
-        reverse: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One direction of one layer through :func:`lstm_layer`: reversal, gate slicing, final states."""
+    def _needs_grad(self, x: Tensor, layer: int) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return x.requires_grad or any(
+            t is not None and t.requires_grad for suffix in self._suffixes()
+            for t in self._direction_params(layer, suffix).values())
+
+    def _gate_params(self, p: dict[str, Tensor | None]) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """``w_ih, w_hh, bias, peep`` of one direction as :func:`lstm_layer` takes them (biases summed; the
+        coupled cell's unused i rows dropped; the peephole vectors stacked)."""
         hidden = self.hidden_size
         w_ih, w_hh = p["weight_ih"], p["weight_hh"]
         assert w_ih is not None and w_hh is not None
@@ -799,10 +872,67 @@ class LSTM(nn.Module):
                 peep = torch.stack([p["weight_cf"], p["weight_co"]])  # type: ignore[list-item]
         elif self.peephole:
             peep = torch.stack([p["weight_ci"], p["weight_cf"], p["weight_co"]])  # type: ignore[list-item]
-        n_in = x.shape[2]
+        return w_ih, w_hh, bias, peep
+
+    @staticmethod
+    def _reverse(x: Tensor, pad: _Lengths | None) -> Tensor:
+        """Each sequence of time-major ``x`` (T, B, F) reversed within its own length (its own inverse)."""
+        if pad is None:
+            return x.flip(0)
+        return x.reshape(-1, x.shape[2]).index_select(0, pad.reverse_index).view_as(x)
+
+    def _inference_params(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """One layer's gate parameters for :func:`_loop_forward_directions`, stacked over the directions and
+        transposed: made once and kept until a parameter changes (in place, or its data is replaced), since
+        transposing ``W_hh`` into contiguous memory costs more than encoding a short query."""
+        tensors = [t for suffix in self._suffixes() for t in self._direction_params(layer, suffix).values()
+                   if t is not None]
+        key = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        cached = self._inference_cache.get(layer)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            params = [self._gate_params(self._direction_params(layer, suffix)) for suffix in self._suffixes()]
+            stacked = (
+                torch.stack([q[0] for q in params]).transpose(1, 2).contiguous(),
+                torch.stack([q[1] for q in params]).transpose(1, 2).contiguous(),
+                torch.stack([q[2] for q in params]) if params[0][2] is not None else None,  # type: ignore[misc]
+                torch.stack([q[3] for q in params]) if params[0][3] is not None else None,  # type: ignore[misc]
+            )
+        self._inference_cache[layer] = (key, stacked)
+        return stacked
+
+    def _run_directions(
+        self, x: Tensor, h0: Tensor, c0: Tensor, layer: int, pad: _Lengths | None
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Every direction of one layer without gradients, through :func:`_loop_forward_directions`."""
+        w_ih_t, w_hh_t, bias, peep = self._inference_params(layer)
+        dirs = self.num_directions
+        with torch.no_grad():
+            xs = torch.stack([x, self._reverse(x, pad)]) if dirs == 2 else x.unsqueeze(0)
+            hs, cs, c_last = _loop_forward_directions(xs, w_ih_t, w_hh_t, bias, peep, h0, c0, self.coupled,
+                                                      keep_cells=pad is not None)
+        outs = [hs[:, 0]] + ([self._reverse(hs[:, 1], pad)] if dirs == 2 else [])
+        if pad is None:
+            return outs, list(hs[-1].unbind(0)), list(c_last.unbind(0))
+        assert cs is not None
+        index = pad.last.view(1, 1, -1, 1).expand(1, dirs, hs.shape[2], hs.shape[3])
+        return outs, list(hs.gather(0, index)[0].unbind(0)), list(cs.gather(0, index)[0].unbind(0))
+
+    def _run_bptt(
+        self,
+        x: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        p: dict[str, Tensor | None],
+        pad: _Lengths | None,
+        reverse: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One direction of one layer through :func:`lstm_layer`: reversal, gate slicing, final states."""
+        w_ih, w_hh, bias, peep = self._gate_params(p)
         if reverse:  # run the reversed sequence forwards; each sequence reversed within its own length
-            x = x.flip(0) if pad is None else x.reshape(-1, n_in).index_select(0, pad.reverse_index).view_as(x)
+            x = self._reverse(x, pad)
         hs, h_n, c_n = lstm_layer(x, h0, c0, w_ih, w_hh, bias, peep, self.coupled, None if pad is None else pad.last)
         if reverse:
-            hs = hs.flip(0) if pad is None else hs.reshape(-1, hidden).index_select(0, pad.reverse_index).view_as(hs)
+            hs = self._reverse(hs, pad)
         return hs, h_n, c_n

@@ -1,6 +1,6 @@
 """The HTTP service: FastAPI over an index (search) and its model (similarity, embeddings), plus a web page.
 
-    POST /search      {"queries": "怎么还款" | [...], "k": 10, "filter": {"lang": "zh"}}
+    POST /search      {"queries": "怎么还款" | [...], "k": 10, "filter": {"lang": "zh"}, "mode": "hybrid"}
     POST /similarity  {"pairs": [["text a", "text b"], ...]}
     POST /embed       {"texts": ["...", ...]}
     POST /classify    {"texts": ["...", ...], "k": 1}   (a classifier model: create_app(classifier=...))
@@ -13,6 +13,7 @@ k) answers a 4xx with a message; any other failure answers 500 with a short mess
 
 from __future__ import annotations
 
+import gc
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ class SearchRequest(BaseModel):
     queries: str | list[str] = Field(description="One query or a list of queries.")
     k: int = Field(10, description="Results per query.")
     filter: dict[str, Scalar] | None = Field(None, description="Keep documents whose metadata has these values.")
+    mode: str | None = Field(None, description="dense, lexical (BM25) or hybrid; default: hybrid if the index "
+                             "was built with a lexical part, else dense.")
 
 
 class HitModel(BaseModel):
@@ -130,9 +133,11 @@ def _check_texts(texts: list[str], limits: Limits, what: str = "text") -> None:
 
 def create_app(index: Index | None = None, model: SemanticModel | None = None, limits: Limits | None = None,
                max_wait_ms: float = 0.0, classifier: Classifier | None = None,
-               recommender: Recommender | None = None) -> FastAPI:
+               recommender: Recommender | None = None, encoder_thread: bool = False) -> FastAPI:
     """The service for ``index`` (its model encodes queries) or, without an index, for ``model`` alone; with
-    ``classifier`` also ``POST /classify``, with ``recommender`` also ``POST /recommend``."""
+    ``classifier`` also ``POST /classify``, with ``recommender`` also ``POST /recommend``.
+    ``encoder_thread``: run the micro-batched model calls in a worker thread (else in the event loop; see
+    :mod:`deepsem.serve.batcher`)."""
     if index is None and model is None and classifier is None and recommender is None:
         raise ValueError("create_app needs an index, a model, a classifier or a recommender")
     semantic = index.model if index is not None else model
@@ -146,26 +151,34 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
                                 "of a two-tower model")
         return semantic
 
-    def run_search(items: list[tuple[str, int, dict[str, Scalar] | None]]) -> list[list[dict[str, Any]]]:
+    def run_search(items: list[tuple[str, int, dict[str, Scalar] | None, str]]) -> list[list[dict[str, Any]]]:
+        """One encoder call for every waiting query (mode already resolved), then one search per mode."""
         assert index is not None
-        vectors = semantic.encode([q for q, _, _ in items], side="query")
+        texts = [q for q, _, _, _ in items]
+        dense = [i for i, item in enumerate(items) if item[3] != "lexical"]
+        vectors = np.zeros((len(items), semantic.dim), np.float32)
+        if dense:
+            vectors[dense] = semantic.encode([texts[i] for i in dense], side="query")
         out: list[list[dict[str, Any]] | None] = [None] * len(items)
-        plain = [i for i, (_, _, f) in enumerate(items) if not f]
-        if plain:
-            k = max(items[i][1] for i in plain)
-            for i, hits in zip(plain, index.search_encoded(vectors[plain], k), strict=True):
-                out[i] = [h.to_dict() for h in hits[: items[i][1]]]
-        for i, (_, k, f) in enumerate(items):
+        for mode in sorted({item[3] for item in items}):
+            plain = [i for i, (_, _, f, m) in enumerate(items) if not f and m == mode]
+            if plain:
+                k = max(items[i][1] for i in plain)
+                found = index.search_encoded(vectors[plain], k, texts=[texts[i] for i in plain], mode=mode)
+                for i, hits in zip(plain, found, strict=True):
+                    out[i] = [h.to_dict() for h in hits[: items[i][1]]]
+        for i, (q, k, f, mode) in enumerate(items):
             if f:
-                out[i] = [h.to_dict() for h in index.search_encoded(vectors[i : i + 1], k, f)[0]]
+                out[i] = [h.to_dict() for h in index.search_encoded(vectors[i : i + 1], k, f, [q], mode)[0]]
         return out  # type: ignore[return-value]
 
-    search_batcher = MicroBatcher(run_search, max_batch=limits.max_texts, max_wait_ms=max_wait_ms)
+    batching = {"max_wait_ms": max_wait_ms, "threaded": encoder_thread}
+    search_batcher = MicroBatcher(run_search, max_batch=limits.max_texts, **batching)
     encode_batchers = {side: MicroBatcher(lambda texts, side=side: two_tower().encode(texts, side=side),
-                                          max_batch=limits.max_texts * 2, max_wait_ms=max_wait_ms)
+                                          max_batch=limits.max_texts * 2, **batching)
                        for side in ("query", "doc")}
     classify_batcher = MicroBatcher(lambda texts: classifier.predict_proba(texts),  # type: ignore[union-attr]
-                                    max_batch=limits.max_texts * 2, max_wait_ms=max_wait_ms)
+                                    max_batch=limits.max_texts * 2, **batching)
     def run_recommend(items: list[tuple[list[str], int, list[str] | None]]) -> list[Any]:
         """One user-tower call for the (history, k, user features) of every waiting request."""
         assert recommender is not None
@@ -173,10 +186,15 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         return recommender.recommend_many([h for h, _, _ in items], max(k for _, k, _ in items),
                                           user_features=features)
 
-    recommend_batcher = MicroBatcher(run_recommend, max_batch=limits.max_texts, max_wait_ms=max_wait_ms)
+    recommend_batcher = MicroBatcher(run_recommend, max_batch=limits.max_texts, **batching)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Everything loaded so far (model, index, the libraries' objects) lives as long as the service: frozen,
+        # the collector's full passes skip it. Unfrozen, each full pass walked it all and stalled every
+        # request in flight for 50-90 ms, about once every two seconds under load.
+        gc.collect()
+        gc.freeze()
         yield
         for batcher in (search_batcher, *encode_batchers.values(), classify_batcher, recommend_batcher):
             await batcher.close()
@@ -221,8 +239,12 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         _check_texts(queries, limits, "query")
         if not 1 <= req.k <= limits.max_k:
             raise HTTPException(422, f"k must be between 1 and {limits.max_k}, got {req.k}")
+        try:
+            mode = index.resolve_mode(req.mode)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc).replace(str(index.directory), "this index")) from None
         t0 = time.perf_counter()
-        results = await search_batcher([(q, req.k, req.filter) for q in queries])
+        results = await search_batcher([(q, req.k, req.filter, mode) for q in queries])
         counters["search"] += 1
         # the hits are built by deepsem with the response's types already: a JSONResponse skips FastAPI's
         # re-validation of every hit against SearchResponse (the schema in /docs is unchanged)
