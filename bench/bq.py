@@ -54,13 +54,15 @@ def _set(config: dict[str, Any], assignment: str) -> None:
     node[last] = value
 
 
-def run_ours(train: TextPairs, dev: TextPairs, minutes: float, out: Path, settings: dict[str, Any]) -> dict:
+def run_ours(train: TextPairs, dev: TextPairs, minutes: float, out: Path, settings: dict[str, Any],
+             pretrained: Path | None = None) -> dict:
     tok = dict(settings["tokenizer"])
     name = tok.pop("name")
     training = {**settings["training"], "max_minutes": minutes}
     t0 = time.perf_counter()
     model, result = deepsem.train(train, out, dev, tokenizer=name, tokenizer_options=tok, model=settings["model"],
-                                  training=training, resume=False, progress=sys.stderr.isatty())
+                                  training=training, resume=False, progress=sys.stderr.isatty(),
+                                  pretrained=pretrained)
     seconds = time.perf_counter() - t0
     metrics = evaluate_pairs(model, dev, threshold=model.threshold)
     t1 = time.perf_counter()
@@ -138,6 +140,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget of each model")
     parser.add_argument("--which", choices=["ours", "peer", "both"], default="both")
     parser.add_argument("--set", action="append", default=[], help="override our settings: tower.hidden_size=384")
+    parser.add_argument("--pretrained", type=Path, help="character vectors (.vec, `deepsem embeddings train`) to "
+                        "start our embeddings from")
     parser.add_argument("--out", type=Path, default=Path("runs/bq"))
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--threads", type=int, default=None)
@@ -153,7 +157,7 @@ def main() -> None:
     dev = as_pairs(args.data_dir / "bq" / "dev.tsv")
     rows = []
     if args.which in ("ours", "both"):
-        rows.append(run_ours(train, dev, args.minutes, args.out, settings))
+        rows.append(run_ours(train, dev, args.minutes, args.out, settings, args.pretrained))
     if args.which in ("peer", "both"):
         rows.append(run_peer(train, dev, args.minutes))
     print(f"\nBQ dev ({len(dev.text_a):,} pairs), {args.minutes:g} min training budget each, "

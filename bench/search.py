@@ -8,6 +8,11 @@ tower). Queries are LCQMC test questions (query tower). Every index is measured 
 exact search by a chunked ``torch.mm`` + ``topk`` over the same vectors (the reference for recall@10 and for
 batched speed); "deepsem Flat" is what :class:`deepsem.Index` runs for Flat (the matmul path at every batch
 size, as it measured faster than Faiss Flat).
+
+``--lexical`` also builds an HNSW32 index with its BM25 part and times single-query ``lexical`` and
+``hybrid`` searches from the query text (hybrid: dense + BM25 top 100 each, fused; the query's encoding is
+timed separately in the "encode query" row). Their recall@10 against dense exact search is not a measure of
+anything, so it is left out (nan).
 """
 
 from __future__ import annotations
@@ -78,6 +83,31 @@ def latency(fn, queries: np.ndarray, n: int) -> tuple[float, float, float]:
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99)), n / arr.sum() * 1000
 
 
+def lexical_rows(model, texts, vectors, query_texts, q_vecs, directory: Path) -> list[dict]:
+    size = len(texts)
+    t_build, index = timed(lambda: Index.build(model, texts, directory, "HNSW32", vectors=vectors, lexical=True))
+    assert isinstance(index, Index)
+    rows = []
+    n = min(500, len(query_texts))
+    t_q, _ = timed(lambda: [model.encode([t], side="query") for t in query_texts[:n]])
+    rows.append({"index": "encode query (1 text)", "size": size, "build_s": 0.0, "recall@10": float("nan"),
+                 "qps_batch256": float("nan"), "p50_ms": t_q / n * 1000, "p99_ms": float("nan"),
+                 "qps_batch1": n / t_q, "memory_mb": float("nan")})
+    for mode in ("lexical", "hybrid"):
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            index.search_encoded(q_vecs[i : i + 1], 10, texts=[query_texts[i]], mode=mode)
+            times.append(time.perf_counter() - t0)
+        arr = np.array(times) * 1000
+        t256, _ = timed(lambda m=mode: index.search_encoded(q_vecs[:256], 10, texts=query_texts[:256], mode=m))
+        rows.append({"index": f"deepsem HNSW32 + BM25, {mode} (from vectors)", "size": size,
+                     "build_s": t_build, "recall@10": float("nan"), "qps_batch256": 256 / t256,
+                     "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99)),
+                     "qps_batch1": n / arr.sum() * 1000, "memory_mb": float("nan")})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
@@ -87,6 +117,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=Path("runs/bench-search"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--lexical", action="store_true", help="also time lexical and hybrid search (HNSW32)")
     args = parser.parse_args()
     model = deepsem.load(args.model)
     lcqmc = [line.split("\t")[0] for line in (args.data_dir / "lcqmc/test.tsv").read_text("utf-8").splitlines()]
@@ -131,6 +162,8 @@ def main() -> None:
                              "recall@10": 1.0, "qps_batch256": 256 / tf, "p50_ms": p50, "p99_ms": p99,
                              "qps_batch1": qps1, "memory_mb": mem})
             del index
+        if args.lexical:
+            rows += lexical_rows(model, texts, vectors, query_texts, q_vecs, args.work / f"{size}-HNSW32-lexical")
         print(f"{'index':<44} {'build s':>8} {'recall@10':>9} {'QPS b1':>8} {'p50 ms':>7} {'p99 ms':>7} "
               f"{'QPS b256':>9} {'ratio b256':>10} {'mem MB':>7}")
         for r in [r for r in rows if r["size"] == size]:
