@@ -30,9 +30,11 @@ def test_help_explains_every_option():
 def test_train_evaluate_encode(tmp_path: Path, pair_files):
     out = tmp_path / "m"
     result = runner.invoke(app, ["train", str(pair_files[0]), "--out", str(out), "--dev", str(pair_files[1]),
-                                 "--epochs", "2", *TINY])
+                                 "--epochs", "2", "--no-length-buckets", *TINY])
     assert result.exit_code == 0, result.output
     assert "best dev: accuracy" in result.output
+    info = json.loads((out / "config.json").read_text())
+    assert info["training"]["length_buckets"] is False  # the option reached the run (on by default)
 
     result = runner.invoke(app, ["evaluate", "--model", str(out), str(pair_files[1]), "--json"])
     assert result.exit_code == 0, result.output
