@@ -442,12 +442,11 @@ def serve(
 ) -> None:
     """Serve search, similarity and embeddings over HTTP, with a search page at /."""
     import torch
-    import uvicorn
 
     torch.set_num_threads(threads)
 
     from deepsem.encoder import load
-    from deepsem.serve import Limits, create_app
+    from deepsem.serve import Limits, create_app, run
 
     if (index is None) == (model is None):
         _fail(ValueError("give --index DIR (search and more) or --model DIR (similarity and embeddings)"))
@@ -466,7 +465,7 @@ def serve(
     app_ = create_app(idx, semantic, Limits(max_chars, max_texts, max_k), max_wait_ms=max_wait_ms,
                       classifier=classifier, recommender=recommender, encoder_thread=encoder_thread)
     typer.echo(f"serving on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
-    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+    run(app_, host=host, port=port)
 
 
 @app.command()
@@ -485,13 +484,11 @@ def demo(
 
     _, index_dir, _ = run_demo(out=out, minutes=minutes, progress=progress)
     if serve:
-        import uvicorn
-
         from deepsem.index import Index
-        from deepsem.serve import create_app
+        from deepsem.serve import create_app, run
 
         typer.echo(f"\nsearch page: http://{host}:{port}/   (Ctrl-C to stop)")
-        uvicorn.run(create_app(Index.load(index_dir)), host=host, port=port, log_level="warning")
+        run(create_app(Index.load(index_dir)), host=host, port=port)
 
 
 classify_app = typer.Typer(help="Text classification with the towers: train, evaluate, predict.",
@@ -1082,13 +1079,12 @@ def recommend_serve(
 ) -> None:
     """Serve POST /recommend (history in, items out, seen items excluded) over HTTP."""
     import torch
-    import uvicorn
 
-    from deepsem.serve import Limits, create_app
+    from deepsem.serve import Limits, create_app, run
 
     torch.set_num_threads(threads)
     rec = _load_recommender(model)
     rec.index()
     app_ = create_app(recommender=rec, limits=Limits(max_k=max_k), max_wait_ms=max_wait_ms)
     typer.echo(f"serving {rec!r} on http://{host}:{port}/recommend  (API docs: http://{host}:{port}/docs)")
-    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+    run(app_, host=host, port=port)

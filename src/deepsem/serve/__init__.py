@@ -1,5 +1,5 @@
 """Online serving: FastAPI app with micro-batched encoding, and its web page."""
 
-from deepsem.serve.app import Limits, create_app
+from deepsem.serve.app import Limits, create_app, run
 
-__all__ = ["Limits", "create_app"]
+__all__ = ["Limits", "create_app", "run"]
