@@ -472,3 +472,22 @@ def test_inference_loop_is_used_and_follows_parameter_changes(variant: str, monk
         doubled = module(x.double(), lengths=lengths)[0]
     assert doubled.dtype == torch.float64
     torch.testing.assert_close(doubled, module(x.double(), lengths=lengths)[0].detach(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["peephole", "coupled", "peephole+coupled"])
+def test_lstm_layer_without_gradients_equals_its_training_forward(variant: str) -> None:
+    torch.manual_seed(10)
+    coupled = "coupled" in variant
+    gates = 3 if coupled else 4
+    x, h0, c0 = torch.randn(6, 3, 4, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64), torch.randn(
+        3, 5, dtype=torch.float64)
+    w_ih, w_hh = torch.randn(gates * 5, 4, dtype=torch.float64), torch.randn(gates * 5, 5, dtype=torch.float64)
+    bias = torch.randn(gates * 5, dtype=torch.float64)
+    peep = torch.randn(gates - 1, 5, dtype=torch.float64) if "peephole" in variant else None
+    for last in (None, torch.tensor([5, 0, 3])):
+        trained = lstm_layer(x, h0, c0, w_ih.requires_grad_(), w_hh, bias, peep, coupled, last)
+        with torch.no_grad():
+            inferred = lstm_layer(x, h0, c0, w_ih, w_hh, bias, peep, coupled, last)
+        for got, want in zip(inferred, trained, strict=True):
+            torch.testing.assert_close(got, want.detach(), rtol=0, atol=1e-12)
+        w_ih = w_ih.detach()

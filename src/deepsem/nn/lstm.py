@@ -175,12 +175,12 @@ def _time_chunks(steps: int, bytes_per_step: int, budget: int) -> list[tuple[int
 
 class _Forward(NamedTuple):
     hs: Tensor  # (T, B, H) h_1 .. h_T
-    cs: Tensor | None  # (T, B, H) C_1 .. C_T; kept for the backward or when asked
+    cs: Tensor  # (T, B, H) C_1 .. C_T
     c_last: Tensor  # (B, H), C_T
-    gates: list[Tensor]  # blocks (n, B, G) of steps: gate values [i,] f, o (and a^g); only with ``store``
+    gates: list[Tensor]  # blocks (n, B, G) of steps: gate values [i,] f, o (and a^g)
     spans: list[tuple[int, int]]  # the (start, end) steps of each block
-    tanh_cs: Tensor | None  # (T, B, H) tanh(C_t); only with ``store``
-    cands: Tensor | None  # (T, B, H) the candidates C~_t; only with ``store`` (the gate blocks keep a^g)
+    tanh_cs: Tensor  # (T, B, H) tanh(C_t)
+    cands: Tensor  # (T, B, H) the candidates C~_t (the gate blocks keep a^g)
 
 
 def _tanh_of_block(block: Tensor, out: Tensor) -> Tensor:
@@ -201,50 +201,37 @@ def _loop_forward(
     h0: Tensor,
     c0: Tensor,
     coupled: bool,
-    store: bool,
-    keep_cells: bool = True,
 ) -> _Forward:
-    """Run the gate equations over all steps; shapes and layout as in :func:`lstm_layer`.
-
-    With ``store`` everything the backward needs is kept: the gates (one buffer per block of steps), all
-    cell states and their tanh. Without it (inference) one block buffer is reused for all blocks, small
-    enough to stay in cache, and the cell states are kept only if ``keep_cells``.
+    """Run the gate equations over all steps, keeping everything the backward needs: the gates (one buffer
+    per block of steps), all cell states and their tanh; shapes and layout as in :func:`lstm_layer`.
+    (Without a backward to feed, :func:`_loop_forward_directions` runs instead.)
     """
     steps, batch, n_in = x.shape
     hidden = w_hh.shape[1]
     gsize = w_hh.shape[0]
-    keep_cells = keep_cells or store
     hs = x.new_empty(steps, batch, hidden)
-    cs = x.new_empty(steps, batch, hidden) if keep_cells else None
-    tcs = x.new_empty(steps, batch, hidden) if store else None
-    gs = x.new_empty(steps, batch, hidden) if store else None
+    cs = x.new_empty(steps, batch, hidden)
+    tcs = x.new_empty(steps, batch, hidden)
+    gs = x.new_empty(steps, batch, hidden)
     w_ih_t = w_ih.t()
     w_hh_t = w_hh.t().contiguous()  # (H, G): measured 15% faster per step than the transposed view
     h, c = h0, c0
     step_bytes = batch * gsize * x.element_size()
-    spans = _time_chunks(steps, step_bytes, _CHUNK_BYTES if store else _INFERENCE_CHUNK_BYTES)
+    spans = _time_chunks(steps, step_bytes, _CHUNK_BYTES)
     gates: list[Tensor] = []
-    reused = None if store else x.new_empty(spans[0][1] - spans[0][0], batch, gsize)
-    # Where each step writes C~_t, C_t and tanh(C_t): the stored tensors, or (inference) a few buffers
-    # reused over and over (two in turn for C, whose previous value is read while the new one is written).
     # Per-step views are made once (one unbind instead of a dozen slicing calls a step).
-    h_steps = hs.unbind(0)
-    scratch = x.new_empty(4, batch, hidden).unbind(0)
-    g_steps = gs.unbind(0) if gs is not None else scratch[:1] * steps
-    tc_steps = tcs.unbind(0) if tcs is not None else scratch[1:2] * steps
-    c_steps = cs.unbind(0) if cs is not None else scratch[2:] * ((steps + 1) // 2)
+    h_steps, g_steps, tc_steps, c_steps = hs.unbind(0), gs.unbind(0), tcs.unbind(0), cs.unbind(0)
     n_sig = 1 if coupled else 2  # sigmoid gates before the candidate: [i, f] or, coupled, [f]
     p_in, p_out = (peep[:n_sig], peep[-1]) if peep is not None else (None, None)
     for start, end in spans:
         # Input projection (and bias) of the whole block in one matmul, outside the recurrence.
         xs = x[start:end].reshape(-1, n_in)
-        pre = x.new_empty(end - start, batch, gsize) if reused is None else reused[: end - start]
+        pre = x.new_empty(end - start, batch, gsize)
         if bias is not None:
             torch.addmm(bias, xs, w_ih_t, out=pre.view(-1, gsize))
         else:
             torch.mm(xs, w_ih_t, out=pre.view(-1, gsize))
-        if store:
-            gates.append(pre)
+        gates.append(pre)
         blocks = pre.unflatten(-1, (gsize // hidden, hidden))  # (n, B, gates, H)
         fused_fo = coupled and peep is None  # f and o need no cell: one sigmoid for both
         sig_cols = slice(0, None, 2) if fused_fo else slice(0, n_sig)
@@ -351,7 +338,7 @@ class _LSTMLayerFunction(torch.autograd.Function):
         c0: Tensor,
         coupled: bool,
     ) -> tuple[Tensor, Tensor]:
-        run = _loop_forward(x, w_ih, w_hh, bias, peep, h0, c0, coupled, store=True)
+        run = _loop_forward(x, w_ih, w_hh, bias, peep, h0, c0, coupled)
         ctx.coupled = coupled
         ctx.spans = run.spans
         ctx.set_materialize_grads(False)
@@ -515,14 +502,17 @@ def lstm_layer(
             return hs, hs[-1], cs[-1]
         index = last.view(1, -1, 1).expand(1, hs.shape[1], hs.shape[2])
         return hs, hs.gather(0, index).squeeze(0), cs.gather(0, index).squeeze(0)
-    with torch.no_grad():
-        run = _loop_forward(x, w_ih, w_hh, bias, peep, h0, c0, coupled, store=False, keep_cells=last is not None)
-    hs = run.hs
+    with torch.no_grad():  # the inference loop, as one of D = 1 directions
+        one = [t.unsqueeze(0) if t is not None else None for t in (bias, peep, h0, c0)]
+        hs, cs, c_last = _loop_forward_directions(x.unsqueeze(0), w_ih.t().unsqueeze(0),
+                                                  w_hh.t().contiguous().unsqueeze(0), *one, coupled,
+                                                  keep_cells=last is not None)
+    hs = hs[:, 0]
     if last is None:
-        return hs, hs[-1], run.c_last
-    assert run.cs is not None
+        return hs, hs[-1], c_last[0]
+    assert cs is not None
     index = last.view(1, -1, 1).expand(1, hs.shape[1], hs.shape[2])
-    return hs, hs.gather(0, index).squeeze(0), run.cs.gather(0, index).squeeze(0)
+    return hs, hs.gather(0, index).squeeze(0), cs[:, 0].gather(0, index).squeeze(0)
 
 
 # ----------------------------------------------------------------------------------------------------------
