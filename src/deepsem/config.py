@@ -12,6 +12,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from deepsem.errors import ConfigError  # re-exported: deepsem.config.ConfigError keeps working
+
 ENCODERS = ("lstm-peephole", "lstm", "lstm-coupled", "gru", "rnn", "dssm", "cnn")
 #: Per-encoder defaults of ``hidden_size`` / ``num_layers`` when they are left ``None``: the papers' DSSM
 #: (300 -> 300 -> 128) and CLSM (300 feature maps); the recurrent towers the best BQ setting.
@@ -21,10 +23,6 @@ POOLINGS = ("last", "mean", "max", "last+max")
 LOSSES = ("softmax", "pointwise", "hinge", "pointwise+softmax")
 NEGATIVES = ("in-batch", "random", "both", "labelled")
 SCHEDULES = ("linear", "cosine", "constant")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range."""
 
 
 def _check_type(where: str, name: str, value: Any, annotation: Any) -> Any:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from deepsem.errors import DeepsemError
+
 __all__ = ["DataError", "SkipReport"]
 
 
-class DataError(ValueError):
+class DataError(DeepsemError, ValueError):
     """A malformed row (or file) in a data set.
 
     The message names the file, the 1-based line number (counting a header line; for Parquet the
