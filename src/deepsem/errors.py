@@ -10,7 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DeepsemError",
-    "IndexError",
+    "IndexFileError",
     "IndexLockedError",
     "ModelFileError",
     "ResumeMismatchError",
@@ -30,11 +30,11 @@ class ModelFileError(DeepsemError, ValueError):
     """A model directory or checkpoint is damaged, truncated, hostile or does not match its config."""
 
 
-class IndexError(DeepsemError, ValueError):  # noqa: A001 - deepsem.errors.IndexError, not the builtin
+class IndexFileError(DeepsemError, ValueError):
     """An index directory is damaged or not an index, or an index operation cannot be done."""
 
 
-class IndexLockedError(IndexError):
+class IndexLockedError(IndexFileError):
     """Another process is writing the same index and did not finish in time."""
 
 
