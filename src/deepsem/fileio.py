@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -51,3 +52,80 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
+
+
+#: Deepest nesting of arrays/objects a deepsem JSON file may have (config.json, tokenizer.json, index.json,
+#: metadata); real files stay under 10.
+MAX_JSON_DEPTH = 64
+#: Largest JSON file read whole (a tokenizer's vocabulary is the biggest: a few MB).
+MAX_JSON_BYTES = 256 * 2**20
+
+
+def _json_depth_exceeds(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def read_json(path: str | os.PathLike[str], error: type[Exception] | None = None, *,
+              max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Read a JSON file deepsem wrote (or someone crafted): a regular file of at most ``max_bytes``, UTF-8,
+    nested at most ``max_depth`` deep. Any problem raises ``error`` (default :class:`deepsem.errors.ConfigError`)
+    with a one-line message naming the file and the cause; never RecursionError or MemoryError."""
+    from deepsem.errors import ConfigError
+
+    error = error or ConfigError
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: not a regular file")
+    if st.st_size > max_bytes:
+        raise error(f"{path}: {st.st_size:,} bytes, more than the {max_bytes:,} a deepsem JSON file may have")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(max_bytes + 1)
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested more than {max_depth} levels deep") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if _json_depth_exceeds(value, max_depth):
+        raise error(f"{path}: JSON nested more than {max_depth} levels deep")
+    return value
+
+
+def regular_file(path: str | os.PathLike[str], what: str = "file") -> Path:
+    """``path`` if it is an existing regular file (following links); otherwise a
+    :class:`deepsem.data.errors.DataError` saying what it is instead (missing, a directory, a FIFO, a device).
+    Reading a FIFO would block forever and ``/dev/zero`` never ends, so readers call this first."""
+    from deepsem.data.errors import DataError
+
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DataError(path, None, None, f"{what} not found") from None
+    except OSError as exc:
+        raise DataError(path, None, None, f"cannot read {what}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(path, None, None, f"is a directory; give a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+                or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise DataError(path, None, None, f"is {kind}, not a regular {what}")
+    return path
