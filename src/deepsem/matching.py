@@ -23,7 +23,7 @@ from deepsem.losses import hinge_loss, negative_scores, pointwise_loss, softmax_
 from deepsem.metrics import pair_metrics, retrieval_metrics
 from deepsem.models import TwoTowerModel
 from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
-from deepsem.trainer import Trainer, TrainResult, finish_run
+from deepsem.trainer import Trainer, TrainResult, check_resume, data_fingerprint, finish_run, run_fingerprint
 
 
 @dataclass
@@ -243,7 +243,7 @@ def train(
     impressions: int | str | None = None,
     run_dir: str | Path | None = None,
     resume: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
     pretrained: str | Path | None = None,
     freeze_embeddings: bool = False,
     dev_metric: str | None = None,
@@ -261,7 +261,10 @@ def train(
     ``pretrained``: word vectors (.vec/.txt) copied into the token embeddings, kept fixed with
     ``freeze_embeddings``.
     Run files (checkpoint, metrics.jsonl, training.png) go to ``run_dir`` (default ``out/training``);
-    an interrupted run started again with the same arguments resumes from its last checkpoint.
+    an interrupted run started again with the same data and settings resumes from its last checkpoint; with
+    other data or settings it raises :class:`~deepsem.errors.ResumeMismatchError` (``resume=False`` starts
+    over, discarding the earlier run's checkpoint and tokenizer). ``progress``: a progress bar; None shows it
+    only when stderr is a terminal.
     """
     t0 = time.perf_counter()
     cfg = training if isinstance(training, TrainConfig) else TrainConfig.from_dict(training or {}, "training")
@@ -275,16 +278,21 @@ def train(
     if not len(train_pairs.text_a):
         raise ValueError("no training pairs")
 
-    # the tokenizer is learned from the training texts once; a resumed run reuses the saved one
+    mcfg = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model or {}, "model")
+    fingerprint = _pair_fingerprint(cfg, mcfg, train_pairs, dev_pairs, tokenizer, tokenizer_options,
+                                    pretrained=None if pretrained is None else str(pretrained),
+                                    freeze_embeddings=freeze_embeddings, dev_metric=dev_metric)
+    resuming = check_resume(run_dir, fingerprint, resume)
+
+    # the tokenizer is learned from the training texts once; a resumed run (same data and settings) reuses it
     if isinstance(tokenizer, str):
-        if resume and (run_dir / "tokenizer" / "tokenizer.json").exists():
+        if resuming and (run_dir / "tokenizer" / "tokenizer.json").exists():
             tok = load_tokenizer(run_dir / "tokenizer")
         else:
             tok = build_tokenizer(tokenizer, _iter_texts(train_pairs), **(tokenizer_options or {}))
             tok.save(run_dir / "tokenizer")
     else:
         tok = tokenizer
-    mcfg = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model or {}, "model")
     mcfg.tower.vocab_size = tok.vocab_size
     mcfg.tower.validate()
     check_tokenizer_fits(mcfg.tower.encoder, tok)
@@ -330,10 +338,33 @@ def train(
         batches=lambda epoch, rng: pairs.batches(cfg.batch_size, rng, by_length=cfg.length_buckets),
         steps_per_epoch=steps_per_epoch,
         evaluate=evaluate if dev_pairs is not None else None,
-        metric=metric, on_best=on_best, progress=progress,
+        metric=metric, on_best=on_best, progress=progress, fingerprint=fingerprint,
+        rngs={"negatives": step_rng},  # random negatives resume where they stopped
     )
     result = trainer.fit(resume=resume)
     return finish_run(result, info, out, run_dir, metric, t0, SemanticModel.load), result
+
+
+def tokenizer_fingerprint(tokenizer: str | Tokenizer, options: dict[str, Any] | None) -> dict[str, Any]:
+    """The tokenizer settings a run depends on: a name and options (learnt from the data), or a given
+    tokenizer's config and vocabulary size."""
+    if isinstance(tokenizer, str):
+        return {"name": tokenizer, "options": dict(options or {})}
+    return {"given": tokenizer.config(), "vocab_size": tokenizer.vocab_size}
+
+
+def _pair_fingerprint(cfg: TrainConfig, mcfg: ModelConfig, train_pairs: TextPairs, dev_pairs: TextPairs | None,
+                      tokenizer: str | Tokenizer, tokenizer_options: dict[str, Any] | None,
+                      **task: Any) -> dict[str, Any]:
+    model_settings = mcfg.to_dict()
+    model_settings.pop("threshold", None)  # chosen on dev during the run
+    model_settings["tower"].pop("vocab_size", None)  # set from the tokenizer
+    return run_fingerprint(
+        cfg,
+        **{"training data": data_fingerprint(train_pairs.text_a, train_pairs.text_b, train_pairs.labels),
+           "dev data": None if dev_pairs is None else data_fingerprint(dev_pairs.text_a, dev_pairs.text_b,
+                                                                       dev_pairs.labels)},
+        tokenizer=tokenizer_fingerprint(tokenizer, tokenizer_options), model=model_settings, task=task)
 
 
 def load_pretrained(net: TwoTowerModel, tokenizer: Tokenizer, path: str | Path, freeze: bool) -> dict[str, Any]:

@@ -3,17 +3,24 @@
 The loop knows nothing about towers or losses: a task hands it ``step(batch) -> loss``, the batches of
 an epoch, and an ``evaluate() -> metrics`` callback. The run directory receives:
 
-- ``checkpoint/`` — model weights (safetensors), optimiser and RNG state, and the loop position, written
-  atomically every ``checkpoint_every`` steps and at each evaluation; a killed run resumes from it;
+- ``checkpoint/`` — model weights and optimiser state (safetensors), RNG states, the loop position and the
+  run's fingerprint (``trainer_state.json``), written every ``checkpoint_every`` steps and at each
+  evaluation as one unit (see :meth:`Trainer.save_checkpoint`); a killed run resumes from it, a run with other
+  data or settings refuses to (see :func:`check_resume`). Nothing in it is ever unpickled;
 - ``metrics.jsonl`` — one JSON object per evaluation (and per epoch);
 - ``training.png`` — training loss and the dev metric per epoch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import random
+import shutil
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,11 +29,26 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
 from deepsem.config import TrainConfig
-from deepsem.fileio import atomic_write, atomic_write_json
+from deepsem.errors import ModelFileError, ResumeMismatchError, TrainingDivergedError
+from deepsem.fileio import atomic_write, atomic_write_json, read_json
+
+#: Version of the checkpoint layout; a ``trainer_state.json`` without it was written by deepsem before
+#: checkpoints carried a fingerprint, and is not resumed (nothing says whether it matches the run asked for).
+CHECKPOINT_FORMAT = 2
+#: Training settings a resumed run may change: they bound or show the run, they do not change what it computes
+#: (``patience`` only decides when to stop, on the same evaluations). Every other setting must match.
+RESUMABLE_SETTINGS = frozenset({"max_minutes", "threads", "patience", "checkpoint_every"})
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def seed_everything(seed: int) -> None:
@@ -50,6 +72,201 @@ def lr_factor(step: int, total: int, warmup: float, schedule: str, time_fraction
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return max(0.0, 1.0 - progress)
+
+
+# -- fingerprints: what a checkpoint was trained on ------------------------------------------------------
+def data_fingerprint(*parts: Any) -> str:
+    """sha256 (hex) over loaded training data: lists of texts, lists of lists, numpy arrays, ``None``.
+
+    Cheap enough for every run (100k pairs: a few MB hashed, well under a second); it changes when any
+    text, label or their order changes."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(b"\x1e")
+        _hash_into(h, part)
+    return h.hexdigest()
+
+
+def _hash_into(h: Any, part: Any) -> None:
+    if part is None:
+        h.update(b"N")
+    elif isinstance(part, np.ndarray):
+        arr = np.ascontiguousarray(part)
+        h.update(f"A{arr.dtype.str}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    elif isinstance(part, torch.Tensor):
+        _hash_into(h, part.detach().cpu().numpy())
+    elif isinstance(part, list | tuple) and part and all(isinstance(x, np.ndarray) for x in part):
+        h.update(f"L{len(part)}".encode())
+        for x in part:
+            _hash_into(h, x)
+    else:
+        h.update(b"J")
+        h.update(json.dumps(part, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8", "surrogatepass"))
+
+
+def run_fingerprint(config: TrainConfig, **parts: Any) -> dict[str, Any]:
+    """What a run depends on: the training settings (less :data:`RESUMABLE_SETTINGS`) and ``parts`` (the task's
+    data hashes, tokenizer, model settings...). JSON-serialisable; stored in every checkpoint."""
+    training = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_SETTINGS}
+    return json.loads(json.dumps({"training": training, **parts}, sort_keys=True, default=str))
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Readable differences, e.g. ``["training data differs", "model.tower.hidden_size 128 -> 256"]``."""
+    old, new = _flatten(saved), _flatten(current)
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "(unset)"), new.get(key, "(unset)")
+        if a == b:
+            continue
+        top = key.split(".")[0]
+        if top.endswith("data"):  # content hashes: the values say nothing to a user
+            what = f"{top} differs"
+            if what not in diffs:
+                diffs.append(what)
+        else:
+            diffs.append(f"{key} {json.dumps(a, ensure_ascii=False)} -> {json.dumps(b, ensure_ascii=False)}")
+    return diffs
+
+
+WAYS_OUT = "pass --no-resume (resume=False) to start over in it, or give a new --out"
+
+
+# -- checkpoints: one unit, switched by renaming a complete folder -----------------------------------------
+_TMP_PREFIX = "checkpoint.tmp-"
+_OLD_PREFIX = "checkpoint.old-"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(folder: Path) -> dict[str, Any]:
+    """The verified ``trainer_state.json`` of a checkpoint folder: written by this format, and every file it
+    lists has the sha256 it records. Raises :class:`ModelFileError` (damaged) or :class:`ResumeMismatchError`
+    (an old-format checkpoint, which has no fingerprint)."""
+    doc = read_json(folder / "trainer_state.json", ModelFileError)
+    if not isinstance(doc, dict):
+        raise ModelFileError(f"{folder / 'trainer_state.json'}: not a checkpoint state (expected an object)")
+    if doc.get("format") != CHECKPOINT_FORMAT:
+        if "format" not in doc:
+            raise ResumeMismatchError(
+                f"{folder}: checkpoint written by an earlier deepsem without a record of its data and settings, "
+                f"so it cannot be checked against this run and is not resumed; {WAYS_OUT}")
+        raise ModelFileError(f"{folder}: checkpoint format {doc.get('format')!r}, this deepsem reads "
+                             f"{CHECKPOINT_FORMAT}")
+    files = doc.get("files")
+    if not isinstance(files, dict) or not {"model.safetensors", "optimizer.safetensors"} <= set(files):
+        raise ModelFileError(f"{folder / 'trainer_state.json'}: no file list; the checkpoint is damaged")
+    for name, digest in files.items():
+        path = folder / str(name)
+        if "/" in str(name) or not path.is_file():
+            raise ModelFileError(f"{folder}: checkpoint file {name!r} is missing; the checkpoint is damaged")
+        if _sha256(path) != digest:
+            raise ModelFileError(f"{path}: content differs from the checkpoint's record (sha256); "
+                                 "the checkpoint is damaged")
+    return doc
+
+
+def find_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint folder a resumed run reads, or None if the run has none.
+
+    ``checkpoint/`` when it verifies; a run killed while switching to a new checkpoint may have left the
+    complete new one (``checkpoint.tmp-*``) or the previous one (``checkpoint.old-*``) instead: the verified one
+    of the highest step is taken. Half-written folders are never read. A ``checkpoint/`` that fails its check
+    with no verified alternative raises :class:`ModelFileError`; an old-format one :class:`ResumeMismatchError`.
+    """
+    run_dir = Path(run_dir)
+    main = run_dir / "checkpoint"
+    problem: Exception | None = None
+    if (main / "trainer_state.json").exists():
+        try:
+            read_checkpoint(main)
+            return main
+        except ModelFileError as exc:
+            problem = exc
+    best: tuple[int, Path] | None = None
+    if run_dir.is_dir():
+        for folder in run_dir.iterdir():
+            if not folder.name.startswith((_TMP_PREFIX, _OLD_PREFIX)) or not folder.is_dir():
+                continue
+            try:
+                doc = read_checkpoint(folder)
+            except (ModelFileError, ResumeMismatchError):
+                continue  # half-written or damaged: never read
+            step = doc.get("global_step")
+            if isinstance(step, int) and (best is None or step > best[0]):
+                best = (step, folder)
+    if best is not None:
+        return best[1]
+    if problem is not None:
+        raise ModelFileError(f"{problem}; no earlier checkpoint to fall back on: {WAYS_OUT}")
+    return None
+
+
+def discard_run(run_dir: str | os.PathLike[str], tokenizer: bool = True) -> None:
+    """Remove what an earlier run left in ``run_dir``: its checkpoints, metrics, result (and its tokenizer),
+    so a run that starts over never reads them."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    for folder in run_dir.iterdir():
+        if folder.name == "checkpoint" or folder.name.startswith((_TMP_PREFIX, _OLD_PREFIX)):
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder)
+            else:
+                folder.unlink()
+    for name in ("metrics.jsonl", "result.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    if tokenizer and (run_dir / "tokenizer").is_dir():
+        shutil.rmtree(run_dir / "tokenizer")
+
+
+def check_resume(run_dir: str | os.PathLike[str], fingerprint: dict[str, Any], resume: bool) -> bool:
+    """Before a task builds anything from ``run_dir``: True when it holds a checkpoint of this very run
+    (same ``fingerprint``) to resume. With ``resume`` False the earlier run's files are removed first.
+    A checkpoint of another run raises :class:`ResumeMismatchError` saying what differs."""
+    run_dir = Path(run_dir)
+    if not resume:
+        discard_run(run_dir)
+        return False
+    folder = find_checkpoint(run_dir)
+    if folder is None:
+        return False
+    saved = read_checkpoint(folder).get("fingerprint")
+    _compare_fingerprints(folder, saved, fingerprint)
+    return True
+
+
+def _compare_fingerprints(folder: Path, saved: Any, current: dict[str, Any]) -> None:
+    if not isinstance(saved, dict):
+        raise ResumeMismatchError(f"{folder}: checkpoint without a record of its data and settings; {WAYS_OUT}")
+    diffs = fingerprint_differences(saved, current)
+    if diffs:
+        raise ResumeMismatchError(f"{folder.parent}: holds an earlier run that differs from this one "
+                                  f"({'; '.join(diffs)}); {WAYS_OUT}")
 
 
 @dataclass
@@ -116,6 +333,12 @@ class Trainer:
     evaluate: optional callback returning dev metrics; ``metric`` names the one to maximise.
     on_best: called with the metrics whenever the dev metric improves (e.g. save the model directory).
     batch_size_of: number of examples in a batch, for the examples/s display.
+    progress: show a progress bar; None (the default): only when stderr is a terminal, so a run logging to
+        a file writes no per-step lines.
+    fingerprint: what the run depends on (see :func:`run_fingerprint`); stored in each checkpoint, and a
+        checkpoint with another one is not resumed. Default: the training settings.
+    rngs: numpy generators the step draws from (e.g. random negatives); saved in each checkpoint and restored
+        on resume, so a resumed run draws what the uninterrupted one would have.
     """
 
     def __init__(
@@ -130,12 +353,17 @@ class Trainer:
         metric: str = "accuracy",
         on_best: Callable[[dict[str, float]], None] | None = None,
         batch_size_of: Callable[[Any], int] = len,
-        progress: bool = True,
+        progress: bool | None = None,
+        fingerprint: dict[str, Any] | None = None,
+        rngs: dict[str, np.random.Generator] | None = None,
     ) -> None:
         self.model, self.config, self.run_dir = model, config, Path(run_dir)
         self.step_fn, self.batches, self.steps_per_epoch = step, batches, steps_per_epoch
         self.evaluate, self.metric, self.on_best = evaluate, metric, on_best
         self.batch_size_of, self.progress = batch_size_of, progress
+        self.fingerprint = fingerprint if fingerprint is not None else run_fingerprint(config)
+        self.rngs = dict(rngs or {})
+        self.resumed_from: int | None = None
         decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
@@ -151,27 +379,116 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoint"
 
+    def _optimizer_parts(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The optimiser's state as safetensors tensors and JSON (no pickle): per-parameter tensors
+        (AdamW: ``exp_avg``, ``exp_avg_sq``, ``step``) under ``optimizer.<index>.<name>``, the rest as JSON."""
+        sd = self.optimizer.state_dict()
+        tensors: dict[str, Tensor] = {}
+        scalars: dict[str, dict[str, Any]] = {}
+        for index, values in sd["state"].items():
+            for name, value in values.items():
+                if isinstance(value, Tensor):
+                    tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous().clone()
+                else:
+                    scalars.setdefault(str(index), {})[name] = value
+        meta = {"param_groups": sd["param_groups"], "scalars": scalars}
+        return tensors, json.loads(json.dumps(meta))
+
     def save_checkpoint(self) -> None:
-        ckpt = self.checkpoint_dir
-        ckpt.mkdir(parents=True, exist_ok=True)
-        atomic_write(ckpt / "model.safetensors", lambda p: save_model(self.model, str(p)))
-        extra = {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
-        atomic_write(ckpt / "optimizer.pt", lambda p: torch.save(extra, p))
-        # trainer_state.json is written last: it is the marker that the checkpoint is complete
-        atomic_write_json(ckpt / "trainer_state.json", self.state)
+        """Write the checkpoint as one unit: a new folder ``checkpoint.tmp-*`` gets the weights, the optimiser
+        and RNG tensors (safetensors) and, last, ``trainer_state.json`` (loop position, RNG and optimiser
+        settings, fingerprint, sha256 of each file); every file and the folder are fsynced; then the folder
+        replaces ``checkpoint/`` by two renames. A kill at any point leaves a complete checkpoint that
+        :func:`find_checkpoint` finds (the old one, or the new one): never a mix of the two."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.run_dir))
+        try:
+            tmp.chmod(0o777 & ~_umask())
+            save_model(self.model, str(tmp / "model.safetensors"))
+            tensors, optimizer_meta = self._optimizer_parts()
+            tensors["torch_rng"] = torch.get_rng_state()
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            files = {}
+            for name in ("model.safetensors", "optimizer.safetensors"):
+                _fsync_path(tmp / name)
+                files[name] = _sha256(tmp / name)
+            doc = {**self.state, "format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint,
+                   "optimizer": optimizer_meta, "files": files,
+                   "numpy_rngs": {k: rng.bit_generator.state for k, rng in self.rngs.items()}}
+            # written last, inside the new folder: a folder without it is half-written and never read
+            atomic_write_json(tmp / "trainer_state.json", doc)
+            _fsync_path(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        target = self.checkpoint_dir
+        old = None
+        if target.exists():
+            old = self.run_dir / (_OLD_PREFIX + tmp.name[len(_TMP_PREFIX):])
+            os.rename(target, old)
+        os.rename(tmp, target)
+        _fsync_path(self.run_dir)
+        for folder in self.run_dir.iterdir():  # the previous checkpoint and leftovers of killed runs
+            if folder.name.startswith((_TMP_PREFIX, _OLD_PREFIX)) and folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+        del old
 
     def load_checkpoint(self) -> bool:
-        """Restore from ``checkpoint/`` if it holds a complete checkpoint; return whether it did."""
-        ckpt = self.checkpoint_dir
-        if not (ckpt / "trainer_state.json").exists():
+        """Restore from the run's checkpoint (see :func:`find_checkpoint`) if it has one; return whether it
+        did. A checkpoint of another run (fingerprint, parameter shapes) raises :class:`ResumeMismatchError`."""
+        folder = find_checkpoint(self.run_dir)
+        if folder is None:
             return False
-        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-        load_model(self.model, str(ckpt / "model.safetensors"))
-        extra = torch.load(ckpt / "optimizer.pt", weights_only=True)
-        self.optimizer.load_state_dict(extra["optimizer"])
-        torch.set_rng_state(extra["torch_rng"])
-        self.state = state
+        doc = read_checkpoint(folder)
+        _compare_fingerprints(folder, doc.get("fingerprint"), self.fingerprint)
+        model_file = folder / "model.safetensors"
+        shapes = {k: list(v.shape) for k, v in self.model.state_dict().items()}
+        with safe_open(str(model_file), "pt") as fh:
+            saved = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
+        diffs = [f"parameter {k} {saved[k]} -> {shapes[k]}" for k in sorted(saved) if k in shapes
+                 and saved[k] != shapes[k]]
+        if diffs:
+            raise ResumeMismatchError(f"{self.run_dir}: holds an earlier run with another model "
+                                      f"({'; '.join(diffs[:3])}); {WAYS_OUT}")
+        try:
+            load_model(self.model, str(model_file))
+            tensors = load_file(str(folder / "optimizer.safetensors"))
+            meta = doc["optimizer"]
+            state: dict[int, dict[str, Any]] = {}
+            for key, value in tensors.items():
+                if key.startswith("optimizer."):
+                    _, index, name = key.split(".", 2)
+                    state.setdefault(int(index), {})[name] = value
+            for index, values in meta.get("scalars", {}).items():
+                state.setdefault(int(index), {}).update(values)
+            groups = meta["param_groups"]
+            for group in groups:
+                if isinstance(group.get("betas"), list):
+                    group["betas"] = tuple(group["betas"])
+            self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+            torch.set_rng_state(tensors["torch_rng"])
+            for name, rng_state in doc.get("numpy_rngs", {}).items():
+                if name in self.rngs:
+                    self.rngs[name].bit_generator.state = rng_state
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise ModelFileError(f"{folder}: checkpoint does not fit this model or optimiser "
+                                 f"({str(exc).splitlines()[0][:200]}); {WAYS_OUT}") from None
+        self.state = {k: doc[k] for k in self.state if k in doc}
+        self.resumed_from = int(self.state["global_step"])
         return True
+
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        step = self.state["global_step"] + 1
+        cfg = self.config
+        advice = (f"lower the learning rate (--lr, now {cfg.lr:g}) or clip the gradients "
+                  f"(--clip-norm, now {cfg.clip_norm}; --clip-value, now {cfg.clip_value})")
+        if self.resumed_from is not None:
+            return TrainingDivergedError(
+                f"{self.run_dir}: resumed from the checkpoint at step {self.resumed_from} and diverged again at "
+                f"step {step}: {what}; resuming leads to the same result: start over with --no-resume and "
+                f"{advice.replace('lower the learning rate', 'a lower learning rate')}")
+        return TrainingDivergedError(f"{self.run_dir}: training diverged at step {step}: {what}; the checkpoint "
+                                     f"holds the last finite weights; {advice}")
 
     # -- the loop --------------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -209,13 +526,16 @@ class Trainer:
         seed_everything(cfg.seed)
         if resume and self.load_checkpoint():
             print(f"resumed from {self.checkpoint_dir} at step {self.state['global_step']}")
-        elif (self.run_dir / "metrics.jsonl").exists():
-            (self.run_dir / "metrics.jsonl").unlink()
+        elif resume:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        else:
+            discard_run(self.run_dir, tokenizer=False)
         self.model.train()
         stopped = "finished"
         start = time.perf_counter() - self.state["seconds"]
         bar = None
-        if self.progress:
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        if show:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self.state["global_step"], unit="step", dynamic_ncols=True)
@@ -237,13 +557,15 @@ class Trainer:
                     group["lr"] = cfg.lr * lr_factor(self.state["global_step"], self.total_steps, cfg.warmup,
                                                      cfg.schedule, time_fraction)
                 loss = self.step_fn(batch)
+                value = float(loss.detach())
+                if not math.isfinite(value):  # checked before the optimiser step: the weights stay finite
+                    raise self._diverged(f"the loss became {value}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                clip_gradients(self.model.parameters(), cfg.clip_norm, cfg.clip_value)
+                norm = clip_gradients(self.model.parameters(), cfg.clip_norm, cfg.clip_value)
+                if not math.isfinite(norm):
+                    raise self._diverged(f"the gradient norm became {norm} (loss {value:.6g})")
                 self.optimizer.step()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"training loss became {value} at step {self.state['global_step']}")
                 running += value
                 n_loss += 1
                 epoch_loss += value
