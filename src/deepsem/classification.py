@@ -42,7 +42,15 @@ from deepsem.io import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_task_config
 from deepsem.metrics import precision_recall_f1
 from deepsem.models.classifier import TextClassifier
 from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
-from deepsem.trainer import Trainer, TrainResult, finish_run
+from deepsem.trainer import (
+    Trainer,
+    TrainResult,
+    check_resume,
+    data_fingerprint,
+    finish_run,
+    run_fingerprint,
+    tokenizer_fingerprint,
+)
 
 __all__ = [
     "Classifier",
@@ -599,7 +607,7 @@ def train_classifier(
     ngram_dim: int = 16,
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> tuple[Classifier, TrainResult]:
     """Train a text classifier and save the best model (by dev accuracy; multi-label: micro-F1) to ``out``.
 
@@ -615,7 +623,9 @@ def train_classifier(
     to the tower (see :class:`~deepsem.config.ClassifierConfig`). Without ``dev`` the model after the last
     step is kept.
     Run files (checkpoint, metrics.jsonl, training.png, result.json) go to ``run_dir`` (default
-    ``out/training``); an interrupted run started again with the same arguments resumes.
+    ``out/training``); an interrupted run started again with the same data and settings resumes; with other
+    ones it raises :class:`~deepsem.errors.ResumeMismatchError` (``resume=False`` starts over). ``progress``:
+    a progress bar; None shows it only when stderr is a terminal.
     """
     t0 = time.perf_counter()
     cfg = training if isinstance(training, TrainConfig) else TrainConfig.from_dict(training or {}, "training")
@@ -639,16 +649,26 @@ def train_classifier(
     if dev_data is not None and not len(dev_data):
         raise DataError(dev_data.source or "dev data", None, None, "no labelled texts in the dev data")
     weights = compute_class_weights(targets, labels, class_weights, multi_label)
+    tcfg = tower if isinstance(tower, TowerConfig) else TowerConfig.from_dict(tower or {}, "tower")
+    tower_settings = tcfg.to_dict()
+    tower_settings.pop("vocab_size", None)  # set from the tokenizer
+    fingerprint = run_fingerprint(
+        cfg, **{"training data": data_fingerprint(train_data.texts, train_data.labels),
+                "dev data": None if dev_data is None else data_fingerprint(dev_data.texts, dev_data.labels)},
+        tokenizer=tokenizer_fingerprint(tokenizer, tokenizer_options), tower=tower_settings,
+        task={"multi_label": multi_label, "class_weights": None if weights is None else weights.tolist(),
+              "head_dropout": head_dropout, "label_smoothing": label_smoothing, "ngram_buckets": ngram_buckets,
+              "ngram_order": ngram_order, "ngram_dim": ngram_dim})
+    resuming = check_resume(run_dir, fingerprint, resume)
 
     if isinstance(tokenizer, str):
-        if resume and (run_dir / "tokenizer" / "tokenizer.json").exists():
+        if resuming and (run_dir / "tokenizer" / "tokenizer.json").exists():
             tok = load_tokenizer(run_dir / "tokenizer")
         else:
             tok = build_tokenizer(tokenizer, iter(train_data.texts), **(tokenizer_options or {}))
             tok.save(run_dir / "tokenizer")
     else:
         tok = tokenizer
-    tcfg = tower if isinstance(tower, TowerConfig) else TowerConfig.from_dict(tower or {}, "tower")
     tcfg.vocab_size = tok.vocab_size
     _check_tokenizer_fits(tcfg.encoder, tok)
     ccfg = ClassifierConfig(tower=tcfg, num_labels=len(labels), multi_label=multi_label, dropout=head_dropout,
@@ -700,7 +720,7 @@ def train_classifier(
         batches=lambda epoch, rng: length_batches(lengths, cfg.batch_size, rng,
                                                   _BUCKET_BATCHES if cfg.length_buckets else 1),
         steps_per_epoch=steps_per_epoch, evaluate=evaluate if dev_data is not None else None,
-        metric=metric, on_best=on_best, progress=progress,
+        metric=metric, on_best=on_best, progress=progress, fingerprint=fingerprint,
     )
     result = trainer.fit(resume=resume)
     return finish_run(result, info, out, run_dir, metric, t0, Classifier.load), result

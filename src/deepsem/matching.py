@@ -23,7 +23,15 @@ from deepsem.losses import hinge_loss, negative_scores, pointwise_loss, softmax_
 from deepsem.metrics import pair_metrics, retrieval_metrics
 from deepsem.models import TwoTowerModel
 from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
-from deepsem.trainer import Trainer, TrainResult, check_resume, data_fingerprint, finish_run, run_fingerprint
+from deepsem.trainer import (
+    Trainer,
+    TrainResult,
+    check_resume,
+    data_fingerprint,
+    finish_run,
+    run_fingerprint,
+    tokenizer_fingerprint,
+)
 
 
 @dataclass
@@ -343,14 +351,6 @@ def train(
     )
     result = trainer.fit(resume=resume)
     return finish_run(result, info, out, run_dir, metric, t0, SemanticModel.load), result
-
-
-def tokenizer_fingerprint(tokenizer: str | Tokenizer, options: dict[str, Any] | None) -> dict[str, Any]:
-    """The tokenizer settings a run depends on: a name and options (learnt from the data), or a given
-    tokenizer's config and vocabulary size."""
-    if isinstance(tokenizer, str):
-        return {"name": tokenizer, "options": dict(options or {})}
-    return {"given": tokenizer.config(), "vocab_size": tokenizer.vocab_size}
 
 
 def _pair_fingerprint(cfg: TrainConfig, mcfg: ModelConfig, train_pairs: TextPairs, dev_pairs: TextPairs | None,

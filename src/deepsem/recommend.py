@@ -43,7 +43,7 @@ from deepsem.losses import candidate_softmax_loss
 from deepsem.metrics import recommendation_metrics
 from deepsem.models.recommender import TwoTowerRecommender
 from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
-from deepsem.trainer import Trainer, TrainResult, finish_run
+from deepsem.trainer import Trainer, TrainResult, check_resume, data_fingerprint, finish_run, run_fingerprint
 
 __all__ = [
     "Recommendation",
@@ -464,7 +464,7 @@ def train_recommender(
     interactions: Interactions | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> tuple[Recommender, TrainResult]:
     """Train the two-tower recommender on ``data`` and save the best model (validation NDCG@10) to ``out``.
 
@@ -477,7 +477,9 @@ def train_recommender(
     ``"sampled"`` (those plus ``num_negatives`` items drawn by popularity); ``logq`` subtracts the log of each
     candidate's sampling probability for the last two. ``item2vec_init``: start the item-id embeddings from
     Item2Vec vectors trained on the training sequences (needs gensim). Run files go to ``run_dir`` (default
-    ``out/training``); a killed run started again resumes from its checkpoint.
+    ``out/training``); a killed run started again with the same data and settings resumes from its checkpoint;
+    with other ones it raises :class:`~deepsem.errors.ResumeMismatchError` (``resume=False`` starts over).
+    ``progress``: a progress bar; None shows it only when stderr is a terminal.
     """
     t0 = time.perf_counter()
     cfg = training if isinstance(training, TrainConfig) else TrainConfig.from_dict(
@@ -501,6 +503,18 @@ def train_recommender(
 
     rcfg = config if isinstance(config, RecommenderConfig) else RecommenderConfig.from_dict(config or {},
                                                                                            "recommender")
+    model_settings = rcfg.to_dict()
+    for derived in ("n_items", "n_categories", "n_user_features", "n_title_tokens"):  # set from the data below
+        model_settings.pop(derived, None)
+    item_features = None if features is None else ([features.titles.get(i, "") for i in split.items],
+                                                   [features.categories.get(i, []) for i in split.items])
+    fingerprint = run_fingerprint(
+        cfg, **{"training data": data_fingerprint(split.items, split.train, split.valid, item_features,
+                                                  None if user_features is None else
+                                                  [user_features.get(u, []) for u in split.users])},
+        model=model_settings,
+        task={"negatives": negatives, "num_negatives": num_negatives, "logq": logq, "item2vec_init": item2vec_init})
+    check_resume(run_dir, fingerprint, resume)
     counts = split.train_counts()
     titles = [features.titles.get(i, "") if features else "" for i in split.items]
     categories = [features.categories.get(i, []) if features else [] for i in split.items]
@@ -587,6 +601,6 @@ def train_recommender(
 
     trainer = Trainer(net, cfg, run_dir, step=step, batches=batches, steps_per_epoch=steps_per_epoch,
                       evaluate=evaluate if has_valid else None, metric="ndcg@10", on_best=on_best,
-                      progress=progress)
+                      progress=progress, fingerprint=fingerprint)
     result = trainer.fit(resume=resume)
     return finish_run(result, info, out, run_dir, "ndcg@10", t0, Recommender.load), result

@@ -112,6 +112,14 @@ def run_fingerprint(config: TrainConfig, **parts: Any) -> dict[str, Any]:
     return json.loads(json.dumps({"training": training, **parts}, sort_keys=True, default=str))
 
 
+def tokenizer_fingerprint(tokenizer: Any, options: dict[str, Any] | None) -> dict[str, Any]:
+    """The tokenizer settings a run depends on: a name and options (learnt from the data), or a given
+    tokenizer's config and vocabulary size."""
+    if isinstance(tokenizer, str):
+        return {"name": tokenizer, "options": dict(options or {})}
+    return {"given": tokenizer.config(), "vocab_size": tokenizer.vocab_size}
+
+
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict) and value:
         out: dict[str, Any] = {}
