@@ -385,3 +385,22 @@ def test_classify_endpoint(lstm_clf: Classifier, tmp_path: Path, monkeypatch: py
         r = client.post("/classify", json={"texts": ["火车站"]})
         assert r.status_code == 200 and r.json()["predictions"][0][0]["label"] == lstm_clf.predict("火车站")[0][0]
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_run_with_other_data_or_settings_is_not_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from deepsem.errors import ResumeMismatchError
+    from deepsem.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "plot", lambda self: None)  # a second per run; not under test
+
+    training = {**TINY_TRAINING, "epochs": 1}
+    data, other = write_rows(tmp_path / "a.tsv", make_rows(64, 1)), write_rows(tmp_path / "b.tsv", make_rows(64, 2))
+    train_classifier(data, tmp_path / "m", tower=TINY_TOWER, training=training, progress=False)
+    with pytest.raises(ResumeMismatchError, match=r"training data differs.*--no-resume"):
+        train_classifier(other, tmp_path / "m", tower=TINY_TOWER, training=training, progress=False)
+    with pytest.raises(ResumeMismatchError, match=r"tower\.hidden_size 16 -> 24"):
+        train_classifier(data, tmp_path / "m", tower={**TINY_TOWER, "hidden_size": 24}, training=training,
+                         progress=False)
+    _, result = train_classifier(other, tmp_path / "m", tower={**TINY_TOWER, "hidden_size": 24}, training=training,
+                                 resume=False, progress=False)
+    assert result.steps == 2

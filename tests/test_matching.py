@@ -265,3 +265,36 @@ def test_length_buckets_cover_every_pair_once_and_cut_padding():
     assert all(np.array_equal(x, y) for x, y in zip(bucketed, again, strict=True))  # repeatable from the rng
     # batches come in shuffled order, not sorted by length
     assert not np.all(np.diff([lengths[idx].max() for idx in bucketed]) >= 0)
+
+
+def test_a_run_with_other_data_or_settings_is_not_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    from deepsem.errors import ResumeMismatchError
+    from deepsem.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "plot", lambda self: None)  # a second per run; not under test
+
+    training = {**TINY_TRAINING, "epochs": 1}
+    data, other = write_tsv(tmp_path / "a.tsv", make_pairs(64, 5)), write_tsv(tmp_path / "b.tsv", make_pairs(64, 6))
+    out = tmp_path / "m"
+    deepsem.train(data, out, model=TINY_MODEL, training=training, progress=False)
+    saved = {p.name: p.read_bytes() for p in (out / "model.safetensors", out / "tokenizer.json")}
+    with pytest.raises(ResumeMismatchError, match=r"training data differs.*--no-resume.*new --out"):
+        deepsem.train(other, out, model=TINY_MODEL, training=training, progress=False)
+    bigger = {"tower": {**TINY_MODEL["tower"], "hidden_size": 32}}
+    with pytest.raises(ResumeMismatchError, match=r"model\.tower\.hidden_size 24 -> 32"):
+        deepsem.train(data, out, model=bigger, training=training, progress=False)
+    with pytest.raises(ResumeMismatchError, match=r'tokenizer\.name "char" -> "word"'):
+        deepsem.train(data, out, tokenizer="word", model=TINY_MODEL, training=training, progress=False)
+    with pytest.raises(ResumeMismatchError, match=r"training\.lr 0\.01 -> 0\.02"):
+        deepsem.train(data, out, model=TINY_MODEL, training={**training, "lr": 0.02}, progress=False)
+    assert saved == {p.name: p.read_bytes() for p in (out / "model.safetensors", out / "tokenizer.json")}
+    # the same data and settings resume (a longer time budget is allowed)
+    capsys.readouterr()
+    deepsem.train(data, out, model=TINY_MODEL, training={**training, "max_minutes": 30.0}, progress=False)
+    assert "resumed from" in capsys.readouterr().out
+    # resume=False starts over with the new data and tokenizer: nothing of the old run is reused
+    _, result = deepsem.train(other, out, tokenizer="word", model=TINY_MODEL, training=training, resume=False,
+                                  progress=False)
+    assert result.steps == 2 and json.loads((out / "tokenizer.json").read_text())["config"]["name"] == "word"
+    assert json.loads((out / "training" / "tokenizer" / "tokenizer.json").read_text())["config"]["name"] == "word"
+    assert "resumed" not in capsys.readouterr().out

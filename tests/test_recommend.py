@@ -548,3 +548,27 @@ def test_service_recommend(trained: Recommender, tmp_path: Path, monkeypatch: py
         with TestClient(captured["app"]) as client:
             r = client.post("/recommend", json={"history": ["i10", "i11"], "k": 1})
             assert r.status_code == 200 and r.json()["items"][0]["id"] == trained.recommend(["i10", "i11"], k=1)[0][0]
+
+
+def test_a_run_with_other_settings_is_not_resumed(cyclic: Interactions, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepsem.errors import ResumeMismatchError
+    from deepsem.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "plot", lambda self: None)  # a second per run; not under test
+
+    config = {**TINY, "encoder": "gru", "title_encoder": "none"}
+    training = {**TRAINING, "epochs": 1}
+    train_recommender(cyclic, tmp_path / "m", config=config, training=training, progress=False)
+    with pytest.raises(ResumeMismatchError, match=r"model\.hidden_size 32 -> 16.*--no-resume"):
+        train_recommender(cyclic, tmp_path / "m", config={**config, "hidden_size": 16}, training=training,
+                          progress=False)
+    with pytest.raises(ResumeMismatchError, match=r"task\.negatives \"full\" -> \"sampled\""):
+        train_recommender(cyclic, tmp_path / "m", config=config, training=training, negatives="sampled",
+                          progress=False)
+    with pytest.raises(ResumeMismatchError, match="training data differs"):
+        train_recommender(Interactions.from_rows(cyclic_rows(seed=1)), tmp_path / "m", config=config,
+                          training=training, progress=False)
+    _, result = train_recommender(cyclic, tmp_path / "m", config={**config, "hidden_size": 16}, training=training,
+                                  resume=False, progress=False)
+    assert result.steps > 0

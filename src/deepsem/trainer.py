@@ -430,16 +430,13 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         target = self.checkpoint_dir
-        old = None
-        if target.exists():
-            old = self.run_dir / (_OLD_PREFIX + tmp.name[len(_TMP_PREFIX):])
-            os.rename(target, old)
+        if target.exists():  # a kill between these renames leaves both complete folders: the newer is taken
+            os.rename(target, self.run_dir / (_OLD_PREFIX + tmp.name[len(_TMP_PREFIX):]))
         os.rename(tmp, target)
         _fsync_path(self.run_dir)
         for folder in self.run_dir.iterdir():  # the previous checkpoint and leftovers of killed runs
             if folder.name.startswith((_TMP_PREFIX, _OLD_PREFIX)) and folder.is_dir():
                 shutil.rmtree(folder, ignore_errors=True)
-        del old
 
     def load_checkpoint(self) -> bool:
         """Restore from the run's checkpoint (see :func:`find_checkpoint`) if it has one; return whether it
