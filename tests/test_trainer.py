@@ -155,7 +155,8 @@ def test_early_stopping_and_the_time_budget(tmp_path: Path):
 
 def test_nan_stops_before_the_optimizer_step_and_says_where(tmp_path: Path):
     trainer, model = make_trainer(tmp_path, nan_at=8)
-    with pytest.raises(TrainingDivergedError, match=r"diverged at step 8: the loss became nan.*--lr.*--clip-norm"):
+    with pytest.raises(TrainingDivergedError, match=r"diverged at step 8: the loss became nan; the checkpoint "
+                                                    r"\(step 6\) holds finite weights.*--lr.*--clip-norm"):
         trainer.fit()
     assert all(torch.isfinite(p).all() for p in model.parameters())
     saved = load_file(str(tmp_path / "checkpoint" / "model.safetensors"))

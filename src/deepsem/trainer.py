@@ -372,6 +372,7 @@ class Trainer:
         self.fingerprint = fingerprint if fingerprint is not None else run_fingerprint(config)
         self.rngs = dict(rngs or {})
         self.resumed_from: int | None = None
+        self.saved_step: int | None = None  # step of the checkpoint on disk, once this run wrote or read one
         decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
@@ -434,6 +435,7 @@ class Trainer:
             os.rename(target, self.run_dir / (_OLD_PREFIX + tmp.name[len(_TMP_PREFIX):]))
         os.rename(tmp, target)
         _fsync_path(self.run_dir)
+        self.saved_step = int(self.state["global_step"])
         for folder in self.run_dir.iterdir():  # the previous checkpoint and leftovers of killed runs
             if folder.name.startswith((_TMP_PREFIX, _OLD_PREFIX)) and folder.is_dir():
                 shutil.rmtree(folder, ignore_errors=True)
@@ -479,21 +481,22 @@ class Trainer:
             raise ModelFileError(f"{folder}: checkpoint does not fit this model or optimiser "
                                  f"({str(exc).splitlines()[0][:200]}); {WAYS_OUT}") from None
         self.state = {k: doc[k] for k in self.state if k in doc}
-        self.resumed_from = int(self.state["global_step"])
+        self.resumed_from = self.saved_step = int(self.state["global_step"])
         return True
 
     def _diverged(self, what: str) -> TrainingDivergedError:
         step = self.state["global_step"] + 1
         cfg = self.config
         advice = (f"lower the learning rate (--lr, now {cfg.lr:g}) or clip the gradients "
-                  f"(--clip-norm, now {cfg.clip_norm}; --clip-value, now {cfg.clip_value})")
+                  f"(--clip-norm, now {cfg.clip_norm or 'off'}; --clip-value, now {cfg.clip_value or 'off'})")
         if self.resumed_from is not None:
             return TrainingDivergedError(
                 f"{self.run_dir}: resumed from the checkpoint at step {self.resumed_from} and diverged again at "
                 f"step {step}: {what}; resuming leads to the same result: start over with --no-resume and "
                 f"{advice.replace('lower the learning rate', 'a lower learning rate')}")
-        return TrainingDivergedError(f"{self.run_dir}: training diverged at step {step}: {what}; the checkpoint "
-                                     f"holds the last finite weights; {advice}")
+        saved = ("no checkpoint was written yet" if self.saved_step is None else
+                 f"the checkpoint (step {self.saved_step}) holds finite weights")
+        return TrainingDivergedError(f"{self.run_dir}: training diverged at step {step}: {what}; {saved}; {advice}")
 
     # -- the loop --------------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
