@@ -55,6 +55,7 @@ from typing import IO, Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 
+from deepsem import fileio
 from deepsem.data.errors import DataError, SkipReport
 
 __all__ = [
@@ -110,6 +111,11 @@ _FORMAT_ALIASES: dict[str, Format] = {
 _COMPRESSION: dict[str, Callable[..., IO[bytes]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _PARQUET_BATCH_ROWS = 4096
 _SURROGATES = re.compile("[\udc80-\udcff]")
+
+#: Most lines one CSV record may span (a quoted field may hold line breaks). A quote left open swallows the
+#: rows after it into one field; past this many lines (or at the end of the file) that is an error naming the
+#: line where the quoted field opened.
+MAX_CSV_RECORD_LINES = 100
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,13 +284,14 @@ class _Ctx:
         return DataError(self.path, line, field_name, problem, column=column, unit=self.unit)
 
 
-def _decoded_lines(fh: IO[bytes], encoding: str) -> Iterator[tuple[int, str, bool]]:
+def _decoded_lines(fh: IO[bytes], encoding: str, path: str) -> Iterator[tuple[int, str, bool]]:
     """Yield ``(line number, text with its line end, had undecodable bytes)`` for each line.
 
     Undecodable bytes are kept as lone surrogates (``surrogateescape``), which valid text never
-    contains, so the field that holds them can be named later.
+    contains, so the field that holds them can be named later. A line longer than
+    :data:`deepsem.fileio.MAX_LINE_BYTES` is a :class:`DataError` (never read whole).
     """
-    for lineno, raw in enumerate(fh, start=1):
+    for lineno, raw in fileio.bounded_lines(fh, path, fileio.MAX_LINE_BYTES):
         try:
             text = raw.decode(encoding)
             bad = False
@@ -317,16 +324,21 @@ def _csv_rows(
     lines: Iterable[tuple[int, str, bool]], ctx: _Ctx
 ) -> Iterator[tuple[int, list[str], bool] | DataError]:
     last_bad = 0
+    prev = 0  # the last line of the previous record
+    eof = False
 
     def feed() -> Iterator[str]:
-        nonlocal last_bad
+        nonlocal last_bad, eof
         for lineno, text, bad in lines:
             if bad:
                 last_bad = lineno
+            if lineno - prev > MAX_CSV_RECORD_LINES:
+                raise ctx.error(prev + 1, None, f"a quoted field opened on this line is still open "
+                                f"{MAX_CSV_RECORD_LINES} lines later: an unbalanced '\"'? (quote it as '\"\"')")
             yield text
+        eof = True
 
     reader = csv.reader(feed())
-    prev = 0
     while True:
         try:
             row = next(reader)
@@ -337,6 +349,9 @@ def _csv_rows(
             yield ctx.error(start, None, f"malformed CSV ({e})")
             continue
         start, prev = prev + 1, reader.line_num
+        if eof:  # the reader asked for more lines after the last one: a quoted field never closed
+            raise ctx.error(start, None, "a quoted field opened on this line runs to the end of the file: "
+                            "an unbalanced '\"'? (quote it as '\"\"')")
         if not row or (len(row) == 1 and not row[0].strip(" ")):
             continue
         yield start, row, last_bad >= start
@@ -356,7 +371,7 @@ def _delimited_records(
         raise ValueError(f"{path}: columns given by name need a header line (header=False was passed)")
     positions: dict[str, int | None] = {c.name: c.spec for c in cols if isinstance(c.spec, int)}
     with _open_binary(path) as fh:
-        lines = _decoded_lines(fh, encoding)
+        lines = _decoded_lines(fh, encoding, path)
         rows = _tsv_rows(lines) if fmt == "tsv" else _csv_rows(lines, ctx)
         first = True
         pending: list[tuple[int, list[str], bool] | DataError] = []  # a row read ahead by the header check
@@ -436,7 +451,7 @@ def _sniff_header(fields: list[str], cols: Sequence[_Col], sniff: Callable[[dict
 
 def _jsonl_records(path: str, cols: Sequence[_Col], encoding: str, ctx: _Ctx) -> Iterator[Record | DataError]:
     with _open_binary(path) as fh:
-        for lineno, text, bad in _decoded_lines(fh, encoding):
+        for lineno, text, bad in _decoded_lines(fh, encoding, path):
             text = text.strip()
             if not text:
                 continue
@@ -551,8 +566,7 @@ def _records(
     for c in cols:
         if isinstance(c.spec, bool) or not isinstance(c.spec, int | str):
             raise TypeError(f"column for {c.name!r} must be an int position or a str name, got {c.spec!r}")
-    if not os.path.exists(spath):
-        raise FileNotFoundError(spath)
+    fileio.regular_file(spath, "data file")
     ctx = _Ctx(spath, kind, cols)
     if kind == "parquet":
         it = _parquet_records(spath, cols, encoding, ctx)
