@@ -721,6 +721,69 @@ def _header_like(value: Any, label_map: LabelMap | None = None) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
+# Header detection for labelled texts (labels are words, so "not a number" cannot tell a header)
+
+#: Column names that mark a first line as the header of a labelled-text file (compared case-insensitively).
+TEXT_HEADER_NAMES = frozenset({
+    "text", "texts", "sentence", "sentences", "content", "review", "comment", "document", "doc", "body", "title",
+    "query", "question", "message", "utterance", "sentence1", "text_a", "input",
+})
+LABEL_HEADER_NAMES = frozenset({
+    "label", "labels", "class", "classes", "category", "categories", "tag", "tags", "target", "targets", "y",
+    "intent", "topic", "sentiment", "polarity", "gold_label",
+})
+
+
+def _name_like(value: Any, names: frozenset[str]) -> bool:
+    return isinstance(value, str) and value.strip().casefold() in names
+
+
+def sniff_labelled_header(
+    path: str | os.PathLike[str], text_col: Column, label_col: Column, *, fmt: str | None = None,
+    encoding: str = "utf-8",
+) -> bool:
+    """Whether the first line of a TSV/CSV file of labelled texts (columns given by position) is a header.
+
+    It is when its text field is a usual text column name (``text``, ``sentence``, ...) or its label field a
+    usual label column name (``label``, ``class``, ...), and the next line's are not. The decision is logged
+    (a warning when only one of the two fields looked like a name); pass ``header=`` to decide yourself.
+    """
+    spath = os.fspath(path)
+    cols = [_Col("text", text_col), _Col("label", label_col)]
+    _, items = _records(spath, cols, fmt=fmt, header=False, encoding=encoding)
+    try:
+        rows = []
+        for item in items:
+            rows.append(item)
+            if len(rows) == 2:
+                break
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+    if not rows or not isinstance(rows[0], Record):
+        return False
+    first = rows[0].values
+    by_text = _name_like(first.get("text"), TEXT_HEADER_NAMES)
+    by_label = _name_like(first.get("label"), LABEL_HEADER_NAMES)
+    if not (by_text or by_label):
+        return False
+    nxt = rows[1] if len(rows) > 1 and isinstance(rows[1], Record) else None
+    if nxt is not None and (_name_like(nxt.values.get("text"), TEXT_HEADER_NAMES)
+                            or _name_like(nxt.values.get("label"), LABEL_HEADER_NAMES)):
+        logger.warning("%s: lines %d and %d both look like a header; reading line %d as data (pass header=True "
+                       "to skip it)", spath, rows[0].line, nxt.line, rows[0].line)
+        return False
+    shown = f"{first.get('text')!r}, {first.get('label')!r}"
+    if by_text and by_label:
+        logger.info("%s: line %d (%s) is a header", spath, rows[0].line, shown)
+    else:
+        logger.warning("%s: reading line %d (%s) as a header, not a training row; pass header=False if it is "
+                       "data", spath, rows[0].line, shown)
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
 # Labelled pairs
 
 
@@ -736,6 +799,7 @@ def iter_pairs(
     label_map: LabelMap | None = None,
     encoding: str = "utf-8",
     report: SkipReport | None = None,
+    binary: bool = False,
 ) -> Iterator[PairRow]:
     """Stream ``(text_a, text_b, label, line)`` rows from a file of text pairs.
 
@@ -745,6 +809,10 @@ def iter_pairs(
     a function gets the raw value. A mapped value of ``None`` drops the row on purpose (counted in
     ``report.filtered``, not as a bad row). ``label=None`` reads unlabelled positives: every row gets
     label 1.0 (translation pairs, clicked query-title pairs).
+
+    ``binary=True`` (training pairs): a label, after ``label_map``, that is not 0 or 1 is a bad row whose
+    message says how to map it; without it graded labels (STS-B 0-5, 0/1/2 relevance) are read as they are,
+    for Spearman and graded evaluation.
 
     Bad rows raise :class:`DataError`, or with ``skip_bad_rows=True`` are skipped and counted in
     ``report`` (pass your own :class:`SkipReport` to see it). Rows come out as the file is read.
@@ -766,6 +834,13 @@ def iter_pairs(
             raise ctx.error(rec.line, "label", str(e)) from None
         if isinstance(y, _Drop):
             return y
+        if binary and y not in (0.0, 1.0):
+            raw = rec.values["label"]
+            how = ("label_map gave it; make label_map return 0, 1 or None" if label_map is not None else
+                   "training needs 0/1 labels: map them with label_map, e.g. {'0': 0, '1': 0, '2': 1}, or a "
+                   "threshold, e.g. label_map=lambda v: float(v) >= 4")
+            shown = f"{raw!r}" if label_map is None else f"{raw!r} (mapped to {y:g})"
+            raise ctx.error(rec.line, "label", f"{shown} is not 0 or 1; {how}")
         return PairRow(a, b, y, rec.line)
 
     return _convert(items, convert, skip_bad_rows, report if report is not None else SkipReport())
@@ -782,6 +857,7 @@ def read_pairs(
     skip_bad_rows: bool = False,
     label_map: LabelMap | None = None,
     encoding: str = "utf-8",
+    binary: bool = False,
 ) -> Pairs:
     """Read a whole file of text pairs into :class:`Pairs` (see :func:`iter_pairs` for the options).
 
@@ -803,6 +879,7 @@ def read_pairs(
         label_map=label_map,
         encoding=encoding,
         report=report,
+        binary=binary,
     ):
         a_list.append(row.text_a)
         b_list.append(row.text_b)
