@@ -6,9 +6,11 @@ A reader never sees a half-written file, and a process killed mid-write leaves t
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import stat
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -149,7 +151,12 @@ def bounded_lines(fh: IO[bytes], path: str | os.PathLike[str], max_line_bytes: i
 
     lineno = 0
     while True:
-        raw = fh.readline(max_line_bytes + 1)
+        try:
+            raw = fh.readline(max_line_bytes + 1)
+        except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:  # damaged or cut-off compressed data
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise DataError(path, lineno + 1, None, f"cannot read: {reason}"
+                            + (" (truncated?)" if isinstance(exc, EOFError) else "")) from None
         if not raw:
             return
         lineno += 1

@@ -506,8 +506,18 @@ def _json_values(
 def _parquet_records(
     path: str, cols: Sequence[_Col], encoding: str, ctx: _Ctx
 ) -> Iterator[Record | DataError]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        yield from _parquet_rows(pq, path, cols, encoding, ctx)
+    except (pa.ArrowException, OSError) as exc:  # not Parquet, damaged, truncated
+        raise ctx.error(None, None, f"cannot read the Parquet file: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+                        ) from None
+
+
+def _parquet_rows(pq: Any, path: str, cols: Sequence[_Col], encoding: str, ctx: _Ctx
+                  ) -> Iterator[Record | DataError]:
     with pq.ParquetFile(path) as pf:
         names = list(pf.schema_arrow.names)
         resolved: dict[str, str | None] = {}
