@@ -416,7 +416,8 @@ def load_vectors(
                 if len(values) != dim:
                     raise ValueError(f"token {token!r} has {len(values)} values, expected {dim} as in {dim_source}")
                 try:
-                    row = np.array(values, dtype=np.float32)
+                    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, reported below
+                        row = np.array(values, dtype=np.float32)
                 except ValueError:
                     bad = next(i for i, v in enumerate(values) if not _is_number(v))
                     raise ValueError(f"value {bad + 1} of token {token!r} is not a number: {values[bad]!r}") from None

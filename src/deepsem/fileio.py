@@ -164,8 +164,26 @@ def bounded_lines(fh: IO[bytes], path: str | os.PathLike[str], max_line_bytes: i
             raw = raw[len(UTF8_BOM):]
             if len(raw) == max_line_bytes + 1 - len(UTF8_BOM) and not raw.endswith(b"\n"):
                 raw += fh.readline(len(UTF8_BOM))  # the BOM does not count against the cap
+        if len(raw) > max_line_bytes and raw.endswith(b"\r"):  # a CRLF line of exactly the cap
+            raw += fh.readline(1)
         if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
             hint = " (CR-only line ends?)" if b"\r" in raw else ""
             raise DataError(path, lineno, None, f"line longer than {max_line_bytes:,} bytes{hint}; "
                             "is this a line-based text file?")
         yield lineno, raw
+
+
+def utf8_lines(fh: IO[bytes], path: str | os.PathLike[str], max_line_bytes: int | None = None
+               ) -> Iterator[tuple[int, str]]:
+    """Yield ``(line number, text without its line end)`` of a UTF-8 binary stream (a file, ``sys.stdin.buffer``)
+    with :func:`bounded_lines`. Bytes that are not UTF-8 raise :class:`deepsem.data.errors.DataError` naming
+    the line and the byte's position in that line (never an offset into a read buffer)."""
+    from deepsem.data.errors import DataError
+
+    for lineno, raw in bounded_lines(fh, path, MAX_LINE_BYTES if max_line_bytes is None else max_line_bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(path, lineno, None, f"not UTF-8 text (byte {exc.start + 1} of the line is "
+                            f"{raw[exc.start:exc.start + 1]!r})") from None
+        yield lineno, text.rstrip("\r\n")

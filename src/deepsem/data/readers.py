@@ -57,6 +57,7 @@ import numpy as np
 
 from deepsem import fileio
 from deepsem.data.errors import DataError, SkipReport
+from deepsem.errors import ConfigError
 
 __all__ = [
     "Clicks",
@@ -232,16 +233,16 @@ def detect_format(path: str | os.PathLike[str], fmt: str | None = None) -> Forma
     if fmt is not None:
         try:
             return _FORMAT_ALIASES[fmt.lower().lstrip(".")]
-        except KeyError:
-            raise ValueError(f"unknown format {fmt!r}; use one of tsv, csv, jsonl, parquet") from None
+        except (KeyError, AttributeError):
+            raise ConfigError(f"unknown format {fmt!r}; use one of tsv, csv, jsonl, parquet") from None
     suffixes = [s.lower() for s in Path(path).suffixes]
     if suffixes and suffixes[-1] in _COMPRESSION:
         suffixes = suffixes[:-1]
     if suffixes and suffixes[-1] in _SUFFIX_FORMATS:
         return _SUFFIX_FORMATS[suffixes[-1]]
-    raise ValueError(
-        f"cannot tell the format of {os.fspath(path)!r} from its suffix; pass fmt='tsv', 'csv', 'jsonl' "
-        "or 'parquet'"
+    raise DataError(
+        path, None, None, "cannot tell the format from the file name's suffix (.tsv, .csv, .jsonl, .parquet, "
+        "optionally .gz/.bz2/.xz); pass fmt='tsv', 'csv', 'jsonl' or 'parquet'"
     )
 
 
@@ -251,9 +252,12 @@ def _open_binary(path: str) -> IO[bytes]:
 
 
 def _check_encoding(encoding: str) -> str:
-    name = codecs.lookup(encoding).name
+    try:
+        name = codecs.lookup(encoding).name
+    except (LookupError, TypeError):
+        raise ConfigError(f"unknown encoding {encoding!r}") from None
     if name.startswith(("utf-16", "utf-32")):
-        raise ValueError(
+        raise ConfigError(
             f"encoding {encoding!r} is not ASCII-compatible; the readers split lines on b'\\n' before "
             "decoding. Convert the file to UTF-8 first."
         )
@@ -368,7 +372,7 @@ def _delimited_records(
 ) -> Iterator[Record | DataError]:
     named = any(isinstance(c.spec, str) for c in cols)
     if header is False and named:
-        raise ValueError(f"{path}: columns given by name need a header line (header=False was passed)")
+        raise ConfigError(f"{path}: columns given by name need a header line (header=False was passed)")
     positions: dict[str, int | None] = {c.name: c.spec for c in cols if isinstance(c.spec, int)}
     with _open_binary(path) as fh:
         lines = _decoded_lines(fh, encoding, path)
@@ -568,6 +572,7 @@ def _records(
     sniff: Callable[[dict[str, Any]], bool] | None = None,
 ) -> tuple[_Ctx, Iterator[Record | DataError]]:
     spath = os.fspath(path)
+    fileio.regular_file(spath, "data file")
     kind = detect_format(spath, fmt)
     _check_encoding(encoding)
     names = [c.name for c in cols]
@@ -576,7 +581,6 @@ def _records(
     for c in cols:
         if isinstance(c.spec, bool) or not isinstance(c.spec, int | str):
             raise TypeError(f"column for {c.name!r} must be an int position or a str name, got {c.spec!r}")
-    fileio.regular_file(spath, "data file")
     ctx = _Ctx(spath, kind, cols)
     if kind == "parquet":
         it = _parquet_records(spath, cols, encoding, ctx)
@@ -1011,6 +1015,10 @@ def read_retrieval(
     judgements of one (query, doc) pair the last one wins.
     """
     base = Path(directory) if directory is not None else None
+    if base is not None and not base.is_dir():
+        fileio.regular_file(base, "retrieval folder")  # missing, a FIFO, a device: says which
+        raise DataError(base, None, None, "is a file; give a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or "
+                        "corpus_path=, queries_path=, qrels_path=")
 
     def resolve(explicit: str | os.PathLike[str] | None, *parts: str) -> str:
         if explicit is not None:
