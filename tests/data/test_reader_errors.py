@@ -118,10 +118,10 @@ def test_quote_open_at_the_last_line_and_legitimate_multiline_fields(tmp_path: P
 
 
 # -- 4. pair labels other than 0/1 ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(("label", "line"), [("2", 2), ("-1", 2), ("0.5", 2)])
-def test_training_pairs_refuse_labels_other_than_0_1(tmp_path: Path, label: str, line: int) -> None:
+@pytest.mark.parametrize("label", ["2", "-1", "0.5"])
+def test_training_pairs_refuse_labels_other_than_0_1(tmp_path: Path, label: str) -> None:
     path = write(tmp_path / "train.tsv", f"a\tb\t1\nc\td\t{label}\ne\tf\t0\n")
-    with pytest.raises(DataError, match=rf"train\.tsv, line {line}, field 'label': '{label}' is not 0 or 1; .*label_map"):
+    with pytest.raises(DataError, match=rf"train\.tsv, line 2, field 'label': '{label}' is not 0 or 1; .*label_map"):
         as_pairs(path, binary=True)
     with pytest.raises(DataError, match="is not 0 or 1"):
         read_pairs(path, binary=True)
@@ -183,7 +183,7 @@ def test_missing_files_and_directories_are_data_errors(tmp_path: Path) -> None:
     for read in _readers(tmp_path):
         with pytest.raises(DataError, match=r"is a directory; give a"):
             read()
-    with pytest.raises(DataError, match="ml.txt: is a file; give a MovieLens folder"):
+    with pytest.raises(DataError, match=r"ml\.txt: is a file; give a MovieLens folder"):
         load_movielens(write(tmp_path / "ml.txt", "x"))
     with pytest.raises(DataError, match="is a file; give a BEIR folder"):
         read_retrieval(write(tmp_path / "beir.txt", "x"))
@@ -247,7 +247,7 @@ def test_undecodable_byte_is_named_by_line_and_position_in_that_line(tmp_path: P
     assert seen == [1, 2, 3]
     vec = tmp_path / "v.vec"
     vec.write_bytes(b"a 1 2\n" * 3000 + b"b\xff 1 2\n")
-    with pytest.raises(DataError, match=r"v\.vec, line 3001: not UTF-8 text \(invalid start byte at byte 2 of the line"):
+    with pytest.raises(DataError, match=r"v\.vec, line 3001: not UTF-8 text \(invalid start byte at byte 2 of the"):
         read_vectors(vec)
 
 
