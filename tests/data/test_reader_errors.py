@@ -235,6 +235,13 @@ def test_garbage_parquet_is_a_data_error(tmp_path: Path) -> None:
         read_pairs(path)
 
 
+def test_deeply_nested_json_line_is_a_bad_row_not_a_recursion_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.jsonl", '["a", "b", 1]\n' + "[" * 200_000 + "\n" + '["c", "d", 0]\n')
+    with pytest.raises(DataError, match=r"p\.jsonl, line 2: invalid JSON \(nested too deeply\)"):
+        read_pairs(path)
+    assert read_pairs(path, skip_bad_rows=True).text_a == ["a", "c"]
+
+
 # -- 6. error positions in the file, not in a read buffer ---------------------------------------------------------
 def test_undecodable_byte_is_named_by_line_and_position_in_that_line(tmp_path: Path) -> None:
     path = tmp_path / "t.txt"

@@ -467,6 +467,9 @@ def _jsonl_records(path: str, cols: Sequence[_Col], encoding: str, ctx: _Ctx) ->
                 else:
                     yield ctx.error(lineno, None, f"invalid JSON ({e.msg} at column {e.colno})")
                 continue
+            except RecursionError:
+                yield ctx.error(lineno, None, "invalid JSON (nested too deeply)")
+                continue
             yield _json_values(obj, lineno, cols, bad, encoding, ctx)
 
 
