@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from deepsem.config import ClassifierConfig, ConfigError, TowerConfig, TrainConfig
 from deepsem.data.batches import length_batches
 from deepsem.data.errors import DataError, SkipReport
-from deepsem.data.readers import Column, detect_format, iter_records
+from deepsem.data.readers import Column, detect_format, iter_records, sniff_labelled_header
 from deepsem.fileio import atomic_write, atomic_write_json
 from deepsem.io import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_task_config
 from deepsem.metrics import precision_recall_f1
@@ -159,7 +159,9 @@ def read_labelled(
     """Read a file of labelled texts (TSV/CSV/JSONL/Parquet; see :mod:`deepsem.data.readers`).
 
     ``labels``: the labels a model knows; a row with any other label is a bad row (dev and test files).
-    ``header=None``: the first TSV/CSV line is a header exactly when a column is given by name.
+    ``header=None``: the first TSV/CSV line is a header when a column is given by name, or, with columns given by
+    position, when it holds column names such as ``text`` / ``label`` (see
+    :func:`deepsem.data.readers.sniff_labelled_header`; the decision is logged). ``True`` / ``False`` decide.
     Bad rows raise :class:`DataError` naming file, line and field, or with ``skip_bad_rows`` are skipped and
     counted in ``.skipped``.
     """
@@ -171,6 +173,9 @@ def read_labelled(
     rows: list[tuple[str, ...]] = []
     lines: list[int] = []
     columns = {"text": text_col, "label": label_col}
+    if (header is None and isinstance(text_col, int) and isinstance(label_col, int)
+            and detect_format(spath, fmt) in ("tsv", "csv")):
+        header = sniff_labelled_header(spath, text_col, label_col, fmt=fmt, encoding=encoding)
     for rec in iter_records(spath, columns, fmt=fmt, header=header, skip_bad_rows=skip_bad_rows, report=report,
                             encoding=encoding):
         try:

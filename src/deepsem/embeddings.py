@@ -34,7 +34,9 @@ from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 
 import numpy as np
 
-from deepsem.fileio import atomic_write
+from deepsem import fileio
+from deepsem.data.errors import DataError
+from deepsem.fileio import atomic_write, bounded_lines, regular_file
 from deepsem.text.base import Tokenizer, VocabTokenizer
 from deepsem.text.vocab import SPECIAL_TOKENS
 
@@ -346,9 +348,11 @@ def load_vectors(
     ``vocab``: keep only these tokens (and, with ``match_lowercase``, tokens whose lower-case form is the
     lower-case form of one of them), so a 2M-word file costs memory only for the words wanted.
 
-    Raises ``ValueError`` naming the file, the line and the problem: a wrong number of values (or one that
-    differs from the header's dimension), a value that is not a finite number, an empty token, text that is not
-    UTF-8 (binary word2vec files are not supported), or fewer/more vectors than the header announces.
+    Raises :class:`~deepsem.data.errors.DataError` (a ``ValueError``) naming the file, the line and the problem:
+    a wrong number of values (or one that differs from the header's dimension), a value that is not a finite
+    number (NaN, Inf, too large for float32) with its token, an empty token, text that is not UTF-8 (binary
+    word2vec files are not supported), fewer/more vectors than the header announces, a line longer than
+    :data:`deepsem.fileio.MAX_LINE_BYTES`, or a path that is not a regular file.
     With ``on_error="skip"`` malformed vector lines are skipped and counted instead (the header checks remain).
     A token seen again is ignored (the first vector is kept) and counted in :attr:`VectorFile.duplicates`.
     """
@@ -375,15 +379,17 @@ def load_vectors(
     lines = duplicates = bad_lines = 0
     finished = True  # read to the end (False when stopped by ``limit``)
 
-    def fail(lineno: int, message: str) -> NoReturn:
-        raise ValueError(f"{path}, line {lineno}: {message}")
+    def fail(lineno: int | None, message: str) -> NoReturn:
+        raise DataError(path, lineno, None, message)
 
+    regular_file(path, "word-vector file")
     with _open_lines(path) as fh:
-        for lineno, raw in enumerate(fh, 1):
+        for lineno, raw in bounded_lines(fh, path, fileio.MAX_LINE_BYTES):
             try:
                 line = raw.decode("utf-8", errors=encoding_errors).rstrip("\r\n")
             except UnicodeDecodeError as exc:
-                fail(lineno, f"not UTF-8 text ({exc.reason} at byte {exc.start}); binary files are not supported")
+                fail(lineno, f"not UTF-8 text ({exc.reason} at byte {exc.start + 1} of the line); binary files are "
+                     "not supported")
             if not line.strip():
                 continue
             if lineno == 1 and (header := _parse_header(line)) is not None:
@@ -410,13 +416,15 @@ def load_vectors(
                 if len(values) != dim:
                     raise ValueError(f"token {token!r} has {len(values)} values, expected {dim} as in {dim_source}")
                 try:
-                    row = np.array(values, dtype=np.float32)
+                    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, reported below
+                        row = np.array(values, dtype=np.float32)
                 except ValueError:
                     bad = next(i for i, v in enumerate(values) if not _is_number(v))
                     raise ValueError(f"value {bad + 1} of token {token!r} is not a number: {values[bad]!r}") from None
                 if not np.isfinite(row).all():
                     bad = int(np.flatnonzero(~np.isfinite(row))[0])
-                    raise ValueError(f"value {bad + 1} of token {token!r} is not finite: {values[bad]!r}")
+                    why = "" if not math.isfinite(float(values[bad])) else " (too large for float32)"
+                    raise ValueError(f"value {bad + 1} of token {token!r} is not finite: {values[bad]!r}{why}")
             except ValueError as exc:
                 if on_error == "raise":
                     fail(lineno, str(exc))
@@ -432,9 +440,9 @@ def load_vectors(
             words.append(token)
             rows.append(row)
     if header is None and lines == 0:
-        raise ValueError(f"{path}: no vectors in the file")
+        fail(None, "no vectors in the file")
     if header is not None and finished and header[0] != lines:
-        raise ValueError(f"{path}: the header (line 1) announces {header[0]} vectors but the file holds {lines}")
+        fail(None, f"the header (line 1) announces {header[0]} vectors but the file holds {lines}")
     matrix = rows.result() if rows is not None else np.zeros((0, dim), dtype=np.float32)
     if duplicates:
         logger.warning("%s: %d duplicate tokens ignored (the first vector of each is kept)", path, duplicates)

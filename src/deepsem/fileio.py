@@ -6,12 +6,14 @@ A reader never sees a half-written file, and a process killed mid-write leaves t
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def _umask() -> int:
@@ -113,13 +115,13 @@ def regular_file(path: str | os.PathLike[str], what: str = "file") -> Path:
     """``path`` if it is an existing regular file (following links); otherwise a
     :class:`deepsem.data.errors.DataError` saying what it is instead (missing, a directory, a FIFO, a device).
     Reading a FIFO would block forever and ``/dev/zero`` never ends, so readers call this first."""
-    from deepsem.data.errors import DataError
+    from deepsem.data.errors import DataError, DataFileNotFoundError
 
     path = Path(path)
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise DataError(path, None, None, f"{what} not found") from None
+        raise DataFileNotFoundError(path, None, None, f"{what} not found") from None
     except OSError as exc:
         raise DataError(path, None, None, f"cannot read {what}: {exc.strerror or exc}") from None
     if stat.S_ISDIR(st.st_mode):
@@ -129,3 +131,59 @@ def regular_file(path: str | os.PathLike[str], what: str = "file") -> Path:
                 or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
         raise DataError(path, None, None, f"is {kind}, not a regular {what}")
     return path
+
+
+#: Longest line (in bytes, without its line end) a data reader accepts. A longer one is almost always a file
+#: that is not line-based text (a binary file, one endless line such as ``/dev/zero``, CR-only line ends of
+#: a large file); reading it whole would exhaust memory.
+MAX_LINE_BYTES = 1 << 20
+
+#: A UTF-8 byte-order mark, dropped from the start of a file by every reader.
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def bounded_lines(fh: IO[bytes], path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
+                  ) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(line number, raw bytes with the line end)`` of a binary stream, never holding more than
+    ``max_line_bytes`` of one line: a longer line raises :class:`deepsem.data.errors.DataError` naming the
+    file and the line. A UTF-8 byte-order mark at the start of the stream is dropped."""
+    from deepsem.data.errors import DataError
+
+    lineno = 0
+    while True:
+        try:
+            raw = fh.readline(max_line_bytes + 1)
+        except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:  # damaged or cut-off compressed data
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise DataError(path, lineno + 1, None, f"cannot read: {reason}"
+                            + (" (truncated?)" if isinstance(exc, EOFError) else "")) from None
+        if not raw:
+            return
+        lineno += 1
+        if lineno == 1 and raw.startswith(UTF8_BOM):
+            raw = raw[len(UTF8_BOM):]
+            if len(raw) == max_line_bytes + 1 - len(UTF8_BOM) and not raw.endswith(b"\n"):
+                raw += fh.readline(len(UTF8_BOM))  # the BOM does not count against the cap
+        if len(raw) > max_line_bytes and raw.endswith(b"\r"):  # a CRLF line of exactly the cap
+            raw += fh.readline(1)
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            hint = " (CR-only line ends?)" if b"\r" in raw else ""
+            raise DataError(path, lineno, None, f"line longer than {max_line_bytes:,} bytes{hint}; "
+                            "is this a line-based text file?")
+        yield lineno, raw
+
+
+def utf8_lines(fh: IO[bytes], path: str | os.PathLike[str], max_line_bytes: int | None = None
+               ) -> Iterator[tuple[int, str]]:
+    """Yield ``(line number, text without its line end)`` of a UTF-8 binary stream (a file, ``sys.stdin.buffer``)
+    with :func:`bounded_lines`. Bytes that are not UTF-8 raise :class:`deepsem.data.errors.DataError` naming
+    the line and the byte's position in that line (never an offset into a read buffer)."""
+    from deepsem.data.errors import DataError
+
+    for lineno, raw in bounded_lines(fh, path, MAX_LINE_BYTES if max_line_bytes is None else max_line_bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(path, lineno, None, f"not UTF-8 text (byte {exc.start + 1} of the line is "
+                            f"{raw[exc.start:exc.start + 1]!r})") from None
+        yield lineno, text.rstrip("\r\n")

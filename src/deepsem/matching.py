@@ -5,6 +5,7 @@ This is what ``deepsem train`` and ``deepsem evaluate`` run, and what :func:`dee
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,12 +78,15 @@ def clicks_to_pairs(log: Clicks, min_clicks: float = 1.0) -> TextPairs:
 
 def as_pairs(data: str | Path | TextPairs | Any, columns: Sequence[int | str | None] = (0, 1, 2),
              skip_bad_rows: bool = False, label_map: Any = None, clicks: bool = False,
-             impressions: int | str | None = None) -> TextPairs:
+             impressions: int | str | None = None, *, binary: bool = False) -> TextPairs:
     """A file path (TSV/CSV/JSONL/Parquet) or already loaded pairs -> :class:`TextPairs`.
 
     With ``clicks`` the file is a click log: ``columns`` name the query, document and clicks columns (clicks
     ``None``: every row is one click), ``impressions`` an optional impressions column; see
     :func:`clicks_to_pairs`.
+    ``binary=True`` (training data): a label that is not 0/1 after ``label_map`` is a :class:`DataError` saying
+    how to map it. Otherwise graded labels are kept (pair evaluation then reports Spearman only) and one line on
+    stderr says that ranking metrics and training count a label above 0.5 as relevant.
     """
     if isinstance(data, TextPairs):
         return data
@@ -95,10 +99,15 @@ def as_pairs(data: str | Path | TextPairs | Any, columns: Sequence[int | str | N
     if isinstance(data, str | Path):
         a, b, label = columns
         pairs = read_pairs(data, text_a=a, text_b=b, label=label, skip_bad_rows=skip_bad_rows,
-                           label_map=label_map)
+                           label_map=label_map, binary=binary)
         if pairs.skipped.count:
             print(f"{data}: {pairs.skipped}")
         labels = None if label is None else np.asarray(pairs.labels, dtype=np.float32)
+        if labels is not None and len(labels) and not np.isin(labels, (0.0, 1.0)).all():
+            values = np.unique(labels)
+            shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
+            print(f"{data}: graded labels ({shown}): pair evaluation reports Spearman only; ranking metrics and "
+                  "training count a label above 0.5 as relevant (pass label_map to binarise)", file=sys.stderr)
         return TextPairs(list(pairs.text_a), list(pairs.text_b), labels)
     if hasattr(data, "text_a") and hasattr(data, "text_b"):
         labels = getattr(data, "labels", None)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from deepsem.errors import DeepsemError
 
-__all__ = ["DataError", "SkipReport"]
+__all__ = ["DataError", "DataFileNotFoundError", "SkipReport"]
 
 
 class DataError(DeepsemError, ValueError):
@@ -45,6 +45,11 @@ class DataError(DeepsemError, ValueError):
                 where += f" (column {column!r})"
             parts.append(where)
         super().__init__(", ".join(parts) + ": " + problem)
+
+
+class DataFileNotFoundError(DataError, FileNotFoundError):
+    """A data file that does not exist: a :class:`DataError` that is also a ``FileNotFoundError``, so code that
+    caught the latter from earlier versions keeps working."""
 
 
 def _short_path(path: str) -> str:

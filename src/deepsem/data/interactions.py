@@ -35,8 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from deepsem.data.errors import DataError, SkipReport
+from deepsem import fileio
+from deepsem.data.errors import DataError, DataFileNotFoundError, SkipReport
 from deepsem.data.readers import Column, iter_records
+from deepsem.fileio import bounded_lines, regular_file
 
 __all__ = [
     "Interactions",
@@ -251,9 +253,10 @@ def _split_lines(path: str, sep: str, encoding: str, n_fields: int, names: Seque
                  ) -> Iterator[tuple[int, dict[str, str] | DataError]]:
     """Rows of a MovieLens-style file (``u.data`` tabs, ``::`` or ``|``): the first fields by name, and all of
     them, in order, under ``"*"`` (joined by ``sep``)."""
-    with open(path, encoding=encoding, newline="") as fh:
-        for line_no, raw in enumerate(fh, 1):
-            text = raw.rstrip("\r\n")
+    regular_file(path, "MovieLens file")
+    with open(path, "rb") as fh:
+        for line_no, raw in bounded_lines(fh, path, fileio.MAX_LINE_BYTES):
+            text = raw.decode(encoding, "replace").rstrip("\r\n")
             if not text.strip():
                 continue
             parts = text.split(sep)
@@ -405,7 +408,12 @@ def load_movielens(directory: str | os.PathLike[str], *, skip_bad_rows: bool = F
                 features.categories[item] = cats + _decade(title)
             data.item_features = features
         return data
-    raise FileNotFoundError(f"{folder}: not a MovieLens folder (no u.data, ratings.dat or ratings.csv)")
+    if not folder.is_dir():
+        regular_file(folder, "MovieLens folder")  # missing, a FIFO, a device: says which
+        raise DataError(folder, None, None, "is a file; give a MovieLens folder (holding u.data, ratings.dat or "
+                        "ratings.csv)")
+    raise DataFileNotFoundError(folder, None, None, "not a MovieLens folder (no u.data, ratings.dat or "
+                                "ratings.csv)")
 
 
 @dataclass

@@ -55,7 +55,9 @@ from typing import IO, Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 
+from deepsem import fileio
 from deepsem.data.errors import DataError, SkipReport
+from deepsem.errors import ConfigError
 
 __all__ = [
     "Clicks",
@@ -110,6 +112,11 @@ _FORMAT_ALIASES: dict[str, Format] = {
 _COMPRESSION: dict[str, Callable[..., IO[bytes]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _PARQUET_BATCH_ROWS = 4096
 _SURROGATES = re.compile("[\udc80-\udcff]")
+
+#: Most lines one CSV record may span (a quoted field may hold line breaks). A quote left open swallows the
+#: rows after it into one field; past this many lines (or at the end of the file) that is an error naming the
+#: line where the quoted field opened.
+MAX_CSV_RECORD_LINES = 100
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,16 +233,16 @@ def detect_format(path: str | os.PathLike[str], fmt: str | None = None) -> Forma
     if fmt is not None:
         try:
             return _FORMAT_ALIASES[fmt.lower().lstrip(".")]
-        except KeyError:
-            raise ValueError(f"unknown format {fmt!r}; use one of tsv, csv, jsonl, parquet") from None
+        except (KeyError, AttributeError):
+            raise ConfigError(f"unknown format {fmt!r}; use one of tsv, csv, jsonl, parquet") from None
     suffixes = [s.lower() for s in Path(path).suffixes]
     if suffixes and suffixes[-1] in _COMPRESSION:
         suffixes = suffixes[:-1]
     if suffixes and suffixes[-1] in _SUFFIX_FORMATS:
         return _SUFFIX_FORMATS[suffixes[-1]]
-    raise ValueError(
-        f"cannot tell the format of {os.fspath(path)!r} from its suffix; pass fmt='tsv', 'csv', 'jsonl' "
-        "or 'parquet'"
+    raise DataError(
+        path, None, None, "cannot tell the format from the file name's suffix (.tsv, .csv, .jsonl, .parquet, "
+        "optionally .gz/.bz2/.xz); pass fmt='tsv', 'csv', 'jsonl' or 'parquet'"
     )
 
 
@@ -245,9 +252,12 @@ def _open_binary(path: str) -> IO[bytes]:
 
 
 def _check_encoding(encoding: str) -> str:
-    name = codecs.lookup(encoding).name
+    try:
+        name = codecs.lookup(encoding).name
+    except (LookupError, TypeError):
+        raise ConfigError(f"unknown encoding {encoding!r}") from None
     if name.startswith(("utf-16", "utf-32")):
-        raise ValueError(
+        raise ConfigError(
             f"encoding {encoding!r} is not ASCII-compatible; the readers split lines on b'\\n' before "
             "decoding. Convert the file to UTF-8 first."
         )
@@ -278,13 +288,14 @@ class _Ctx:
         return DataError(self.path, line, field_name, problem, column=column, unit=self.unit)
 
 
-def _decoded_lines(fh: IO[bytes], encoding: str) -> Iterator[tuple[int, str, bool]]:
+def _decoded_lines(fh: IO[bytes], encoding: str, path: str) -> Iterator[tuple[int, str, bool]]:
     """Yield ``(line number, text with its line end, had undecodable bytes)`` for each line.
 
     Undecodable bytes are kept as lone surrogates (``surrogateescape``), which valid text never
-    contains, so the field that holds them can be named later.
+    contains, so the field that holds them can be named later. A line longer than
+    :data:`deepsem.fileio.MAX_LINE_BYTES` is a :class:`DataError` (never read whole).
     """
-    for lineno, raw in enumerate(fh, start=1):
+    for lineno, raw in fileio.bounded_lines(fh, path, fileio.MAX_LINE_BYTES):
         try:
             text = raw.decode(encoding)
             bad = False
@@ -317,16 +328,21 @@ def _csv_rows(
     lines: Iterable[tuple[int, str, bool]], ctx: _Ctx
 ) -> Iterator[tuple[int, list[str], bool] | DataError]:
     last_bad = 0
+    prev = 0  # the last line of the previous record
+    eof = False
 
     def feed() -> Iterator[str]:
-        nonlocal last_bad
+        nonlocal last_bad, eof
         for lineno, text, bad in lines:
             if bad:
                 last_bad = lineno
+            if lineno - prev > MAX_CSV_RECORD_LINES:
+                raise ctx.error(prev + 1, None, f"a quoted field opened on this line is still open "
+                                f"{MAX_CSV_RECORD_LINES} lines later: an unbalanced '\"'? (quote it as '\"\"')")
             yield text
+        eof = True
 
     reader = csv.reader(feed())
-    prev = 0
     while True:
         try:
             row = next(reader)
@@ -337,6 +353,9 @@ def _csv_rows(
             yield ctx.error(start, None, f"malformed CSV ({e})")
             continue
         start, prev = prev + 1, reader.line_num
+        if eof:  # the reader asked for more lines after the last one: a quoted field never closed
+            raise ctx.error(start, None, "a quoted field opened on this line runs to the end of the file: "
+                            "an unbalanced '\"'? (quote it as '\"\"')")
         if not row or (len(row) == 1 and not row[0].strip(" ")):
             continue
         yield start, row, last_bad >= start
@@ -353,10 +372,10 @@ def _delimited_records(
 ) -> Iterator[Record | DataError]:
     named = any(isinstance(c.spec, str) for c in cols)
     if header is False and named:
-        raise ValueError(f"{path}: columns given by name need a header line (header=False was passed)")
+        raise ConfigError(f"{path}: columns given by name need a header line (header=False was passed)")
     positions: dict[str, int | None] = {c.name: c.spec for c in cols if isinstance(c.spec, int)}
     with _open_binary(path) as fh:
-        lines = _decoded_lines(fh, encoding)
+        lines = _decoded_lines(fh, encoding, path)
         rows = _tsv_rows(lines) if fmt == "tsv" else _csv_rows(lines, ctx)
         first = True
         pending: list[tuple[int, list[str], bool] | DataError] = []  # a row read ahead by the header check
@@ -436,7 +455,7 @@ def _sniff_header(fields: list[str], cols: Sequence[_Col], sniff: Callable[[dict
 
 def _jsonl_records(path: str, cols: Sequence[_Col], encoding: str, ctx: _Ctx) -> Iterator[Record | DataError]:
     with _open_binary(path) as fh:
-        for lineno, text, bad in _decoded_lines(fh, encoding):
+        for lineno, text, bad in _decoded_lines(fh, encoding, path):
             text = text.strip()
             if not text:
                 continue
@@ -447,6 +466,9 @@ def _jsonl_records(path: str, cols: Sequence[_Col], encoding: str, ctx: _Ctx) ->
                     yield _undecodable(ctx, lineno, None, text, encoding)
                 else:
                     yield ctx.error(lineno, None, f"invalid JSON ({e.msg} at column {e.colno})")
+                continue
+            except RecursionError:
+                yield ctx.error(lineno, None, "invalid JSON (nested too deeply)")
                 continue
             yield _json_values(obj, lineno, cols, bad, encoding, ctx)
 
@@ -491,8 +513,18 @@ def _json_values(
 def _parquet_records(
     path: str, cols: Sequence[_Col], encoding: str, ctx: _Ctx
 ) -> Iterator[Record | DataError]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        yield from _parquet_rows(pq, path, cols, encoding, ctx)
+    except (pa.ArrowException, OSError) as exc:  # not Parquet, damaged, truncated
+        raise ctx.error(None, None, f"cannot read the Parquet file: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+                        ) from None
+
+
+def _parquet_rows(pq: Any, path: str, cols: Sequence[_Col], encoding: str, ctx: _Ctx
+                  ) -> Iterator[Record | DataError]:
     with pq.ParquetFile(path) as pf:
         names = list(pf.schema_arrow.names)
         resolved: dict[str, str | None] = {}
@@ -543,6 +575,7 @@ def _records(
     sniff: Callable[[dict[str, Any]], bool] | None = None,
 ) -> tuple[_Ctx, Iterator[Record | DataError]]:
     spath = os.fspath(path)
+    fileio.regular_file(spath, "data file")
     kind = detect_format(spath, fmt)
     _check_encoding(encoding)
     names = [c.name for c in cols]
@@ -551,8 +584,6 @@ def _records(
     for c in cols:
         if isinstance(c.spec, bool) or not isinstance(c.spec, int | str):
             raise TypeError(f"column for {c.name!r} must be an int position or a str name, got {c.spec!r}")
-    if not os.path.exists(spath):
-        raise FileNotFoundError(spath)
     ctx = _Ctx(spath, kind, cols)
     if kind == "parquet":
         it = _parquet_records(spath, cols, encoding, ctx)
@@ -707,6 +738,69 @@ def _header_like(value: Any, label_map: LabelMap | None = None) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
+# Header detection for labelled texts (labels are words, so "not a number" cannot tell a header)
+
+#: Column names that mark a first line as the header of a labelled-text file (compared case-insensitively).
+TEXT_HEADER_NAMES = frozenset({
+    "text", "texts", "sentence", "sentences", "content", "review", "comment", "document", "doc", "body", "title",
+    "query", "question", "message", "utterance", "sentence1", "text_a", "input",
+})
+LABEL_HEADER_NAMES = frozenset({
+    "label", "labels", "class", "classes", "category", "categories", "tag", "tags", "target", "targets", "y",
+    "intent", "topic", "sentiment", "polarity", "gold_label",
+})
+
+
+def _name_like(value: Any, names: frozenset[str]) -> bool:
+    return isinstance(value, str) and value.strip().casefold() in names
+
+
+def sniff_labelled_header(
+    path: str | os.PathLike[str], text_col: Column, label_col: Column, *, fmt: str | None = None,
+    encoding: str = "utf-8",
+) -> bool:
+    """Whether the first line of a TSV/CSV file of labelled texts (columns given by position) is a header.
+
+    It is when its text field is a usual text column name (``text``, ``sentence``, ...) or its label field a
+    usual label column name (``label``, ``class``, ...), and the next line's are not. The decision is logged
+    (a warning when only one of the two fields looked like a name); pass ``header=`` to decide yourself.
+    """
+    spath = os.fspath(path)
+    cols = [_Col("text", text_col), _Col("label", label_col)]
+    _, items = _records(spath, cols, fmt=fmt, header=False, encoding=encoding)
+    try:
+        rows = []
+        for item in items:
+            rows.append(item)
+            if len(rows) == 2:
+                break
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+    if not rows or not isinstance(rows[0], Record):
+        return False
+    first = rows[0].values
+    by_text = _name_like(first.get("text"), TEXT_HEADER_NAMES)
+    by_label = _name_like(first.get("label"), LABEL_HEADER_NAMES)
+    if not (by_text or by_label):
+        return False
+    nxt = rows[1] if len(rows) > 1 and isinstance(rows[1], Record) else None
+    if nxt is not None and (_name_like(nxt.values.get("text"), TEXT_HEADER_NAMES)
+                            or _name_like(nxt.values.get("label"), LABEL_HEADER_NAMES)):
+        logger.warning("%s: lines %d and %d both look like a header; reading line %d as data (pass header=True "
+                       "to skip it)", spath, rows[0].line, nxt.line, rows[0].line)
+        return False
+    shown = f"{first.get('text')!r}, {first.get('label')!r}"
+    if by_text and by_label:
+        logger.info("%s: line %d (%s) is a header", spath, rows[0].line, shown)
+    else:
+        logger.warning("%s: reading line %d (%s) as a header, not a training row; pass header=False if it is "
+                       "data", spath, rows[0].line, shown)
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
 # Labelled pairs
 
 
@@ -722,6 +816,7 @@ def iter_pairs(
     label_map: LabelMap | None = None,
     encoding: str = "utf-8",
     report: SkipReport | None = None,
+    binary: bool = False,
 ) -> Iterator[PairRow]:
     """Stream ``(text_a, text_b, label, line)`` rows from a file of text pairs.
 
@@ -731,6 +826,10 @@ def iter_pairs(
     a function gets the raw value. A mapped value of ``None`` drops the row on purpose (counted in
     ``report.filtered``, not as a bad row). ``label=None`` reads unlabelled positives: every row gets
     label 1.0 (translation pairs, clicked query-title pairs).
+
+    ``binary=True`` (training pairs): a label, after ``label_map``, that is not 0 or 1 is a bad row whose
+    message says how to map it; without it graded labels (STS-B 0-5, 0/1/2 relevance) are read as they are,
+    for Spearman and graded evaluation.
 
     Bad rows raise :class:`DataError`, or with ``skip_bad_rows=True`` are skipped and counted in
     ``report`` (pass your own :class:`SkipReport` to see it). Rows come out as the file is read.
@@ -752,6 +851,13 @@ def iter_pairs(
             raise ctx.error(rec.line, "label", str(e)) from None
         if isinstance(y, _Drop):
             return y
+        if binary and y not in (0.0, 1.0):
+            raw = rec.values["label"]
+            how = ("label_map gave it; make label_map return 0, 1 or None" if label_map is not None else
+                   "training needs 0/1 labels: map them with label_map, e.g. {'0': 0, '1': 0, '2': 1}, or a "
+                   "threshold, e.g. label_map=lambda v: float(v) >= 4")
+            shown = f"{raw!r}" if label_map is None else f"{raw!r} (mapped to {y:g})"
+            raise ctx.error(rec.line, "label", f"{shown} is not 0 or 1; {how}")
         return PairRow(a, b, y, rec.line)
 
     return _convert(items, convert, skip_bad_rows, report if report is not None else SkipReport())
@@ -768,6 +874,7 @@ def read_pairs(
     skip_bad_rows: bool = False,
     label_map: LabelMap | None = None,
     encoding: str = "utf-8",
+    binary: bool = False,
 ) -> Pairs:
     """Read a whole file of text pairs into :class:`Pairs` (see :func:`iter_pairs` for the options).
 
@@ -789,6 +896,7 @@ def read_pairs(
         label_map=label_map,
         encoding=encoding,
         report=report,
+        binary=binary,
     ):
         a_list.append(row.text_a)
         b_list.append(row.text_b)
@@ -910,6 +1018,10 @@ def read_retrieval(
     judgements of one (query, doc) pair the last one wins.
     """
     base = Path(directory) if directory is not None else None
+    if base is not None and not base.is_dir():
+        fileio.regular_file(base, "retrieval folder")  # missing, a FIFO, a device: says which
+        raise DataError(base, None, None, "is a file; give a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or "
+                        "corpus_path=, queries_path=, qrels_path=")
 
     def resolve(explicit: str | os.PathLike[str] | None, *parts: str) -> str:
         if explicit is not None:
