@@ -283,7 +283,7 @@ def test_a_faiss_file_of_another_kind_or_dimension_is_refused(index_dir):
     with pytest.raises(IndexFileError, match="IndexFlatIP, not the IndexIDMap2"):
         Index.load(index_dir)
     faiss.write_index(faiss.IndexIDMap2(faiss.IndexFlatIP(5)), str(path))
-    with pytest.raises(IndexFileError, match="dimension 5, index.json says 16"):
+    with pytest.raises(IndexFileError, match=r"dimension 5, index\.json says 16"):
         Index.load(index_dir)
 
 
@@ -292,7 +292,7 @@ def test_a_store_without_the_docs_table_is_refused(index_dir):
     path.unlink()
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE other (x)")
-    with pytest.raises(IndexFileError, match="docs.sqlite: not a deepsem document store.*no such table"):
+    with pytest.raises(IndexFileError, match=r"docs\.sqlite: not a deepsem document store.*no such table"):
         Index.load(index_dir)
 
 
@@ -336,7 +336,7 @@ def test_the_model_copy_is_still_checked(index_dir):
     with pytest.raises(IndexFileError, match="checksum differs"):
         Index.load(index_dir)
     damage(weights, "fifo")
-    with pytest.raises(IndexFileError, match="model.safetensors: the model weights file is not a regular file"):
+    with pytest.raises(IndexFileError, match=r"model\.safetensors: the model weights file is not a regular file"):
         Index.load(index_dir)
 
 
