@@ -182,7 +182,8 @@ class Index:
         directory.mkdir(parents=True, exist_ok=True)
 
         def fill(work: Path) -> None:
-            _build_version(work, semantic, docs, factory, id_field=id_field, source=source, batch_size=batch_size,
+            _build_version(work, semantic, docs, factory, model_name=str(model) if isinstance(model, str | Path)
+                           else "the model", source=source, id_field=id_field, batch_size=batch_size,
                            chunk=chunk, train_size=train_size, vectors=vectors, search_params=search_params,
                            progress=progress, lexical=lexical, hybrid_weight=hybrid_weight)
 
@@ -503,7 +504,7 @@ class Index:
             self._refresh()
             docs = [Document(i, t, m) for batch in self.store.iter_live() for _, i, t, m in batch]
             lexical = self.meta.get("lexical") or {}
-            _build_version(work, self.model, docs, factory or self.factory,
+            _build_version(work, self.model, docs, factory or self.factory, model_name=str(self.directory),
                            search_params=None if factory else self.meta.get("search_params"),
                            lexical=bool(lexical), hybrid_weight=lexical.get("hybrid_weight", 0.5))
 
@@ -545,7 +546,8 @@ def _batches(docs: Iterable[Document | str], size: int) -> Iterable[list[Documen
         yield batch
 
 
-def _check_unique(batch: list[Document], seen: dict[str, int], before: int, source: str | Path | None) -> None:
+def _check_unique(batch: list[Document], seen: dict[str, int], before: int, source: str | Path | None,
+                  id_field: str = "id") -> None:
     """Record the batch's ids (``before`` documents came earlier); an id seen before is an error naming it and
     both documents (1-based)."""
     for n, doc in enumerate(batch, before + 1):
@@ -553,7 +555,7 @@ def _check_unique(batch: list[Document], seen: dict[str, int], before: int, sour
         if first != n:
             problem = f"duplicate document id {doc.id!r} (first at document {first}); ids must be unique"
             if source is not None:
-                raise DataError(source, n, "id", problem, unit="document")
+                raise DataError(source, n, "id", problem, column=id_field, unit="document")
             raise IndexFileError(f"document {n}: {problem}")
 
 
@@ -595,8 +597,9 @@ def _checked_vectors(vectors: np.ndarray | str | Path, dim: int) -> np.ndarray:
 
 
 def _build_version(work: Path, semantic: SemanticModel, docs: Iterable[Document | str], factory: str, *,
-                   id_field: str = "id", source: str | None = None, batch_size: int = 512, chunk: int = 50_000,
-                   train_size: int = 100_000, vectors: np.ndarray | None = None, search_params: str | None = None,
+                   model_name: str = "the model", source: str | None = None, id_field: str = "id",
+                   batch_size: int = 512, chunk: int = 50_000, train_size: int = 100_000,
+                   vectors: np.ndarray | None = None, search_params: str | None = None,
                    progress: bool = False, lexical: bool = False, hybrid_weight: float = 0.5) -> None:
     """Write a complete index version of ``docs`` into the folder ``work`` (not yet published)."""
     faiss = _faiss()
@@ -618,7 +621,7 @@ def _build_version(work: Path, semantic: SemanticModel, docs: Iterable[Document 
     seen: dict[str, int] = {}
     try:
         for batch in _batches(docs, chunk):
-            _check_unique(batch, seen, row, source)
+            _check_unique(batch, seen, row, source, id_field)
             rows = np.arange(row, row + len(batch), dtype=np.int64)
             if vectors is not None:
                 if row + len(batch) > len(vectors):
@@ -626,7 +629,7 @@ def _build_version(work: Path, semantic: SemanticModel, docs: Iterable[Document 
                 batch_vectors = np.ascontiguousarray(vectors[row : row + len(batch)], dtype=np.float32)
             else:
                 batch_vectors = semantic.encode([d.text for d in batch], batch_size=batch_size, side="doc")
-                _check_finite(batch_vectors, batch, "the model", row)
+                _check_finite(batch_vectors, batch, model_name, row)
             store.add(rows.tolist(), [d.id for d in batch], [d.text for d in batch], [d.metadata for d in batch])
             row += len(batch)
             if not index.is_trained:  # hold vectors until there are enough to train on
@@ -816,8 +819,10 @@ def _clean(directory: Path) -> None:
     CURRENT does not name). Only names and contents the index itself makes are touched."""
     try:
         keep: str | None = Index.current_version(directory)
-    except (IndexFileError, FileNotFoundError):
-        keep = None
+    except FileNotFoundError:
+        keep = None  # no index yet: any version folder is an unpublished one of a killed first build
+    except IndexFileError:
+        keep = ""  # a damaged CURRENT: which version it meant is unknown, so every version stays
     for path in directory.iterdir():
         if path.name == LOCK_FILE:
             continue
@@ -826,7 +831,7 @@ def _clean(directory: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        elif path.name != keep and _own_version(path):
+        elif keep != "" and path.name != keep and _own_version(path):
             shutil.rmtree(path, ignore_errors=True)
 
 
