@@ -371,3 +371,14 @@ def test_the_lock_file_must_be_a_plain_file(index_dir, tmp_path):
     with pytest.raises(IndexFileError, match="LOCK: cannot open the index's lock file"):
         Index.load(index_dir).delete(["d1"])
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_write_under_a_damaged_current_removes_no_version(index_dir):
+    index = Index.load(index_dir)
+    good = (index_dir / "CURRENT").read_text()
+    (index_dir / "CURRENT").write_text("../../etc\n")
+    with pytest.raises(IndexFileError, match=r"CURRENT: names '\.\./\.\./etc'"):
+        index.delete(["d1"])
+    assert (index_dir / index.version / "index.json").is_file()
+    (index_dir / "CURRENT").write_text(good)
+    assert live_docs(Index.load(index_dir)) == live_docs(index)
