@@ -13,6 +13,7 @@ __all__ = [
     "IndexFileError",
     "IndexLockedError",
     "ModelFileError",
+    "QueryError",
     "ResumeMismatchError",
     "TrainingDivergedError",
 ]
@@ -36,6 +37,15 @@ class IndexFileError(DeepsemError, ValueError):
 
 class IndexLockedError(IndexFileError):
     """Another process is writing the same index and did not finish in time."""
+
+
+class QueryError(DeepsemError, ValueError):
+    """A search request cannot be answered as given (an empty query, k < 1, an unknown mode); ``position`` is
+    the 0-based number of the offending query when there is one."""
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 class ResumeMismatchError(DeepsemError, ValueError):

@@ -9,12 +9,14 @@ pickle, a JSON vocabulary) plus ``rows.npy``; loaded with ``allow_pickle=False``
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from deepsem.errors import IndexFileError
 from deepsem.text.char import normalize_text, word_pattern
 
 _TOKENS = word_pattern(keep_punct=False)
@@ -32,6 +34,12 @@ def _bm25s() -> Any:
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise ImportError("lexical (hybrid) search needs bm25s: pip install bm25s") from exc
     return bm25s
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none)."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 class LexicalIndex:
@@ -60,14 +68,25 @@ class LexicalIndex:
 
     @classmethod
     def load(cls, directory: Path) -> LexicalIndex:
+        """Read what :meth:`save` wrote; any damaged, missing or non-regular file is an :class:`IndexFileError`
+        naming the folder and the cause (checked before reading, so a FIFO never blocks the load)."""
         bm25s = _bm25s()
         try:
+            if not stat.S_ISDIR(directory.stat().st_mode):
+                raise IndexFileError(f"{directory}: the lexical (BM25) index is not a directory")
+            for item in directory.iterdir():
+                if not stat.S_ISREG(item.stat().st_mode):
+                    raise IndexFileError(f"{item}: not a regular file in the lexical (BM25) index")
             engine = bm25s.BM25.load(str(directory), allow_pickle=False, show_progress=False)
             rows = np.load(directory / ROWS_FILE, allow_pickle=False)
-        except (OSError, ValueError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{directory}: unreadable lexical (BM25) index: {exc}") from None
-        if rows.ndim != 1 or len(rows) != int(engine.scores["num_docs"]):
-            raise ValueError(f"{directory / ROWS_FILE}: {rows.shape} rows for {engine.scores['num_docs']} documents")
+            num_docs = int(engine.scores["num_docs"])
+        except IndexFileError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, EOFError, RecursionError,
+                MemoryError, json.JSONDecodeError) as exc:
+            raise IndexFileError(f"{directory}: unreadable lexical (BM25) index: {_cause(exc)}") from None
+        if rows.ndim != 1 or rows.dtype.kind not in "iu" or len(rows) != num_docs:
+            raise IndexFileError(f"{directory / ROWS_FILE}: {rows.shape} rows for {num_docs} documents")
         return cls(engine, rows.astype(np.int64))
 
     def __len__(self) -> int:

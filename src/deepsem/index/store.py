@@ -7,10 +7,15 @@ the index is rebuilt, so a search filters them out without touching the vector i
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from deepsem.errors import IndexFileError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -25,9 +30,42 @@ CREATE TABLE IF NOT EXISTS docs (
 
 class DocStore:
     def __init__(self, path: str | Path) -> None:
+        """Open (or create) a store for writing: only ever a new index version's own work copy."""
         self.path = Path(path)
         self.db = sqlite3.connect(str(self.path), check_same_thread=False)
         self.db.executescript(SCHEMA)
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> DocStore:
+        """Open the store of a published index version read-only, checked: a missing, truncated or garbage
+        file, a directory or an unreadable one is an :class:`IndexFileError` naming the file and the cause
+        (never a raw ``sqlite3.DatabaseError``, never an empty store silently created in its place)."""
+        path = Path(path)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise IndexFileError(f"{path}: cannot read the document store: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(mode):
+            raise IndexFileError(f"{path}: the document store is not a regular file")
+        store = cls.__new__(cls)
+        store.path = path
+        uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+        try:
+            store.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise IndexFileError(f"{path}: cannot open the document store: {exc}") from None
+        try:
+            problems = [r[0] for r in store.db.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise IndexFileError(f"{path}: the document store is damaged: {problems[0]}")
+            store.db.execute("SELECT row, id, text, meta, deleted FROM docs LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            store.db.close()
+            raise IndexFileError(f"{path}: not a deepsem document store (SQLite): {exc}") from None
+        except IndexFileError:
+            store.db.close()
+            raise
+        return store
 
     def close(self) -> None:
         self.db.close()

@@ -1,14 +1,23 @@
 """A searchable index: the documents' vectors in Faiss, their ids/texts/metadata in SQLite, and the model.
 
-Index directory layout (every write makes a new version and then switches ``CURRENT`` to it with an atomic
-rename, so a killed build, add or delete leaves the previous version in use)::
+Index directory layout::
 
     INDEX/CURRENT            -> "v000002"
+    INDEX/LOCK               the writers' lock (fcntl.flock) and the pid of the process writing
     INDEX/v000002/index.faiss     Faiss index (factory string in index.json), ids = document rows
     INDEX/v000002/docs.sqlite     id, text, metadata (JSON), deleted flag
     INDEX/v000002/index.json      factory, dim, counts, sha256 of the model weights
     INDEX/v000002/model/          the model directory the vectors were made with
     INDEX/v000002/lexical/        (built with ``lexical=True``) a BM25 index of the same documents
+
+Every write (build, add, delete, rebuild) holds the lock, fills a work folder of its own
+(``.work-PID-RANDOM``), renames it to the next version name and then switches ``CURRENT`` to it with an atomic
+rename, so a killed write leaves the previous version in use and a half-written file is never read. A second
+writer waits for the first (up to ``lock_timeout`` seconds, then :class:`~deepsem.errors.IndexLockedError`).
+Under the lock, leftovers of killed writers (work folders, versions ``CURRENT`` does not name) are removed;
+nothing else in the directory is ever touched: a version folder is recognised by its exact name (``v`` and six
+or more digits) and its contents (only the files above). ``build`` refuses a non-empty directory that is not
+an index.
 
 A search encodes the queries with that model only: the checksum is verified on load.
 
@@ -19,19 +28,27 @@ index's ``hybrid_weight`` (default 0.5, chosen on LCQMC dev; see bench/RESULTS.m
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
-import json
+import os
+import re
+import secrets
 import shutil
+import stat
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from deepsem.data.errors import DataError
 from deepsem.encoder import SemanticModel
-from deepsem.fileio import atomic_write, atomic_write_json, atomic_write_text
+from deepsem.errors import IndexFileError, IndexLockedError, ModelFileError, QueryError
+from deepsem.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json, regular_file
 from deepsem.index.corpus import Document, iter_corpus
 from deepsem.index.exact import exact_search
 from deepsem.index.lexical import LexicalIndex
@@ -40,6 +57,24 @@ from deepsem.index.store import DocStore
 FORMAT = "deepsem.index"
 MODES = ("dense", "lexical", "hybrid")
 HYBRID_CANDIDATES = 100  # each side's top list in hybrid mode (at least; more with deleted rows or filters)
+LOCK_FILE = "LOCK"
+#: Seconds a writer waits for another one to finish before it gives up with IndexLockedError.
+LOCK_TIMEOUT = 600.0
+_VERSION_NAME = re.compile(r"v[0-9]{6,}")
+_WORK_NAME = re.compile(r"\.work-[0-9]+-[0-9a-f]{8}")
+_CURRENT_TMP = re.compile(r"\.CURRENT\..+\.tmp")
+_VERSION_ENTRIES = {"index.faiss", "docs.sqlite", "index.json", "model", "lexical", "docs.sqlite-journal",
+                    "docs.sqlite-wal", "docs.sqlite-shm"}
+_VERSION_TMP = re.compile(r"\.(index\.faiss|index\.json)\..+\.tmp")
+_FAISS_WHERE = re.compile(r"\.(?:cpp|h):\d+: ")
+#: Test hook: called with a short description after every step of a write (fault-injection tests kill the
+#: process there); None in normal use.
+_fault_hook: Callable[[str], None] | None = None
+
+
+def _step(what: str) -> None:
+    if _fault_hook is not None:
+        _fault_hook(what)
 
 
 def default_search_params(factory: str) -> str:
@@ -76,6 +111,14 @@ def _faiss():
     return faiss
 
 
+def _cause(exc: BaseException) -> str:
+    """One line saying why: the OS reason, or a Faiss message without its C++ source location."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    parts = _FAISS_WHERE.split(text.strip())
+    text = parts[-1].strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class Index:
     """Build with :meth:`build`, open with :meth:`load`, query with :meth:`search`."""
 
@@ -103,11 +146,12 @@ class Index:
         batch_size: int = 512,
         chunk: int = 50_000,
         train_size: int = 100_000,
-        vectors: np.ndarray | None = None,
+        vectors: np.ndarray | str | Path | None = None,
         search_params: str | None = None,
         progress: bool = False,
         lexical: bool = False,
         hybrid_weight: float = 0.5,
+        lock_timeout: float = LOCK_TIMEOUT,
     ) -> Index:
         """Encode every document of ``corpus`` with ``model``'s document tower and index the vectors.
 
@@ -115,114 +159,112 @@ class Index:
         inner product on L2-normalised vectors = cosine. Training factories (IVF, PQ) train on the first
         ``train_size`` vectors. ``search_params`` are Faiss run-time parameters kept with the index
         ("efSearch=128" for HNSW, "nprobe=32" for IVF by default: :func:`default_search_params`).
-        ``vectors`` (one row per document, in corpus order, made by this model's
-        document tower, e.g. with ``deepsem encode --side doc``) skips the encoding.
-        ``lexical`` also builds a BM25 index of the documents, for ``mode="lexical"`` and ``"hybrid"``
-        searches (then the default); ``hybrid_weight`` is the cosine's share of the hybrid score.
+        ``vectors`` (an array or a ``.npy`` file, one row per document, in corpus order, made by this model's
+        document tower, e.g. with ``deepsem encode --side doc``) skips the encoding; NaN or infinite values
+        are refused. ``lexical`` also builds a BM25 index of the documents, for ``mode="lexical"`` and
+        ``"hybrid"`` searches (then the default); ``hybrid_weight`` is the cosine's share of the hybrid score.
+        ``directory`` must be new, empty or an index (whose versions are replaced); another writer of the
+        same index is waited for up to ``lock_timeout`` seconds.
         """
         if not 0.0 <= hybrid_weight <= 1.0:
             raise ValueError(f"hybrid_weight must be in [0, 1], got {hybrid_weight}")
-        faiss = _faiss()
         directory = Path(directory)
-        model_dir = model if isinstance(model, str | Path) else None
-        semantic = SemanticModel.load(model) if model_dir is not None else model
+        semantic = SemanticModel.load(model) if isinstance(model, str | Path) else model
         assert isinstance(semantic, SemanticModel)
+        source = str(corpus) if isinstance(corpus, str | Path) else None
         docs: Iterable[Document | str] = (
             iter_corpus(corpus, id_field=id_field, text_field=text_field, skip_bad_rows=skip_bad_rows)
             if isinstance(corpus, str | Path) else corpus
         )
-        if vectors is not None and (vectors.ndim != 2 or vectors.shape[1] != semantic.dim):
-            raise ValueError(f"vectors of shape {vectors.shape} do not fit the model's dimension {semantic.dim}")
-        version, work = _new_version(directory)
-        store = DocStore(work / "docs.sqlite")
-        try:
-            base = faiss.index_factory(semantic.dim, factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as exc:
-            raise ValueError(f"bad Faiss factory string {factory!r}: {exc}") from None
-        index = faiss.IndexIDMap2(base)
-        pending: list[np.ndarray] = []
-        pending_rows: list[np.ndarray] = []
-        row, t0 = 0, time.perf_counter()
-        seen: set[str] = set()
-        for batch in _batches(docs, chunk):
-            ids = [d.id for d in batch]
-            dup = [i for i in ids if i in seen]
-            if dup or len(set(ids)) != len(ids):
-                raise ValueError(f"duplicate document id(s) in the corpus: {', '.join(dup[:5]) or 'within a batch'}")
-            seen.update(ids)
-            rows = np.arange(row, row + len(batch), dtype=np.int64)
-            if vectors is not None:
-                if row + len(batch) > len(vectors):
-                    raise ValueError(f"{len(vectors)} vectors given for a corpus of more documents")
-                batch_vectors = np.ascontiguousarray(vectors[row : row + len(batch)], dtype=np.float32)
-            else:
-                batch_vectors = semantic.encode([d.text for d in batch], batch_size=batch_size, side="doc")
-            store.add(rows.tolist(), ids, [d.text for d in batch], [d.metadata for d in batch])
-            row += len(batch)
-            if not index.is_trained:  # hold vectors until there are enough to train on
-                pending.append(batch_vectors)
-                pending_rows.append(rows)
-                if sum(len(p) for p in pending) >= train_size:
-                    _train_and_flush(index, pending, pending_rows)
-            else:
-                index.add_with_ids(batch_vectors, rows)
-            if progress:
-                print(f"indexed {row:,} documents ({row / (time.perf_counter() - t0):.0f}/s)", flush=True)
-        if pending:
-            _train_and_flush(index, pending, pending_rows)
-        if row == 0:
-            raise ValueError("the corpus has no documents")
-        if vectors is not None and len(vectors) != row:
-            raise ValueError(f"{len(vectors)} vectors given for {row} documents")
+        if vectors is not None:
+            vectors = _checked_vectors(vectors, semantic.dim)
+        _check_target(directory)
+        directory.mkdir(parents=True, exist_ok=True)
 
-        meta = {"format": FORMAT, "version": 1, "factory": factory, "dim": semantic.dim, "documents": row,
-                "search_params": default_search_params(factory) if search_params is None else search_params}
-        if lexical:
-            _lexical_from_store(store).save(work / "lexical")
-            meta["lexical"] = {"hybrid_weight": hybrid_weight}
-        store.close()
-        meta["built_seconds"] = round(time.perf_counter() - t0, 2)
-        _write_version(work, index, semantic, meta)
-        _switch(directory, version)
+        def fill(work: Path) -> None:
+            _build_version(work, semantic, docs, factory, model_name=str(model) if isinstance(model, str | Path)
+                           else "the model", source=source, id_field=id_field, batch_size=batch_size,
+                           chunk=chunk, train_size=train_size, vectors=vectors, search_params=search_params,
+                           progress=progress, lexical=lexical, hybrid_weight=hybrid_weight)
+
+        _write(directory, lock_timeout, fill)
         return cls.load(directory)
 
     # -- loading --------------------------------------------------------------------------------------------
-    @classmethod
-    def load(cls, directory: str | Path) -> Index:
-        faiss = _faiss()
+    @staticmethod
+    def current_version(directory: str | Path) -> str:
+        """The version folder name ``directory/CURRENT`` names, checked: a name the index itself makes
+        (``v`` and six or more digits) of a real folder inside ``directory``; otherwise an
+        :class:`IndexFileError` (``FileNotFoundError`` when there is no CURRENT: not an index). A server
+        compares it with :attr:`version` to see that a writer published a new version."""
         directory = Path(directory)
         current = directory / "CURRENT"
-        if not current.is_file():
-            raise FileNotFoundError(f"{directory}: not a deepsem index (no CURRENT file)")
-        version = current.read_text(encoding="utf-8").strip()
-        work = directory / version
-        meta_path = work / "index.json"
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{meta_path}: unreadable index metadata: {exc}") from None
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+            st = os.stat(current)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{directory}: not a deepsem index (no CURRENT file)") from None
+        except OSError as exc:
+            raise IndexFileError(f"{current}: cannot read: {_cause(exc)}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise IndexFileError(f"{current}: not a regular file")
+        try:
+            with open(current, "rb") as fh:
+                raw = fh.read(65)
+            name = raw.decode("utf-8").strip()
+        except OSError as exc:
+            raise IndexFileError(f"{current}: cannot read: {_cause(exc)}") from None
+        except UnicodeDecodeError:
+            raise IndexFileError(f"{current}: not UTF-8 text; it should hold a version name such as v000001"
+                                 ) from None
+        if len(raw) > 64 or not _VERSION_NAME.fullmatch(name):
+            shown = name[:40] + ("..." if len(name) > 40 else "")
+            raise IndexFileError(f"{current}: names {shown!r}, not a version of this index (v000001, v000002, ...)")
+        folder = directory / name
+        if folder.is_symlink() or not folder.is_dir() or folder.resolve().parent != directory.resolve():
+            raise IndexFileError(f"{current}: names {name}, which is not a folder inside {directory}")
+        return name
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Index:
+        """Open the version ``CURRENT`` names. A damaged or crafted file is an :class:`IndexFileError` naming it;
+        a version removed by a writer while it was being read is retried with the new ``CURRENT``."""
+        directory = Path(directory)
+        for attempt in range(5):
+            version = cls.current_version(directory)
+            try:
+                return cls._load_version(directory, version)
+            except (IndexFileError, ModelFileError, FileNotFoundError):
+                if attempt == 4 or cls.current_version(directory) == version:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _load_version(cls, directory: Path, version: str) -> Index:
+        work = directory / version
+        meta = _read_meta(work / "index.json")
         weights = work / "model" / "model.safetensors"
-        if _sha256(weights) != meta.get("model_sha256"):
-            raise ValueError(f"{weights}: checksum differs from index.json: the index was built with another model")
+        _regular(weights, "model weights file")
+        if _sha256(weights) != meta["model_sha256"]:
+            raise IndexFileError(f"{weights}: checksum differs from index.json: the index was built with "
+                                 "another model")
         model = SemanticModel.load(work / "model")
         if model.dim != meta["dim"]:
-            raise ValueError(f"{meta_path}: index dim {meta['dim']} != model dim {model.dim}")
-        index = faiss.read_index(str(work / "index.faiss"))
+            raise IndexFileError(f"{work / 'index.json'}: field 'dim' is {meta['dim']}, the model's vectors "
+                                 f"have {model.dim}")
+        index = _read_faiss(work / "index.faiss", meta["dim"])
         if meta.get("search_params"):
             try:
-                faiss.ParameterSpace().set_index_parameters(index, meta["search_params"])
+                _faiss().ParameterSpace().set_index_parameters(index, meta["search_params"])
             except RuntimeError as exc:
-                raise ValueError(f"{meta_path}: field 'search_params' {meta['search_params']!r}: {exc}") from None
-        lexical = None
-        if meta.get("lexical"):
-            weight = meta["lexical"].get("hybrid_weight") if isinstance(meta["lexical"], dict) else None
-            if not isinstance(weight, int | float) or not 0 <= weight <= 1:
-                raise ValueError(f"{meta_path}: field 'lexical.hybrid_weight' must be a number in [0, 1], "
-                                 f"got {weight!r}")
-            lexical = LexicalIndex.load(work / "lexical")
-        return cls(directory, version, model, index, DocStore(work / "docs.sqlite"), meta, lexical)
+                raise IndexFileError(f"{work / 'index.json'}: field 'search_params' {meta['search_params']!r}: "
+                                     f"{_cause(exc)}") from None
+        store = DocStore.open_existing(work / "docs.sqlite")
+        try:
+            lexical = LexicalIndex.load(work / "lexical") if meta.get("lexical") else None
+        except BaseException:
+            store.close()
+            raise
+        return cls(directory, version, model, index, store, meta, lexical)
 
     def __len__(self) -> int:
         return len(self.store)
@@ -258,10 +300,15 @@ class Index:
         ``hybrid_weight`` overrides the index's cosine share for this search (e.g. to tune it on dev data)."""
         if isinstance(queries, str):
             queries = [queries]
+        _check_queries(queries)
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise QueryError(f"k must be >= 1, got {k}")
         mode = self.resolve_mode(mode)
         vectors = None if mode == "lexical" else self.model.encode(list(queries), side="query")
+        if vectors is not None and not np.isfinite(vectors).all():
+            bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
+            raise ModelFileError(f"{self.directory / self.version / 'model'}: the model made NaN or infinite "
+                                 f"vectors for query {bad + 1} ({queries[bad][:40]!r}): its weights are damaged")
         return self.search_encoded(vectors, k, filter, texts=list(queries), mode=mode, hybrid_weight=hybrid_weight)
 
     def resolve_mode(self, mode: str | None) -> str:
@@ -269,9 +316,9 @@ class Index:
         if mode is None:
             return "hybrid" if self.lexical is not None else "dense"
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise QueryError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if mode != "dense" and self.lexical is None:
-            raise ValueError(f"mode {mode!r} needs the index's lexical (BM25) part: {self.directory} was built "
+            raise QueryError(f"mode {mode!r} needs the index's lexical (BM25) part: {self.directory} was built "
                              "without it (Index.build(..., lexical=True), deepsem index build --lexical)")
         return mode
 
@@ -280,8 +327,13 @@ class Index:
                        hybrid_weight: float | None = None) -> list[list[Hit]]:
         """:meth:`search` for query vectors already encoded with this index's model (query tower).
         ``texts`` (the queries) are needed by the ``lexical`` and ``hybrid`` modes."""
+        if texts is not None:
+            _check_queries(texts)
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise QueryError(f"k must be >= 1, got {k}")
+        if vectors is not None and not np.isfinite(vectors).all():
+            bad = int(np.flatnonzero(~np.isfinite(np.atleast_2d(vectors)).all(axis=1))[0])
+            raise QueryError(f"query vector {bad + 1} holds NaN or infinite values", position=bad)
         mode = self.resolve_mode(mode)
         fetch = k + self._deleted
         if filter:
@@ -388,48 +440,82 @@ class Index:
         return np.asarray(rows, np.int64), self.model.encode(texts, side="doc")
 
     # -- writing ---------------------------------------------------------------------------------------------
-    def add(self, docs: Iterable[Document | str]) -> int:
-        """Add documents (new ids only); returns how many. Writes a new version atomically."""
-        version, work = _new_version(self.directory)
-        _copy_version(self.directory / self.version, work)
-        store = DocStore(work / "docs.sqlite")
-        index = self.faiss_index
+    def add(self, docs: Iterable[Document | str], *, source: str | Path | None = None,
+            lock_timeout: float = LOCK_TIMEOUT) -> int:
+        """Add documents (new ids only, each once); returns how many. Writes a new version atomically, on top
+        of the index's current version (another writer's additions are kept). ``source`` (the file the
+        documents come from) is named in errors."""
         added = 0
-        for batch in _batches(docs, 50_000):
-            rows = np.arange(store.next_row(), store.next_row() + len(batch), dtype=np.int64)
-            store.add(rows.tolist(), [d.id for d in batch], [d.text for d in batch], [d.metadata for d in batch])
-            index.add_with_ids(self.model.encode([d.text for d in batch], side="doc"), rows)
-            added += len(batch)
-        if self.lexical is not None:  # BM25 statistics cover the whole corpus: rebuilt over the live documents
-            shutil.rmtree(work / "lexical")
-            _lexical_from_store(store).save(work / "lexical")
-        store.close()
-        self.meta["documents"] = int(self.meta["documents"]) + added
-        _write_version(work, index, self.model, self.meta, copy_model=False)
-        _switch(self.directory, version)
+
+        def fill(work: Path) -> None:
+            nonlocal added
+            self._refresh()
+            _copy_version(self.directory / self.version, work)
+            store = DocStore(work / "docs.sqlite")
+            try:
+                index = _read_faiss(work / "index.faiss", int(self.meta["dim"]))
+                seen: dict[str, int] = {}
+                for batch in _batches(docs, 50_000):
+                    _check_unique(batch, seen, added, source)
+                    rows = np.arange(store.next_row(), store.next_row() + len(batch), dtype=np.int64)
+                    store.add(rows.tolist(), [d.id for d in batch], [d.text for d in batch],
+                              [d.metadata for d in batch])
+                    vectors = self.model.encode([d.text for d in batch], side="doc")
+                    _check_finite(vectors, batch, self.directory / self.version / "model", added)
+                    index.add_with_ids(vectors, rows)
+                    added += len(batch)
+                _step("add: documents stored")
+                if self.lexical is not None:  # BM25 statistics cover the whole corpus: rebuilt over the live ones
+                    shutil.rmtree(work / "lexical")
+                    _lexical_from_store(store).save(work / "lexical")
+                    _step("add: lexical index written")
+            finally:
+                store.close()
+            meta = {**self.meta, "documents": int(self.meta["documents"]) + added}
+            _write_version(work, index, self.model, meta, copy_model=False)
+
+        _write(self.directory, lock_timeout, fill)
         self._reopen()
         return added
 
-    def delete(self, ids: Sequence[str]) -> int:
+    def delete(self, ids: Sequence[str], *, lock_timeout: float = LOCK_TIMEOUT) -> int:
         """Delete documents by id (they stop appearing at once; :meth:`rebuild` reclaims the space)."""
-        version, work = _new_version(self.directory)
-        _copy_version(self.directory / self.version, work)
-        store = DocStore(work / "docs.sqlite")
-        removed = store.delete(list(ids))
-        store.close()
-        _switch(self.directory, version)
+        removed = 0
+
+        def fill(work: Path) -> None:
+            nonlocal removed
+            self._refresh()
+            _copy_version(self.directory / self.version, work)
+            store = DocStore(work / "docs.sqlite")
+            try:
+                removed = store.delete(list(ids))
+            finally:
+                store.close()
+            _step("delete: documents marked")
+
+        _write(self.directory, lock_timeout, fill)
         self._reopen()
         return removed
 
-    def rebuild(self, factory: str | None = None) -> Index:
+    def rebuild(self, factory: str | None = None, *, lock_timeout: float = LOCK_TIMEOUT) -> Index:
         """Re-encode the live documents into a fresh index (optionally with another factory)."""
-        docs = [Document(i, t, m) for batch in self.store.iter_live() for _, i, t, m in batch]
-        lexical = self.meta.get("lexical") or {}
-        built = Index.build(self.model, docs, self.directory, factory or self.factory,
-                            search_params=None if factory else self.meta.get("search_params"),
-                            lexical=bool(lexical), hybrid_weight=lexical.get("hybrid_weight", 0.5))
-        self.__dict__.update(built.__dict__)
+
+        def fill(work: Path) -> None:
+            self._refresh()
+            docs = [Document(i, t, m) for batch in self.store.iter_live() for _, i, t, m in batch]
+            lexical = self.meta.get("lexical") or {}
+            _build_version(work, self.model, docs, factory or self.factory, model_name=str(self.directory),
+                           search_params=None if factory else self.meta.get("search_params"),
+                           lexical=bool(lexical), hybrid_weight=lexical.get("hybrid_weight", 0.5))
+
+        _write(self.directory, lock_timeout, fill)
+        self._reopen()
         return self
+
+    def _refresh(self) -> None:
+        """Reload when another writer published a newer version than the one this object holds."""
+        if Index.current_version(self.directory) != self.version:
+            self._reopen()
 
     def _reopen(self) -> None:
         self.store.close()
@@ -442,6 +528,13 @@ class Index:
                 "default_mode": self.resolve_mode(None)}
 
 
+def _check_queries(queries: Sequence[str]) -> None:
+    for i, query in enumerate(queries):
+        if not isinstance(query, str) or not query.strip():
+            where = f"query {i + 1} of {len(queries)}" if len(queries) > 1 else "the query"
+            raise QueryError(f"{where} is empty or only whitespace: give some text to search for", position=i)
+
+
 def _batches(docs: Iterable[Document | str], size: int) -> Iterable[list[Document]]:
     batch: list[Document] = []
     for n, doc in enumerate(docs):
@@ -451,6 +544,120 @@ def _batches(docs: Iterable[Document | str], size: int) -> Iterable[list[Documen
             batch = []
     if batch:
         yield batch
+
+
+def _check_unique(batch: list[Document], seen: dict[str, int], before: int, source: str | Path | None,
+                  id_field: str = "id") -> None:
+    """Record the batch's ids (``before`` documents came earlier); an id seen before is an error naming it and
+    both documents (1-based)."""
+    for n, doc in enumerate(batch, before + 1):
+        first = seen.setdefault(doc.id, n)
+        if first != n:
+            problem = f"duplicate document id {doc.id!r} (first at document {first}); ids must be unique"
+            if source is not None:
+                raise DataError(source, n, "id", problem, column=id_field, unit="document")
+            raise IndexFileError(f"document {n}: {problem}")
+
+
+def _check_finite(vectors: np.ndarray, batch: list[Document], model: Path | str, before: int) -> None:
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        j = int(np.flatnonzero(~finite)[0])
+        raise ModelFileError(f"{model}: the model made NaN or infinite vectors for document {before + j + 1} "
+                             f"(id {batch[j].id!r}): its weights are damaged; nothing was indexed")
+
+
+def _checked_vectors(vectors: np.ndarray | str | Path, dim: int) -> np.ndarray:
+    """Precomputed document vectors, checked: a 2-D array of real numbers, ``dim`` wide, all finite. A file is
+    read as ``.npy`` without pickle (memory-mapped, so a crafted header cannot make it allocate)."""
+    where = "vectors"
+    if isinstance(vectors, str | Path):
+        where = str(vectors)
+        try:
+            regular_file(vectors, "vectors file")
+            vectors = np.load(vectors, mmap_mode="r", allow_pickle=False)
+        except DataError as exc:
+            raise IndexFileError(str(exc)) from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise IndexFileError(f"{where}: not a NumPy .npy array file: {_cause(exc)}") from None
+    if not isinstance(vectors, np.ndarray):
+        raise IndexFileError(f"{where}: expected a NumPy array, got {type(vectors).__name__}")
+    if vectors.dtype.kind not in "fiu":
+        raise IndexFileError(f"{where}: dtype {vectors.dtype} is not a real number type (give float32 vectors)")
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise IndexFileError(f"{where}: vectors of shape {vectors.shape} do not fit the model's dimension {dim} "
+                             f"(expected (documents, {dim}))")
+    for start in range(0, len(vectors), 65_536):
+        finite = np.isfinite(vectors[start : start + 65_536]).all(axis=1)
+        if not finite.all():
+            row = start + int(np.flatnonzero(~finite)[0])
+            raise IndexFileError(f"{where}: row {row} (document {row + 1}) holds NaN or infinite values; "
+                                 "re-encode the documents")
+    return vectors
+
+
+def _build_version(work: Path, semantic: SemanticModel, docs: Iterable[Document | str], factory: str, *,
+                   model_name: str = "the model", source: str | None = None, id_field: str = "id",
+                   batch_size: int = 512, chunk: int = 50_000, train_size: int = 100_000,
+                   vectors: np.ndarray | None = None, search_params: str | None = None,
+                   progress: bool = False, lexical: bool = False, hybrid_weight: float = 0.5) -> None:
+    """Write a complete index version of ``docs`` into the folder ``work`` (not yet published)."""
+    faiss = _faiss()
+    try:
+        base = faiss.index_factory(semantic.dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ValueError(f"bad Faiss factory string {factory!r}: {_cause(exc)}") from None
+    index = faiss.IndexIDMap2(base)
+    params = default_search_params(factory) if search_params is None else search_params
+    if params:
+        try:
+            faiss.ParameterSpace().set_index_parameters(index, params)
+        except RuntimeError as exc:
+            raise ValueError(f"search_params {params!r} do not fit {factory}: {_cause(exc)}") from None
+    store = DocStore(work / "docs.sqlite")
+    pending: list[np.ndarray] = []
+    pending_rows: list[np.ndarray] = []
+    row, t0 = 0, time.perf_counter()
+    seen: dict[str, int] = {}
+    try:
+        for batch in _batches(docs, chunk):
+            _check_unique(batch, seen, row, source, id_field)
+            rows = np.arange(row, row + len(batch), dtype=np.int64)
+            if vectors is not None:
+                if row + len(batch) > len(vectors):
+                    raise IndexFileError(f"{len(vectors)} vectors given for a corpus of more documents")
+                batch_vectors = np.ascontiguousarray(vectors[row : row + len(batch)], dtype=np.float32)
+            else:
+                batch_vectors = semantic.encode([d.text for d in batch], batch_size=batch_size, side="doc")
+                _check_finite(batch_vectors, batch, model_name, row)
+            store.add(rows.tolist(), [d.id for d in batch], [d.text for d in batch], [d.metadata for d in batch])
+            row += len(batch)
+            if not index.is_trained:  # hold vectors until there are enough to train on
+                pending.append(batch_vectors)
+                pending_rows.append(rows)
+                if sum(len(p) for p in pending) >= train_size:
+                    _train_and_flush(index, pending, pending_rows)
+            else:
+                index.add_with_ids(batch_vectors, rows)
+            if progress:
+                print(f"indexed {row:,} documents ({row / (time.perf_counter() - t0):.0f}/s)", flush=True)
+        if pending:
+            _train_and_flush(index, pending, pending_rows)
+        if row == 0:
+            raise ValueError("the corpus has no documents")
+        if vectors is not None and len(vectors) != row:
+            raise IndexFileError(f"{len(vectors)} vectors given for {row} documents")
+        _step("build: documents stored")
+        meta = {"format": FORMAT, "version": 1, "factory": factory, "dim": semantic.dim, "documents": row,
+                "search_params": params}
+        if lexical:
+            _lexical_from_store(store).save(work / "lexical")
+            meta["lexical"] = {"hybrid_weight": hybrid_weight}
+            _step("build: lexical index written")
+    finally:
+        store.close()
+    meta["built_seconds"] = round(time.perf_counter() - t0, 2)
+    _write_version(work, index, semantic, meta)
 
 
 def _lexical_from_store(store: DocStore) -> LexicalIndex:
@@ -471,18 +678,202 @@ def _train_and_flush(index: Any, pending: list[np.ndarray], pending_rows: list[n
     pending_rows.clear()
 
 
-def _new_version(directory: Path) -> tuple[str, Path]:
-    """A fresh version folder; leftovers of killed writes (folders that CURRENT does not name) are removed."""
-    directory.mkdir(parents=True, exist_ok=True)
-    current = (directory / "CURRENT").read_text().strip() if (directory / "CURRENT").is_file() else None
-    numbers = [int(p.name[1:]) for p in directory.glob("v[0-9]*") if p.name[1:].isdigit()]
-    for p in directory.glob("v[0-9]*"):
-        if p.name != current and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-    version = f"v{max(numbers, default=0) + 1:06d}"
-    work = directory / version
-    work.mkdir()
-    return version, work
+# -- reading a version ------------------------------------------------------------------------------------------
+def _regular(path: Path, what: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise IndexFileError(f"{path}: cannot read the {what}: {_cause(exc)}") from None
+    if not stat.S_ISREG(mode):
+        raise IndexFileError(f"{path}: the {what} is not a regular file")
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """index.json, read with the size/depth/UTF-8 checks of :func:`read_json` and its fields type-checked."""
+    meta = read_json(path, IndexFileError)
+    if not isinstance(meta, dict):
+        raise IndexFileError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise IndexFileError(f"{path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+    expected = {"factory": str, "dim": int, "documents": int, "model_sha256": str, "search_params": str}
+    for key, kind in expected.items():
+        value = meta.get(key)
+        if key == "search_params" and value is None:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            wanted = "a non-negative integer" if kind is int else "a string"
+            raise IndexFileError(f"{path}: field {key!r} must be {wanted}, got {repr(value)[:100]}")
+    lexical = meta.get("lexical")
+    if lexical:
+        weight = lexical.get("hybrid_weight") if isinstance(lexical, dict) else None
+        if not isinstance(weight, int | float) or isinstance(weight, bool) or not 0 <= weight <= 1:
+            raise IndexFileError(f"{path}: field 'lexical.hybrid_weight' must be a number in [0, 1], "
+                                 f"got {repr(weight)[:100]}")
+    return meta
+
+
+def _read_faiss(path: Path, dim: int) -> Any:
+    """A Faiss index file as deepsem writes it (an ID map of ``dim``-wide vectors); anything else, a truncated
+    or garbage file included, is an :class:`IndexFileError` naming the file and the cause."""
+    faiss = _faiss()
+    _regular(path, "Faiss index")
+    try:
+        index = faiss.read_index(str(path))
+    except (RuntimeError, MemoryError, OSError) as exc:
+        raise IndexFileError(f"{path}: unreadable Faiss index: {_cause(exc)}") from None
+    if not isinstance(index, faiss.IndexIDMap2):
+        raise IndexFileError(f"{path}: a Faiss {type(index).__name__}, not the IndexIDMap2 deepsem writes")
+    if index.d != dim:
+        raise IndexFileError(f"{path}: vectors of dimension {index.d}, index.json says {dim}")
+    return index
+
+
+# -- writing a version ------------------------------------------------------------------------------------------
+def _own_version(path: Path) -> bool:
+    """A version folder this index made: its exact name pattern, a real folder, nothing but its own files."""
+    if not _VERSION_NAME.fullmatch(path.name) or path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        return all(e.name in _VERSION_ENTRIES or _VERSION_TMP.fullmatch(e.name) for e in path.iterdir())
+    except OSError:
+        return False
+
+
+def _leftover(path: Path) -> bool:
+    """The index's lock file or something a killed writer left: a work folder, a temporary CURRENT."""
+    if path.is_symlink():
+        return False
+    if path.name == LOCK_FILE:
+        return path.is_file()
+    if _WORK_NAME.fullmatch(path.name):
+        return path.is_dir()
+    return bool(_CURRENT_TMP.fullmatch(path.name)) and path.is_file()
+
+
+def _check_target(directory: Path) -> None:
+    """``directory`` may receive a build: new, an index, or holding only what an index's writers leave."""
+    if not directory.exists():
+        if directory.is_symlink():
+            raise IndexFileError(f"{directory}: a broken symbolic link; give a new or empty directory for the index")
+        return
+    if not directory.is_dir():
+        raise IndexFileError(f"{directory}: exists and is not a directory; give a new or empty directory for "
+                             "the index")
+    if (directory / "CURRENT").exists() or (directory / "CURRENT").is_symlink():
+        try:
+            Index.current_version(directory)
+        except (IndexFileError, FileNotFoundError) as exc:
+            raise IndexFileError(f"{directory}: not a deepsem index ({exc}); give a new or empty directory for "
+                                 "the index") from None
+        return
+    strangers = sorted(p.name for p in directory.iterdir() if not _leftover(p) and not _own_version(p))
+    if strangers:
+        shown = ", ".join(strangers[:3]) + (f" and {len(strangers) - 3} more" if len(strangers) > 3 else "")
+        raise IndexFileError(f"{directory}: not empty and not a deepsem index (no CURRENT file; it holds {shown}); "
+                             "give a new or empty directory for the index")
+
+
+@contextlib.contextmanager
+def _write_lock(directory: Path, timeout: float) -> Iterator[None]:
+    """Hold the index's writer lock (``fcntl.flock`` on ``LOCK``), waiting up to ``timeout`` seconds for another
+    writer, whose pid is said on stderr; the lock dies with its process, so a killed writer never blocks."""
+    path = directory / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise IndexFileError(f"{path}: cannot open the index's lock file: {_cause(exc)}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IndexFileError(f"{path}: the index's lock file is not a regular file")
+        deadline, told = time.monotonic() + timeout, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            holder = f"pid {holder}" if holder.isdigit() else "another process"
+            now = time.monotonic()
+            if now >= deadline:
+                raise IndexLockedError(f"{directory}: {holder} is writing this index and did not finish within "
+                                       f"{timeout:g} s (lock_timeout); try again when it has finished")
+            if not told:
+                print(f"{directory}: waiting for {holder}, which is writing this index (up to {timeout:g} s)",
+                      file=sys.stderr, flush=True)
+                told = True
+            time.sleep(min(0.05, deadline - now))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _clean(directory: Path) -> None:
+    """Under the lock: remove what killed writers left (work folders, temporary CURRENT files, versions that
+    CURRENT does not name). Only names and contents the index itself makes are touched."""
+    try:
+        keep: str | None = Index.current_version(directory)
+    except FileNotFoundError:
+        keep = None  # no index yet: any version folder is an unpublished one of a killed first build
+    except IndexFileError:
+        keep = ""  # a damaged CURRENT: which version it meant is unknown, so every version stays
+    for path in directory.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if _leftover(path):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        elif keep != "" and path.name != keep and _own_version(path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _write(directory: Path, lock_timeout: float, fill: Callable[[Path], None]) -> str:
+    """Under the lock: clean up, let ``fill`` write a whole version into a fresh work folder of this writer's own,
+    publish it; on any failure remove that work folder (and only it). Returns the new version's name."""
+    with _write_lock(directory, lock_timeout):
+        _clean(directory)
+        work = directory / f".work-{os.getpid()}-{secrets.token_hex(4)}"
+        work.mkdir()
+        _step("work folder made")
+        try:
+            fill(work)
+            return _publish(directory, work)
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
+
+
+def _publish(directory: Path, work: Path) -> str:
+    """Rename the finished ``work`` folder to the next version name, then switch CURRENT to it."""
+    taken = [int(p.name[1:]) for p in directory.iterdir() if _VERSION_NAME.fullmatch(p.name)]
+    version = f"v{max(taken, default=0) + 1:06d}"
+    os.rename(work, directory / version)
+    _fsync_dir(directory)
+    _step("version folder renamed")
+    try:
+        _switch(directory, version)
+    except BaseException:
+        with contextlib.suppress(IndexFileError, FileNotFoundError):
+            if Index.current_version(directory) != version:
+                shutil.rmtree(directory / version, ignore_errors=True)
+        raise
+    return version
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _copy_version(src: Path, dst: Path) -> None:
@@ -491,6 +882,7 @@ def _copy_version(src: Path, dst: Path) -> None:
             shutil.copytree(item, dst / item.name)
         else:
             shutil.copy2(item, dst / item.name)
+        _step(f"copied {item.name}")
 
 
 def _write_version(work: Path, index: Any, model: SemanticModel, meta: dict[str, Any], copy_model: bool = True
@@ -498,14 +890,20 @@ def _write_version(work: Path, index: Any, model: SemanticModel, meta: dict[str,
     faiss = _faiss()
     if copy_model:
         model.save(work / "model")
+        _step("model saved")
     meta = {**meta, "model_sha256": _sha256(work / "model" / "model.safetensors")}
     atomic_write(work / "index.faiss", lambda p: faiss.write_index(index, str(p)))
+    _step("index.faiss written")
     atomic_write_json(work / "index.json", meta)
+    _step("index.json written")
 
 
 def _switch(directory: Path, version: str) -> None:
-    """Point CURRENT at ``version`` (atomic rename) and remove older versions."""
+    """Point CURRENT at ``version`` (atomic rename) and remove the index's older versions."""
     atomic_write_text(directory / "CURRENT", version + "\n")
-    for p in directory.glob("v[0-9]*"):
-        if p.name != version and p.is_dir():
+    _fsync_dir(directory)
+    _step("CURRENT switched")
+    for p in directory.iterdir():
+        if p.name != version and _own_version(p):
             shutil.rmtree(p, ignore_errors=True)
+            _step(f"removed {p.name}")
