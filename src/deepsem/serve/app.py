@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
@@ -313,18 +313,65 @@ class ServedIndex:
             return True
 
 
-def _summary(errors: list[dict[str, Any]], shown: int = 3) -> str:
-    parts = []
-    for e in errors[:shown]:
-        where = ".".join(str(x) for x in e["loc"][1:]) or "body"
-        parts.append(f"{where}: {e['msg']}")
+_UNION_TAG = re.compile(r"^(constrained-)?(str|int|float|bool|list\[.*\]|dict\[.*\]|tuple\[.*\]|function-.*)$")
+_NOUNS = {"queries": "query", "texts": "text", "pairs": "pair", "history": "history item",
+          "user_features": "user feature"}
+
+
+def _clean(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pydantic's errors with union branch tags taken out of ``loc``; where a union's branches all failed, the
+    branch the input was meant for (the one that looked inside it) is kept, else one error names every type."""
+    groups: dict[tuple[Any, ...], list[tuple[int, dict[str, Any]]]] = {}
+    plain: list[tuple[int, dict[str, Any]]] = []
+    for n, e in enumerate(errors):
+        loc = tuple(e.get("loc", ()))
+        tag = next((i for i, x in enumerate(loc) if isinstance(x, str) and _UNION_TAG.match(x)), None)
+        if tag is None:
+            plain.append((n, e))
+        else:
+            groups.setdefault(loc[:tag], []).append((n, {**e, "loc": loc[:tag] + loc[tag + 1:]}))
+    for prefix, members in groups.items():
+        deep = [(n, e) for n, e in members if len(e["loc"]) > len(prefix) or (not e["type"].endswith("_type")
+                and e["type"] not in ("finite_number", "value_error"))]
+        if deep:
+            plain += deep
+        else:
+            n, first = members[0]
+            msg = " or ".join(dict.fromkeys(e["msg"] for _, e in members))
+            plain.append((n, {**first, "msg": msg, "type": "union_type"}))
+    return [e for _, e in sorted(plain, key=lambda x: x[0])]
+
+
+def _sentence(e: dict[str, Any], limits: Limits) -> str:
+    """One error as a user reads it: 'query 0 has 1200 characters; the limit is 1000'."""
+    loc = [x for x in e["loc"][1:]]
+    field = str(loc[0]) if loc else "body"
+    noun = _NOUNS.get(field, field)
+    ctx, value, kind = e.get("ctx") or {}, e.get("input"), e["type"]
+    index = next((x for x in loc[1:] if isinstance(x, int)), None)
+    which = f"{noun} {index}" if index is not None else noun
+    if kind == "string_too_long" and isinstance(value, str):
+        return f"{which} has {len(value)} characters; the limit is {ctx.get('max_length')}"
+    if kind == "string_pattern_mismatch":
+        return f"{which} is empty"
+    if kind == "too_long" and len(loc) == 1:
+        return f"{ctx.get('actual_length')} {field} in one request; the limit is {ctx.get('max_length')}"
+    if kind == "too_short" and len(loc) == 1:
+        return f"no {field} given"
+    if field == "k" and kind in ("greater_than_equal", "less_than_equal"):
+        return f"k must be between 1 and {limits.max_k}, got {value}"
+    return f"{'.'.join(str(x) for x in loc) or 'body'}: {e.get('msg', '')}"
+
+
+def _summary(errors: list[dict[str, Any]], limits: Limits, shown: int = 3) -> str:
+    parts = [_sentence(e, limits)[:300] for e in errors[:shown]]
     more = f" (and {len(errors) - shown} more)" if len(errors) > shown else ""
     return "; ".join(parts) + more
 
 
-def _issue(e: dict[str, Any]) -> dict[str, Any]:
+def _issue(e: dict[str, Any], limits: Limits) -> dict[str, Any]:
     loc = [x if isinstance(x, int) else str(x)[:MAX_KEY_CHARS] for x in e.get("loc", ())]
-    return {"loc": loc, "msg": str(e.get("msg", ""))[:500], "type": str(e.get("type", ""))}
+    return {"loc": loc, "msg": _sentence(e, limits)[:500], "type": str(e.get("type", ""))}
 
 
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
@@ -468,8 +515,9 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         if any(e.get("type") == "json_invalid" for e in errors):
             reason = errors[0].get("ctx", {}).get("error", "")
             return JSONResponse({"detail": f"the body is not valid JSON: {reason}".rstrip(": ")}, status_code=400)
-        return JSONResponse({"detail": [_issue(e) for e in errors[: limits.max_errors]],
-                             "error_count": len(errors), "message": _summary(errors)}, status_code=422)
+        errors = _clean(errors)
+        return JSONResponse({"detail": [_issue(e, limits) for e in errors[: limits.max_errors]],
+                             "error_count": len(errors), "message": _summary(errors, limits)}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:

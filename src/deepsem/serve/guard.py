@@ -180,7 +180,8 @@ def protocol_class(max_header_bytes: int, max_headers: int, header_timeout_s: fl
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._head_bytes = 0
-            self._head_fields = 0
+            self._head_fields = self._head_parsed = 0
+            self._refusal = None
             self._in_head = True
             self._head_timer: asyncio.TimerHandle | None = None
             self._arm_head_timer()
@@ -202,11 +203,28 @@ def protocol_class(max_header_bytes: int, max_headers: int, header_timeout_s: fl
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            # uvicorn's own data_received, plus the head's bounds (a refusal raised from a parser callback)
+            import httptools
+
+            self._unset_keepalive_if_required()
             if self._in_head:
                 if not self._head_bytes:
                     self._arm_head_timer()  # a new request head starts with these bytes
                 self._head_bytes += len(data)
-            super().data_received(data)
+            self._refusal: str | None = None
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+            except httptools.HttpParserError:
+                if self._refusal is not None:
+                    self._refuse_head(self._refusal)
+                else:
+                    self.send_400_response("Invalid HTTP request received.")
+                return
             if self._in_head and self._head_bytes > max_header_bytes and not self.transport.is_closing():
                 self._refuse_head(f"the request line and headers pass {max_header_bytes} bytes")
 
@@ -217,14 +235,27 @@ def protocol_class(max_header_bytes: int, max_headers: int, header_timeout_s: fl
                                  + body)
             self.transport.close()
 
+        def _refuse(self, why: str) -> None:
+            self._refusal = why
+            raise ValueError(why)  # httptools stops parsing: HttpParserCallbackError
+
         def on_message_begin(self) -> None:
-            self._head_fields = 0
+            self._head_fields = self._head_parsed = 0
             super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self._head_parsed += len(url)
+            if self._head_parsed > max_header_bytes:
+                self._refuse(f"the request line and headers pass {max_header_bytes} bytes")
+            super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._head_fields += 1
+            self._head_parsed += len(name) + len(value) + 4
             if self._head_fields > max_headers:
-                raise ValueError("too many header fields")  # httptools: HttpParserCallbackError -> 400
+                self._refuse(f"more than {max_headers} header fields")
+            if self._head_parsed > max_header_bytes:
+                self._refuse(f"the request line and headers pass {max_header_bytes} bytes")
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
