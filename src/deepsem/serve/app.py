@@ -181,7 +181,7 @@ def _integer(value: Any) -> Any:
     return value
 
 
-def integer(ge: int, le: int) -> Any:
+def integer(ge: int | None = None, le: int | None = None) -> Any:
     """An integer field in [ge, le] (see :func:`_integer`), the bounds published as minimum / maximum."""
     return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_integer)]
 
@@ -228,7 +228,7 @@ def request_models(limits: Limits, modes: tuple[str, ...] = ("dense",)) -> dict[
             None, description="Keep only labels at least this probable.")
 
     item_id = Annotated[str, StringConstraints(max_length=limits.max_chars)] \
-        | integer(-(2**63), 2**63 - 1)
+        | integer()
 
     class RecommendRequest(_Request):
         history: Annotated[list[item_id], Field(max_length=limits.max_chars)] = Field(
