@@ -360,7 +360,7 @@ def _sentence(e: dict[str, Any], limits: Limits) -> str:
         return f"no {field} given"
     if field == "k" and kind in ("greater_than_equal", "less_than_equal"):
         return f"k must be between 1 and {limits.max_k}, got {value}"
-    return f"{'.'.join(str(x) for x in loc) or 'body'}: {e.get('msg', '')}"
+    return f"{'.'.join(str(x) for x in loc) or 'body'}: {str(e.get('msg', '')).removeprefix('Value error, ')}"
 
 
 def _summary(errors: list[dict[str, Any]], limits: Limits, shown: int = 3) -> str:
