@@ -57,12 +57,13 @@ def test_similarity_and_embed_match_the_model(client: TestClient, index: Index):
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
     [
-        ("/search", {"queries": "x" * 51}, 413, "has 51 characters; the limit is 50"),
-        ("/search", {"queries": ["a", "b", "c", "d", "e"]}, 413, "5 querys in one request"),
+        ("/search", {"queries": "x" * 51}, 422, "has 51 characters; the limit is 50"),
+        ("/search", {"queries": ["a", "b", "c", "d", "e"]}, 422, "5 queries in one request"),
         ("/search", {"queries": "a", "k": 6}, 422, "k must be between 1 and 5"),
         ("/search", {"queries": "a", "k": 0}, 422, "k must be between 1 and 5"),
-        ("/search", {"queries": "   "}, 422, "query 0 is empty"),
-        ("/search", {"queries": []}, 422, "no querys given"),
+        ("/search", {"queries": "   "}, 422, "query is empty"),
+        ("/search", {"queries": ["a", " \t"]}, 422, "query 1 is empty"),
+        ("/search", {"queries": []}, 422, "no queries given"),
         ("/search", {"k": 3}, 422, "queries"),
         ("/similarity", {"pairs": [["a"]]}, 422, "pairs"),
         ("/embed", {"texts": ["a"], "side": "left"}, 422, "side"),
@@ -74,10 +75,10 @@ def test_bad_input_is_a_clear_4xx(client: TestClient, path, body, status, messag
     assert message in r.text and "Traceback" not in r.text
 
 
-def test_not_json_and_health_stats_page(client: TestClient):
+def test_not_json_and_health_stats_page(client: TestClient, index: Index):
     r = client.post("/search", content=b"\xff\xfe not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "detail" in r.json() and "Traceback" not in r.text
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "version": index.version}
     stats = client.get("/stats").json()
     assert stats["index"]["documents"] == len(TEXTS) and stats["requests"]["search"] >= 0
     page = client.get("/")
