@@ -6,6 +6,7 @@ import pytest
 
 import deepsem
 from deepsem.config import ConfigError
+from deepsem.errors import ModelFileError
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_unknown_task_and_bad_json(copy_dir: Path):
 
 def test_weights_must_match_the_config(copy_dir: Path):
     edit_config(copy_dir, lambda c: c["model"]["tower"].update(encoder="lstm"))  # no peephole weights expected
-    with pytest.raises(ConfigError, match="do not match"):
+    with pytest.raises(ModelFileError, match=r"do not match config\.json.*tower\.rnn\.weight_c"):
         deepsem.load(copy_dir)
 
 

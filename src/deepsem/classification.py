@@ -38,7 +38,7 @@ from deepsem.data.batches import length_batches
 from deepsem.data.errors import DataError, SkipReport
 from deepsem.data.readers import Column, detect_format, iter_records, sniff_labelled_header
 from deepsem.fileio import atomic_write, atomic_write_json
-from deepsem.io import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_task_config
+from deepsem.io import CONFIG_FILE, WEIGHTS_FILE, build_and_load, read_task_config
 from deepsem.metrics import precision_recall_f1
 from deepsem.models.classifier import TextClassifier
 from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
@@ -439,7 +439,8 @@ class Classifier:
 
     @classmethod
     def load(cls, directory: str | Path) -> Classifier:
-        """Rebuild from ``config.json`` (validated before any tensor is allocated), tokenizer and weights."""
+        """Rebuild from ``config.json`` (validated, and checked against the weights file's header, before any tensor
+        is allocated), tokenizer and weights."""
         directory = Path(directory)
         config = read_task_config(directory, "classifier", "a classifier")
         path = directory / CONFIG_FILE
@@ -453,10 +454,10 @@ class Classifier:
                               f"{model_config.num_labels}")
         tokenizer = load_tokenizer(directory)
         if tokenizer.vocab_size != model_config.tower.vocab_size:
-            raise ConfigError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model expects "
-                              f"{model_config.tower.vocab_size}")
-        model = TextClassifier(model_config)
-        load_weights(model, directory)
+            raise ConfigError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but config.json's "
+                              f"classifier.tower.vocab_size is {model_config.tower.vocab_size}: the tokenizer and the "
+                              "weights come from different models")
+        model = build_and_load(lambda: TextClassifier(model_config), directory, model_config.to_dict())
         info = {k: v for k, v in config.items() if k not in _RESERVED}
         return cls(model, tokenizer, labels, info)
 

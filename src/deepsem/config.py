@@ -7,6 +7,7 @@ allocated, so a hand-edited or corrupt ``config.json`` fails with a message nami
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,28 @@ LOSSES = ("softmax", "pointwise", "hinge", "pointwise+softmax")
 NEGATIVES = ("in-batch", "random", "both", "labelled")
 SCHEDULES = ("linear", "cosine", "constant")
 
+# Bounds of the size fields, checked by ``validate`` before anything is allocated, so that a hand-edited or hostile
+# config.json fails in one line instead of asking for 512 GB. Far above any real use: the bench presets and the
+# README use vocabularies up to a few hundred thousand rows, widths up to 384 and one to three layers.
+#: Rows of one table: token / trigram vocabularies, n-gram buckets, items, categories, title tokens, user features.
+MAX_ROWS = 50_000_000
+#: Items of a recommender (each also an output row of its Faiss index).
+MAX_ITEMS = 100_000_000
+#: ``embedding_dim``, ``hidden_size``, ``output_dim``, ``ngram_dim``.
+MAX_WIDTH = 16_384
+#: ``num_layers`` of any tower.
+MAX_LAYERS = 64
+#: ``num_labels`` of a classifier.
+MAX_LABELS = 1_000_000
+#: ``max_history`` of a recommender (items the user tower reads).
+MAX_HISTORY = 1_000_000
+#: Elements of one weight tensor (torch and safetensors index them with 64 bits, but 2^31 float32 is already 8 GB).
+MAX_TENSOR_ELEMENTS = 2**31 - 1
+#: Parameters of one model: 10^9 float32 = 4 GB.
+MAX_PARAMETERS = 1_000_000_000
+#: Gate blocks of each recurrent cell (rows of its weight matrices per hidden unit).
+_GATES = {"lstm-peephole": 4, "lstm": 4, "lstm-coupled": 4, "gru": 3, "rnn": 1}
+
 
 def _check_type(where: str, name: str, value: Any, annotation: Any) -> Any:
     hint = annotation
@@ -34,7 +57,12 @@ def _check_type(where: str, name: str, value: Any, annotation: Any) -> Any:
             return None
         hint = next(a for a in args if a is not type(None))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > 1e300:  # float() of a huge JSON integer would raise OverflowError
+            raise ConfigError(f"{where}: field {name!r} must be a finite number, got an integer of "
+                              f"{value.bit_length()} bits")
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: field {name!r} must be a finite number, got {value!r}")
     if hint in (int, float, str, bool):
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
             raise ConfigError(f"{where}: field {name!r} must be {hint.__name__}, got {value!r}")
@@ -90,6 +118,43 @@ def _positive(where: str, name: str, value: float, allow_zero: bool = False) -> 
         raise ConfigError(f"{where}: field {name!r} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def _at_most(where: str, name: str, value: int, bound: int, constant: str) -> None:
+    if value > bound:
+        raise ConfigError(f"{where}: field {name!r} is too large: {value:,}, more than the {bound:,} deepsem allows "
+                          f"(deepsem.config.{constant})")
+
+
+def _check_sizes(where: str, tensors: list[tuple[str, int]]) -> None:
+    """Each tensor's element count against :data:`MAX_TENSOR_ELEMENTS` and their sum against
+    :data:`MAX_PARAMETERS`; ``tensors`` are (the fields that size it, elements)."""
+    for what, elements in tensors:
+        if elements > MAX_TENSOR_ELEMENTS:
+            raise ConfigError(f"{where}: too large: the {what} weight would hold {elements:,} elements, more than "
+                              f"the {MAX_TENSOR_ELEMENTS:,} of one tensor (deepsem.config.MAX_TENSOR_ELEMENTS)")
+    total = sum(elements for _, elements in tensors)
+    if total > MAX_PARAMETERS:
+        what, largest = max(tensors, key=lambda t: t[1])
+        raise ConfigError(f"{where}: too large: the model would have {total:,} parameters ({4 * total / 1e9:.1f} GB), "
+                          f"more than the {MAX_PARAMETERS:,} deepsem allows (deepsem.config.MAX_PARAMETERS); "
+                          f"the largest weight is {what} ({largest:,})")
+
+
+def recurrent_sizes(encoder: str, input_size: int, hidden: int, layers: int, directions: int = 1,
+                    prefix: str = "") -> list[tuple[str, int]]:
+    """(name, elements) of the input and recurrent matrices of each layer and direction of a recurrent net
+    (biases and peepholes are a few ``hidden`` wide and left out)."""
+    gates = _GATES[encoder]
+    out = []
+    for layer in range(layers):
+        width = input_size if layer == 0 else directions * hidden
+        for _ in range(directions):
+            out.append((f"{prefix}layer {layer} input ({gates} gates x hidden_size {hidden:,} x {width:,})",
+                        gates * hidden * width))
+            out.append((f"{prefix}layer {layer} recurrent ({gates} gates x hidden_size {hidden:,} x {hidden:,})",
+                        gates * hidden * hidden))
+    return out
+
+
 @dataclass
 class TowerConfig(_Config):
     """One tower: text ids -> ``encoder`` (see :mod:`deepsem.towers`) -> a ``output_dim`` tanh semantic layer.
@@ -127,12 +192,32 @@ class TowerConfig(_Config):
         _choice(w, "pooling", self.pooling, POOLINGS)
         for name in ("vocab_size", "embedding_dim", "hidden_size", "num_layers", "output_dim"):
             _positive(w, name, getattr(self, name))
-        if self.vocab_size > 50_000_000 or self.embedding_dim * self.vocab_size > 2_000_000_000:
-            raise ConfigError(f"{w}: vocab_size x embedding_dim is too large ({self.vocab_size})")
+        _at_most(w, "vocab_size", self.vocab_size, MAX_ROWS, "MAX_ROWS")
+        for name in ("embedding_dim", "hidden_size", "output_dim"):
+            _at_most(w, name, getattr(self, name), MAX_WIDTH, "MAX_WIDTH")
+        _at_most(w, "num_layers", self.num_layers, MAX_LAYERS, "MAX_LAYERS")  # type: ignore[arg-type]
         for name in ("dropout", "embedding_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{w}: field {name!r} must be in [0, 1), got {value}")
+        _check_sizes(w, self.tensor_sizes())
+
+    def tensor_sizes(self, prefix: str = "") -> list[tuple[str, int]]:
+        """(name, elements) of the tower's weight matrices, an estimate of its size before it is built."""
+        v, e, o = self.vocab_size, self.embedding_dim, self.output_dim
+        h, layers = int(self.hidden_size or 1), int(self.num_layers or 1)
+        if self.encoder == "dssm":
+            return [(f"{prefix}vocab_size x hidden_size ({v:,} x {h:,})", v * h),
+                    *[(f"{prefix}hidden layer {k} (hidden_size^2)", h * h) for k in range(layers - 1)],
+                    (f"{prefix}hidden_size x output_dim ({h:,} x {o:,})", h * o)]
+        if self.encoder == "cnn":
+            return [(f"{prefix}vocab_size x 3 hidden_size ({v:,} x {3 * h:,})", 3 * v * h),
+                    (f"{prefix}hidden_size x output_dim ({h:,} x {o:,})", h * o)]
+        directions = 2 if self.bidirectional else 1
+        pooled = h * directions * (2 if self.pooling == "last+max" else 1)
+        return [(f"{prefix}vocab_size x embedding_dim ({v:,} x {e:,})", v * e),
+                *recurrent_sizes(self.encoder, e, h, layers, directions, prefix),
+                (f"{prefix}pooled x output_dim ({pooled:,} x {o:,})", pooled * o)]
 
 
 @dataclass
@@ -148,6 +233,12 @@ class ModelConfig(_Config):
     def validate(self, where: str | None = None) -> None:
         _positive(where or "model", "gamma", self.gamma)
         self.tower.validate(f"{where}.tower" if where else None)
+        _check_sizes(where or "model", self.tensor_sizes())
+
+    def tensor_sizes(self) -> list[tuple[str, int]]:
+        """(name, elements) of the weight matrices: one tower, or two when they are not shared."""
+        sizes = self.tower.tensor_sizes("tower: ")
+        return sizes if self.shared_towers else sizes + self.tower.tensor_sizes("doc tower: ")
 
 
 @dataclass
@@ -226,19 +317,31 @@ class ClassifierConfig(_Config):
         if self.num_labels < (1 if self.multi_label else 2):
             raise ConfigError(f"{w}: field 'num_labels' must be >= {1 if self.multi_label else 2}, "
                               f"got {self.num_labels}")
-        if self.num_labels > 1_000_000:
-            raise ConfigError(f"{w}: field 'num_labels' is too large ({self.num_labels})")
+        _at_most(w, "num_labels", self.num_labels, MAX_LABELS, "MAX_LABELS")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{w}: field 'dropout' must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"{w}: field 'threshold' must be in (0, 1), got {self.threshold}")
         _positive(w, "ngram_buckets", self.ngram_buckets, allow_zero=True)
         _positive(w, "ngram_dim", self.ngram_dim)
+        _at_most(w, "ngram_buckets", self.ngram_buckets, MAX_ROWS, "MAX_ROWS")
+        _at_most(w, "ngram_dim", self.ngram_dim, MAX_WIDTH, "MAX_WIDTH")
         if not 2 <= self.ngram_order <= 5:
             raise ConfigError(f"{w}: field 'ngram_order' must be in [2, 5], got {self.ngram_order}")
-        if (self.ngram_buckets + self.tower.vocab_size) * self.ngram_dim > 2_000_000_000:
-            raise ConfigError(f"{w}: ngram_buckets x ngram_dim is too large ({self.ngram_buckets})")
         self.tower.validate(f"{w}.tower")
+        _check_sizes(w, self.tensor_sizes())
+
+    def tensor_sizes(self) -> list[tuple[str, int]]:
+        """(name, elements) of the weight matrices: the tower, the n-gram table, the output layer."""
+        sizes = self.tower.tensor_sizes("tower: ")
+        width = self.tower.output_dim
+        if self.ngram_buckets > 0:
+            rows = self.tower.vocab_size + self.ngram_buckets
+            sizes.append((f"(tower.vocab_size + ngram_buckets) x ngram_dim ({rows:,} x {self.ngram_dim:,})",
+                          rows * self.ngram_dim))
+            width += self.ngram_dim
+        sizes.append((f"features x num_labels ({width:,} x {self.num_labels:,})", width * self.num_labels))
+        return sizes
 
 
 RECOMMEND_NEGATIVES = ("full", "in-batch", "sampled")
@@ -284,7 +387,33 @@ class RecommenderConfig(_Config):
         for name in ("n_items", "n_categories", "n_title_tokens", "n_user_features", "embedding_dim", "hidden_size",
                      "num_layers", "output_dim", "max_history", "gamma"):
             _positive(w, name, getattr(self, name))
-        if self.n_items * self.embedding_dim > 2_000_000_000 or self.n_items > 100_000_000:
-            raise ConfigError(f"{w}: n_items x embedding_dim is too large ({self.n_items})")
+        _at_most(w, "n_items", self.n_items, MAX_ITEMS, "MAX_ITEMS")
+        for name in ("n_categories", "n_title_tokens", "n_user_features"):
+            _at_most(w, name, getattr(self, name), MAX_ROWS, "MAX_ROWS")
+        for name in ("embedding_dim", "hidden_size", "output_dim"):
+            _at_most(w, name, getattr(self, name), MAX_WIDTH, "MAX_WIDTH")
+        _at_most(w, "num_layers", self.num_layers, MAX_LAYERS, "MAX_LAYERS")
+        _at_most(w, "max_history", self.max_history, MAX_HISTORY, "MAX_HISTORY")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{w}: field 'dropout' must be in [0, 1), got {self.dropout}")
+        _check_sizes(w, self.tensor_sizes())
+
+    def tensor_sizes(self) -> list[tuple[str, int]]:
+        """(name, elements) of the weight matrices of both towers."""
+        e, h, o = self.embedding_dim, self.hidden_size, self.output_dim
+        sizes = [(f"(n_items + 1) x embedding_dim ({self.n_items + 1:,} x {e:,})", (self.n_items + 1) * e),
+                 (f"(n_categories + 1) x embedding_dim ({self.n_categories + 1:,} x {e:,})",
+                  (self.n_categories + 1) * e),
+                 (f"(n_user_features + 1) x hidden_size ({self.n_user_features + 1:,} x {h:,})",
+                  (self.n_user_features + 1) * h),
+                 *recurrent_sizes(self.encoder, e, h, self.num_layers, prefix="user tower: "),
+                 (f"embedding_dim x output_dim ({e:,} x {o:,})", e * o),
+                 (f"hidden_size x output_dim ({h:,} x {o:,})", h * o)]
+        if self.title_encoder == "bag":
+            sizes.append((f"(n_title_tokens + 1) x embedding_dim ({self.n_title_tokens + 1:,} x {e:,})",
+                          (self.n_title_tokens + 1) * e))
+        elif self.title_encoder != "none":
+            title = TowerConfig(encoder=self.title_encoder, vocab_size=self.n_title_tokens + 1, embedding_dim=e,
+                                output_dim=e)
+            sizes += title.tensor_sizes("title tower (n_title_tokens + 1 rows): ")
+        return sizes

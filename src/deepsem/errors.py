@@ -13,6 +13,7 @@ __all__ = [
     "IndexFileError",
     "IndexLockedError",
     "ModelFileError",
+    "ModelFileMissingError",
     "QueryError",
     "ResumeMismatchError",
     "TrainingDivergedError",
@@ -29,6 +30,10 @@ class ConfigError(DeepsemError, ValueError):
 
 class ModelFileError(DeepsemError, ValueError):
     """A model directory or checkpoint is damaged, truncated, hostile or does not match its config."""
+
+
+class ModelFileMissingError(ModelFileError, FileNotFoundError):
+    """A file a model directory needs is missing (also a ``FileNotFoundError``, as raised before)."""
 
 
 class IndexFileError(DeepsemError, ValueError):

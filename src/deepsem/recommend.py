@@ -38,7 +38,7 @@ from deepsem.config import RECOMMEND_NEGATIVES, ConfigError, RecommenderConfig, 
 from deepsem.data.errors import DataError
 from deepsem.data.interactions import Interactions, SequenceSplit, load_movielens, split_sequences
 from deepsem.fileio import atomic_write, atomic_write_json
-from deepsem.io import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_task_config
+from deepsem.io import CONFIG_FILE, WEIGHTS_FILE, read_task_config
 from deepsem.losses import candidate_softmax_loss
 from deepsem.metrics import recommendation_metrics
 from deepsem.models.recommender import TwoTowerRecommender
@@ -361,34 +361,73 @@ class Recommender:
 
     @classmethod
     def load(cls, directory: str | Path) -> Recommender:
-        import json
-
+        """Rebuild from ``config.json`` (validated, and checked against the weights file's header, before any tensor
+        is allocated), ``items.json``, the title tokenizer, the weights and ``items.faiss`` (checked: its size, kind,
+        count, dimension and finite vectors; rebuilt from the weights when absent)."""
         import faiss
+
+        from deepsem.errors import ModelFileError, ModelFileMissingError
+        from deepsem.io import build_and_load, read_json_file
 
         directory = Path(directory)
         config = read_task_config(directory, "recommender", "a recommender")
         path = directory / CONFIG_FILE
         rcfg = RecommenderConfig.from_dict(config["recommender"], where=f"{path}: recommender")
         items_path = directory / ITEMS_FILE
-        if not items_path.is_file():
-            raise FileNotFoundError(f"{directory}: {ITEMS_FILE} is missing")
-        try:
-            catalogue = Catalogue.from_dict(json.loads(items_path.read_text(encoding="utf-8")), str(items_path))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{items_path}: not valid JSON: {exc}") from exc
+        if not items_path.exists():
+            raise ModelFileMissingError(f"{directory}: {ITEMS_FILE} is missing")
+        data = read_json_file(items_path, ConfigError)
+        if isinstance(data, dict):  # element types first: Catalogue hashes ids and categories
+            for key, kinds, what in (("ids", str, "strings"), ("titles", (str, type(None)), "strings or null"),
+                                     ("category_vocab", str, "strings"), ("user_feature_vocab", str, "strings"),
+                                     ("counts", (int, float), "finite numbers >= 0")):
+                values = data.get(key)
+                if isinstance(values, list) and not all(isinstance(v, kinds) and not isinstance(v, bool)
+                                                        for v in values):
+                    raise ConfigError(f"{items_path}: field {key!r} must be a list of {what}")
+            counts, cats, ids = data.get("counts"), data.get("categories"), data.get("ids")
+            if isinstance(counts, list) and not all(
+                    0 <= c < 2**53 if isinstance(c, int) else math.isfinite(c) and c >= 0 for c in counts):
+                raise ConfigError(f"{items_path}: field 'counts' must be a list of finite numbers >= 0")
+            if isinstance(cats, list) and not all(isinstance(c, list) and all(isinstance(x, str) for x in c)
+                                                  for c in cats):
+                raise ConfigError(f"{items_path}: field 'categories' must hold a list of strings per item")
+            if isinstance(ids, list) and len(set(ids)) != len(ids):
+                raise ConfigError(f"{items_path}: field 'ids' holds the same item id twice")
+        catalogue = Catalogue.from_dict(data, str(items_path))
+        if len(catalogue.ids) != rcfg.n_items:
+            raise ConfigError(f"{items_path}: {len(catalogue.ids)} items, but config.json's recommender.n_items is "
+                              f"{rcfg.n_items}: the catalogue and the weights come from different models")
         tokenizer = load_tokenizer(directory) if rcfg.title_encoder != "none" else None
         if tokenizer is not None and tokenizer.vocab_size != rcfg.n_title_tokens + 1:
-            raise ConfigError(f"{directory}: title tokenizer has {tokenizer.vocab_size} tokens but the model "
-                              f"expects {rcfg.n_title_tokens + 1}")
-        model = TwoTowerRecommender(rcfg)
-        load_weights(model, directory)
+            raise ConfigError(f"{directory}: the title tokenizer has {tokenizer.vocab_size} tokens but config.json's "
+                              f"recommender.n_title_tokens is {rcfg.n_title_tokens} (+1 for padding): the tokenizer "
+                              "and the weights come from different models")
+        model = build_and_load(lambda: TwoTowerRecommender(rcfg), directory, rcfg.to_dict())
         info = {k: v for k, v in config.items() if k not in ("deepsem_version", "task", "recommender")}
         rec = cls(model, catalogue, tokenizer, info)
-        if (directory / INDEX_FILE).is_file():
-            index = faiss.read_index(str(directory / INDEX_FILE))
+        index_path = directory / INDEX_FILE
+        if index_path.exists():
+            vectors = 4 * rcfg.n_items * rcfg.output_dim
+            size = index_path.stat().st_size if index_path.is_file() else -1
+            if not vectors <= size <= vectors + 4096:  # a flat index: a short header, then the float32 vectors
+                raise ModelFileError(f"{index_path}: {size:,} bytes, but a Faiss flat index of {rcfg.n_items:,} "
+                                     f"vectors of dimension {rcfg.output_dim} (config.json's n_items and output_dim) "
+                                     f"has {vectors:,} plus a short header; delete it to rebuild it from the weights")
+            try:
+                index = faiss.read_index(str(index_path))
+            except RuntimeError as exc:
+                raise ModelFileError(f"{index_path}: not a readable Faiss index ({str(exc).splitlines()[-1][:200]}); "
+                                     "delete it to rebuild it from the weights") from None
+            if not isinstance(index, faiss.IndexFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+                raise ModelFileError(f"{index_path}: a {type(index).__name__}, not the flat inner-product index "
+                                     "deepsem writes; delete it to rebuild it from the weights")
             if index.ntotal != rcfg.n_items or index.d != rcfg.output_dim:
-                raise ConfigError(f"{directory / INDEX_FILE}: {index.ntotal} vectors of dimension {index.d}, "
-                                  f"expected {rcfg.n_items} of {rcfg.output_dim}")
+                raise ConfigError(f"{index_path}: {index.ntotal} vectors of dimension {index.d}, but config.json says "
+                                  f"{rcfg.n_items} items (n_items) of dimension {rcfg.output_dim} (output_dim)")
+            if not np.isfinite(index.reconstruct_n(0, index.ntotal)).all():
+                raise ModelFileError(f"{index_path}: holds NaN or infinite vectors; delete it to rebuild it from the "
+                                     "weights")
             rec._index = index
         return rec
 

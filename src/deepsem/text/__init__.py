@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from deepsem.errors import ConfigError
 from deepsem.text.base import TOKENIZER_FILE, Tokenizer, read_tokenizer_file, tokenizer_directory
 from deepsem.text.char import CharTokenizer
 from deepsem.text.subword import SubwordTokenizer
@@ -32,7 +33,7 @@ def _tokenizer_class(name: str, source: str = "") -> type[Tokenizer]:
     cls = TOKENIZERS.get(name) if isinstance(name, str) else None
     if cls is None:
         where = f"{source}: field 'config.name': " if source else ""
-        raise ValueError(f"{where}unknown tokenizer {name!r}; choose one of {sorted(TOKENIZERS)}")
+        raise ConfigError(f"{where}unknown tokenizer {name!r}; choose one of {sorted(TOKENIZERS)}")
     return cls
 
 
@@ -48,8 +49,9 @@ def build_tokenizer(name: str, texts: Iterable[str], **options: Any) -> Tokenize
 def load_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:
     """Load a tokenizer saved with :meth:`Tokenizer.save` from ``directory`` (or its ``tokenizer.json``).
 
-    Raises ``FileNotFoundError`` if there is no ``tokenizer.json``, and ``ValueError`` naming the file and the
-    bad field if it is corrupt or names an unknown tokenizer.
+    Raises :class:`~deepsem.errors.ModelFileMissingError` (a ``FileNotFoundError``) if there is no
+    ``tokenizer.json``, and :class:`~deepsem.errors.ConfigError` (a ``ValueError``) naming the file and the bad
+    field if it is corrupt or names an unknown tokenizer.
     """
     directory = tokenizer_directory(directory)
     path, payload = read_tokenizer_file(directory)

@@ -12,7 +12,6 @@ The ``subword`` tokenizer also writes ``hf_tokenizer.json`` (the Hugging Face ``
 
 from __future__ import annotations
 
-import json
 import os
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -20,7 +19,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from deepsem.fileio import atomic_write_json
+from deepsem.errors import ConfigError, ModelFileMissingError
+from deepsem.fileio import atomic_write_json, read_json
 from deepsem.text.vocab import PAD_ID, PAD_TOKEN, SPECIAL_TOKENS, UNK_ID, UNK_TOKEN, Vocab, check_build_limits
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -179,7 +179,7 @@ class Tokenizer(ABC):
         path, payload = read_tokenizer_file(directory)
         name = payload["config"].get("name")
         if name != cls.name:
-            raise ValueError(f"{path}: field 'config.name' is {name!r}, expected {cls.name!r}")
+            raise ConfigError(f"{path}: field 'config.name' is {name!r}, expected {cls.name!r}")
         return cls.from_payload(payload, directory, str(path))
 
     @classmethod
@@ -189,7 +189,7 @@ class Tokenizer(ABC):
         tokenizer = cls._from_payload(payload, kwargs, directory, source)
         build = payload.get("build", {})
         if not isinstance(build, dict):
-            raise ValueError(f"{source}: field 'build' must be an object")
+            raise ConfigError(f"{source}: field 'build' must be an object")
         tokenizer.build_info = dict(build)
         return tokenizer
 
@@ -208,15 +208,15 @@ def parse_config(cls: type[Tokenizer], config: dict[str, Any], source: str) -> d
     checks: dict[str, OptionCheck] = {"max_length": check_max_length, **cls.OPTIONS}
     for key in config:
         if key != "name" and key not in checks:
-            raise ValueError(f"{source}: unknown field 'config.{key}' for tokenizer {cls.name!r}")
+            raise ConfigError(f"{source}: unknown field 'config.{key}' for tokenizer {cls.name!r}")
     kwargs: dict[str, Any] = {}
     for key, check in checks.items():
         if key not in config:
-            raise ValueError(f"{source}: missing field 'config.{key}'")
+            raise ConfigError(f"{source}: missing field 'config.{key}'")
         try:
             check(key, config[key])
         except ValueError as exc:
-            raise ValueError(f"{source}: field 'config.{key}' is invalid: {exc}") from None
+            raise ConfigError(f"{source}: field 'config.{key}' is invalid: {str(exc)[:300]}") from None
         kwargs[key] = config[key]
     return kwargs
 
@@ -227,30 +227,38 @@ def tokenizer_directory(path: str | os.PathLike[str]) -> Path:
     return path.parent if path.name == TOKENIZER_FILE and path.is_file() else path
 
 
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to one short line (a crafted file's value may be huge)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**100 else "a huge integer"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def read_tokenizer_file(directory: Path) -> tuple[Path, dict[str, Any]]:
     """Read and check the envelope of ``directory/tokenizer.json``: format, version and a config object."""
     path = directory / TOKENIZER_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {TOKENIZER_FILE} in {directory}")
+    if not path.exists():
+        raise ModelFileMissingError(f"no {TOKENIZER_FILE} in {directory}")
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a valid JSON tokenizer file: {exc}") from None
+        payload = read_json(path, ConfigError)
+    except ConfigError as exc:  # the message names the file; say which kind of file it should be
+        raise ConfigError(f"{exc} (not a valid JSON tokenizer file)") from None
+    except ValueError as exc:  # json's limit on integer digits
+        raise ConfigError(f"{path}: not a valid JSON tokenizer file: {exc}") from None
     if not isinstance(payload, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(payload).__name__}")
+        raise ConfigError(f"{path}: expected a JSON object, got {type(payload).__name__}")
     if payload.get("format") != TOKENIZER_FORMAT:
-        raise ValueError(
-            f"{path}: field 'format' must be {TOKENIZER_FORMAT!r}, got {payload.get('format')!r}"
+        raise ConfigError(
+            f"{path}: field 'format' must be {TOKENIZER_FORMAT!r}, got {_short(payload.get('format'))}"
         )
     if payload.get("version") != TOKENIZER_VERSION:
-        raise ValueError(
-            f"{path}: field 'version' must be {TOKENIZER_VERSION}, got {payload.get('version')!r}"
+        raise ConfigError(
+            f"{path}: field 'version' must be {TOKENIZER_VERSION}, got {_short(payload.get('version'))}"
         )
     config = payload.get("config")
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: field 'config' must be an object")
+        raise ConfigError(f"{path}: field 'config' must be an object")
     if not isinstance(config.get("name"), str):
-        raise ValueError(f"{path}: field 'config.name' must be a string, got {config.get('name')!r}")
+        raise ConfigError(f"{path}: field 'config.name' must be a string, got {_short(config.get('name'))}")
     return path, payload
 
 
@@ -313,5 +321,9 @@ class VocabTokenizer(Tokenizer):
         cls, payload: dict[str, Any], kwargs: dict[str, Any], directory: Path, source: str
     ) -> Self:
         if "vocab" not in payload:
-            raise ValueError(f"{source}: missing field 'vocab'")
-        return cls(Vocab.from_dict(payload["vocab"], source=source), **kwargs)
+            raise ConfigError(f"{source}: missing field 'vocab'")
+        vocab = Vocab.from_dict(payload["vocab"], source=source)
+        try:
+            return cls(vocab, **kwargs)
+        except ValueError as exc:  # e.g. a trigram vocabulary without its word separator
+            raise ConfigError(f"{source}: field 'vocab' is invalid: {str(exc)[:300]}") from None

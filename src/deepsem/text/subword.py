@@ -10,6 +10,7 @@ Saved as our ``tokenizer.json`` (config) plus the Hugging Face model in ``hf_tok
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any, ClassVar, Self
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from deepsem.fileio import atomic_write_text
+from deepsem.errors import ConfigError, ModelFileMissingError
+from deepsem.fileio import MAX_JSON_BYTES, atomic_write_text
 from deepsem.text.base import (
     DEFAULT_MAX_LENGTH,
     OptionCheck,
@@ -183,20 +185,30 @@ class SubwordTokenizer(Tokenizer):
         cls, payload: dict[str, Any], kwargs: dict[str, Any], directory: Path, source: str
     ) -> Self:
         if payload.get("hf_tokenizer") != HF_TOKENIZER_FILE:
-            raise ValueError(f"{source}: field 'hf_tokenizer' must be {HF_TOKENIZER_FILE!r}")
+            raise ConfigError(f"{source}: field 'hf_tokenizer' must be {HF_TOKENIZER_FILE!r}")
         hf_path = directory / HF_TOKENIZER_FILE
-        if not hf_path.is_file():
-            raise FileNotFoundError(f"{source}: its companion file {hf_path} is missing")
+        if not hf_path.exists():
+            raise ModelFileMissingError(f"{source}: its companion file {hf_path} is missing")
+        if not hf_path.is_file() or hf_path.stat().st_size > MAX_JSON_BYTES:
+            raise ConfigError(f"{hf_path}: not a regular file of at most {MAX_JSON_BYTES:,} bytes")
         try:
             hf = HFTokenizer.from_str(hf_path.read_text(encoding="utf-8"))
         except Exception as exc:  # tokenizers raises its own exception types for corrupt JSON
-            raise ValueError(f"{hf_path}: not a valid Hugging Face tokenizer file: {exc}") from None
+            raise ConfigError(f"{hf_path}: not a valid Hugging Face tokenizer file: {str(exc)[:300]}") from None
         model_type = type(hf.model).__name__
         if model_type != _HF_MODEL_NAMES[kwargs["model"]]:
-            raise ValueError(
+            raise ConfigError(
                 f"{source}: field 'config.model' is {kwargs['model']!r} but {hf_path} holds {model_type}"
             )
+        # The text pipeline must be the one deepsem builds: a crafted file could carry any normalizer or
+        # pre-tokenizer regex (one that backtracks for minutes on every text).
+        expected = json.loads(_new_hf_tokenizer(kwargs["model"], kwargs["lowercase"]).to_str())
+        saved = json.loads(hf.to_str())
+        for part in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
+            if saved.get(part) != expected.get(part):
+                raise ConfigError(f"{hf_path}: field {part!r} is not the one deepsem's {kwargs['model']} tokenizer "
+                                  f"uses (lowercase={kwargs['lowercase']}); the file was edited or not made by deepsem")
         try:
             return cls(hf, **kwargs)
         except ValueError as exc:
-            raise ValueError(f"{hf_path}: {exc}") from None
+            raise ConfigError(f"{hf_path}: {exc}") from None

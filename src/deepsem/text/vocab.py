@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deepsem.fileio import atomic_write_json
+from deepsem.errors import ConfigError
+from deepsem.fileio import atomic_write_json, read_json
 
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
@@ -79,20 +79,20 @@ class Vocab:
     def from_dict(cls, data: Any, *, source: str = "vocabulary") -> Vocab:
         """Rebuild from :meth:`to_dict` output; ``ValueError`` naming ``source`` and the field if invalid."""
         if not isinstance(data, dict):
-            raise ValueError(f"{source}: field 'vocab' must be an object, got {type(data).__name__}")
+            raise ConfigError(f"{source}: field 'vocab' must be an object, got {type(data).__name__}")
         tokens = data.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-            raise ValueError(f"{source}: field 'vocab.tokens' must be a list of strings")
+            raise ConfigError(f"{source}: field 'vocab.tokens' must be a list of strings")
         counts = data.get("counts")
         if counts is not None and (
             not isinstance(counts, list)
             or not all(isinstance(c, int) and not isinstance(c, bool) for c in counts)
         ):
-            raise ValueError(f"{source}: field 'vocab.counts' must be a list of integers or null")
+            raise ConfigError(f"{source}: field 'vocab.counts' must be a list of integers or null")
         try:
             return cls(tokens, counts)
         except ValueError as exc:
-            raise ValueError(f"{source}: field 'vocab' is invalid: {exc}") from None
+            raise ConfigError(f"{source}: field 'vocab' is invalid: {str(exc)[:300]}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {"tokens": list(self._tokens), "counts": None if self._counts is None else list(self._counts)}
@@ -107,13 +107,15 @@ class Vocab:
     def load(cls, path: str | os.PathLike[str]) -> Vocab:
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not a valid JSON vocabulary file: {exc}") from None
+            data = read_json(path, ConfigError)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (not a valid JSON vocabulary file)") from None
+        except ValueError as exc:  # json's limit on integer digits
+            raise ConfigError(f"{path}: not a valid JSON vocabulary file: {exc}") from None
         if not isinstance(data, dict) or data.get("format") != VOCAB_FORMAT:
-            raise ValueError(f"{path}: field 'format' must be {VOCAB_FORMAT!r}")
+            raise ConfigError(f"{path}: field 'format' must be {VOCAB_FORMAT!r}")
         if data.get("version") != VOCAB_VERSION:
-            raise ValueError(f"{path}: field 'version' must be {VOCAB_VERSION}, got {data.get('version')!r}")
+            raise ConfigError(f"{path}: field 'version' must be {VOCAB_VERSION}")
         return cls.from_dict(data.get("vocab"), source=str(path))
 
     # ------------------------------------------------------------------ lookup
