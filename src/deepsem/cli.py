@@ -9,13 +9,14 @@ also prints the traceback.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import re
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -375,6 +376,37 @@ def _cutoffs(value: str) -> str:
     return value
 
 
+#: Longest line of a text file read by encode / classify predict (the texts are truncated to tokens anyway).
+MAX_LINE_BYTES = 2**20
+
+
+def _text_lines(texts: Path | None) -> Iterator[str]:
+    """The texts of a file (or stdin for None / ``-``), one per line, decoded line by line so that an error names
+    its line: not UTF-8, empty, or longer than :data:`MAX_LINE_BYTES`. A UTF-8 BOM before the first is dropped."""
+    name = str(texts) if texts is not None and str(texts) != "-" else "stdin"
+    stream = open(name, "rb") if name != "stdin" else getattr(sys.stdin, "buffer", None)  # noqa: SIM115
+    if stream is None:  # a text-only stdin (an embedding application's): encode it back
+        stream = io.BytesIO(sys.stdin.read().encode("utf-8", "surrogateescape"))
+    try:
+        number = 0
+        while raw := stream.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                _fail(f"{name}, line {number}: longer than {MAX_LINE_BYTES:,} bytes; one text per line")
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                _fail(f"{name}, line {number}: not UTF-8 text (byte {exc.start + 1} of the line: {exc.reason})")
+            if number == 1:
+                text = text.removeprefix("\ufeff")
+            if not text.strip():
+                _fail(f"{name}, line {number}: empty text")
+            yield text
+    finally:
+        if name != "stdin":
+            stream.close()
+
+
 _PROGRESS_HELP = "Show progress (default: only when stderr is a terminal, so a log file gets no progress lines)."
 _RESUME_HELP = ("Resume the run in --out from its last checkpoint when there is one and the data and settings "
                 "match; --no-resume starts over in this folder (its earlier checkpoint is replaced).")
@@ -553,25 +585,13 @@ def encode(
     from deepsem.fileio import atomic_write
 
     semantic = load(model)
-    name = str(texts) if texts is not None and str(texts) != "-" else "stdin"
-    stream = sys.stdin if name == "stdin" else open(name, encoding="utf-8")  # noqa: SIM115
     parts: list[np.ndarray] = []
     batch: list[str] = []
-    number = 0
-    try:
-        for number, line in enumerate(stream, 1):
-            text = line.rstrip("\r\n")
-            if not text.strip():
-                _fail(f"{name}, line {number}: empty text")
-            batch.append(text)
-            if len(batch) >= chunk:
-                parts.append(semantic.encode(batch, batch_size=batch_size, side=side.value))
-                batch = []
-    except UnicodeDecodeError as exc:
-        _fail(f"{name}, line {number + 1}: not UTF-8 text ({exc.reason})")
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
+    for text in _text_lines(texts):
+        batch.append(text)
+        if len(batch) >= chunk:
+            parts.append(semantic.encode(batch, batch_size=batch_size, side=side.value))
+            batch = []
     if batch:
         parts.append(semantic.encode(batch, batch_size=batch_size, side=side.value))
     vectors = np.concatenate(parts) if parts else np.zeros((0, semantic.dim), np.float32)
@@ -984,9 +1004,6 @@ def classify_predict(
 ) -> None:
     """Print the k most probable labels of each text with their probabilities (tab-separated)."""
     clf = _load_classifier(model)
-    name = str(texts) if texts is not None and str(texts) != "-" else "stdin"
-    stream = sys.stdin if name == "stdin" else open(name, encoding="utf-8")  # noqa: SIM115
-
     def flush(batch: list[str]) -> None:
         for text, top in zip(batch, clf.predict(batch, k=k, batch_size=batch_size), strict=True):
             if as_json:
@@ -996,21 +1013,11 @@ def classify_predict(
                 typer.echo("\t".join(f"{y}\t{p:.4f}" for y, p in top))
 
     batch: list[str] = []
-    number = 0
-    try:
-        for number, line in enumerate(stream, 1):
-            text = line.rstrip("\r\n")
-            if not text.strip():
-                _fail(f"{name}, line {number}: empty text")
-            batch.append(text)
-            if len(batch) >= chunk:
-                flush(batch)
-                batch = []
-    except UnicodeDecodeError as exc:
-        _fail(f"{name}, line {number + 1}: not UTF-8 text ({exc.reason})")
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
+    for text in _text_lines(texts):
+        batch.append(text)
+        if len(batch) >= chunk:
+            flush(batch)
+            batch = []
     if batch:
         flush(batch)
 
