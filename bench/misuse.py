@@ -140,7 +140,7 @@ class Runner:
         self.mode, self.mem = mode, int(mem_gb * 1024**3)
         self.scratch = scratch
         self.count = 0
-        if mode == "fork":
+        if mode == "fork":  # imported once here: every forked child inherits them
             import matplotlib
             import torch
             import torch._dynamo  # noqa: F401  (the optimiser's first step imports it: 5 s a case)
@@ -161,8 +161,10 @@ class Runner:
         resource.setrlimit(resource.RLIMIT_AS, (self.mem, self.mem))
 
     def start(self, args: list[str], cwd: Path, timeout: float = 30.0, stdin: Path | None = None,
-              env: dict[str, str] | None = None, fn: Callable[[], None] | None = None) -> Proc:
-        """Start ``deepsem ARGS`` (or, with ``fn``, a Python function of the harness's own checks) in ``cwd``."""
+              env: dict[str, str] | None = None, fn: Callable[[], None] | None = None,
+              prepare: Callable[[], None] | None = None) -> Proc:
+        """Start ``deepsem ARGS`` (or, with ``fn``, a Python function of the harness's own checks) in ``cwd``;
+        ``prepare`` runs in the child first (fork mode only: fault injection such as :func:`kill_at_rename`)."""
         out, err = self._files()
         if self.mode == "subprocess" and fn is None:
             cmd = [sys.executable, "-m", "deepsem.cli", *args]
@@ -192,6 +194,8 @@ class Runner:
                 sys.stderr = io.TextIOWrapper(open(2, "wb", closefd=False), encoding="utf-8",  # noqa: SIM115
                                               line_buffering=True)
                 sys.argv = ["deepsem", *args]
+                if prepare is not None:
+                    prepare()
                 if fn is not None:
                     fn()
                     code = 0
@@ -214,6 +218,28 @@ class Runner:
 
     def run(self, args: list[str], cwd: Path, timeout: float = 30.0, **kw: Any) -> Run:
         return self.start(args, cwd, timeout, **kw).wait()
+
+
+def kill_at_rename(n: int, pattern: str) -> Callable[[], None]:
+    """Fault injection: SIGKILL the process itself just before its ``n``-th rename (os.replace / os.rename, which
+    every atomic write and version switch ends with) onto a path containing ``pattern`` — a kill between two of
+    a checkpoint's files, or before an index's CURRENT switch, which a random delay almost never hits."""
+
+    def prepare() -> None:
+        count = [0]
+        for name in ("replace", "rename"):
+            original = getattr(os, name)
+
+            def wrapped(src: Any, dst: Any, *a: Any, _original: Any = original, **k: Any) -> Any:
+                if pattern in str(dst):
+                    count[0] += 1
+                    if count[0] == n:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                return _original(src, dst, *a, **k)
+
+            setattr(os, name, wrapped)
+
+    return prepare
 
 
 # -- cases ---------------------------------------------------------------------------------------------------
@@ -388,6 +414,16 @@ def validator(target: files.Target, out: Path, expect: int) -> Callable[[Run], s
     return check
 
 
+def finite_weights(model: Path) -> Callable[[Run], str | None]:
+    def check(run: Run) -> str | None:
+        import numpy as np
+        from safetensors.numpy import load_file
+
+        bad = [k for k, v in load_file(str(model / "model.safetensors")).items() if not np.isfinite(v).all()]
+        return f"training finished with non-finite weights ({bad[0]})" if bad else None
+    return check
+
+
 # -- the families ----------------------------------------------------------------------------------------------
 class Harness:
     def __init__(self, runner: Runner, work: Path, data_dir: Path, jobs: int) -> None:
@@ -397,6 +433,7 @@ class Harness:
         self._model: Path | None = None
         self._index: Path | None = None
         self.targets = files.targets()
+        (work / "fixtures").mkdir(parents=True, exist_ok=True)
 
     # fixtures ----------------------------------------------------------------------------------------------
     def texts(self, n: int, seed: int) -> list[str]:
@@ -576,12 +613,22 @@ class Harness:
         texts.write_text("怎么还款\n信用卡额度\n", encoding="utf-8")
         import numpy as np
 
-        def finite_vectors(path: Path) -> Callable[[Run], str | None]:
+        reference = self.work / "fixtures" / "reference.npy"
+        self.fixture_run(["encode", "--model", str(self.model), "--out", str(reference), str(texts)], "vectors")
+        want = np.load(reference)
+
+        def same_vectors(path: Path) -> Callable[[Run], str | None]:
+            """An exit 0 from a changed model must give the unchanged model's vectors (the change was ignored
+            harmlessly, e.g. a file beside it), finite ones at least."""
             def check(run: Run) -> str | None:
                 v = np.load(path)
-                if v.shape[0] != 2:
-                    return f"{v.shape[0]} vectors for 2 texts"
-                return None if np.isfinite(v).all() else "NaN/Inf vectors written"
+                if v.shape != want.shape:
+                    return f"{v.shape} vectors, expected {want.shape}"
+                if not np.isfinite(v).all():
+                    return "NaN/Inf vectors written"
+                if not np.allclose(v, want, atol=1e-5):
+                    return "the damaged weights were used: vectors differ from the intact model's"
+                return None
             return check
 
         for name, target, mutate in crafted.model_cases():
@@ -592,7 +639,7 @@ class Harness:
             mutate(model, marker)
             out = d / "vectors.npy"
             cases.append(Case(kind, f"model: {name}", ["encode", "--model", str(model), "--out", str(out),
-                                                       str(texts)], d, [target, "model"], check=finite_vectors(out),
+                                                       str(texts)], d, [target, "model"], check=same_vectors(out),
                               marker=marker))
         pairs = str(self.pairs_file("pairs.tsv", 200, 1))
         for name, target, mutate in crafted.checkpoint_cases():
@@ -602,7 +649,7 @@ class Harness:
             marker = d / "MARKER"
             mutate(model, marker)
             cases.append(Case(kind, f"checkpoint: {name}", ["train", pairs, "--out", str(model), *TINY], d,
-                              [target, "checkpoint"], marker=marker))
+                              [target, "checkpoint"], marker=marker, check=finite_weights(model)))
         known = {f"d{i}" for i in range(100)}
         for name, target, mutate in crafted.index_cases():
             d = self.case_dir(kind, name)
@@ -615,7 +662,9 @@ class Harness:
                 ids = [h["id"] for line in run.out.splitlines() if line.startswith("{")
                        for h in json.loads(line).get("hits", json.loads(line).get("results", []))]
                 foreign = [i for i in ids if i not in known]
-                return f"answered from outside the index: {foreign[:2]}" if foreign else None
+                if foreign:
+                    return f"answered from outside the index: {foreign[:2]}"
+                return None if ids else "no hits from an index of 100 documents"
 
             cases.append(Case(kind, f"index: {name}", ["search", "--index", str(index), "--json", "信用卡还款"], d,
                               [target, "index", "CURRENT"], check=hits_known, marker=marker))
@@ -709,12 +758,15 @@ class Harness:
         common = ["--hidden", "16", "--embedding-dim", "16", "--dim", "16", "--threads", "1", "--no-progress",
                   "--batch-size", "32", "--epochs", "2"]
         setups = [
-            ("train", ["train", big, "--dev", dev, "--eval-every", "5", *common], 5),
+            ("train", ["train", big, "--dev", dev, "--eval-every", "5", *common], 4),
             ("train --negatives random", ["train", big, "--dev", dev, "--eval-every", "5", "--negatives", "random",
-                                          "--loss", "softmax", *common], 5),
+                                          "--loss", "softmax", *common], 4),
             ("classify train", ["classify", "train", str(cls), "--epochs", "2", "--hidden", "8", "--batch-size",
-                                "32", "--threads", "1", "--no-progress"], 4),
+                                "32", "--threads", "1", "--no-progress"], 3),
         ]
+        # (n-th rename into checkpoint/, what it is with today's three files per checkpoint)
+        points = [(2, "before optimizer.pt of checkpoint 1"), (6, "before trainer_state.json of checkpoint 2"),
+                  (9, "before trainer_state.json of checkpoint 3")]
         for label, args, n_kills in setups:
             ref_dir = self.case_dir(kind, "ref-" + label.replace(" ", "_"))
             t0 = time.perf_counter()
@@ -724,17 +776,26 @@ class Harness:
                 self.notes[f"kill {label}"] = f"reference run failed: {ref.last_err}"
                 continue
             want = load_file(str(ref_dir / "model" / "model.safetensors"))
-            for k in range(n_kills):
+            precise = points if label.startswith("train") and self.runner.mode == "fork" else []
+            for k in range(n_kills + len(precise)):
                 d = self.case_dir(kind, f"{label.replace(' ', '_')}-{k}")
                 out = d / "model"
-                delay = rng.uniform(0.1, took * 0.95)
-                case = Case(kind, f"kill {label} at {delay:.2f}s", [*args, "--out", str(out)], d,
-                            ["checkpoint", "resume", "--no-resume"])
-                proc = self.runner.start(case.args, d, 300)
-                time.sleep(delay)
-                if proc.poll():
-                    self.notes.setdefault("kills finished before the signal", []).append(case.name)
-                proc.kill()
+                if k < n_kills:
+                    delay = rng.uniform(0.1, took * 0.95)
+                    case = Case(kind, f"kill {label} at {delay:.2f}s", [*args, "--out", str(out)], d,
+                                ["checkpoint", "resume", "--no-resume"])
+                    proc = self.runner.start(case.args, d, 300)
+                    time.sleep(delay)
+                    if proc.poll():
+                        self.notes.setdefault("kills finished before the signal", []).append(case.name)
+                    proc.kill()
+                else:
+                    n, where = precise[k - n_kills]
+                    case = Case(kind, f"kill {label} {where}", [*args, "--out", str(out)], d,
+                                ["checkpoint", "resume", "--no-resume"])
+                    first = self.runner.start(case.args, d, 300, prepare=kill_at_rename(n, "checkpoint")).wait()
+                    if first.rc != -signal.SIGKILL:
+                        self.notes.setdefault("kill points not reached", []).append(f"{case.name}: rc {first.rc}")
 
                 def check(run: Run, out: Path = out, want: dict[str, Any] = want) -> str | None:
                     got = load_file(str(out / "model.safetensors"))
@@ -762,11 +823,11 @@ class Harness:
                                                         str(big), "--index", str(ix)], self.index,
              [set(base), big_ids], 3),
             ("index add", lambda ix: ["index", "add", "--index", str(ix), "--corpus", str(more)], self.index,
-             [set(base), more_ids], 6),
+             [set(base), more_ids], 4),
             ("index delete", lambda ix: ["index", "delete", "--index", str(ix), *deleted], self.index,
-             [set(base), set(base) - set(deleted)], 4),
+             [set(base), set(base) - set(deleted)], 3),
             ("index rebuild", lambda ix: ["index", "rebuild", "--index", str(ix), "--factory", "HNSW32"],
-             self.index, [set(base)], 4),
+             self.index, [set(base)], 3),
         ]
         for label, make_args, start_from, allowed, n in ops:
             t0 = time.perf_counter()
@@ -778,15 +839,24 @@ class Harness:
             took = time.perf_counter() - t0
             if ref.rc != 0:
                 self.notes[f"kill {label}"] = f"reference run failed: {ref.last_err}"
-            for k in range(n):
+            # one more over an existing index: a kill just before the CURRENT switch (fault injection)
+            precise = 1 if start_from is not None and self.runner.mode == "fork" else 0
+            for k in range(n + precise):
                 d = self.case_dir(kind, f"{label.replace(' ', '_').replace('(', '').replace(')', '')}-{k}")
                 ix = d / "index"
                 if start_from is not None:
                     shutil.copytree(start_from, ix)
-                delay = rng.uniform(0.05, max(0.2, took * 0.95))
-                proc = self.runner.start(make_args(ix), d, 300)
-                time.sleep(delay)
-                proc.kill()
+                if k < n:
+                    delay = rng.uniform(0.05, max(0.2, took * 0.95))
+                    name = f"kill {label} at {delay:.2f}s"
+                    proc = self.runner.start(make_args(ix), d, 300)
+                    time.sleep(delay)
+                    proc.kill()
+                else:
+                    name = f"kill {label} before the CURRENT switch"
+                    first = self.runner.start(make_args(ix), d, 300, prepare=kill_at_rename(1, "CURRENT")).wait()
+                    if first.rc != -signal.SIGKILL:
+                        self.notes.setdefault("kill points not reached", []).append(f"{name}: rc {first.rc}")
                 # the index must load (through the CLI) with the old or the new documents
                 run = self.runner.run(["search", "--index", str(ix), "--json", "-k", "5", "信用卡"], d, 60)
 
@@ -802,8 +872,7 @@ class Harness:
                         return f"the index no longer loads: {run.last_err[:120]}"
                     return None
 
-                case = Case(kind, f"kill {label} at {delay:.2f}s", make_args(ix), d, ["index", "CURRENT"],
-                            survive=survive)
+                case = Case(kind, name, make_args(ix), d, ["index", "CURRENT"], survive=survive)
                 record(self.results, case, run)
 
     def concurrent_writers(self, kind: str) -> None:
@@ -1402,7 +1471,11 @@ def main() -> None:
                             ("http", h.http_probes)):
             if key in only:
                 t1 = time.perf_counter()
-                family()
+                try:
+                    family()
+                except Exception:  # a harness bug in one family must not lose the others' results
+                    h.notes[f"harness error in {key}"] = traceback.format_exc()[-1500:]
+                    traceback.print_exc()
                 print(f"== {key}: {time.perf_counter() - t1:.0f} s", flush=True)
     finally:
         report = table(h.results, h.notes)
