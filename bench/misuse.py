@@ -16,7 +16,7 @@ How each case's outcome is decided (first match wins):
 - code executed: a crafted file carries a pickle payload that touches a marker file; the marker exists.
 - data lost: the case's own check of what must survive failed (the user's folders beside an index, the old model
   directory when a new training is refused, the documents of concurrent writers, the index after a kill).
-- hang: the command did not finish within its timeout (30 s; 15 s for a FIFO), or an HTTP request got no answer
+- hang: the command did not finish within its timeout (30 s; 10 s for a FIFO), or an HTTP request got no answer
   before its deadline, or the server still held a connection it should have dropped (slow body).
 - traceback: "Traceback (most recent call last)" in stdout/stderr; for HTTP a 5xx answer or a connection reset
   / closed without an answer.
@@ -514,7 +514,7 @@ class Harness:
                 args = self.read_command(target.name, path, out) + v.args
                 check = validator(target, out, v.expect) if v.expect is not None else None
                 cases.append(Case(kind, f"{target.name}: {v.name}", args, d, [path.name],
-                                  timeout=15.0 if v.special == "fifo" else 30.0, check=check,
+                                  timeout=10.0 if v.special == "fifo" else 30.0, check=check,
                                   exit0_wrong=None if v.expect is not None else v.why))
         cases += self.option_cases(kind)
         run_cases(self.runner, cases, self.jobs, self.results)
@@ -942,7 +942,8 @@ class Harness:
             return
         try:
             for name, method, path, body, headers, expect in http_cases():
-                self.probe(kind, port, name, method, path, body, headers, expect)
+                # the 200k-query body: time to measure its answer's size, not to call it a hang
+                self.probe(kind, port, name, method, path, body, headers, expect, 45.0 if "200k" in name else 15.0)
             self.resource_probes(kind, port)
             self.stale_probe(kind, port, ix)
             self.openapi_fuzz(port)
@@ -954,7 +955,8 @@ class Harness:
     def probe(self, kind: str, port: int, name: str, method: str, path: str, body: bytes | None,
               headers: dict[str, str] | None, expect: str, timeout: float = 15.0, needs_feature: bool = False,
               ) -> Outcome:
-        """``expect``: ok (2xx right), reject (must be refused), either."""
+        """``expect``: ok (2xx right), reject (must be refused), limit (must be refused by a size limit: a 2xx
+        is unbounded), either."""
         t0 = time.perf_counter()
         try:
             status, resp_headers, data = http(port, method, path, body, headers, timeout)
@@ -969,6 +971,8 @@ class Harness:
             outcome, reason = "traceback", f"{status} {data[:80]!r}"
         elif len(data) > 1_000_000:
             outcome, reason = "unbounded", f"{status} answer of {len(data) / 1e6:.1f} MB"
+        elif 200 <= status < 300 and expect == "limit":
+            outcome, reason = "unbounded", f"{status}: accepted without a limit"
         elif 200 <= status < 300:
             outcome, reason = ("silent wrong", f"{status}: accepted") if expect == "reject" else ("ok", "")
         elif 400 <= status < 500:
@@ -1003,16 +1007,16 @@ class Harness:
         outcome, reason, status = send_big_body(port, big, chunked=False, declared_only=True)
         self.http_record(kind, "Content-Length 50 MB, 10 bytes sent", "POST", "/search", outcome, reason, status, t0)
         t0 = time.perf_counter()
-        outcome, reason, status = slow_body(port, seconds=12)
+        outcome, reason, status = slow_body(port, seconds=10)
         self.http_record(kind, "1 byte/s body", "POST", "/search", outcome, reason, status, t0)
         t0 = time.perf_counter()
-        outcome, reason = stalled_connections(port, 300, wait=12)
+        outcome, reason = stalled_connections(port, 300, wait=10)
         self.http_record(kind, "300 stalled connections", "GET", "/healthz", outcome, reason, None, t0)
         body = json.dumps({"queries": "信用卡"}).encode()
         self.probe(kind, port, "1000 headers", "POST", "/search", body,
-                   {**{f"X-H{i}": "v" for i in range(1000)}, "Content-Type": "application/json"}, "reject")
+                   {**{f"X-H{i}": "v" for i in range(1000)}, "Content-Type": "application/json"}, "limit")
         self.probe(kind, port, "one 1 MB header", "POST", "/search", body,
-                   {"X-Big": "v" * 1_000_000, "Content-Type": "application/json"}, "reject")
+                   {"X-Big": "v" * 1_000_000, "Content-Type": "application/json"}, "limit")
         self.probe(kind, port, "one 60 kB header", "POST", "/search", body,
                    {"X-Big": "v" * 60_000, "Content-Type": "application/json"}, "either")
 
@@ -1089,22 +1093,19 @@ class Harness:
             self.notes["OpenAPI fuzzer"] = "schemathesis is not installed: skipped"
             return
         report = self.work / "schemathesis.xml"
-        cmd = [str(exe), "run", f"http://127.0.0.1:{port}/openapi.json", "--checks", "all", "--max-examples", "25",
+        cmd = [str(exe), "run", f"http://127.0.0.1:{port}/openapi.json", "--checks", "all", "--max-examples", "10",
                "--seed", "1", "--no-shrink", "--report", "junit", "--report-junit-path", str(report),
-               "--request-timeout", "10", "--max-time", "150"]
+               "--request-timeout", "10", "--max-time", "60"]
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
             out = proc.stdout + proc.stderr
         except subprocess.TimeoutExpired as exc:
             out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else str(exc.stdout)
         summary = schemathesis_summary(out, report)
         summary["seconds"] = round(time.perf_counter() - t0, 1)
-        summary["command"] = " ".join(cmd[1:4]) + " --max-examples 25"
+        summary["command"] = "schemathesis run URL --checks all --max-examples 10 --max-time 60 --seed 1"
         self.notes["OpenAPI fuzzer"] = summary
-        for failure in summary.get("failures", []):
-            self.results.append(Outcome("OpenAPI fuzzer", failure[:80], "schemathesis run", "silent wrong"
-                                        if "500" not in failure else "traceback", failure[:300]))
         print(f"   OpenAPI fuzzer: {json.dumps({k: v for k, v in summary.items() if k != 'output'})[:400]}", flush=True)
 
     def load_test(self, port: int, index: Path) -> None:
@@ -1347,7 +1348,7 @@ def http_cases() -> list[tuple[str, str, str, bytes | None, dict[str, str] | Non
                       ("body {", "{"), ("body empty", ""), ("body not UTF-8", b'{"queries": "\xff\xfe"}'),
                       ("duplicate keys", '{"queries": "a", "queries": 1}'), ("unknown field", "{" + q + ', "x": 1}')]:
         search(name, raw, "reject" if name not in ("unknown field", "queries lone surrogate", "queries NUL",
-                                                    "10k queries", "duplicate keys") else "either")
+                                                    "10k queries", "duplicate keys", 'k "5"') else "either")
     for name, raw in [("valid string", "{" + q + "}"), ("valid list", '{"queries": ["信用卡", "还款", "额度"]}'),
                       ("valid k 1", "{" + q + ', "k": 1}'), ("valid k 100", "{" + q + ', "k": 100}'),
                       ("valid mode dense", "{" + q + ', "mode": "dense"}'),
@@ -1405,9 +1406,9 @@ def schemathesis_summary(output: str, junit: Path) -> dict[str, Any]:
     m = re.search(r"(\d+) generated", output)
     if m:
         summary["test_cases"] = int(m.group(1))
-    m = re.search(r"(\d+) (?:unique )?failures?", output)
-    if m:
-        summary["failures_reported"] = int(m.group(1))
+    m = re.search(r"(\d+) unique failures?", output)
+    summary["unique_failures"] = int(m.group(1)) if m else 0
+    summary["by_check"] = dict(re.findall(r"❌ (ST\d+ [^:\n]+): (\d+)", output))
     return summary
 
 
@@ -1428,9 +1429,10 @@ def table(results: list[Outcome], notes: dict[str, Any]) -> str:
     lines = ["\n".join(rows), ""]
     fuzz = notes.get("OpenAPI fuzzer")
     if isinstance(fuzz, dict):
-        lines.append(f"OpenAPI fuzzer (Schemathesis, {fuzz.get('command', '')}): {fuzz.get('operations', '?')} "
-                     f"operations, {fuzz.get('test_cases', '?')} test cases, {len(fuzz.get('failures', []))} "
-                     f"failing operations/checks")
+        lines.append(f"OpenAPI fuzzer (`{fuzz.get('command', '')}`): {fuzz.get('operations', '?')} operations, "
+                     f"{fuzz.get('test_cases', '?')} test cases, {fuzz.get('unique_failures', '?')} unique failures "
+                     f"{fuzz.get('by_check', {})}")
+        lines += [f"  - {f}" for f in fuzz.get("failures", [])]
     elif fuzz:
         lines.append(f"OpenAPI fuzzer: {fuzz}")
     load = notes.get("load test", "not run")
