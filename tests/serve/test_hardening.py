@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from deepsem.errors import ConfigError
 from deepsem.index import Document, Index
 from deepsem.serve import Limits, create_app
 from deepsem.serve.app import ValidationErrorBody, api_key_from_env
@@ -73,6 +74,10 @@ def test_schema_carries_the_limits(client: TestClient):
     assert texts["maxItems"] == 300 and texts["minItems"] == 1 and texts["items"] == text
     assert (search["k"]["minimum"], search["k"]["maximum"], search["k"]["default"]) == (1, 5, 5)
     assert search["mode"]["anyOf"][0] == {"type": "string", "const": "dense"}  # no lexical part: dense only
+    r = client.post("/search", json={"queries": "x", "mode": "lexical"})
+    assert r.status_code == 422 and "built without it" in r.json()["message"]
+    r = client.post("/search", json={"queries": "x", "mode": "sparse"})
+    assert r.status_code == 422 and r.json()["message"] == "mode must be one of 'dense', got 'sparse'"
     responses = schema["paths"]["/search"]["post"]["responses"]
     assert set(responses) == {"200", "400", "408", "413", "422", "503"}
     assert "/classify" not in schema["paths"] and "/recommend" not in schema["paths"]
@@ -102,6 +107,14 @@ def test_api_key_bearer_or_header_and_open_paths(index: Index, monkeypatch: pyte
     assert api_key_from_env(None) == "from-env" and api_key_from_env("given") == "given"
     monkeypatch.setenv("DEEPSEM_API_KEY", "")
     assert api_key_from_env(None) is None
+    with pytest.raises(ConfigError, match="API key is empty"):
+        create_app(index, api_key=" ")
+
+
+@pytest.mark.parametrize("field", ["max_in_flight", "max_body_bytes", "body_timeout_s", "max_k"])
+def test_limits_must_be_positive(field: str):
+    with pytest.raises(ConfigError, match=field):
+        Limits(**{field: 0})
 
 
 def test_requests_beyond_max_in_flight_get_503_with_retry_after():

@@ -40,6 +40,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 from deepsem.classification import Classifier
 from deepsem.encoder import SemanticModel
+from deepsem.errors import ConfigError
 from deepsem.index import Index
 from deepsem.recommend import Recommender
 from deepsem.serve.batcher import MicroBatcher
@@ -79,7 +80,7 @@ class Limits:
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
             if not value > 0:
-                raise ValueError(f"Limits.{name} must be positive, got {value!r}")
+                raise ConfigError(f"serve limit {name} must be positive, got {value!r}")
 
 
 # -- error bodies (published in the schema for every status a route can answer) ---------------------------------
@@ -358,6 +359,11 @@ def _sentence(e: dict[str, Any], limits: Limits) -> str:
         return f"{ctx.get('actual_length')} {field} in one request; the limit is {ctx.get('max_length')}"
     if kind == "too_short" and len(loc) == 1:
         return f"no {field} given"
+    if field == "mode" and kind == "literal_error":
+        if value in ("lexical", "hybrid"):
+            return (f"mode {value!r} needs the index's lexical (BM25) part: this index was built without it "
+                    "(Index.build(..., lexical=True), deepsem index build --lexical)")
+        return f"mode must be one of {ctx.get('expected')}, got {str(value)[:50]!r}"
     if field == "k" and kind in ("greater_than_equal", "less_than_equal"):
         return f"k must be between 1 and {limits.max_k}, got {value}"
     return f"{'.'.join(str(x) for x in loc) or 'body'}: {str(e.get('msg', '')).removeprefix('Value error, ')}"
@@ -418,7 +424,7 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
     if index is None and model is None and classifier is None and recommender is None:
         raise ValueError("create_app needs an index, a model, a classifier or a recommender")
     if api_key is not None and not api_key.strip():
-        raise ValueError("api_key is empty")
+        raise ConfigError("the API key is empty: give a non-empty --api-key / DEEPSEM_API_KEY, or none")
     served = ServedIndex(index, reload_interval_s) if index is not None else None
     limits = limits or Limits()
     started = time.time()
