@@ -366,10 +366,10 @@ def test_classify_endpoint(lstm_clf: Classifier, tmp_path: Path, monkeypatch: py
         assert [[p["label"] for p in row] for row in got] == [[y for y, _ in row] for row in want]
         np.testing.assert_allclose([[p["prob"] for p in row] for row in got], [[q for _, q in row] for row in want],
                                    atol=1e-6)
-        for body, status, message in [({"texts": ["a"] * 4}, 413, "the limit is 3"),
+        for body, status, message in [({"texts": ["a"] * 4}, 422, "the limit is 3"),
                                       ({"texts": ["a"], "k": 0}, 422, "k must be between 1 and 5"),
                                       ({"texts": [" "]}, 422, "text 0 is empty"),
-                                      ({"texts": ["x" * 21]}, 413, "has 21 characters"),
+                                      ({"texts": ["x" * 21]}, 422, "has 21 characters"),
                                       ({"texts": []}, 422, "no texts given")]:
             r = client.post("/classify", json=body)
             assert r.status_code == status and message in r.text, r.text

@@ -747,19 +747,32 @@ _API_KEY_HELP = ("Require this key on every request but /healthz ('Authorization
 
 
 def _api_key_kwargs(api_key: str | None) -> dict[str, str]:
-    """``{"api_key": key}`` for ``create_app`` when a key is given. A service that cannot check keys is refused
-    rather than started unprotected when the user asked for one."""
+    """``{"api_key": key}`` for ``create_app`` when a key is given (an empty one is refused, not ignored)."""
     if api_key is None:
         return {}
     if not api_key.strip():
         _fail(f"--api-key (or {_API_KEY_ENV}) is empty; give a key or unset it")
-    import inspect
-
-    from deepsem.serve import create_app
-
-    if "api_key" not in inspect.signature(create_app).parameters:
-        _fail("--api-key: this version of deepsem.serve cannot check API keys; unset it or update deepsem")
     return {"api_key": api_key}
+
+
+# The service's guards, shared by `deepsem serve` and `deepsem recommend serve` (deepsem.serve.Limits).
+MaxBodyBytes = Annotated[int, typer.Option(help="Largest request body in bytes; a larger one is refused (413) "
+                                           "without being read.", min=1)]
+BodyTimeout = Annotated[float, typer.Option(help="Seconds a request's whole body may take to arrive; slower: 408.",
+                                            min=0.001)]
+MaxInFlight = Annotated[int, typer.Option(help="Requests handled at once; more get 503 with Retry-After.", min=1)]
+HeaderTimeout = Annotated[float, typer.Option(help="Seconds a request's headers (and a new connection's first "
+                                              "request) may take; then the connection is closed.", min=0.001)]
+MaxHeaderBytes = Annotated[int, typer.Option(help="Largest request line + headers in bytes; more: 431.", min=256)]
+MaxHeaders = Annotated[int, typer.Option(help="Most header fields in one request; more: 431.", min=1)]
+KeepAlive = Annotated[float, typer.Option(help="Seconds an idle connection stays open.", min=0.001)]
+
+
+def _guard_limits(max_body_bytes: int, body_timeout: float, max_in_flight: int, header_timeout: float,
+                  max_header_bytes: int, max_headers: int, keep_alive: float) -> dict[str, float | int]:
+    return {"max_body_bytes": max_body_bytes, "body_timeout_s": body_timeout, "max_in_flight": max_in_flight,
+            "header_timeout_s": header_timeout, "max_header_bytes": max_header_bytes, "max_headers": max_headers,
+            "keep_alive_s": keep_alive}
 
 
 @app.command()
@@ -782,6 +795,17 @@ def serve(
                               ] = False,
     api_key: Annotated[str | None, typer.Option(envvar=_API_KEY_ENV, show_envvar=True, help=_API_KEY_HELP)
                        ] = None,
+    reload_interval: Annotated[float, typer.Option(help="Seconds between looks at INDEX/CURRENT for the versions "
+                               "'index add' / 'index delete' write (the new one is loaded and swapped in); 0: "
+                               "serve the index as loaded, until POST /admin/reload.", callback=_not_negative)
+                               ] = 1.0,
+    max_body_bytes: MaxBodyBytes = 1 << 20,
+    body_timeout: BodyTimeout = 10.0,
+    max_in_flight: MaxInFlight = 256,
+    header_timeout: HeaderTimeout = 10.0,
+    max_header_bytes: MaxHeaderBytes = 16 << 10,
+    max_headers: MaxHeaders = 100,
+    keep_alive: KeepAlive = 5.0,
 ) -> None:
     """Serve search, similarity and embeddings over HTTP, with a search page at /."""
     import torch
@@ -802,8 +826,12 @@ def serve(
     classifier = loaded if isinstance(loaded, Classifier) else None  # a classifier directory: /classify
     recommender = loaded if isinstance(loaded, Recommender) else None  # a recommender directory: /recommend
     semantic = None if isinstance(loaded, Classifier | Recommender) else loaded
-    app_ = create_app(idx, semantic, Limits(max_chars, max_texts, max_k), max_wait_ms=max_wait_ms,
-                      classifier=classifier, recommender=recommender, encoder_thread=encoder_thread, **auth)
+    limits = Limits(max_chars, max_texts, max_k, **_guard_limits(max_body_bytes, body_timeout, max_in_flight,
+                                                                 header_timeout, max_header_bytes, max_headers,
+                                                                 keep_alive))
+    app_ = create_app(idx, semantic, limits, max_wait_ms=max_wait_ms, classifier=classifier,
+                      recommender=recommender, encoder_thread=encoder_thread,
+                      reload_interval_s=reload_interval or None, **auth)
     typer.echo(f"serving on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     run(app_, host=host, port=port)
 
@@ -1379,6 +1407,13 @@ def recommend_serve(
     threads: Annotated[int, typer.Option(help="Torch threads.", min=1)] = 1,
     api_key: Annotated[str | None, typer.Option(envvar=_API_KEY_ENV, show_envvar=True, help=_API_KEY_HELP)
                        ] = None,
+    max_body_bytes: MaxBodyBytes = 1 << 20,
+    body_timeout: BodyTimeout = 10.0,
+    max_in_flight: MaxInFlight = 256,
+    header_timeout: HeaderTimeout = 10.0,
+    max_header_bytes: MaxHeaderBytes = 16 << 10,
+    max_headers: MaxHeaders = 100,
+    keep_alive: KeepAlive = 5.0,
 ) -> None:
     """Serve POST /recommend (history in, items out, seen items excluded) over HTTP."""
     import torch
@@ -1389,7 +1424,9 @@ def recommend_serve(
     auth = _api_key_kwargs(api_key)
     rec = _load_recommender(model)
     rec.index()
-    app_ = create_app(recommender=rec, limits=Limits(max_k=max_k), max_wait_ms=max_wait_ms, **auth)
+    limits = Limits(max_k=max_k, **_guard_limits(max_body_bytes, body_timeout, max_in_flight, header_timeout,
+                                                 max_header_bytes, max_headers, keep_alive))
+    app_ = create_app(recommender=rec, limits=limits, max_wait_ms=max_wait_ms, **auth)
     typer.echo(f"serving {rec!r} on http://{host}:{port}/recommend  (API docs: http://{host}:{port}/docs)")
     run(app_, host=host, port=port)
 

@@ -151,12 +151,12 @@ def test_service_and_cli_modes(hybrid_index: Index, trained_model_dir: Path, tmp
         filtered = client.post("/search", json={"queries": "信用卡", "k": 3, "filter": {"n": 2}, "mode": "lexical"})
         assert all(h["metadata"]["n"] == 2 for h in filtered.json()["results"][0])
         bad = client.post("/search", json={"queries": "x", "k": 2, "mode": "sparse"})
-        assert bad.status_code == 422 and "mode must be one of" in bad.json()["detail"]
+        assert bad.status_code == 422 and "mode must be one of" in bad.json()["message"]
     plain = Index.build(trained_model_dir, DOCS[:5], tmp_path / "plain")
     with TestClient(create_app(plain)) as client:
         bad = client.post("/search", json={"queries": "x", "mode": "lexical"})
-        assert bad.status_code == 422 and "built without it" in bad.json()["detail"]
-        assert str(tmp_path) not in bad.json()["detail"]
+        assert bad.status_code == 422 and "built without it" in bad.json()["message"]
+        assert str(tmp_path) not in bad.text
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": t}, ensure_ascii=False) + "\n"
