@@ -80,6 +80,7 @@ __all__ = [
     "read_clicks",
     "read_pairs",
     "read_retrieval",
+    "sniff_labelled_header",
 ]
 
 logger = logging.getLogger(__name__)
