@@ -22,6 +22,12 @@ with only numbered columns it is a header when its label (or count) field is not
 ``id  sentence1  sentence2  label`` line of PAWS-X. Pass ``header=True`` / ``False`` to decide yourself.
 
 Every file is streamed: rows are parsed as lines are read, never after reading the whole file.
+Only regular files are read: a missing path, a directory, a FIFO or a device is a :class:`DataError` before
+anything is opened (a FIFO would block, ``/dev/zero`` never ends). No line is read whole past
+:data:`deepsem.fileio.MAX_LINE_BYTES` (1 MiB): a longer one is a :class:`DataError` naming it. A CSV quoted field
+may span lines, but one still open after :data:`MAX_CSV_RECORD_LINES` lines or at the end of the file (an
+unbalanced ``"`` that would swallow the rows after it) is an error naming the line where it opened, even with
+``skip_bad_rows``.
 
 A malformed row (missing column, a label that is not a number, undecodable bytes, empty text, bad JSON)
 raises :class:`~deepsem.data.errors.DataError`, whose message names the file, the line (1-based,
@@ -74,6 +80,7 @@ __all__ = [
     "read_clicks",
     "read_pairs",
     "read_retrieval",
+    "sniff_labelled_header",
 ]
 
 logger = logging.getLogger(__name__)
