@@ -914,6 +914,9 @@ def classify_train(
                                              callback=_data_file)] = None,
     text_col: Annotated[str, typer.Option(help="Text column: 0-based index or header name.")] = "0",
     label_col: Annotated[str, typer.Option(help="Label column: 0-based index or header name.")] = "1",
+    header: Annotated[bool | None, typer.Option(help="The first TSV/CSV line is a header (--no-header: it is "
+                      "data). Default: detected from column names such as text/label (the decision is printed).")
+                      ] = None,
     multi_label: Annotated[bool, typer.Option(help="Several labels per text (a sigmoid per label, BCE loss).")
                            ] = False,
     label_sep: Annotated[str, typer.Option(help="Separator of the labels of one text (--multi-label).")] = ",",
@@ -969,7 +972,7 @@ def classify_train(
         data, out, dev, tokenizer=tokenizer.value,
         tokenizer_options={"min_count": min_count, "max_length": max_length}, tower=tower, training=train_cfg,
         multi_label=multi_label, class_weights=_class_weights(class_weights), text_col=_column(text_col),
-        label_col=_column(label_col), label_sep=label_sep, skip_bad_rows=skip_bad_rows, resume=resume,
+        label_col=_column(label_col), label_sep=label_sep, header=header, skip_bad_rows=skip_bad_rows, resume=resume,
         ngram_buckets=ngram_buckets, ngram_order=ngram_order,
         progress=progress,  # None (auto) through to the trainer
     )
@@ -988,6 +991,9 @@ def classify_evaluate(
     label_col: Annotated[str, typer.Option(help="Label column: 0-based index or header name.")] = "1",
     label_sep: Annotated[str | None, typer.Option(help="Separator of multi-label labels (default: the one the "
                          "model was trained with).")] = None,
+    header: Annotated[bool | None, typer.Option(help="The first TSV/CSV line is a header (--no-header: it is "
+                      "data). Default: detected from column names such as text/label (the decision is printed).")
+                      ] = None,
     confusion: Annotated[Path | None, typer.Option(help="Write the confusion matrix as a PNG here.",
                                                    callback=_out_file)] = None,
     skip_bad_rows: Annotated[bool, typer.Option(help="Skip malformed rows (counted).")] = False,
@@ -998,7 +1004,8 @@ def classify_evaluate(
 
     clf = _load_classifier(model)
     metrics = evaluate_classifier(clf, data, text_col=_column(text_col), label_col=_column(label_col),
-                                  label_sep=label_sep, skip_bad_rows=skip_bad_rows, confusion_png=confusion)
+                                  label_sep=label_sep, header=header, skip_bad_rows=skip_bad_rows,
+                                  confusion_png=confusion)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
         return

@@ -289,7 +289,7 @@ def train(
         torch.set_num_threads(cfg.threads)
     out = Path(out)
     run_dir = Path(run_dir) if run_dir is not None else out / "training"
-    train_pairs = as_pairs(train_data, columns, skip_bad_rows, label_map, clicks, impressions)
+    train_pairs = as_pairs(train_data, columns, skip_bad_rows, label_map, clicks, impressions, binary=True)
     dev_pairs = (as_pairs(dev_data, columns, skip_bad_rows, label_map, clicks, impressions)
                  if dev_data is not None else None)
     if not len(train_pairs.text_a):
