@@ -193,7 +193,9 @@ class SubwordTokenizer(Tokenizer):
             raise ConfigError(f"{hf_path}: not a regular file of at most {MAX_JSON_BYTES:,} bytes")
         try:
             hf = HFTokenizer.from_str(hf_path.read_text(encoding="utf-8"))
-        except Exception as exc:  # tokenizers raises its own exception types for corrupt JSON
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # tokenizers' own exception types, and a Rust panic (a BaseException)
             raise ConfigError(f"{hf_path}: not a valid Hugging Face tokenizer file: {str(exc)[:300]}") from None
         model_type = type(hf.model).__name__
         if model_type != _HF_MODEL_NAMES[kwargs["model"]]:
