@@ -104,6 +104,8 @@ def read_json(path: str | os.PathLike[str], error: type[Exception] | None = None
         raise error(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     except RecursionError:
         raise error(f"{path}: JSON nested more than {max_depth} levels deep") from None
+    except ValueError as exc:  # e.g. an integer of more digits than int() converts
+        raise error(f"{path}: not valid JSON: {exc}") from None
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
     if _json_depth_exceeds(value, max_depth):
