@@ -105,7 +105,7 @@ def read_json(path: str | os.PathLike[str], error: type[Exception] | None = None
     except RecursionError:
         raise error(f"{path}: JSON nested more than {max_depth} levels deep") from None
     except ValueError as exc:  # e.g. an integer of more digits than int() converts
-        raise error(f"{path}: not valid JSON: {exc}") from None
+        raise error(f"{path}: not valid JSON: {str(exc).split(';')[0]}") from None
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
     if _json_depth_exceeds(value, max_depth):
