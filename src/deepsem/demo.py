@@ -68,7 +68,8 @@ def demo_configs(minutes: float | None, epochs: int = 20) -> tuple[ModelConfig, 
 
 
 def run_demo(out: str | Path | None = None, minutes: float | None = 1.8, queries: tuple[str, ...] = EXAMPLE_QUERIES,
-             k: int = 5, progress: bool | None = None, epochs: int = 20) -> tuple[SemanticModel, Path, dict[str, float]]:
+             k: int = 5, progress: bool | None = None, epochs: int = 20
+             ) -> tuple[SemanticModel, Path, dict[str, float]]:
     """Train, report the dev score, index every sentence, answer example queries.
 
     Returns the model, the index directory and the held-out scores (``en2zh_*`` and ``zh2en_*``)."""

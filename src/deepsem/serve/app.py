@@ -40,7 +40,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 from deepsem.classification import Classifier
 from deepsem.encoder import SemanticModel
-from deepsem.errors import ConfigError
+from deepsem.errors import ConfigError, QueryError
 from deepsem.index import Index
 from deepsem.recommend import Recommender
 from deepsem.serve.batcher import MicroBatcher
@@ -245,24 +245,10 @@ def request_models(limits: Limits, modes: tuple[str, ...] = ("dense",)) -> dict[
 
 
 # -- the served index, following INDEX/CURRENT ------------------------------------------------------------------
-_VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
 def current_version(directory: Path) -> str:
-    """The version folder ``directory/CURRENT`` names, checked to be a folder directly inside ``directory``
-    (ValueError otherwise). Uses ``Index.current_version`` where the index module has it."""
-    reader = getattr(Index, "current_version", None)
-    if callable(reader):
-        return str(reader(directory))
-    with open(directory / "CURRENT", "rb") as fh:
-        raw = fh.read(257)
-    try:
-        name = raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ValueError(f"{directory / 'CURRENT'}: not UTF-8") from None
-    if not _VERSION_NAME.fullmatch(name) or not (directory / name).is_dir():
-        raise ValueError(f"{directory / 'CURRENT'}: {name[:60]!r} is not a version folder of this index")
-    return name
+    """The version folder ``directory/CURRENT`` names (:meth:`Index.current_version`: checked to be one of the
+    index's own version folders)."""
+    return str(Index.current_version(directory))
 
 
 class ServedIndex:
@@ -514,6 +500,13 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         counters["errors"] += 1
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    @app.exception_handler(QueryError)
+    async def on_query_error(request: Request, exc: QueryError) -> JSONResponse:
+        """A query the index refuses (the schema's rules already keep most out): 422 in the published shape."""
+        loc: list[str | int] = ["body", "queries"] + ([exc.position] if exc.position is not None else [])
+        return JSONResponse({"detail": [{"loc": loc, "msg": str(exc), "type": "value_error"}], "error_count": 1,
+                             "message": str(exc)}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
