@@ -643,20 +643,13 @@ def index_build(
     """Encode every document of a corpus and index the vectors."""
     import time
 
-    import numpy as np
-
     from deepsem.index import Index
     from deepsem.progress import progress_enabled
 
     t0 = time.perf_counter()
-    given = None
-    if vectors is not None:
-        try:
-            given = np.load(vectors, allow_pickle=False)
-        except (ValueError, EOFError) as exc:
-            _fail(f"{vectors}: not a .npy array of vectors ({_clean(exc)})")
+    # the library reads the .npy itself (memory-mapped, no pickle) and checks its shape, dtype and values
     built = Index.build(model, corpus, index, factory, id_field=id_field, text_field=text_field,
-                        skip_bad_rows=skip_bad_rows, vectors=given, search_params=search_params,
+                        skip_bad_rows=skip_bad_rows, vectors=vectors, search_params=search_params,
                         progress=progress_enabled(progress), lexical=lexical, hybrid_weight=hybrid_weight)
     typer.echo(f"indexed {len(built):,} documents with {factory} in {time.perf_counter() - t0:.1f} s -> {index}")
     if check_recall:
@@ -675,7 +668,7 @@ def index_add(
     from deepsem.index import iter_corpus
 
     idx = _load_index(index)
-    added = idx.add(iter_corpus(corpus, id_field=id_field, text_field=text_field))
+    added = idx.add(iter_corpus(corpus, id_field=id_field, text_field=text_field), source=corpus)
     typer.echo(f"added {added:,} documents; {len(idx):,} in the index")
 
 
