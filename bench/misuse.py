@@ -1114,7 +1114,7 @@ class Harness:
                "--request-timeout", "10", "--max-time", "60"]
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=self.work)
             out = proc.stdout + proc.stderr
         except subprocess.TimeoutExpired as exc:
             out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else str(exc.stdout)
