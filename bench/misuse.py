@@ -2,7 +2,14 @@
 OpenAPI fuzzer and a load test, each case generated deterministically into a temporary folder.
 
     python bench/misuse.py [--data-dir ../shared/datasets] [--out bench/results/misuse.json] [--only KIND]
-                           [--jobs 1] [--mode fork|subprocess]
+                           [--jobs 1] [--mode fork|subprocess] [--merge EARLIER.json]
+
+KIND is bad (bad input files, and misused options), crafted (model / tokenizer / checkpoint / index files,
+folders beside an index, re-training into an existing --out), kills (SIGKILL at seeded random moments and, by
+fault injection in the forked child, just before a chosen rename: between a checkpoint's files, before an
+index's CURRENT switch; concurrent index writers) or http (probes, Schemathesis, bench/soak.py when present).
+``--merge`` keeps an earlier JSON's cases of the families not run now, so one family can be re-run into a full
+table.
 
 Every case runs the installed ``deepsem`` command (``python -m deepsem.cli``; PYTHONPATH picks the code) under a
 memory cap (RLIMIT_AS, 4 GB by default, so a memory bomb is a failed case, not a crashed machine) and a
@@ -62,6 +69,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from misuse_cases import crafted, files
 
+FAMILY_KINDS = {"bad": "bad input files", "kills": "kills", "crafted": "crafted files", "http": "HTTP probes"}
+NOTE_PREFIXES = {"bad": ("harness error in bad",), "crafted": ("harness error in crafted",),
+                 "kills": ("kill", "harness error in kills"),
+                 "http": ("HTTP", "OpenAPI", "load test", "harness error in http")}
 KINDS = ("bad input files", "kills", "crafted files", "HTTP probes", "OpenAPI fuzzer", "load test")
 OUTCOMES = ("clear error", "ok", "unclear error", "traceback", "hang", "unbounded", "data lost", "silent wrong",
             "code executed")
@@ -756,7 +767,7 @@ class Harness:
         cls.write_text("".join(f"{t}\t{('体育', '财经', '科技')[i % 3]}\n"
                                for i, t in enumerate(self.texts(1200, 7))), encoding="utf-8")
         common = ["--hidden", "16", "--embedding-dim", "16", "--dim", "16", "--threads", "1", "--no-progress",
-                  "--batch-size", "32", "--epochs", "2"]
+                  "--batch-size", "32", "--epochs", "2", "--patience", "1000"]  # no early stop: every step runs
         setups = [
             ("train", ["train", big, "--dev", dev, "--eval-every", "5", *common], 4),
             ("train --negatives random", ["train", big, "--dev", dev, "--eval-every", "5", "--negatives", "random",
@@ -775,7 +786,9 @@ class Harness:
             if ref.rc != 0:
                 self.notes[f"kill {label}"] = f"reference run failed: {ref.last_err}"
                 continue
-            want = load_file(str(ref_dir / "model" / "model.safetensors"))
+            # the model directory holds the best-on-dev weights; the checkpoint the last ones: compare both
+            final = Path("training") / "checkpoint" / "model.safetensors"
+            want = {f: load_file(str(ref_dir / "model" / f)) for f in (Path("model.safetensors"), final)}
             precise = points if label.startswith("train") and self.runner.mode == "fork" else []
             for k in range(n_kills + len(precise)):
                 d = self.case_dir(kind, f"{label.replace(' ', '_')}-{k}")
@@ -797,11 +810,14 @@ class Harness:
                     if first.rc != -signal.SIGKILL:
                         self.notes.setdefault("kill points not reached", []).append(f"{case.name}: rc {first.rc}")
 
-                def check(run: Run, out: Path = out, want: dict[str, Any] = want) -> str | None:
-                    got = load_file(str(out / "model.safetensors"))
-                    diff = [k for k in want if k not in got or not (got[k] == want[k]).all()]
-                    if diff:
-                        return f"resumed weights differ from an uninterrupted run ({len(diff)} tensors)"
+                def check(run: Run, out: Path = out, want: dict[Path, Any] = want) -> str | None:
+                    for f, ref in want.items():
+                        if not (out / f).exists():
+                            continue  # a layout without this file (e.g. after a redesign): the other one decides
+                        got = load_file(str(out / f))
+                        diff = [k for k in ref if k not in got or not (got[k] == ref[k]).all()]
+                        if diff:
+                            return f"resumed {f} differs from an uninterrupted run's ({len(diff)} tensors)"
                     return None
 
                 case.check = check
@@ -1098,7 +1114,7 @@ class Harness:
                "--request-timeout", "10", "--max-time", "60"]
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=self.work)
             out = proc.stdout + proc.stderr
         except subprocess.TimeoutExpired as exc:
             out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else str(exc.stdout)
@@ -1460,6 +1476,8 @@ def main() -> None:
     parser.add_argument("--mode", choices=["fork", "subprocess"], default="fork")
     parser.add_argument("--mem-gb", type=float, default=4.0, help="RLIMIT_AS of every command")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--merge", type=Path, help="an earlier JSON whose cases of the families not run now are "
+                        "kept (re-run one family into a full table)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="deepsem-misuse-"))
     scratch = work / "logs"
@@ -1480,6 +1498,14 @@ def main() -> None:
                     traceback.print_exc()
                 print(f"== {key}: {time.perf_counter() - t1:.0f} s", flush=True)
     finally:
+        if args.merge is not None and args.merge.exists():
+            old = json.loads(args.merge.read_text(encoding="utf-8"))
+            rerun = {FAMILY_KINDS[k] for k in only}
+            kept = [Outcome(**c) for c in old["cases"] if c["kind"] not in rerun]
+            h.results = kept + h.results
+            prefixes = tuple(p for k in only for p in NOTE_PREFIXES[k])
+            h.notes = {**{k: v for k, v in old.get("notes", {}).items() if not k.startswith(prefixes)}, **h.notes}
+            only = only | set(old.get("families", []))
         report = table(h.results, h.notes)
         print("\n" + report)
         args.out.parent.mkdir(parents=True, exist_ok=True)
