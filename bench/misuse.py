@@ -1129,11 +1129,19 @@ class Harness:
         if not soak.exists():
             self.notes["load test"] = "bench/soak.py does not exist (yet): skipped"
             return
-        cmd = [sys.executable, str(soak), "--url", f"http://127.0.0.1:{port}", "--duration", "10"]
+        # soak.py starts its own `deepsem serve` on the same index (another port) and loads it at concurrency 32
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            soak_port = s.getsockname()[1]
+        result = self.work / "soak.json"
+        cmd = [sys.executable, str(soak), "--index", str(index), "--duration", "10", "--concurrency", "32",
+               "--port", str(soak_port), "--json", str(result)]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
             self.notes["load test"] = {"command": " ".join(cmd[1:]), "rc": proc.returncode,
                                        "output": (proc.stdout + proc.stderr)[-1500:]}
+            if result.is_file():
+                self.notes["load test"]["result"] = json.loads(result.read_text(encoding="utf-8"))
         except subprocess.TimeoutExpired:
             self.notes["load test"] = {"command": " ".join(cmd[1:]), "rc": None, "output": "timed out"}
 
