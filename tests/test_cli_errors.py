@@ -357,7 +357,34 @@ def test_serve_passes_the_api_key_from_option_or_environment(monkeypatch, traine
     assert result.exit_code == 0, result.output
     assert calls == [{"api_key": "s3cret"}, {"api_key": "from-env"}, {"api_key": None}]
 
-    # a service that cannot check keys is refused, never started unprotected
+    # an empty key is refused, never taken as "no key" (the service would start unprotected)
     monkeypatch.setattr(deepsem.serve, "create_app", lambda *args, **kwargs: pytest.fail("started"))
-    result = runner.invoke(app, ["serve", "--model", str(trained_model_dir), "--api-key", "s3cret"])
+    result = runner.invoke(app, ["serve", "--model", str(trained_model_dir)], env={"DEEPSEM_API_KEY": " "})
     assert_clean_error(result, 2, "--api-key")
+
+
+def test_serve_guards_reach_the_service(monkeypatch, trained_model_dir: Path):
+    """The limit options of `deepsem serve` end up in the app's Limits, and a non-positive one is refused."""
+    import torch
+
+    import deepsem.serve
+
+    seen: list = []
+    real = deepsem.serve.create_app
+
+    def create_app(*args, **kwargs):
+        app_ = real(*args, **kwargs)
+        seen.append((app_.state.limits, kwargs.get("reload_interval_s")))
+        return app_
+
+    monkeypatch.setattr(deepsem.serve, "create_app", create_app)
+    monkeypatch.setattr(deepsem.serve, "run", lambda *args, **kwargs: None)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    result = runner.invoke(app, ["serve", "--model", str(trained_model_dir), "--max-body-bytes", "4096",
+                                 "--body-timeout", "2.5", "--max-in-flight", "7", "--max-headers", "30"])
+    assert result.exit_code == 0, result.output
+    limits, _ = seen[0]
+    assert (limits.max_body_bytes, limits.body_timeout_s, limits.max_in_flight, limits.max_headers) == (4096, 2.5, 7,
+                                                                                                          30)
+    result = runner.invoke(app, ["serve", "--model", str(trained_model_dir), "--max-in-flight", "0"])
+    assert_clean_error(result, 2, "--max-in-flight")
