@@ -775,9 +775,10 @@ class Harness:
             ("classify train", ["classify", "train", str(cls), "--epochs", "2", "--hidden", "8", "--batch-size",
                                 "32", "--threads", "1", "--no-progress"], 3),
         ]
-        # (n-th rename into checkpoint/, what it is with today's three files per checkpoint)
-        points = [(2, "before optimizer.pt of checkpoint 1"), (6, "before trainer_state.json of checkpoint 2"),
-                  (9, "before trainer_state.json of checkpoint 3")]
+        # the n-th rename into checkpoint/ (in the three-file format of version 0.1.0: before optimizer.pt of
+        # checkpoint 1, before trainer_state.json of checkpoints 2 and 3; later formats rename other things)
+        points = [(2, "at the 2nd rename into the checkpoint"), (6, "at the 6th rename into the checkpoint"),
+                  (9, "at the 9th rename into the checkpoint")]
         for label, args, n_kills in setups:
             ref_dir = self.case_dir(kind, "ref-" + label.replace(" ", "_"))
             t0 = time.perf_counter()
@@ -1060,11 +1061,13 @@ class Harness:
         run = self.runner.run(["index", "add", "--index", str(ix), "--corpus", str(new)], ix.parent, 60)
         time.sleep(2.0)
         t0 = time.perf_counter()
-        body = json.dumps({"queries": "一个全新的文档关于火星探测", "k": 200}).encode()
+        body = json.dumps({"queries": "一个全新的文档关于火星探测", "k": 100}).encode()
         status, _, data = http(port, "POST", "/search", body, {"Content-Type": "application/json"}, 15)
         ids = [h["id"] for r in json.loads(data).get("results", []) for h in r] if status == 200 else []
         if run.rc != 0:
             outcome, reason = "unclear error", f"index add failed: {run.last_err[:100]}"
+        elif status != 200:
+            outcome, reason = "unclear error", f"the search itself was refused ({status})"
         elif "fresh1" not in ids:
             outcome, reason = "silent wrong", "a document added while serving is never found"
         else:

@@ -32,6 +32,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from serve import wait_ready  # bench/serve.py: poll /healthz until the server answers
 
 TEXT_FILES = ["bq/train.tsv", "bq/dev.tsv", "afqmc/train.tsv", "atec/train_partial.tsv", "chip2019/train.tsv",
               "kuake_qqr/train.tsv", "qbqtc/dev.tsv", "qbqtc/train_preliminary_2021-10.tsv", "ocnli/train_10k.tsv",
@@ -94,17 +95,6 @@ def rss_mb(pid: int) -> float:
             return int(line.split()[1]) / 1024
     return float("nan")
 
-
-def wait_ready(url: str, timeout: float = 300.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError("the server did not start")
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -194,7 +184,7 @@ def main() -> None:
                               stdout=subprocess.DEVNULL, env={**os.environ})
     url = f"http://127.0.0.1:{args.port}"
     try:
-        wait_ready(url)
+        wait_ready(url, timeout=300.0)
         asyncio.run(load(args.port, bodies, 4, args.warmup, args.timeout, server.pid))
         result = asyncio.run(load(args.port, bodies, args.concurrency, args.duration, args.timeout, server.pid))
         with urllib.request.urlopen(url + "/stats") as r:

@@ -388,3 +388,21 @@ def test_serve_guards_reach_the_service(monkeypatch, trained_model_dir: Path):
                                                                                                           30)
     result = runner.invoke(app, ["serve", "--model", str(trained_model_dir), "--max-in-flight", "0"])
     assert_clean_error(result, 2, "--max-in-flight")
+
+
+def test_encode_refuses_cr_only_line_ends(trained_model_dir: Path, tmp_path: Path):
+    """One text per line: a CR-only file would otherwise become one vector for the whole file."""
+    texts = tmp_path / "cr.txt"
+    texts.write_bytes(b"\r".join(f"text {i}".encode() for i in range(40)) + b"\r")
+    result = runner.invoke(app, ["encode", "--model", str(trained_model_dir), "--out", str(tmp_path / "v.npy"),
+                                 str(texts)])
+    assert_clean_error(result, 2, "cr.txt", "carriage returns")
+    assert not (tmp_path / "v.npy").exists()
+
+
+def test_an_empty_corpus_names_its_file(trained_model_dir: Path, tmp_path: Path):
+    corpus = tmp_path / "empty.tsv"
+    corpus.write_text("id\ttext\n", encoding="utf-8")
+    result = runner.invoke(app, ["index", "build", "--model", str(trained_model_dir), "--corpus", str(corpus),
+                                 "--index", str(tmp_path / "idx")])
+    assert_clean_error(result, 2, "empty.tsv", "no documents")

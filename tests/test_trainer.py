@@ -194,3 +194,19 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path, capsys, monkeypatch):
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert "8/8" in run("tty", None)
+
+
+@pytest.mark.parametrize(("key", "value"), [("epoch", "one"), ("global_step", -5), ("seconds", float("inf")),
+                                            ("best_step", True), ("history", {})])
+def test_a_crafted_loop_state_is_refused_naming_the_field(tmp_path: Path, key: str, value: object):
+    """trainer_state.json carries the checksums of the other files, not its own: its fields are checked by type."""
+    from deepsem.errors import ModelFileError
+    from deepsem.trainer import CHECKPOINT_FORMAT, read_checkpoint
+
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    state = {"format": CHECKPOINT_FORMAT, "global_step": 3, "epoch": 0, "step_in_epoch": 3,
+             "bad_evals": 0, "seconds": 1.5, "best": None, "best_step": None, "history": [], key: value}
+    (folder / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+    with pytest.raises(ModelFileError, match=f"field '{key}'"):
+        read_checkpoint(folder)

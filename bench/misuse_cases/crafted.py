@@ -252,14 +252,26 @@ def model_cases() -> list[tuple[str, str, Mutator]]:
     ]
 
 
+def on_existing(files: tuple[str, ...], make: Callable[[str], Mutator]) -> Mutator:
+    """``make(file)`` applied to the first of ``files`` the directory has (checkpoint formats differ between
+    versions: optimizer.pt before, optimizer.safetensors after), else to the last."""
+    def mutate(d: Path, marker: Path) -> None:
+        target = next((f for f in files if (d / f).exists()), files[-1])
+        make(target)(d, marker)
+
+    return mutate
+
+
 def checkpoint_cases() -> list[tuple[str, str, Mutator]]:
-    """Mutations of ``training/checkpoint/`` in a model directory, read when ``deepsem train`` resumes."""
+    """Mutations of ``training/checkpoint/`` in a model directory, read when ``deepsem train`` resumes. The
+    payloads are planted as ``optimizer.pt`` whatever the format: a version that reads it would run them."""
     c = "training/checkpoint/"
+    optimizer = (c + "optimizer.safetensors", c + "optimizer.pt")
     return [
         ("optimizer-torch-payload", "optimizer.pt", torch_payload(c + "optimizer.pt")),
         ("optimizer-pickle-payload", "optimizer.pt", pickle_payload(c + "optimizer.pt")),
-        ("optimizer-garbage", "optimizer.pt", garbage(c + "optimizer.pt")),
-        ("optimizer-truncated", "optimizer.pt", truncate(c + "optimizer.pt", 0.5)),
+        ("optimizer-garbage", "optimizer.*", on_existing(optimizer, garbage)),
+        ("optimizer-truncated", "optimizer.*", on_existing(optimizer, lambda f: truncate(f, 0.5))),
         ("state-nested", "trainer_state.json", write_bytes(c + "trainer_state.json", _nested(100_000).encode())),
         ("state-garbage", "trainer_state.json", garbage(c + "trainer_state.json", 300)),
         ("state-negative-step", "trainer_state.json", set_json(c + "trainer_state.json", ("global_step",), -5)),

@@ -399,6 +399,9 @@ def _text_lines(texts: Path | None) -> Iterator[str]:
                 _fail(f"{name}, line {number}: not UTF-8 text (byte {exc.start + 1} of the line: {exc.reason})")
             if number == 1:
                 text = text.removeprefix("\ufeff")
+                if "\r" in text:
+                    _fail(f"{name}, line 1: carriage returns (CR) alone end the lines (the old Mac format); "
+                          "convert the line ends to LF or CRLF, e.g. tr '\\r' '\\n'")
             if not text.strip():
                 _fail(f"{name}, line {number}: empty text")
             yield text

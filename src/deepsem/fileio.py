@@ -168,11 +168,21 @@ def bounded_lines(fh: IO[bytes], path: str | os.PathLike[str], max_line_bytes: i
                 raw += fh.readline(len(UTF8_BOM))  # the BOM does not count against the cap
         if len(raw) > max_line_bytes and raw.endswith(b"\r"):  # a CRLF line of exactly the cap
             raw += fh.readline(1)
+        if lineno == 1 and _bare_cr(raw):
+            raise DataError(path, 1, None, "carriage returns (CR) alone end the lines (the old Mac format); "
+                            "convert the line ends to LF or CRLF, e.g. tr '\\r' '\\n'")
         if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
             hint = " (CR-only line ends?)" if b"\r" in raw else ""
             raise DataError(path, lineno, None, f"line longer than {max_line_bytes:,} bytes{hint}; "
                             "is this a line-based text file?")
         yield lineno, raw
+
+
+def _bare_cr(raw: bytes) -> bool:
+    """Whether a line holds a carriage return that is not the CR of its CRLF end: in a first line, the mark of a
+    file whose lines end in CR alone (read as one endless line otherwise)."""
+    body = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith((b"\n", b"\r")) else raw
+    return b"\r" in body
 
 
 def utf8_lines(fh: IO[bytes], path: str | os.PathLike[str], max_line_bytes: int | None = None

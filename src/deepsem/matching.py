@@ -17,6 +17,7 @@ import torch
 
 from deepsem.config import ModelConfig, TrainConfig
 from deepsem.data.batches import PairSet, TextTable
+from deepsem.data.errors import DataError
 from deepsem.data.readers import Clicks, read_clicks, read_pairs
 from deepsem.encoder import SemanticModel
 from deepsem.index import exact_search
@@ -293,6 +294,8 @@ def train(
     dev_pairs = (as_pairs(dev_data, columns, skip_bad_rows, label_map, clicks, impressions)
                  if dev_data is not None else None)
     if not len(train_pairs.text_a):
+        if isinstance(train_data, str | Path):
+            raise DataError(train_data, None, None, "no training pairs (the file is empty or holds only a header)")
         raise ValueError("no training pairs")
 
     mcfg = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model or {}, "model")

@@ -171,6 +171,30 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _check_loop_state(path: Path, doc: dict[str, Any]) -> None:
+    """The loop position of a checkpoint: counters are non-negative integers, times and scores finite numbers
+    (a hand-edited or crafted state fails here, naming the field, not deep inside the loop)."""
+    def bad(key: str, what: str) -> ModelFileError:
+        return ModelFileError(f"{path}: field {key!r} is {doc.get(key)!r}, expected {what}; the checkpoint is "
+                              "damaged")
+
+    for key in ("global_step", "epoch", "step_in_epoch", "bad_evals"):
+        value = doc.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad(key, "a non-negative integer")
+    for key, optional in (("seconds", False), ("best", True)):
+        value = doc.get(key)
+        if value is None and optional:
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise bad(key, "a finite number")
+    step = doc.get("best_step")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
+        raise bad("best_step", "null or a non-negative integer")
+    if not isinstance(doc.get("history"), list):
+        raise bad("history", "a list")
+
+
 def read_checkpoint(folder: Path) -> dict[str, Any]:
     """The verified ``trainer_state.json`` of a checkpoint folder: written by this format, and every file it
     lists has the sha256 it records. Raises :class:`ModelFileError` (damaged) or :class:`ResumeMismatchError`
@@ -185,6 +209,7 @@ def read_checkpoint(folder: Path) -> dict[str, Any]:
                 f"so it cannot be checked against this run and is not resumed; {WAYS_OUT}")
         raise ModelFileError(f"{folder}: checkpoint format {doc.get('format')!r}, this deepsem reads "
                              f"{CHECKPOINT_FORMAT}")
+    _check_loop_state(folder / "trainer_state.json", doc)
     files = doc.get("files")
     if not isinstance(files, dict) or not {"model.safetensors", "optimizer.safetensors"} <= set(files):
         raise ModelFileError(f"{folder / 'trainer_state.json'}: no file list; the checkpoint is damaged")

@@ -268,3 +268,29 @@ def test_non_finite_vectors_name_line_and_word(tmp_path: Path, value: str, why: 
     skipped = load_vectors(path, on_error="skip")
     assert skipped.words == ["北京", "广州"] and skipped.bad_lines == 1
     assert np.isfinite(skipped.matrix).all()
+
+
+def test_cr_only_line_ends_are_named_not_read_as_one_line(tmp_path: Path):
+    """A file whose lines end in CR alone (old Mac) would be one endless line: every reader says so at line 1,
+    while CRLF files and a stray CR inside a later line's text still read."""
+    rows = [f"问题{i}\t回答{i}\t{i % 2}" for i in range(40)]
+    cr = tmp_path / "cr.tsv"
+    cr.write_bytes("\r".join(rows).encode() + b"\r")
+    for read in (lambda p: read_pairs(p), lambda p: read_labelled(p, text_col=0, label_col=2)):
+        with pytest.raises(DataError, match=r"cr\.tsv, line 1: carriage returns \(CR\) alone"):
+            read(cr)
+    crlf = tmp_path / "crlf.tsv"
+    crlf.write_bytes("\r\n".join(rows).encode() + b"\r\n")
+    assert len(read_pairs(crlf).text_a) == 40
+    stray = tmp_path / "stray.tsv"
+    stray.write_bytes(("\n".join(rows[:2]) + "\n甲\r乙\t丙\t1\n").encode())
+    assert read_pairs(stray).text_a[2] == "甲\r乙"
+
+
+def test_empty_training_file_names_the_file(tmp_path: Path):
+    from deepsem.matching import train
+
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match=r"empty\.tsv: no training pairs"):
+        train(empty, tmp_path / "out", training={"epochs": 1}, progress=False)

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from deepsem.errors import ConfigError
 from deepsem.index import Document, Index
 from deepsem.serve import Limits, create_app
-from deepsem.serve.app import ValidationErrorBody, api_key_from_env
+from deepsem.serve.app import NOT_BLANK, ValidationErrorBody, api_key_from_env
 from deepsem.serve.guard import Guard, GuardSettings, protocol_class
 
 TEXTS = ["银行卡账户余额", "还款利息逾期", "火车站车票", "医院医生看病", "手机电话号码", "天气下雨"]
@@ -70,7 +70,7 @@ def test_schema_carries_the_limits(client: TestClient):
     schema = client.get("/openapi.json").json()
     search = schema["components"]["schemas"]["SearchRequest"]["properties"]
     text, texts = search["queries"]["anyOf"]
-    assert text == {"type": "string", "maxLength": 50, "pattern": r"\S"}
+    assert text == {"type": "string", "maxLength": 50, "pattern": NOT_BLANK}
     assert texts["maxItems"] == 300 and texts["minItems"] == 1 and texts["items"] == text
     assert (search["k"]["minimum"], search["k"]["maximum"], search["k"]["default"]) == (1, 5, 5)
     assert search["mode"]["anyOf"][0] == {"type": "string", "const": "dense"}  # no lexical part: dense only
@@ -274,3 +274,16 @@ def test_admin_reload_without_watching(trained_model_dir: Path, tmp_path: Path):
         assert c.post("/admin/reload").json()["reloaded"] is False
         r = c.post("/search", json={"queries": "银行卡账户余额", "k": 10})
         assert "d0" not in [h["id"] for h in r.json()["results"][0]]
+
+
+def test_not_blank_pattern_means_the_same_to_python_and_to_json_schema_clients():
+    """The published "not blank" pattern must accept exactly the texts the service accepts. Python's ``\\s`` and
+    ECMA-262's (the JSON Schema dialect) differ (\\x1c-\\x1f, \\x85, \\ufeff), which Schemathesis found as "schema-
+    valid request rejected": so the pattern spells its class out, with no class escapes, and rejects exactly the
+    characters str.isspace() (hence str.strip()) treats as blank."""
+    import re
+
+    assert not re.search(r"\\[sSwWdD]", NOT_BLANK)
+    for code in range(0x110000):
+        char = chr(code)
+        assert (re.fullmatch(NOT_BLANK, char) is None) == char.isspace(), hex(code)

@@ -644,6 +644,8 @@ def _build_version(work: Path, semantic: SemanticModel, docs: Iterable[Document 
         if pending:
             _train_and_flush(index, pending, pending_rows)
         if row == 0:
+            if source is not None:
+                raise DataError(source, None, None, "the corpus has no documents (empty, or a header line only)")
             raise ValueError("the corpus has no documents")
         if vectors is not None and len(vectors) != row:
             raise IndexFileError(f"{len(vectors)} vectors given for {row} documents")

@@ -48,8 +48,10 @@ from deepsem.serve.guard import Guard, GuardSettings, protocol_class
 
 log = logging.getLogger("deepsem.serve")
 
-#: JSON Schema pattern (and validator rule, the same regex) for a text that is not empty or blank.
-NOT_BLANK = r"\S"
+#: JSON Schema pattern (and validator rule, the same regex) for a text that is not empty or blank: one character
+#: that is not whitespace as Python's str.isspace() / str.strip() see it. Spelled out, not "\S": ECMA-262 regexes
+#: (the JSON Schema dialect clients validate with) and Python's disagree on \x1c-\x1f, \x85 and \ufeff.
+NOT_BLANK = r"[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 MAX_FILTER_FIELDS = 32
 MAX_KEY_CHARS = 200
 
@@ -188,7 +190,7 @@ def integer(ge: int | None = None, le: int | None = None) -> Any:
 
 
 class _Request(BaseModel):
-    # Python's regular expressions, so "\S" means "not str.isspace()", as text.strip() does
+    # Python's regular expressions (NOT_BLANK reads the same in Python's and ECMA-262's)
     model_config = ConfigDict(regex_engine="python-re")
 
 
