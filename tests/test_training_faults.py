@@ -26,7 +26,7 @@ MODEL = {"tower": {"embedding_dim": 8, "hidden_size": 8, "output_dim": 8}}
 TRAINING = {"epochs": 2, "batch_size": 8, "lr": 1e-2, "checkpoint_every": 2, "threads": 1,
             "loss": "softmax", "negatives": "random", "num_negatives": 2}
 STEPS = 12  # 48 pairs, batches of 8, 2 epochs
-WRITE_OPS = ("save_model", "save_file", "_fsync_path", "atomic_write_json", "rename")
+WRITE_OPS = ("save_model", "save_file", "fsync_path", "atomic_write_json", "rename")
 
 
 def _train(data: str, out: str, kill: dict[str, Any] | None) -> None:

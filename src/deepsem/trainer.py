@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from deepsem.config import TrainConfig
 from deepsem.errors import ModelFileError, ResumeMismatchError, TrainingDivergedError
-from deepsem.fileio import atomic_write, atomic_write_json, read_json
+from deepsem.fileio import atomic_write, atomic_write_json, fsync_path, read_json, sha256_file
 
 #: Version of the checkpoint layout; a ``trainer_state.json`` without it was written by deepsem before
 #: checkpoints carried a fingerprint, and is not resumed (nothing says whether it matches the run asked for).
@@ -155,22 +155,6 @@ _TMP_PREFIX = "checkpoint.tmp-"
 _OLD_PREFIX = "checkpoint.old-"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _check_loop_state(path: Path, doc: dict[str, Any]) -> None:
     """The loop position of a checkpoint: counters are non-negative integers, times and scores finite numbers
     (a hand-edited or crafted state fails here, naming the field, not deep inside the loop)."""
@@ -217,7 +201,7 @@ def read_checkpoint(folder: Path) -> dict[str, Any]:
         path = folder / str(name)
         if "/" in str(name) or not path.is_file():
             raise ModelFileError(f"{folder}: checkpoint file {name!r} is missing; the checkpoint is damaged")
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             raise ModelFileError(f"{path}: content differs from the checkpoint's record (sha256); "
                                  "the checkpoint is damaged")
     return doc
@@ -444,14 +428,14 @@ class Trainer:
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             files = {}
             for name in ("model.safetensors", "optimizer.safetensors"):
-                _fsync_path(tmp / name)
-                files[name] = _sha256(tmp / name)
+                fsync_path(tmp / name)
+                files[name] = sha256_file(tmp / name)
             doc = {**self.state, "format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint,
                    "optimizer": optimizer_meta, "files": files,
                    "numpy_rngs": {k: rng.bit_generator.state for k, rng in self.rngs.items()}}
             # written last, inside the new folder: a folder without it is half-written and never read
             atomic_write_json(tmp / "trainer_state.json", doc)
-            _fsync_path(tmp)
+            fsync_path(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -459,7 +443,7 @@ class Trainer:
         if target.exists():  # a kill between these renames leaves both complete folders: the newer is taken
             os.rename(target, self.run_dir / (_OLD_PREFIX + tmp.name[len(_TMP_PREFIX):]))
         os.rename(tmp, target)
-        _fsync_path(self.run_dir)
+        fsync_path(self.run_dir)
         self.saved_step = int(self.state["global_step"])
         for folder in self.run_dir.iterdir():  # the previous checkpoint and leftovers of killed runs
             if folder.name.startswith((_TMP_PREFIX, _OLD_PREFIX)) and folder.is_dir():

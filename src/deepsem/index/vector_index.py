@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import re
 import secrets
@@ -48,7 +47,15 @@ import numpy as np
 from deepsem.data.errors import DataError
 from deepsem.encoder import SemanticModel
 from deepsem.errors import IndexFileError, IndexLockedError, ModelFileError, QueryError
-from deepsem.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json, regular_file
+from deepsem.fileio import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_path,
+    read_json,
+    regular_file,
+    sha256_file,
+)
 from deepsem.index.corpus import Document, iter_corpus
 from deepsem.index.exact import exact_search
 from deepsem.index.lexical import LexicalIndex
@@ -95,14 +102,6 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "text": self.text, "score": self.score, "metadata": self.metadata}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _faiss():
@@ -244,7 +243,7 @@ class Index:
         meta = _read_meta(work / "index.json")
         weights = work / "model" / "model.safetensors"
         _regular(weights, "model weights file")
-        if _sha256(weights) != meta["model_sha256"]:
+        if sha256_file(weights) != meta["model_sha256"]:
             raise IndexFileError(f"{weights}: checksum differs from index.json: the index was built with "
                                  "another model")
         model = SemanticModel.load(work / "model")
@@ -858,7 +857,7 @@ def _publish(directory: Path, work: Path) -> str:
     taken = [int(p.name[1:]) for p in directory.iterdir() if _VERSION_NAME.fullmatch(p.name)]
     version = f"v{max(taken, default=0) + 1:06d}"
     os.rename(work, directory / version)
-    _fsync_dir(directory)
+    fsync_path(directory)
     _step("version folder renamed")
     try:
         _switch(directory, version)
@@ -868,14 +867,6 @@ def _publish(directory: Path, work: Path) -> str:
                 shutil.rmtree(directory / version, ignore_errors=True)
         raise
     return version
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_version(src: Path, dst: Path) -> None:
@@ -893,7 +884,7 @@ def _write_version(work: Path, index: Any, model: SemanticModel, meta: dict[str,
     if copy_model:
         model.save(work / "model")
         _step("model saved")
-    meta = {**meta, "model_sha256": _sha256(work / "model" / "model.safetensors")}
+    meta = {**meta, "model_sha256": sha256_file(work / "model" / "model.safetensors")}
     atomic_write(work / "index.faiss", lambda p: faiss.write_index(index, str(p)))
     _step("index.faiss written")
     atomic_write_json(work / "index.json", meta)
@@ -903,7 +894,7 @@ def _write_version(work: Path, index: Any, model: SemanticModel, meta: dict[str,
 def _switch(directory: Path, version: str) -> None:
     """Point CURRENT at ``version`` (atomic rename) and remove the index's older versions."""
     atomic_write_text(directory / "CURRENT", version + "\n")
-    _fsync_dir(directory)
+    fsync_path(directory)
     _step("CURRENT switched")
     for p in directory.iterdir():
         if p.name != version and _own_version(p):
