@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 import deepsem
-from deepsem.matching import TextPairs, as_pairs, evaluate_pairs
 from deepsem.metrics import pair_metrics
+from deepsem.tasks.matching import TextPairs, as_pairs, evaluate_pairs
 from deepsem.text import build_tokenizer
 
 # the settings that gave the best BQ dev result (see bench/notes_bq.md); --set overrides any of them.

@@ -23,8 +23,8 @@ import torch
 
 import deepsem
 from deepsem.data import read_pairs
-from deepsem.matching import TextPairs, as_pairs, evaluate_pairs
 from deepsem.metrics import best_threshold
+from deepsem.tasks.matching import TextPairs, as_pairs, evaluate_pairs
 
 BINARY = {"0": 0.0, "1": 1.0}
 NLI = {"entailment": 1.0, "contradiction": 0.0, "neutral": None}  # None: the row is left out

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepsem.classification import LabelledTexts, classification_metrics, evaluate_classifier, train_classifier
+from deepsem.tasks.classification import LabelledTexts, classification_metrics, evaluate_classifier, train_classifier
 
 #: deepsem presets: tower settings, the tokenizer for Chinese / English, other train_classifier options.
 MODELS: dict[str, dict[str, Any]] = {

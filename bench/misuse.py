@@ -159,10 +159,6 @@ class Runner:
             matplotlib.use("Agg")
             import matplotlib.pyplot
 
-            import deepsem.cli
-            import deepsem.data.readers
-            import deepsem.encoder
-            import deepsem.index  # noqa: F401
 
     def _files(self) -> tuple[Path, Path]:
         self.count += 1

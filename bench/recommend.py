@@ -42,7 +42,12 @@ from scipy.sparse import csr_matrix
 
 from deepsem.data.interactions import SequenceSplit, load_movielens, split_sequences
 from deepsem.item2vec import train_item2vec
-from deepsem.recommend import evaluate_ranking_over_items, evaluate_recommender, popularity_scores, train_recommender
+from deepsem.tasks.recommendation import (
+    evaluate_ranking_over_items,
+    evaluate_recommender,
+    popularity_scores,
+    train_recommender,
+)
 
 KS = (10, 50)
 
@@ -220,7 +225,7 @@ def main() -> None:
     for encoder in encoders:
         results[f"deepsem {encoder}"] = run_two_tower(data, split, encoder, args, Path(args.out) / encoder)
     if encoders:
-        from deepsem.recommend import Recommender
+        from deepsem.tasks.recommendation import Recommender
 
         timing = latency(Recommender.load(Path(args.out) / encoders[0]), split)
         torch.set_num_threads(args.threads)

@@ -34,9 +34,10 @@ import numpy as np
 
 import deepsem
 from deepsem.data import read_retrieval
-from deepsem.index import Document, Index, exact_search
-from deepsem.matching import TextPairs
+from deepsem.index import Document, Index
 from deepsem.metrics import retrieval_metrics
+from deepsem.tasks.matching import TextPairs
+from deepsem.vectorstore.exact import exact_search
 
 KS = (1, 10, 100)
 WORD = re.compile(r"\w+", re.UNICODE)

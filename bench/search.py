@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 import deepsem
-from deepsem.index import Index, exact_search
+from deepsem.index import Index
+from deepsem.vectorstore.exact import exact_search
 
 TEXT_FILES = ["bq/train.tsv", "bq/dev.tsv", "afqmc/train.tsv", "atec/train_partial.tsv", "chip2019/train.tsv",
               "kuake_qqr/train.tsv", "qbqtc/dev.tsv", "qbqtc/train_preliminary_2021-10.tsv", "oppo_xiaobu/dev.tsv",

@@ -29,7 +29,7 @@ import torch
 
 import deepsem
 from deepsem.config import ENCODERS
-from deepsem.matching import TextPairs, evaluate_ranking
+from deepsem.tasks.matching import TextPairs, evaluate_ranking
 from deepsem.text import Tokenizer, build_tokenizer
 
 # MatchZoo's WikiQA benchmark table: NDCG@3, NDCG@5, MAP

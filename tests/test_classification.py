@@ -15,7 +15,12 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 import deepsem
-from deepsem.classification import (
+from deepsem.cli import app
+from deepsem.config import ClassifierConfig, ConfigError, TowerConfig
+from deepsem.data.errors import DataError
+from deepsem.models.classifier import TextClassifier
+from deepsem.serve import Limits, create_app
+from deepsem.tasks.classification import (
     Classifier,
     LabelledTexts,
     classification_loss,
@@ -25,12 +30,7 @@ from deepsem.classification import (
     read_labelled,
     train_classifier,
 )
-from deepsem.cli import app
-from deepsem.config import ClassifierConfig, ConfigError, TowerConfig
-from deepsem.data.errors import DataError
-from deepsem.encoder import SemanticModel
-from deepsem.models.classifier import TextClassifier
-from deepsem.serve import Limits, create_app
+from deepsem.tasks.matching import SemanticModel
 
 runner = CliRunner()
 NAMES = ["bank", "weather", "train", "hospital"]

@@ -194,14 +194,14 @@ def test_duplicate_ids_in_one_add_file_are_one_line(index_dir: Path, tmp_path: P
 
 
 def test_training_errors_from_the_trainer_are_one_line(monkeypatch, files, tmp_path: Path):
-    import deepsem.matching
+    import deepsem.tasks.matching
 
     for exc in (TrainingDivergedError("training diverged at step 12: the loss is NaN; lower --lr or clip"),
                 ResumeMismatchError(f"{tmp_path}/m holds a run with other data; use --no-resume or a new --out")):
         def fail(*args, exc=exc, **kwargs):
             raise exc
 
-        monkeypatch.setattr(deepsem.matching, "train", fail)
+        monkeypatch.setattr(deepsem.tasks.matching, "train", fail)
         result = runner.invoke(app, ["train", str(files["pairs"]), "--out", str(tmp_path / "m")])
         assert assert_clean_error(result, 2) == f"error: {exc}"
 
@@ -211,7 +211,7 @@ def test_a_damaged_checkpoint_never_suggests_weights_only_false(monkeypatch, fil
 
     import torch
 
-    import deepsem.matching
+    import deepsem.tasks.matching
 
     foreign = tmp_path / "foreign.pt"  # a pickle of a class torch's safe loader refuses
     torch.save({"step": fractions.Fraction(1, 3)}, foreign)
@@ -219,7 +219,7 @@ def test_a_damaged_checkpoint_never_suggests_weights_only_false(monkeypatch, fil
     torch.save({"step": torch.zeros(1000)}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:300])
     for damaged in (foreign, truncated):
-        monkeypatch.setattr(deepsem.matching, "train",
+        monkeypatch.setattr(deepsem.tasks.matching, "train",
                             lambda *args, damaged=damaged, **kwargs: torch.load(damaged, weights_only=True))
         result = runner.invoke(app, ["train", str(files["pairs"]), "--out", str(tmp_path / "m")])
         assert_clean_error(result, 2, "checkpoint", "damaged", "--out")
@@ -293,7 +293,7 @@ def test_progress_enabled_follows_the_terminal_unless_told():
 
 
 def test_train_commands_pass_progress_auto_and_explain_resume(monkeypatch, files, tmp_path: Path):
-    import deepsem.matching
+    import deepsem.tasks.matching
 
     seen = {}
 
@@ -301,7 +301,7 @@ def test_train_commands_pass_progress_auto_and_explain_resume(monkeypatch, files
         seen.update(kwargs)
         raise ResumeMismatchError("stop here")
 
-    monkeypatch.setattr(deepsem.matching, "train", fake_train)
+    monkeypatch.setattr(deepsem.tasks.matching, "train", fake_train)
     runner.invoke(app, ["train", str(files["pairs"]), "--out", str(tmp_path / "m")])
     assert seen["progress"] is None and seen["resume"] is True  # None: the trainer shows a bar on a terminal only
     runner.invoke(app, ["train", str(files["pairs"]), "--out", str(tmp_path / "m"), "--no-progress", "--no-resume"])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from deepsem.index import exact_search
+from deepsem.vectorstore.exact import exact_search
 
 
 @pytest.mark.parametrize("chunk", [7, 1000])

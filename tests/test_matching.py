@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_MODEL, TINY_TRAINING, make_pairs, write_tsv
 
 import deepsem
-from deepsem.matching import TextPairs, evaluate_translation
+from deepsem.tasks.matching import TextPairs, evaluate_translation
 
 
 def test_training_learns_and_saves_a_model_directory(trained_model_dir: Path, pair_files):
@@ -159,7 +159,7 @@ def test_lr_schedule_follows_steps_or_time():
 
 def test_click_logs_train_as_dssm_does(tmp_path: Path):
     from deepsem.data.readers import read_clicks
-    from deepsem.matching import clicks_to_pairs
+    from deepsem.tasks.matching import clicks_to_pairs
 
     rows = make_pairs(400, 8)
     log = tmp_path / "clicks.tsv"
@@ -217,7 +217,7 @@ def test_dev_metric_picks_the_model_by_ranking(tmp_path: Path, pair_files):
 
 def test_labelled_negatives_come_from_the_same_query():
     from deepsem.data.batches import PairSet, TextTable
-    from deepsem.matching import labelled_negatives, sample_negatives
+    from deepsem.tasks.matching import labelled_negatives, sample_negatives
     from deepsem.text import build_tokenizer
 
     a = ["q1", "q1", "q1", "q2", "q2", "q3"]

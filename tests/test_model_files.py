@@ -17,12 +17,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import deepsem
-from deepsem.classification import Classifier
 from deepsem.config import MAX_LAYERS, MAX_PARAMETERS, MAX_WIDTH, ClassifierConfig, ModelConfig, RecommenderConfig
-from deepsem.encoder import SemanticModel
 from deepsem.errors import ConfigError, DeepsemError, ModelFileError, ModelFileMissingError
-from deepsem.io import MAX_HEADER_BYTES
-from deepsem.recommend import Recommender
+from deepsem.modeldir import MAX_HEADER_BYTES
+from deepsem.tasks.classification import Classifier
+from deepsem.tasks.matching import SemanticModel
+from deepsem.tasks.recommendation import Recommender
 from deepsem.text import build_tokenizer, load_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "model_dirs_v1"

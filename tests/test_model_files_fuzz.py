@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import deepsem
-from deepsem.classification import Classifier
-from deepsem.encoder import SemanticModel
 from deepsem.errors import DeepsemError
-from deepsem.recommend import Recommender
+from deepsem.tasks.classification import Classifier
+from deepsem.tasks.matching import SemanticModel
+from deepsem.tasks.recommendation import Recommender
 
 FIXTURES = Path(__file__).parent / "fixtures" / "model_dirs_v1"
 KINDS = ("two_tower", "classifier", "recommender")

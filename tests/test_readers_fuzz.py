@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deepsem import fileio
-from deepsem.classification import read_labelled
 from deepsem.data import read_clicks, read_pairs, read_retrieval
 from deepsem.data.interactions import read_interactions, read_items, read_user_features
 from deepsem.embeddings import read_vectors
 from deepsem.errors import DeepsemError
 from deepsem.index import iter_corpus
+from deepsem.tasks.classification import read_labelled
 
 FUZZ = settings(max_examples=40, deadline=3000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

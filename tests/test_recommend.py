@@ -30,7 +30,8 @@ from deepsem.item2vec import train_item2vec
 from deepsem.losses import candidate_softmax_loss
 from deepsem.metrics import ndcg, recall, recommendation_metrics
 from deepsem.models.recommender import TwoTowerRecommender
-from deepsem.recommend import (
+from deepsem.serve import Limits, create_app
+from deepsem.tasks.recommendation import (
     Recommender,
     evaluate_ranking_over_items,
     evaluate_recommender,
@@ -39,7 +40,6 @@ from deepsem.recommend import (
     train_recommender,
     training_windows,
 )
-from deepsem.serve import Limits, create_app
 
 runner = CliRunner()
 N_ITEMS = 30

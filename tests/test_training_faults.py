@@ -91,7 +91,7 @@ def _train(data: str, out: str, kill: dict[str, Any] | None) -> None:
 @pytest.fixture(scope="module")
 def server():
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["deepsem", "deepsem.matching", "torch._dynamo"])  # AdamW imports dynamo: seconds
+    ctx.set_forkserver_preload(["deepsem", "deepsem.tasks.matching", "torch._dynamo"])  # AdamW imports dynamo: seconds
     return ctx
 
 

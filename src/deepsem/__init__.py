@@ -12,14 +12,15 @@ Public API::
     deepsem.load("runs/ml100k").recommend(["50", "172", "181"], k=10)
 """
 
-__version__ = "0.1.0"
-
-from deepsem.classification import Classifier, evaluate_classifier, train_classifier
+# the modules' old names stay attributes of the package (deepsem.recommend.load_movielens in the README)
+from deepsem import classification, encoder, matching, recommend  # noqa: F401  # isort: split
 from deepsem.config import ClassifierConfig, ModelConfig, RecommenderConfig, TowerConfig, TrainConfig
-from deepsem.encoder import SemanticModel, load
 from deepsem.index import Index
-from deepsem.matching import TextPairs, evaluate_pairs, evaluate_ranking, evaluate_retrieval, train
-from deepsem.recommend import Recommender, evaluate_recommender, train_recommender
+from deepsem.tasks import load
+from deepsem.tasks.classification import Classifier, evaluate_classifier, train_classifier
+from deepsem.tasks.matching import SemanticModel, TextPairs, evaluate_pairs, evaluate_ranking, evaluate_retrieval, train
+from deepsem.tasks.recommendation import Recommender, evaluate_recommender, train_recommender
+from deepsem.version import __version__
 
 __all__ = [
     "Classifier",

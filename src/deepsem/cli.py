@@ -494,7 +494,7 @@ def train(
     tokens, peephole BiLSTM 2 x 128, last+max pooling, dropout 0.2, pointwise + in-batch softmax loss.
     """
     from deepsem.config import ModelConfig, TowerConfig, TrainConfig
-    from deepsem.matching import train as train_pairs
+    from deepsem.tasks.matching import train as train_pairs
 
     tower = TowerConfig(encoder=encoder.value, embedding_dim=embedding_dim, hidden_size=hidden,
                         num_layers=layers, bidirectional=bidirectional, pooling=pooling.value, output_dim=dim,
@@ -542,9 +542,9 @@ def evaluate(
 ) -> None:
     """Score a model: accuracy, F1, ROC-AUC, Spearman on pairs; MRR, MAP, NDCG, recall on retrieval."""
     from deepsem.data.readers import read_retrieval
-    from deepsem.encoder import load
-    from deepsem.matching import as_pairs, evaluate_pairs, evaluate_retrieval
     from deepsem.metrics import best_threshold
+    from deepsem.tasks import load
+    from deepsem.tasks.matching import as_pairs, evaluate_pairs, evaluate_retrieval
 
     if (data is None) == (retrieval is None):
         _fail("give either DATA (pairs) or --retrieval DIR")
@@ -584,8 +584,8 @@ def encode(
     """Encode texts (one per line) into L2-normalised vectors saved as a .npy file."""
     import numpy as np
 
-    from deepsem.encoder import load
     from deepsem.fileio import atomic_write
+    from deepsem.tasks import load
 
     semantic = load(model)
     parts: list[np.ndarray] = []
@@ -808,16 +808,16 @@ def serve(
 
     torch.set_num_threads(threads)
 
-    from deepsem.encoder import load
     from deepsem.serve import Limits, create_app, run
+    from deepsem.tasks import load
 
     if (index is None) == (model is None):
         _fail("give --index DIR (search and more) or --model DIR (similarity and embeddings)")
     auth = _api_key_kwargs(api_key)
     idx = _load_index(index) if index is not None else None
     loaded = load(model) if model is not None else None
-    from deepsem.classification import Classifier
-    from deepsem.recommend import Recommender
+    from deepsem.tasks.classification import Classifier
+    from deepsem.tasks.recommendation import Recommender
 
     classifier = loaded if isinstance(loaded, Classifier) else None  # a classifier directory: /classify
     recommender = loaded if isinstance(loaded, Recommender) else None  # a recommender directory: /recommend
@@ -886,7 +886,7 @@ def _class_weights(spec: str | None) -> str | dict[str, float] | None:
 
 def _load_task(model: Path, kind: type, wrong: str):
     """``deepsem.load(model)``, which must be a ``kind``; else exit 2 with ``wrong``."""
-    from deepsem.encoder import load
+    from deepsem.tasks import load
 
     loaded = load(model)
     if not isinstance(loaded, kind):
@@ -895,7 +895,7 @@ def _load_task(model: Path, kind: type, wrong: str):
 
 
 def _load_classifier(model: Path):
-    from deepsem.classification import Classifier
+    from deepsem.tasks.classification import Classifier
 
     return _load_task(model, Classifier, "not a classifier (train one with 'deepsem classify train')")
 
@@ -952,8 +952,8 @@ def classify_train(
     progress: Annotated[bool | None, typer.Option(help=_PROGRESS_HELP)] = None,
 ) -> None:
     """Train a text classifier (any tower -> linear layer) and save the best model directory."""
-    from deepsem.classification import train_classifier
     from deepsem.config import TowerConfig, TrainConfig
+    from deepsem.tasks.classification import train_classifier
 
     if tokenizer is None:
         tokenizer = TokenizerName.trigram if encoder in (Encoder.dssm, Encoder.cnn) else TokenizerName.char
@@ -996,7 +996,7 @@ def classify_evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print every metric as JSON.")] = False,
 ) -> None:
     """Accuracy, macro/micro F1, per-class precision/recall/F1 and the most confused classes."""
-    from deepsem.classification import evaluate_classifier
+    from deepsem.tasks.classification import evaluate_classifier
 
     clf = _load_classifier(model)
     metrics = evaluate_classifier(clf, data, text_col=_column(text_col), label_col=_column(label_col),
@@ -1203,7 +1203,7 @@ def _interactions(data: Path, items: Path | None, users: Path | None, columns: s
 
 
 def _load_recommender(model: Path):
-    from deepsem.recommend import Recommender
+    from deepsem.tasks.recommendation import Recommender
 
     return _load_task(model, Recommender, "not a recommender (train one with 'deepsem recommend train')")
 
@@ -1259,7 +1259,7 @@ def recommend_train(
     progress: Annotated[bool | None, typer.Option(help=_PROGRESS_HELP)] = None,
 ) -> None:
     """Train the two-tower recommender (user tower over the history, item tower over id + features)."""
-    from deepsem.recommend import train_recommender
+    from deepsem.tasks.recommendation import train_recommender
 
     loaded = _interactions(data, items, users, columns, rating_col, min_rating, skip_bad_rows)
     config = {"encoder": encoder.value, "embedding_dim": embedding_dim, "hidden_size": hidden, "num_layers": layers,
@@ -1297,7 +1297,7 @@ def recommend_evaluate(
 ) -> None:
     """HitRate@k, Recall@k, NDCG@k, MRR and coverage, every target ranked among all items (history excluded)."""
     from deepsem.data.interactions import split_sequences
-    from deepsem.recommend import evaluate_ranking_over_items, popularity_scores
+    from deepsem.tasks.recommendation import evaluate_ranking_over_items, popularity_scores
 
     rec = _load_recommender(model)
     if stage not in ("test", "valid"):

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from deepsem.config import ModelConfig, TowerConfig, TrainConfig
-from deepsem.encoder import SemanticModel
 from deepsem.index import Document, Index
-from deepsem.matching import TextPairs, evaluate_translation, train
+from deepsem.tasks.matching import SemanticModel, TextPairs, evaluate_translation, train
 
 EXAMPLE_QUERIES = (
     "Where is the train station?",

@@ -45,7 +45,7 @@ class ItemVectors:
                 found[row] = True
         return out, found
 
-    def scorer(self, split: SequenceSplit, last_n: int = 10):  # -> deepsem.recommend.Scorer
+    def scorer(self, split: SequenceSplit, last_n: int = 10):  # -> deepsem.tasks.recommendation.Scorer
         """Scores of every item of ``split`` for a history: cosine to the mean of its last ``last_n`` items."""
         vectors, _ = self.aligned([str(i) for i in range(len(split.items))])
         popularity = split.train_counts().astype(np.float64)

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from deepsem import fileio
-from deepsem.classification import read_labelled
 from deepsem.data import DataError, read_clicks, read_pairs, read_retrieval
 from deepsem.data.errors import DataFileNotFoundError
 from deepsem.data.interactions import load_movielens, read_interactions, read_items, read_user_features
 from deepsem.embeddings import load_vectors, read_vectors
 from deepsem.errors import DeepsemError
 from deepsem.fileio import bounded_lines, utf8_lines
-from deepsem.matching import as_pairs
+from deepsem.tasks.classification import read_labelled
+from deepsem.tasks.matching import as_pairs
 
 BOM = "\ufeff"
 
@@ -288,7 +288,7 @@ def test_cr_only_line_ends_are_named_not_read_as_one_line(tmp_path: Path):
 
 
 def test_empty_training_file_names_the_file(tmp_path: Path):
-    from deepsem.matching import train
+    from deepsem.tasks.matching import train
 
     empty = tmp_path / "empty.tsv"
     empty.write_text("", encoding="utf-8")

@@ -14,11 +14,11 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import ignored_auth
 
-from deepsem.classification import Classifier, train_classifier
 from deepsem.data.interactions import Interactions, ItemFeatures
 from deepsem.index import Document, Index
-from deepsem.recommend import Recommender, train_recommender
 from deepsem.serve import Limits, create_app
+from deepsem.tasks.classification import Classifier, train_classifier
+from deepsem.tasks.recommendation import Recommender, train_recommender
 
 TEXTS = ["银行卡账户余额", "还款利息逾期", "火车站车票", "医院医生看病", "手机电话号码", "天气下雨"]
 LIMITS = Limits(max_chars=40, max_texts=4, max_k=8)

@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 
 from deepsem.data.errors import DataError
-from deepsem.encoder import SemanticModel
 from deepsem.errors import IndexFileError, IndexLockedError, ModelFileError, QueryError
 from deepsem.fileio import (
     atomic_write,
@@ -57,9 +56,10 @@ from deepsem.fileio import (
     sha256_file,
 )
 from deepsem.index.corpus import Document, iter_corpus
-from deepsem.index.exact import exact_search
 from deepsem.index.lexical import LexicalIndex
 from deepsem.index.store import DocStore
+from deepsem.tasks.matching import SemanticModel
+from deepsem.vectorstore.exact import exact_search
 
 FORMAT = "deepsem.index"
 MODES = ("dense", "lexical", "hybrid")

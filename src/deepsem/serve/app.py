@@ -38,13 +38,14 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from deepsem.classification import Classifier
-from deepsem.encoder import SemanticModel
 from deepsem.errors import ConfigError, QueryError
 from deepsem.index import Index
-from deepsem.recommend import Recommender
 from deepsem.serve.batcher import MicroBatcher
 from deepsem.serve.guard import Guard, GuardSettings, protocol_class
+from deepsem.tasks.classification import Classifier
+from deepsem.tasks.matching import SemanticModel
+from deepsem.tasks.recommendation import Recommender
+from deepsem.version import __version__
 
 log = logging.getLogger("deepsem.serve")
 
@@ -473,7 +474,7 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
             await batcher.close()
 
     app = FastAPI(title="deepsem", description="Semantic search and matching with LSTM-DSSM.",
-                  version=__import__("deepsem").__version__, lifespan=lifespan)
+                  version=__version__, lifespan=lifespan)
     app.state.limits = limits
     guard_settings = GuardSettings(api_key=api_key, max_in_flight=limits.max_in_flight,
                                    max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s,

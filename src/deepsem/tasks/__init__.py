@@ -1,0 +1,39 @@
+"""Tasks: what a trained model does for its user, one module per task, each of the same shape.
+
+==================  ================  ========================================================================
+task (config.json)  module            the model a user holds; train / evaluate
+==================  ================  ========================================================================
+``two-tower``       matching          :class:`SemanticModel`; :func:`train`, :func:`evaluate_pairs` (ranking, retrieval)
+``classifier``      classification    :class:`Classifier`; :func:`train_classifier`, :func:`evaluate_classifier`
+``recommender``     recommendation    :class:`Recommender`; :func:`train_recommender`, :func:`evaluate_recommender`
+==================  ================  ========================================================================
+
+Every ``train_X`` takes ``(data, out, dev=None, *, ...)`` (the recommender validates on the leave-last-out part of
+its own log, so it has no ``dev``), builds the model, and hands the loop to :func:`deepsem.trainer.fit`. A new task
+is a module here that ends with ``register(Task(...))`` and is imported below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deepsem.modeldir import read_config
+
+# registration order is the order tasks are listed in messages
+from deepsem.tasks import matching  # isort: split
+
+from deepsem.tasks import classification  # isort: split
+
+from deepsem.tasks import recommendation  # isort: split
+
+from deepsem.tasks.registry import TASKS, Task, register
+
+__all__ = ["TASKS", "Task", "classification", "load", "matching", "recommendation", "register"]
+
+
+def load(directory: str | Path) -> Any:
+    """Load any model directory deepsem wrote: ``config.json``'s ``task`` picks the :class:`Task` whose wrapper
+    loads it (a :class:`~deepsem.tasks.matching.SemanticModel`, :class:`~deepsem.tasks.classification.Classifier`
+    or :class:`~deepsem.tasks.recommendation.Recommender`)."""
+    return TASKS[read_config(directory)["task"]].load(directory)

@@ -1,0 +1,639 @@
+"""Text classification with the towers: read labelled texts, train, evaluate, predict, save and load.
+
+    clf, result = train_classifier("train.tsv", "runs/news", dev="dev.tsv", tokenizer="trigram",
+                                   tower={"encoder": "cnn"}, training={"epochs": 5})
+    clf.predict(["央行宣布降准"], k=3)          # [[("finance", 0.91), ("stocks", 0.06), ("realty", 0.01)]]
+    evaluate_classifier(clf, "test.tsv", confusion_png="confusion.png")
+    clf = deepsem.load("runs/news")             # a Classifier: config.json says task "classifier"
+
+A data file holds a text column and a label column (TSV/CSV/JSONL/Parquet, columns by 0-based index or
+header name). Labels are strings (numbers are read as their text: ``3`` and ``"3"`` are the same label); in
+multi-label data one field holds several labels split on ``label_sep`` (or a JSON list), and an empty
+field means "none of the labels". Bad rows (empty text, undecodable bytes, a missing column, an unknown
+label in dev/test data) raise :class:`~deepsem.data.errors.DataError` naming the file, line and field, or
+are skipped and counted with ``skip_bad_rows=True``.
+
+The model directory holds ``config.json`` (``"task": "classifier"``, the labels, the
+:class:`~deepsem.config.ClassifierConfig`), the tokenizer files and ``model.safetensors``; never a pickle.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+import torch
+from safetensors.torch import save_model as _save_weights
+from torch import Tensor
+from torch.nn import functional as F
+
+from deepsem.config import ClassifierConfig, ConfigError, TowerConfig, TrainConfig
+from deepsem.data.batches import length_batches
+from deepsem.data.errors import DataError, SkipReport
+from deepsem.data.readers import Column, detect_format, iter_records, sniff_labelled_header
+from deepsem.evaluation.classification import classification_metrics, plot_confusion
+from deepsem.fileio import atomic_write, atomic_write_json
+from deepsem.modeldir import CONFIG_FILE, WEIGHTS_FILE, build_and_load, read_task_config
+from deepsem.models.classifier import TextClassifier
+from deepsem.tasks.registry import Task, register
+from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
+from deepsem.trainer import (
+    Trainer,
+    TrainResult,
+    check_resume,
+    data_fingerprint,
+    finish_run,
+    run_fingerprint,
+    tokenizer_fingerprint,
+)
+
+__all__ = [
+    "Classifier",
+    "LabelledTexts",
+    "classification_loss",
+    "classification_metrics",
+    "compute_class_weights",
+    "evaluate_classifier",
+    "read_labelled",
+    "sort_labels",
+    "train_classifier",
+]
+
+#: ``config.json`` fields written by :meth:`Classifier.save` itself (not taken from ``info``).
+_RESERVED = ("deepsem_version", "task", "classifier", "labels")
+#: Rows of a training epoch sorted by length together: batches of similar lengths waste little padding.
+_BUCKET_BATCHES = 50
+
+
+# -- data ---------------------------------------------------------------------------------------------------
+class LabelledTexts:
+    """Texts and their labels: one label per text, or a tuple of labels per text (multi-label data).
+
+    ``labels`` may be given as strings (one label each) or sequences of strings; they are stored as tuples.
+    ``lines`` are the file lines the rows came from (for messages), ``skipped`` the bad rows left out.
+    """
+
+    def __init__(self, texts: Sequence[str], labels: Sequence[str | Sequence[str]], *,
+                 lines: Sequence[int] | None = None, source: str = "", skipped: SkipReport | None = None) -> None:
+        if len(texts) != len(labels):
+            raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+        self.texts = list(texts)
+        self.labels: list[tuple[str, ...]] = [
+            (y,) if isinstance(y, str) else tuple(str(v) for v in y) for y in labels
+        ]
+        self.lines = list(lines) if lines is not None else list(range(1, len(self.texts) + 1))
+        self.source = source
+        self.skipped = skipped if skipped is not None else SkipReport()
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def label_set(self) -> list[str]:
+        """Every label that occurs, in :func:`sort_labels` order."""
+        return sort_labels({y for row in self.labels for y in row})
+
+    def __repr__(self) -> str:
+        return f"LabelledTexts({len(self)} texts, {len(self.label_set())} labels, source={self.source!r})"
+
+
+def sort_labels(labels: Sequence[str] | set[str]) -> list[str]:
+    """Labels in a stable order: by number when every label is a whole number (``2`` before ``10``),
+    by text otherwise."""
+    unique = set(labels)
+    try:
+        return sorted(unique, key=lambda y: (int(y), y))
+    except ValueError:
+        return sorted(unique)
+
+
+def _whole_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | np.integer):
+        return True
+    return isinstance(value, float) and math.isfinite(value) and value.is_integer()
+
+
+def _label_values(value: Any, multi_label: bool, label_sep: str) -> tuple[str, ...]:
+    """The labels of one raw field value; ValueError with a short reason when it holds none."""
+    if value is None:
+        raise ValueError("missing value (null)")
+    if isinstance(value, list | tuple):
+        if not multi_label:
+            raise ValueError(f"{value!r} is a list of labels: read it with multi_label=True")
+        items = list(value)
+    else:
+        items = [value]
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, str):
+            parts = item.split(label_sep) if multi_label and label_sep else [item]
+        elif _whole_number(item):
+            parts = [str(int(item))]
+        else:
+            raise ValueError(f"{item!r} is not a label (a text or a whole number)")
+        out.extend(p.strip() for p in parts if p.strip())
+    if not out and not multi_label:
+        raise ValueError("empty label")
+    return tuple(dict.fromkeys(out))
+
+
+def read_labelled(
+    path: str | os.PathLike[str],
+    *,
+    text_col: Column = 0,
+    label_col: Column = 1,
+    multi_label: bool = False,
+    label_sep: str = ",",
+    labels: Sequence[str] | None = None,
+    fmt: str | None = None,
+    header: bool | None = None,
+    skip_bad_rows: bool = False,
+    encoding: str = "utf-8",
+) -> LabelledTexts:
+    """Read a file of labelled texts (TSV/CSV/JSONL/Parquet; see :mod:`deepsem.data.readers`).
+
+    ``labels``: the labels a model knows; a row with any other label is a bad row (dev and test files).
+    ``header=None``: the first TSV/CSV line is a header when a column is given by name, or, with columns given by
+    position, when it holds column names such as ``text`` / ``label`` (see
+    :func:`deepsem.data.readers.sniff_labelled_header`; the decision is logged). ``True`` / ``False`` decide.
+    Bad rows raise :class:`DataError` naming file, line and field, or with ``skip_bad_rows`` are skipped and
+    counted in ``.skipped``.
+    """
+    spath = os.fspath(path)
+    unit = "row" if detect_format(spath, fmt) == "parquet" else "line"
+    known = set(labels) if labels is not None else None
+    report = SkipReport()
+    texts: list[str] = []
+    rows: list[tuple[str, ...]] = []
+    lines: list[int] = []
+    columns = {"text": text_col, "label": label_col}
+    if (header is None and isinstance(text_col, int) and isinstance(label_col, int)
+            and detect_format(spath, fmt) in ("tsv", "csv")):
+        header = sniff_labelled_header(spath, text_col, label_col, fmt=fmt, encoding=encoding)
+    for rec in iter_records(spath, columns, fmt=fmt, header=header, skip_bad_rows=skip_bad_rows, report=report,
+                            encoding=encoding):
+        try:
+            raw = rec.values["text"]
+            if raw is None or isinstance(raw, bool) or not isinstance(raw, str | int | float):
+                problem = "missing value (null)" if raw is None else f"expected text, got {type(raw).__name__}"
+                raise DataError(spath, rec.line, "text", problem, column=text_col, unit=unit)
+            text = str(raw).strip()
+            if not text:
+                raise DataError(spath, rec.line, "text", "empty text", column=text_col, unit=unit)
+            try:
+                row = _label_values(rec.values["label"], multi_label, label_sep)
+            except ValueError as e:
+                raise DataError(spath, rec.line, "label", str(e), column=label_col, unit=unit) from None
+            if known is not None:
+                unknown = [y for y in row if y not in known]
+                if unknown:
+                    shown = ", ".join(map(repr, sort_labels(known)[:10])) + (", ..." if len(known) > 10 else "")
+                    raise DataError(spath, rec.line, "label", f"unknown label {unknown[0]!r}; the model knows "
+                                    f"{len(known)} labels ({shown})", column=label_col, unit=unit)
+        except DataError as e:
+            if not skip_bad_rows:
+                raise
+            report.add(e)
+            continue
+        texts.append(text)
+        rows.append(row)
+        lines.append(rec.line)
+    return LabelledTexts(texts, rows, lines=lines, source=spath, skipped=report)
+
+
+def _as_labelled(data: str | os.PathLike[str] | LabelledTexts, labels: Sequence[str] | None,
+                 options: dict[str, Any]) -> LabelledTexts:
+    if isinstance(data, LabelledTexts):
+        if labels is not None:
+            known = set(labels)
+            for row, line in zip(data.labels, data.lines, strict=True):
+                for y in row:
+                    if y not in known:
+                        raise DataError(data.source or "<data>", line, "label", f"unknown label {y!r}")
+        return data
+    out = read_labelled(data, labels=labels, **options)
+    if out.skipped.count:
+        print(f"{data}: {out.skipped}")
+    return out
+
+
+# -- targets, weights, loss -----------------------------------------------------------------------------------
+def _targets(data: LabelledTexts, labels: Sequence[str], multi_label: bool) -> np.ndarray:
+    """Label ids ``(N,)`` int64, or a 0/1 matrix ``(N, L)`` float32 for multi-label data."""
+    index = {y: i for i, y in enumerate(labels)}
+    if multi_label:
+        out = np.zeros((len(data), len(labels)), np.float32)
+        for r, row in enumerate(data.labels):
+            out[r, [index[y] for y in row]] = 1.0
+        return out
+    for row, line in zip(data.labels, data.lines, strict=True):
+        if len(row) != 1:
+            raise DataError(data.source or "<data>", line, "label",
+                            f"{len(row)} labels {row!r} on one row: train with multi_label=True")
+    return np.fromiter((index[row[0]] for row in data.labels), np.int64, len(data))
+
+
+def compute_class_weights(
+    targets: np.ndarray, labels: Sequence[str], spec: str | Mapping[str, float] | None, multi_label: bool = False
+) -> np.ndarray | None:
+    """Per-label loss weights from ``spec``: ``None`` (none), ``"balanced"`` or ``{label: weight}``.
+
+    One label per text: weights of the cross-entropy; ``"balanced"`` is ``n / (num_labels * count)`` (rare
+    classes count more, as scikit-learn's ``class_weight="balanced"``). Multi-label: the ``pos_weight`` of
+    each label's BCE (how much a positive counts against a negative); ``"balanced"`` is
+    ``negatives / positives``. A dict gives weights by label name; labels it leaves out weigh 1.
+    """
+    if spec is None:
+        return None
+    n = len(targets)
+    if isinstance(spec, str):
+        if spec != "balanced":
+            raise ValueError(f"class weights must be None, 'balanced' or a dict of label -> weight, got {spec!r}")
+        if multi_label:
+            positives = targets.sum(0).astype(np.float64)
+            return (np.maximum(n - positives, 1.0) / np.maximum(positives, 1.0)).astype(np.float32)
+        counts = np.bincount(targets, minlength=len(labels)).astype(np.float64)
+        return (n / (len(labels) * np.maximum(counts, 1.0))).astype(np.float32)
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"class weights must be None, 'balanced' or a dict of label -> weight, got {spec!r}")
+    index = {y: i for i, y in enumerate(labels)}
+    out = np.ones(len(labels), np.float32)
+    for label, weight in spec.items():
+        key = str(label)
+        if key not in index:
+            raise ValueError(f"class weight for {label!r}, which is not a training label")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
+            raise ValueError(f"class weight of {label!r} must be a positive number, got {weight!r}")
+        out[index[key]] = float(weight)
+    return out
+
+
+def classification_loss(logits: Tensor, targets: Tensor, *, multi_label: bool = False,
+                        weights: Tensor | None = None, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy over the labels (``weights``: per class, a weighted mean), or for multi-label data the
+    mean binary cross-entropy of every (text, label) with ``weights`` as the positives' ``pos_weight``."""
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits, targets.float(), pos_weight=weights)
+    return F.cross_entropy(logits, targets, weight=weights, label_smoothing=label_smoothing)
+
+
+# -- the classifier a user holds --------------------------------------------------------------------------------
+def _pad(ids: Sequence[Sequence[int]], dtype: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded ids ``(N, T)`` and ``int64`` lengths ``(N,)`` (T at least 1)."""
+    lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
+    width = max(int(lengths.max()) if len(lengths) else 1, 1)
+    matrix = np.zeros((len(ids), width), dtype)
+    if len(ids):
+        matrix[np.arange(width)[None, :] < lengths[:, None]] = np.fromiter(
+            (t for x in ids for t in x), dtype, int(lengths.sum()))
+    return matrix, lengths
+
+
+class Classifier:
+    """A trained text classifier with its tokenizer and label names.
+
+    >>> clf = deepsem.load("runs/news")                       # doctest: +SKIP
+    >>> clf.predict(["央行宣布降准"], k=2)                      # doctest: +SKIP
+    [[('finance', 0.93), ('stocks', 0.05)]]
+    """
+
+    def __init__(self, model: TextClassifier, tokenizer: Tokenizer, labels: Sequence[str],
+                 info: dict[str, Any] | None = None) -> None:
+        labels = list(labels)
+        if len(labels) != model.config.num_labels:
+            raise ValueError(f"{len(labels)} labels for a model with {model.config.num_labels} outputs")
+        if len(set(labels)) != len(labels) or not all(isinstance(y, str) and y for y in labels):
+            raise ValueError("labels must be distinct non-empty strings")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.labels = labels
+        self.info = dict(info or {})
+
+    @property
+    def multi_label(self) -> bool:
+        return self.model.config.multi_label
+
+    @property
+    def threshold(self) -> float:
+        """Multi-label: the probability from which a label is predicted."""
+        return self.model.config.threshold
+
+    # -- files ---------------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write the model directory; each file atomically, ``config.json`` last."""
+        from deepsem.version import __version__
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(directory)
+        atomic_write(directory / WEIGHTS_FILE, lambda p: _save_weights(self.model, str(p)))
+        config: dict[str, Any] = {"deepsem_version": __version__, "task": "classifier",
+                                  "classifier": self.model.config.to_dict(), "labels": list(self.labels)}
+        config.update({k: v for k, v in self.info.items() if k not in _RESERVED})
+        atomic_write_json(directory / CONFIG_FILE, config)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Classifier:
+        """Rebuild from ``config.json`` (validated, and checked against the weights file's header, before any tensor
+        is allocated), tokenizer and weights."""
+        directory = Path(directory)
+        config = read_task_config(directory, "classifier", "a classifier")
+        path = directory / CONFIG_FILE
+        model_config = ClassifierConfig.from_dict(config["classifier"], where=f"{path}: classifier")
+        labels = config.get("labels")
+        if (not isinstance(labels, list) or not all(isinstance(y, str) and y for y in labels)
+                or len(set(labels)) != len(labels)):
+            raise ConfigError(f"{path}: field 'labels' must be a list of distinct non-empty strings")
+        if len(labels) != model_config.num_labels:
+            raise ConfigError(f"{path}: field 'labels' has {len(labels)} labels but num_labels is "
+                              f"{model_config.num_labels}")
+        tokenizer = load_tokenizer(directory)
+        if tokenizer.vocab_size != model_config.tower.vocab_size:
+            raise ConfigError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but config.json's "
+                              f"classifier.tower.vocab_size is {model_config.tower.vocab_size}: the tokenizer and the "
+                              "weights come from different models")
+        model = build_and_load(lambda: TextClassifier(model_config), directory, model_config.to_dict())
+        info = {k: v for k, v in config.items() if k not in _RESERVED}
+        return cls(model, tokenizer, labels, info)
+
+    # -- prediction ------------------------------------------------------------------------------------------
+    @overload
+    def predict_proba(self, texts: str, batch_size: int = 1024) -> np.ndarray: ...
+    @overload
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 1024) -> np.ndarray: ...
+    def predict_proba(self, texts: str | Sequence[str], batch_size: int = 1024) -> np.ndarray:
+        """Probabilities ``(N, num_labels)`` float32 (``(num_labels,)`` for one string): a softmax over the
+        labels, or one sigmoid per label for a multi-label model. Texts are batched by length."""
+        if isinstance(texts, str):
+            return self.predict_proba([texts], batch_size)[0]
+        return self._proba_of_ids(self.tokenizer.encode_batch(list(texts)), batch_size)
+
+    def _proba_of_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 1024) -> np.ndarray:
+        out = np.zeros((len(ids), len(self.labels)), np.float32)
+        if not ids:
+            return out
+        order = np.argsort(np.fromiter((len(x) for x in ids), np.int64, len(ids)), kind="stable")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(order), batch_size):
+                    rows = order[start : start + batch_size]
+                    matrix, lengths = _pad([ids[r] for r in rows])
+                    logits = self.model(torch.from_numpy(matrix), torch.from_numpy(lengths))
+                    out[rows] = self.model.probabilities(logits).float().numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def top_k(self, probs: np.ndarray, k: int | None = 1, threshold: float | None = None
+              ) -> list[list[tuple[str, float]]]:
+        """The ``k`` most probable labels of each row of ``probs`` (all with ``k=None``), most probable
+        first, as ``(label, probability)``; with ``threshold`` only those at least that probable."""
+        if k is not None and k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        probs = np.atleast_2d(probs)
+        take = len(self.labels) if k is None else min(k, len(self.labels))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :take]
+        out = []
+        for row, idx in zip(probs, order, strict=True):
+            out.append([(self.labels[j], float(row[j])) for j in idx if threshold is None or row[j] >= threshold])
+        return out
+
+    @overload
+    def predict(self, texts: str, k: int | None = 1, threshold: float | None = None,
+                batch_size: int = 1024) -> list[tuple[str, float]]: ...
+    @overload
+    def predict(self, texts: Sequence[str], k: int | None = 1, threshold: float | None = None,
+                batch_size: int = 1024) -> list[list[tuple[str, float]]]: ...
+    def predict(self, texts: str | Sequence[str], k: int | None = 1, threshold: float | None = None,
+                batch_size: int = 1024) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
+        """The ``k`` most probable labels of each text with their probabilities, most probable first.
+
+        ``threshold`` keeps only labels at least that probable (for a multi-label model, ``k=None,
+        threshold=clf.threshold`` gives its decisions). One string gives one list.
+        """
+        if isinstance(texts, str):
+            return self.predict([texts], k, threshold, batch_size)[0]
+        return self.top_k(self.predict_proba(texts, batch_size), k, threshold)
+
+    def predict_labels(self, texts: Sequence[str], batch_size: int = 1024) -> list[str] | list[list[str]]:
+        """The decision for each text: its most probable label, or (multi-label) every label whose
+        probability reaches :attr:`threshold`."""
+        probs = self.predict_proba(texts, batch_size)
+        if self.multi_label:
+            return [[self.labels[j] for j in np.flatnonzero(row >= self.threshold)] for row in probs]
+        return [self.labels[j] for j in probs.argmax(1)]
+
+    def __repr__(self) -> str:
+        c = self.model.config
+        kind = "multi-label" if c.multi_label else "single-label"
+        return (f"Classifier(encoder={c.tower.encoder!r}, tokenizer={self.tokenizer.name!r}, "
+                f"labels={len(self.labels)}, {kind})")
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------
+def evaluate_classifier(
+    classifier: Classifier,
+    data: str | os.PathLike[str] | LabelledTexts,
+    *,
+    text_col: Column = 0,
+    label_col: Column = 1,
+    label_sep: str | None = None,
+    fmt: str | None = None,
+    header: bool | None = None,
+    skip_bad_rows: bool = False,
+    confusion_png: str | os.PathLike[str] | None = None,
+    top_confused: int = 5,
+    batch_size: int = 1024,
+) -> dict[str, Any]:
+    """Score ``classifier`` on labelled data (a file or :class:`LabelledTexts`): see
+    :func:`classification_metrics` for the keys. A label the model does not know is a bad row.
+    ``label_sep`` defaults to the one the model was trained with. ``confusion_png``: also write the
+    confusion matrix there (one label per text only); its path is returned under ``confusion_png``.
+    """
+    if confusion_png is not None and classifier.multi_label:
+        raise ValueError("a confusion matrix needs one label per text; this is a multi-label model")
+    sep = label_sep if label_sep is not None else str(classifier.info.get("label_sep", ","))
+    options = {"text_col": text_col, "label_col": label_col, "multi_label": classifier.multi_label,
+               "label_sep": sep, "fmt": fmt, "header": header, "skip_bad_rows": skip_bad_rows}
+    labelled = _as_labelled(data, classifier.labels, options)
+    if not len(labelled):
+        raise ValueError(f"{labelled.source or 'data'}: no labelled texts to evaluate")
+    targets = _targets(labelled, classifier.labels, classifier.multi_label)
+    t0 = time.perf_counter()
+    probs = classifier.predict_proba(labelled.texts, batch_size)
+    seconds = time.perf_counter() - t0
+    out = classification_metrics(targets, probs, classifier.labels, multi_label=classifier.multi_label,
+                                 threshold=classifier.threshold, top_confused=top_confused)
+    out["predictions_per_second"] = round(len(labelled) / max(seconds, 1e-9), 1)
+    if labelled.skipped.count:
+        out["skipped_rows"] = labelled.skipped.count
+    if confusion_png is not None:
+        matrix = np.asarray(out["confusion"]["matrix"])
+        out["confusion_png"] = str(plot_confusion(matrix, classifier.labels, confusion_png))
+    return out
+
+
+# -- training ---------------------------------------------------------------------------------------------------
+def _check_tokenizer_fits(encoder: str, tokenizer: Tokenizer) -> None:
+    from deepsem.towers import TRIGRAM_ENCODERS
+
+    if encoder in TRIGRAM_ENCODERS and not isinstance(tokenizer, TrigramTokenizer):
+        raise ValueError(f"encoder {encoder!r} reads letter trigrams: use tokenizer 'trigram', "
+                         f"not {tokenizer.name!r}")
+
+
+def train_classifier(
+    train: str | os.PathLike[str] | LabelledTexts,
+    out: str | os.PathLike[str],
+    dev: str | os.PathLike[str] | LabelledTexts | None = None,
+    *,
+    tokenizer: str | Tokenizer = "char",
+    tokenizer_options: dict[str, Any] | None = None,
+    tower: TowerConfig | dict[str, Any] | None = None,
+    training: TrainConfig | dict[str, Any] | None = None,
+    multi_label: bool = False,
+    class_weights: str | Mapping[str, float] | None = None,
+    text_col: Column = 0,
+    label_col: Column = 1,
+    label_sep: str = ",",
+    fmt: str | None = None,
+    header: bool | None = None,
+    skip_bad_rows: bool = False,
+    head_dropout: float = 0.1,
+    label_smoothing: float = 0.0,
+    ngram_buckets: int = 0,
+    ngram_order: int = 2,
+    ngram_dim: int = 16,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    progress: bool | None = None,
+) -> tuple[Classifier, TrainResult]:
+    """Train a text classifier and save the best model (by dev accuracy; multi-label: micro-F1) to ``out``.
+
+    ``train``/``dev``: files (see :func:`read_labelled`; ``text_col``, ``label_col``, ``label_sep``,
+    ``fmt``, ``header``, ``skip_bad_rows`` apply to both) or :class:`LabelledTexts`. The labels are those of
+    the training data (at least two); a dev row with another label is a bad row. ``tokenizer``: a name
+    (learnt from the training texts with ``tokenizer_options``) or a tokenizer. ``tower``: the
+    :class:`TowerConfig` (``vocab_size`` is set from the tokenizer; the ``dssm`` and ``cnn`` towers need
+    the ``trigram`` tokenizer). ``training``: :class:`TrainConfig` (epochs, batch size, lr, clipping,
+    ``max_minutes``, patience...; its pair-loss fields are not used). Loss: cross-entropy (with
+    ``label_smoothing``), or BCE with logits when ``multi_label``; ``class_weights``: see
+    :func:`compute_class_weights`. ``ngram_buckets`` > 0 adds a fastText-style bag of token n-grams next
+    to the tower (see :class:`~deepsem.config.ClassifierConfig`). Without ``dev`` the model after the last
+    step is kept.
+    Run files (checkpoint, metrics.jsonl, training.png, result.json) go to ``run_dir`` (default
+    ``out/training``); an interrupted run started again with the same data and settings resumes; with other
+    ones it raises :class:`~deepsem.errors.ResumeMismatchError` (``resume=False`` starts over). ``progress``:
+    a progress bar; None shows it only when stderr is a terminal.
+    """
+    t0 = time.perf_counter()
+    cfg = training if isinstance(training, TrainConfig) else TrainConfig.from_dict(training or {}, "training")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    run_dir = Path(run_dir) if run_dir is not None else out / "training"
+    options = {"text_col": text_col, "label_col": label_col, "multi_label": multi_label, "label_sep": label_sep,
+               "fmt": fmt, "header": header, "skip_bad_rows": skip_bad_rows}
+    train_data = _as_labelled(train, None, options)
+    source = train_data.source or "training data"
+    if not len(train_data):
+        raise DataError(source, None, None, "no labelled texts to train on")
+    labels = train_data.label_set()
+    if len(labels) < 2:
+        only = f"the label {labels[0]!r}" if labels else "no label"
+        raise DataError(source, None, "label", f"all {len(train_data)} rows (lines {train_data.lines[0]}-"
+                        f"{train_data.lines[-1]}) have {only}; a classifier needs at least two classes")
+    targets = _targets(train_data, labels, multi_label)
+    dev_data = _as_labelled(dev, labels, options) if dev is not None else None
+    if dev_data is not None and not len(dev_data):
+        raise DataError(dev_data.source or "dev data", None, None, "no labelled texts in the dev data")
+    weights = compute_class_weights(targets, labels, class_weights, multi_label)
+    tcfg = tower if isinstance(tower, TowerConfig) else TowerConfig.from_dict(tower or {}, "tower")
+    tower_settings = tcfg.to_dict()
+    tower_settings.pop("vocab_size", None)  # set from the tokenizer
+    fingerprint = run_fingerprint(
+        cfg, **{"training data": data_fingerprint(train_data.texts, train_data.labels),
+                "dev data": None if dev_data is None else data_fingerprint(dev_data.texts, dev_data.labels)},
+        tokenizer=tokenizer_fingerprint(tokenizer, tokenizer_options), tower=tower_settings,
+        task={"multi_label": multi_label, "class_weights": None if weights is None else weights.tolist(),
+              "head_dropout": head_dropout, "label_smoothing": label_smoothing, "ngram_buckets": ngram_buckets,
+              "ngram_order": ngram_order, "ngram_dim": ngram_dim})
+    resuming = check_resume(run_dir, fingerprint, resume)
+
+    if isinstance(tokenizer, str):
+        if resuming and (run_dir / "tokenizer" / "tokenizer.json").exists():
+            tok = load_tokenizer(run_dir / "tokenizer")
+        else:
+            tok = build_tokenizer(tokenizer, iter(train_data.texts), **(tokenizer_options or {}))
+            tok.save(run_dir / "tokenizer")
+    else:
+        tok = tokenizer
+    tcfg.vocab_size = tok.vocab_size
+    _check_tokenizer_fits(tcfg.encoder, tok)
+    ccfg = ClassifierConfig(tower=tcfg, num_labels=len(labels), multi_label=multi_label, dropout=head_dropout,
+                            ngram_buckets=ngram_buckets, ngram_order=ngram_order, ngram_dim=ngram_dim)
+    ccfg.validate()
+    torch.manual_seed(cfg.seed)
+    net = TextClassifier(ccfg)
+    clf = Classifier(net, tok, labels)
+
+    matrix, lengths = _pad(tok.encode_batch(train_data.texts), np.int32)  # int32: half the memory of int64
+    target_t = torch.from_numpy(targets)
+    weight_t = torch.from_numpy(weights) if weights is not None else None
+    dev_targets = _targets(dev_data, labels, multi_label) if dev_data is not None else None
+    metric = "micro_f1" if multi_label else "accuracy"
+
+    def step(rows: np.ndarray) -> Tensor:
+        width = max(int(lengths[rows].max()), 1)
+        logits = net(torch.from_numpy(matrix[rows, :width].astype(np.int64)), torch.from_numpy(lengths[rows]))
+        return classification_loss(logits, target_t[rows], multi_label=multi_label, weights=weight_t,
+                                   label_smoothing=label_smoothing)
+
+    dev_ids = tok.encode_batch(dev_data.texts) if dev_data is not None else []
+
+    def evaluate() -> dict[str, float]:
+        assert dev_targets is not None
+        scores = classification_metrics(dev_targets, clf._proba_of_ids(dev_ids), labels,
+                                        multi_label=multi_label, threshold=ccfg.threshold)
+        return {k: scores[k] for k in ("accuracy", "macro_f1", "micro_f1")}
+
+    counts = Counter(y for row in train_data.labels for y in row)
+    info: dict[str, Any] = {
+        "training": cfg.to_dict(), "train_examples": len(train_data), "label_sep": label_sep,
+        "label_counts": {y: counts[y] for y in labels},
+        "class_weights": None if weights is None else dict(zip(labels, weights.tolist(), strict=True)),
+    }
+    if label_smoothing:
+        info["label_smoothing"] = label_smoothing
+
+    def on_best(metrics: dict[str, float]) -> None:
+        if metrics:
+            info["dev_metrics"] = metrics
+        clf.info = dict(info)
+        clf.save(out)
+
+    steps_per_epoch = (len(train_data) + cfg.batch_size - 1) // cfg.batch_size
+    trainer = Trainer(
+        net, cfg, run_dir, step=step,
+        # one batch per bucket (length_buckets off): plain shuffled batches
+        batches=lambda epoch, rng: length_batches(lengths, cfg.batch_size, rng,
+                                                  _BUCKET_BATCHES if cfg.length_buckets else 1),
+        steps_per_epoch=steps_per_epoch, evaluate=evaluate if dev_data is not None else None,
+        metric=metric, on_best=on_best, progress=progress, fingerprint=fingerprint,
+    )
+    result = trainer.fit(resume=resume)
+    return finish_run(result, info, out, run_dir, metric, t0, Classifier.load), result
+
+
+register(Task(name="classifier", model_field="classifier", wrapper=Classifier, train=train_classifier,
+              evaluate=evaluate_classifier, cli_group="classify", summary="text classification"))

@@ -1,0 +1,48 @@
+"""Old import paths keep working after the redesign: each names the same objects as its new home."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+MOVED = [
+    ("deepsem.matching", "deepsem.tasks.matching", ["train", "TextPairs", "evaluate_pairs", "evaluate_ranking",
+                                                   "evaluate_retrieval", "SemanticModel"]),
+    ("deepsem.classification", "deepsem.tasks.classification", ["Classifier", "train_classifier",
+                                                               "evaluate_classifier", "read_labelled"]),
+    ("deepsem.recommend", "deepsem.tasks.recommendation", ["Recommender", "train_recommender", "load_movielens",
+                                                          "evaluate_recommender", "split_sequences"]),
+    ("deepsem.encoder", "deepsem.tasks.matching", ["SemanticModel"]),
+    ("deepsem.encoder", "deepsem.tasks", ["load"]),
+    ("deepsem.io", "deepsem.modeldir", ["build_and_load", "read_config", "load_model_dir", "save_model_dir"]),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "names"), MOVED)
+def test_old_module_paths_name_the_same_objects(old: str, new: str, names: list[str]) -> None:
+    old_module, new_module = importlib.import_module(old), importlib.import_module(new)
+    for name in names:
+        assert getattr(old_module, name) is getattr(new_module, name), f"{old}.{name}"
+
+
+def test_package_root_api_is_unchanged() -> None:
+    import deepsem
+
+    for name in ("Classifier", "ClassifierConfig", "Index", "ModelConfig", "Recommender", "RecommenderConfig",
+                 "SemanticModel", "TextPairs", "TowerConfig", "TrainConfig", "__version__", "evaluate_classifier",
+                 "evaluate_pairs", "evaluate_ranking", "evaluate_recommender", "evaluate_retrieval", "load", "train",
+                 "train_classifier", "train_recommender"):
+        assert hasattr(deepsem, name), name
+    assert deepsem.recommend.load_movielens is deepsem.tasks.recommendation.load_movielens  # the README's spelling
+
+
+def test_old_module_names_are_package_attributes_in_a_fresh_process() -> None:
+    import subprocess
+    import sys
+
+    code = ("import deepsem; print(deepsem.recommend.load_movielens.__module__, deepsem.matching.train.__module__, "
+            "deepsem.classification.Classifier.__module__, deepsem.encoder.SemanticModel.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["deepsem.data.interactions", "deepsem.tasks.matching", "deepsem.tasks.classification",
+                   "deepsem.tasks.matching"]
