@@ -26,20 +26,13 @@ from deepsem.data.interactions import (
     read_user_features,
     split_sequences,
 )
+from deepsem.evaluation.recommendation import evaluate_ranking_over_items, popularity_scores, target_ranks
 from deepsem.item2vec import train_item2vec
 from deepsem.losses import candidate_softmax_loss
 from deepsem.metrics import ndcg, recall, recommendation_metrics
 from deepsem.models.recommender import TwoTowerRecommender
 from deepsem.serve import Limits, create_app
-from deepsem.tasks.recommendation import (
-    Recommender,
-    evaluate_ranking_over_items,
-    evaluate_recommender,
-    popularity_scores,
-    target_ranks,
-    train_recommender,
-    training_windows,
-)
+from deepsem.tasks.recommendation import Recommender, evaluate_recommender, train_recommender, training_windows
 
 runner = CliRunner()
 N_ITEMS = 30
