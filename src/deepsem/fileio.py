@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from deepsem.errors import ConfigError, DataError, DataFileNotFoundError
+
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks."""
@@ -99,8 +101,6 @@ def read_json(path: str | os.PathLike[str], error: type[Exception] | None = None
     """Read a JSON file deepsem wrote (or someone crafted): a regular file of at most ``max_bytes``, UTF-8,
     nested at most ``max_depth`` deep. Any problem raises ``error`` (default :class:`deepsem.errors.ConfigError`)
     with a one-line message naming the file and the cause; never RecursionError or MemoryError."""
-    from deepsem.errors import ConfigError
-
     error = error or ConfigError
     path = Path(path)
     try:
@@ -136,8 +136,6 @@ def regular_file(path: str | os.PathLike[str], what: str = "file") -> Path:
     """``path`` if it is an existing regular file (following links); otherwise a
     :class:`deepsem.data.errors.DataError` saying what it is instead (missing, a directory, a FIFO, a device).
     Reading a FIFO would block forever and ``/dev/zero`` never ends, so readers call this first."""
-    from deepsem.data.errors import DataError, DataFileNotFoundError
-
     path = Path(path)
     try:
         st = path.stat()
@@ -168,8 +166,6 @@ def bounded_lines(fh: IO[bytes], path: str | os.PathLike[str], max_line_bytes: i
     """Yield ``(line number, raw bytes with the line end)`` of a binary stream, never holding more than
     ``max_line_bytes`` of one line: a longer line raises :class:`deepsem.data.errors.DataError` naming the
     file and the line. A UTF-8 byte-order mark at the start of the stream is dropped."""
-    from deepsem.data.errors import DataError
-
     lineno = 0
     while True:
         try:
@@ -209,8 +205,6 @@ def utf8_lines(fh: IO[bytes], path: str | os.PathLike[str], max_line_bytes: int 
     """Yield ``(line number, text without its line end)`` of a UTF-8 binary stream (a file, ``sys.stdin.buffer``)
     with :func:`bounded_lines`. Bytes that are not UTF-8 raise :class:`deepsem.data.errors.DataError` naming
     the line and the byte's position in that line (never an offset into a read buffer)."""
-    from deepsem.data.errors import DataError
-
     for lineno, raw in bounded_lines(fh, path, MAX_LINE_BYTES if max_line_bytes is None else max_line_bytes):
         try:
             text = raw.decode("utf-8")
