@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, Protocol
+from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, Protocol, cast
 
 import numpy as np
 
@@ -318,7 +318,7 @@ class _Rows:
 
 def _open_lines(path: Path) -> IO[bytes]:
     if path.suffix == ".gz":
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))
     return open(path, "rb")
 
 

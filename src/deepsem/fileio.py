@@ -43,7 +43,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)`` to produce the file, then atomically move it to ``path``.
 
     The file gets the permissions a plain ``open(path, "w")`` would give (0666 less the umask), not the

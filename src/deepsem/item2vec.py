@@ -10,7 +10,7 @@ Items a user interacts with close together in time get close vectors. Used two w
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +45,8 @@ class ItemVectors:
                 found[row] = True
         return out, found
 
-    def scorer(self, split: SequenceSplit, last_n: int = 10):  # -> deepsem.tasks.recommendation.Scorer
+    def scorer(self, split: SequenceSplit, last_n: int = 10
+               ) -> Callable[[Sequence[int], Sequence[np.ndarray]], np.ndarray]:  # an evaluation Scorer
         """Scores of every item of ``split`` for a history: cosine to the mean of its last ``last_n`` items."""
         vectors, _ = self.aligned([str(i) for i in range(len(split.items))])
         popularity = split.train_counts().astype(np.float64)

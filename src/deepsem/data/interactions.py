@@ -109,7 +109,8 @@ class Interactions:
         user_a, item_a = np.asarray(u, dtype=np.int32), np.asarray(it, dtype=np.int32)
         time_a, rating_a = np.asarray(t, dtype=np.float64), np.asarray(r, dtype=np.float32)
         order = np.lexsort((line, time_a, user_a))
-        user_a, item_a, time_a, rating_a, line = (a[order] for a in (user_a, item_a, time_a, rating_a, line))
+        user_a, item_a, time_a = user_a[order], item_a[order], time_a[order]
+        rating_a, line = rating_a[order], line[order]
         keep = np.ones(len(user_a), dtype=bool)
         if len(user_a) > 1:  # exact repeats of (user, item, time) sit next to each other only if adjacent
             key = np.stack([user_a.astype(np.float64), item_a.astype(np.float64), time_a], axis=1)

@@ -6,11 +6,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from deepsem.data.readers import Clicks, read_clicks, read_pairs
+from deepsem.data.readers import Clicks, Column, read_clicks, read_pairs
 
 
 @dataclass
@@ -70,14 +70,15 @@ def as_pairs(data: str | Path | TextPairs | Any, columns: Sequence[int | str | N
         return data
     if clicks and isinstance(data, str | Path):
         q, d, c = columns
-        log = read_clicks(data, query=q, doc=d, clicks=c, impressions=impressions, skip_bad_rows=skip_bad_rows)
+        log = read_clicks(data, query=cast(Column, q), doc=cast(Column, d), clicks=c, impressions=impressions,
+                          skip_bad_rows=skip_bad_rows)
         if log.skipped.count:
             print(f"{data}: {log.skipped}")
         return clicks_to_pairs(log)
     if isinstance(data, str | Path):
         a, b, label = columns
-        pairs = read_pairs(data, text_a=a, text_b=b, label=label, skip_bad_rows=skip_bad_rows,
-                           label_map=label_map, binary=binary)
+        pairs = read_pairs(data, text_a=cast(Column, a), text_b=cast(Column, b), label=label,
+                           skip_bad_rows=skip_bad_rows, label_map=label_map, binary=binary)
         if pairs.skipped.count:
             print(f"{data}: {pairs.skipped}")
         labels = None if label is None else np.asarray(pairs.labels, dtype=np.float32)

@@ -57,7 +57,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, NamedTuple, TypeVar
+from typing import IO, Any, Literal, NamedTuple, TypeVar, cast
 
 import numpy as np
 
@@ -116,7 +116,7 @@ _FORMAT_ALIASES: dict[str, Format] = {
     "parquet": "parquet",
     "pq": "parquet",
 }
-_COMPRESSION: dict[str, Callable[..., IO[bytes]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_COMPRESSION: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _PARQUET_BATCH_ROWS = 4096
 _SURROGATES = re.compile("[\udc80-\udcff]")
 
@@ -255,7 +255,7 @@ def detect_format(path: str | os.PathLike[str], fmt: str | None = None) -> Forma
 
 def _open_binary(path: str) -> IO[bytes]:
     opener = _COMPRESSION.get(Path(path).suffix.lower(), open)
-    return opener(path, "rb")
+    return cast(IO[bytes], opener(path, "rb"))
 
 
 def _check_encoding(encoding: str) -> str:
@@ -387,6 +387,7 @@ def _delimited_records(
         first = True
         pending: list[tuple[int, list[str], bool] | DataError] = []  # a row read ahead by the header check
         while True:
+            item: tuple[int, list[str], bool] | DataError | None
             if pending:
                 item = pending.pop()
             else:
@@ -410,7 +411,7 @@ def _delimited_records(
                     # numbered columns: a header when its count/label field is not a number and the next
                     # row's is (or there is no next row)
                     is_header = sniff is not None and _sniff_header(fields, cols, sniff)
-                    if is_header:
+                    if is_header and sniff is not None:
                         ahead = next(rows, None)
                         if ahead is not None:
                             pending.append(ahead)
@@ -419,8 +420,8 @@ def _delimited_records(
                 if is_header:
                     names = [f.strip() for f in fields]
                     index: dict[str, int] = {}
-                    for i, n in enumerate(names):
-                        index.setdefault(n, i)
+                    for i, name in enumerate(names):
+                        index.setdefault(name, i)
                     for c in cols:
                         if isinstance(c.spec, str):
                             if c.spec in index:
@@ -561,11 +562,12 @@ def _parquet_rows(pq: Any, path: str, cols: Sequence[_Col], encoding: str, ctx: 
                     name = resolved[c.name]
                     value = None if name is None else data[name][j]
                     if isinstance(value, bytes):
+                        raw = value
                         try:
-                            value = value.decode(encoding)
+                            value = raw.decode(encoding)
                         except UnicodeDecodeError:
                             error = _undecodable(
-                                ctx, row, c.name, value.decode(encoding, "surrogateescape"), encoding
+                                ctx, row, c.name, raw.decode(encoding, "surrogateescape"), encoding
                             )
                             break
                     values[c.name] = value

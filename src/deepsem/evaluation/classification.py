@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -57,7 +57,8 @@ def classification_metrics(targets: np.ndarray, probs: np.ndarray, labels: Seque
     p, r, f = precision_recall_f1(truth_ids, pred_ids, average="macro")
     _, _, micro = precision_recall_f1(truth_ids, pred_ids, average="micro")
     _, _, weighted = precision_recall_f1(truth_ids, pred_ids, average="weighted")
-    pc, rc, fc = precision_recall_f1(truth_ids, pred_ids, average=None, labels=list(range(num)))
+    per_class = precision_recall_f1(truth_ids, pred_ids, average=None, labels=list(range(num)))
+    pc, rc, fc = cast(tuple[np.ndarray, np.ndarray, np.ndarray], per_class)  # average=None: arrays
     confusion = np.bincount(truth_ids * num + pred_ids, minlength=num * num).reshape(num, num)
     picked = np.clip(probs[np.arange(n), truth_ids], 1e-12, 1.0) if n else np.ones(0)
     out.update(accuracy=float((truth_ids == pred_ids).mean()) if n else 0.0,

@@ -33,6 +33,9 @@ class ItemTower(nn.Module):
     ``title`` ``(n_items + 1, T)`` hold feature / token ids right-padded with 0. The title goes through a bag of
     word embeddings (``title_encoder="bag"``) or one of deepsem's text towers, run once per distinct item."""
 
+    categories: Tensor
+    title: Tensor
+
     def __init__(self, config: RecommenderConfig) -> None:
         super().__init__()
         c = config

@@ -327,7 +327,7 @@ class _LSTMLayerFunction(torch.autograd.Function):
     """One layer, one direction; see :func:`lstm_layer` for the backward derivation."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         w_ih: Tensor,
@@ -347,7 +347,7 @@ class _LSTMLayerFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_hs: Tensor | None, grad_cs: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         x, w_ih, w_hh, bias, peep, h0, c0, hs, cs, tcs, gs, *gate_blocks = ctx.saved_tensors
@@ -503,9 +503,11 @@ def lstm_layer(
         index = last.view(1, -1, 1).expand(1, hs.shape[1], hs.shape[2])
         return hs, hs.gather(0, index).squeeze(0), cs.gather(0, index).squeeze(0)
     with torch.no_grad():  # the inference loop, as one of D = 1 directions
-        one = [t.unsqueeze(0) if t is not None else None for t in (bias, peep, h0, c0)]
         hs, cs, c_last = _loop_forward_directions(x.unsqueeze(0), w_ih.t().unsqueeze(0),
-                                                  w_hh.t().contiguous().unsqueeze(0), *one, coupled,
+                                                  w_hh.t().contiguous().unsqueeze(0),
+                                                  None if bias is None else bias.unsqueeze(0),
+                                                  None if peep is None else peep.unsqueeze(0),
+                                                  h0.unsqueeze(0), c0.unsqueeze(0), coupled,
                                                   keep_cells=last is not None)
     hs = hs[:, 0]
     if last is None:
@@ -616,7 +618,7 @@ class LSTM(nn.Module):
         for layer in range(num_layers):
             layer_in = input_size if layer == 0 else hidden_size * self.num_directions
             for suffix in self._suffixes():
-                params = {
+                params: dict[str, tuple[int, ...]] = {
                     f"weight_ih_l{layer}{suffix}": (gates, layer_in),
                     f"weight_hh_l{layer}{suffix}": (gates, hidden_size),
                 }
@@ -803,9 +805,9 @@ class LSTM(nn.Module):
             outs: list[Tensor] = []
             if self.backward == "bptt" and not self._needs_grad(layer_in, layer):  # inference
                 states = slice(layer * self.num_directions, (layer + 1) * self.num_directions)
-                outs, h_n, c_n = self._run_directions(layer_in, hx[0][states], hx[1][states], layer, pad)
-                h_finals += h_n
-                c_finals += c_n
+                outs, h_ns, c_ns = self._run_directions(layer_in, hx[0][states], hx[1][states], layer, pad)
+                h_finals += h_ns
+                c_finals += c_ns
                 layer_in = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
                 continue
             for direction, suffix in enumerate(self._suffixes()):

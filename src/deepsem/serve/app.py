@@ -25,6 +25,7 @@ import math
 import os
 import re
 import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -211,7 +212,7 @@ def request_models(limits: Limits, modes: tuple[str, ...] = ("dense",)) -> dict[
 
     class SearchRequest(_Request):
         queries: text | text_list = Field(description="One query or a list of queries (not blank).")
-        k: k_field = Field(min(10, limits.max_k), description="Results per query.")
+        k: k_field = Field(min(10, limits.max_k), description="Results per query.")  # type: ignore[valid-type]
         filter: Annotated[dict[key, scalar], Field(max_length=MAX_FILTER_FIELDS)] | None = Field(
             None, description="Keep documents whose metadata has these values.")
         mode: mode_type | None = Field(None, description="dense, lexical (BM25) or hybrid; default: hybrid if the "
@@ -227,7 +228,7 @@ def request_models(limits: Limits, modes: tuple[str, ...] = ("dense",)) -> dict[
 
     class ClassifyRequest(_Request):
         texts: text_list
-        k: k_field = Field(1, description="Labels per text, most probable first.")
+        k: k_field = Field(1, description="Labels per text, most probable first.")  # type: ignore[valid-type]
         threshold: Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)] | None = Field(
             None, description="Keep only labels at least this probable.")
 
@@ -235,9 +236,9 @@ def request_models(limits: Limits, modes: tuple[str, ...] = ("dense",)) -> dict[
         | integer()
 
     class RecommendRequest(_Request):
-        history: Annotated[list[item_id], Field(max_length=limits.max_chars)] = Field(
+        history: Annotated[list[item_id], Field(max_length=limits.max_chars)] = Field(  # type: ignore[valid-type]
             description="The user's item ids, oldest first (may be empty).")
-        k: k_field = Field(min(10, limits.max_k), description="Items to return.")
+        k: k_field = Field(min(10, limits.max_k), description="Items to return.")  # type: ignore[valid-type]
         exclude_seen: Annotated[bool, Field(strict=True)] = Field(True, description="Leave out the items of the "
                                                                   "history.")
         user_features: Annotated[list[text], Field(max_length=limits.max_texts)] | None = Field(
@@ -450,10 +451,12 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
                 out[i] = [h.to_dict() for h in idx.search_encoded(vectors[i : i + 1], k, f, [q], mode)[0]]
         return out  # type: ignore[return-value]
 
-    batching = {"max_wait_ms": max_wait_ms, "threaded": encoder_thread}
+    batching: dict[str, Any] = {"max_wait_ms": max_wait_ms, "threaded": encoder_thread}
     search_batcher = MicroBatcher(run_search, max_batch=limits.max_texts, **batching)
-    encode_batchers = {side: MicroBatcher(lambda texts, side=side: two_tower().encode(texts, side=side),
-                                          max_batch=limits.max_texts * 2, **batching)
+    def encode_side(side: str) -> Callable[[list[str]], Any]:
+        return lambda texts: two_tower().encode(texts, side=side)
+
+    encode_batchers = {side: MicroBatcher(encode_side(side), max_batch=limits.max_texts * 2, **batching)
                        for side in ("query", "doc")}
     classify_batcher = MicroBatcher(lambda texts: classifier.predict_proba(texts),  # type: ignore[union-attr]
                                     max_batch=limits.max_texts * 2, **batching)
@@ -468,7 +471,7 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
     recommend_batcher = MicroBatcher(run_recommend, max_batch=limits.max_texts, **batching)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         for batcher in (search_batcher, *encode_batchers.values(), classify_batcher, recommend_batcher):
             await batcher.close()
@@ -485,7 +488,7 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         guards.append(Guard(asgi, guard_settings))
         return guards[-1]
 
-    app.add_middleware(guarded)  # type: ignore[arg-type]
+    app.add_middleware(guarded)
 
     # the key itself is checked by the Guard before the body is read; these only publish the scheme
     bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")

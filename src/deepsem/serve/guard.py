@@ -177,11 +177,11 @@ def protocol_class(max_header_bytes: int, max_headers: int, header_timeout_s: fl
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class BoundedHttpTools(HttpToolsProtocol):
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._head_bytes = 0
             self._head_fields = self._head_parsed = 0
-            self._refusal = None
+            self._refusal: str | None = None
             self._in_head = True
             self._head_timer: asyncio.TimerHandle | None = None
             self._arm_head_timer()
@@ -211,7 +211,7 @@ def protocol_class(max_header_bytes: int, max_headers: int, header_timeout_s: fl
                 if not self._head_bytes:
                     self._arm_head_timer()  # a new request head starts with these bytes
                 self._head_bytes += len(data)
-            self._refusal: str | None = None
+            self._refusal = None
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade:

@@ -93,7 +93,7 @@ class SubwordTokenizer(Tokenizer):
         return {"model": self.model, "lowercase": self.lowercase}
 
     @classmethod
-    def build(
+    def build(  # type: ignore[override]  # its options by name: an unknown one stays a TypeError
         cls,
         texts: Iterable[str],
         *,
@@ -124,6 +124,7 @@ class SubwordTokenizer(Tokenizer):
         }
         if limit_alphabet is not None:
             trainer_options["limit_alphabet"] = limit_alphabet
+        trainer: trainers.Trainer
         if model == "wordpiece":
             trainer = trainers.WordPieceTrainer(continuing_subword_prefix=WORDPIECE_PREFIX, **trainer_options)
         else:
