@@ -45,6 +45,7 @@ from deepsem.models.recommender import TwoTowerRecommender
 from deepsem.tasks.registry import Task, register
 from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
 from deepsem.trainer import Trainer, TrainResult, check_resume, data_fingerprint, finish_run, run_fingerprint
+from deepsem.vectorstore.faiss_store import FaissStore
 
 __all__ = [
     "Recommendation",
@@ -147,7 +148,7 @@ class Recommender:
         self.info = dict(info or {})
         model.item_tower.set_features(torch.from_numpy(catalogue.category_matrix()),
                                       _as_tensor(_title_matrix(title_tokenizer, catalogue.titles)))
-        self._index: Any = None
+        self._index: FaissStore | None = None
         self._item_vectors: np.ndarray | None = None
         counts = np.asarray(catalogue.counts, dtype=np.float64)
         self._popular = np.lexsort((np.arange(len(counts)), -counts))
@@ -202,14 +203,13 @@ class Recommender:
         return self.user_vectors_of_rows([self._rows(h)[0] for h in histories], user_features)
 
     # -- answers ----------------------------------------------------------------------------------------------
-    def index(self) -> Any:
-        """The Faiss inner-product index over :meth:`item_vectors` (exact; built once)."""
+    def index(self) -> FaissStore:
+        """The flat inner-product vector store over :meth:`item_vectors` (exact; ids = catalogue positions; built
+        once). ``search(vectors, k)`` answers as the Faiss index it wraps (``.index``) does."""
         if self._index is None:
-            import faiss
-
             vectors = self.item_vectors()
-            index = faiss.IndexFlatIP(vectors.shape[1])
-            index.add(vectors)
+            index = FaissStore.create(vectors.shape[1], id_map=False)
+            index.add(vectors, np.arange(len(vectors), dtype=np.int64))
             self._index = index
         return self._index
 
@@ -226,8 +226,7 @@ class Recommender:
             vectors = self.user_vectors_of_rows([resolved[i][0] for i in known], feats)
             n_items = len(self.catalogue.ids)
             extra = max((len(set(resolved[i][0])) for i in known), default=0) if exclude_seen else 0
-            scores, found = self.index().search(np.ascontiguousarray(vectors, dtype=np.float32),
-                                                min(n_items, k + extra))
+            scores, found = self.index().search(vectors, min(n_items, k + extra))
             for row, i in enumerate(known):
                 seen = set(resolved[i][0]) if exclude_seen else set()
                 items = [(self.catalogue.ids[j], float(s)) for j, s in zip(found[row], scores[row], strict=True)
@@ -280,8 +279,6 @@ class Recommender:
     def save(self, directory: str | Path) -> Path:
         """``config.json`` (last), ``model.safetensors``, ``items.json``, ``items.faiss`` and, with titles,
         the title tokenizer's files; each written atomically."""
-        import faiss
-
         from deepsem.version import __version__
 
         directory = Path(directory)
@@ -292,7 +289,7 @@ class Recommender:
         self._index = None
         atomic_write(directory / WEIGHTS_FILE, lambda p: _save_weights(self.model, str(p)))
         atomic_write_json(directory / ITEMS_FILE, self.catalogue.to_dict())
-        atomic_write(directory / INDEX_FILE, lambda p: faiss.write_index(self.index(), str(p)))
+        self.index().save(directory / INDEX_FILE)
         config: dict[str, Any] = {"deepsem_version": __version__, "task": "recommender",
                                   "recommender": self.config.to_dict()}
         config.update({k: v for k, v in self.info.items() if k not in ("deepsem_version", "task", "recommender")})
@@ -304,8 +301,6 @@ class Recommender:
         """Rebuild from ``config.json`` (validated, and checked against the weights file's header, before any tensor
         is allocated), ``items.json``, the title tokenizer, the weights and ``items.faiss`` (checked: its size, kind,
         count, dimension and finite vectors; rebuilt from the weights when absent)."""
-        import faiss
-
         from deepsem.errors import ModelFileError, ModelFileMissingError
         from deepsem.modeldir import build_and_load, read_json_file
 
@@ -354,18 +349,12 @@ class Recommender:
                 raise ModelFileError(f"{index_path}: {size:,} bytes, but a Faiss flat index of {rcfg.n_items:,} "
                                      f"vectors of dimension {rcfg.output_dim} (config.json's n_items and output_dim) "
                                      f"has {vectors:,} plus a short header; delete it to rebuild it from the weights")
-            try:
-                index = faiss.read_index(str(index_path))
-            except RuntimeError as exc:
-                raise ModelFileError(f"{index_path}: not a readable Faiss index ({str(exc).splitlines()[-1][:200]}); "
-                                     "delete it to rebuild it from the weights") from None
-            if not isinstance(index, faiss.IndexFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
-                raise ModelFileError(f"{index_path}: a {type(index).__name__}, not the flat inner-product index "
-                                     "deepsem writes; delete it to rebuild it from the weights")
-            if index.ntotal != rcfg.n_items or index.d != rcfg.output_dim:
-                raise ConfigError(f"{index_path}: {index.ntotal} vectors of dimension {index.d}, but config.json says "
+            index = FaissStore.load(index_path, id_map=False, error=ModelFileError,
+                                    remedy="delete it to rebuild it from the weights")
+            if len(index) != rcfg.n_items or index.dim != rcfg.output_dim:
+                raise ConfigError(f"{index_path}: {len(index)} vectors of dimension {index.dim}, but config.json says "
                                   f"{rcfg.n_items} items (n_items) of dimension {rcfg.output_dim} (output_dim)")
-            if not np.isfinite(index.reconstruct_n(0, index.ntotal)).all():
+            if not np.isfinite(index.reconstruct(np.arange(len(index)))).all():
                 raise ModelFileError(f"{index_path}: holds NaN or infinite vectors; delete it to rebuild it from the "
                                      "weights")
             rec._index = index
