@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -70,7 +70,7 @@ def save_model_dir(
     *,
     task: str = "two-tower",
     tasks: Mapping[str, str] | None = None,
-    files: Mapping[str, Callable[[Path], None]] | None = None,
+    files: Mapping[str, Callable[[Path], object]] | None = None,
 ) -> Path:
     """Write the model directory of a ``task`` model, each file atomically: the tokenizer's files (when it has
     one), ``model.safetensors``, the task's extra ``files`` (``{name: write(path)}``), and ``config.json`` last:
@@ -84,7 +84,7 @@ def save_model_dir(
     for name, write in (files or {}).items():
         write(directory / name)
     config: dict[str, Any] = {"deepsem_version": __version__, "task": task,
-                              field: model.config.to_dict()}  # type: ignore[operator]
+                              field: cast(_ModelConfig, model.config).to_dict()}
     config.update(extra or {})
     atomic_write_json(directory / CONFIG_FILE, config)
     return directory

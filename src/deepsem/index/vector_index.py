@@ -333,7 +333,8 @@ class Index:
         if mode == "dense":
             if vectors is None:
                 raise ValueError("dense search needs the query vectors")
-            scores, rows = self.search_vectors(vectors, fetch)
+            dense_scores, dense_rows = self.search_vectors(vectors, fetch)
+            scores, rows = list(dense_scores), list(dense_rows)
         else:
             if texts is None or (vectors is None and mode == "hybrid"):
                 raise ValueError(f"{mode} search needs the query texts" + (" and vectors" if mode == "hybrid" else ""))
@@ -668,12 +669,13 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise IndexFileError(f"{path}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise IndexFileError(f"{path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
-    expected = {"factory": str, "dim": int, "documents": int, "model_sha256": str, "search_params": str}
+    expected: dict[str, type] = {"factory": str, "dim": int, "documents": int, "model_sha256": str,
+                                 "search_params": str}
     for key, kind in expected.items():
         value = meta.get(key)
         if key == "search_params" and value is None:
             continue
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+        if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
             wanted = "a non-negative integer" if kind is int else "a string"
             raise IndexFileError(f"{path}: field {key!r} must be {wanted}, got {repr(value)[:100]}")
     lexical = meta.get("lexical")
