@@ -68,6 +68,7 @@ def test_the_faiss_store_answers_as_faiss_itself(data) -> None:
     flat.add(docs, np.arange(len(docs)))
     np.testing.assert_array_equal(flat.search(queries, 10)[1], _reference(queries, docs, np.arange(300), 10)[1])
     np.testing.assert_array_equal(flat.reconstruct(np.array([7, 2])), docs[[7, 2]])
+    assert sorted(store.ids().tolist()) == ids.tolist() and flat.ids().tolist() == list(range(300))
 
 
 @pytest.mark.parametrize("name", ["faiss", "exact"])
