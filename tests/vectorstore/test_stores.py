@@ -69,6 +69,7 @@ def test_the_faiss_store_answers_as_faiss_itself(data) -> None:
     np.testing.assert_array_equal(flat.search(queries, 10)[1], _reference(queries, docs, np.arange(300), 10)[1])
     np.testing.assert_array_equal(flat.reconstruct(np.array([7, 2])), docs[[7, 2]])
     assert sorted(store.ids().tolist()) == ids.tolist() and flat.ids().tolist() == list(range(300))
+    assert (flat.ntotal, flat.d) == (300, DIM)  # the raw index's members, as when the recommender returned it
 
 
 @pytest.mark.parametrize("name", ["faiss", "exact"])

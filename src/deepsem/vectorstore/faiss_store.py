@@ -57,6 +57,13 @@ class FaissStore:
         self._flat: tuple[np.ndarray, np.ndarray] | None = None  # (ids, vectors) of an exact store, read once
         self._position: dict[int, int] | None = None
 
+    def __getattr__(self, name: str) -> Any:
+        """Anything else is the raw Faiss index's (``ntotal``, ``d``, ...): code written when a recommender's
+        ``index()`` returned the Faiss index itself keeps working."""
+        if name == "index":  # not set yet (a half-built object): no recursion
+            raise AttributeError(name)
+        return getattr(self.index, name)
+
     @classmethod
     def create(cls, dim: int, factory: str = "Flat", search_params: str = "", *, id_map: bool = True) -> FaissStore:
         """An empty store of ``factory`` (a Faiss index factory string: "Flat", "HNSW32", "IVF1024,Flat",
