@@ -68,6 +68,61 @@ def test_v1_recommender_gives_the_same_recommendations():
         np.testing.assert_allclose([s for _, s in got], [s for _, s in answer], atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_task_round_trips_through_the_one_reader_and_writer(kind: str, tmp_path: Path):
+    """Loaded through the registry and saved again, an old directory is the same files with the same contents
+    (config.json but for the version that wrote it), and loads again to the same answers."""
+    from deepsem.tasks import TASKS
+    from deepsem.tasks import load as load_any
+
+    model = load_any(FIXTURES / kind)
+    assert type(model) is TASKS[json.loads((FIXTURES / kind / "config.json").read_text())["task"]].wrapper
+    saved = model.save(tmp_path / kind)
+    assert sorted(p.name for p in saved.iterdir()) == sorted(p.name for p in (FIXTURES / kind).iterdir())
+    old, new = (json.loads((d / "config.json").read_text()) for d in (FIXTURES / kind, saved))
+    assert {k: v for k, v in new.items() if k != "deepsem_version"} == {
+        k: v for k, v in old.items() if k != "deepsem_version"}
+    assert list(new) == list(old)  # the same field order too
+    for name in (p.name for p in saved.iterdir()):
+        if name == "model.safetensors":
+            a, b = load_file(FIXTURES / kind / name), load_file(saved / name)
+            assert a.keys() == b.keys() and all(torch.equal(a[t], b[t]) for t in a)
+        elif name != "config.json":
+            assert (saved / name).read_bytes() == (FIXTURES / kind / name).read_bytes(), name
+    again = load_any(saved)
+    if kind == "two_tower":
+        np.testing.assert_array_equal(again.encode(TEXTS), model.encode(TEXTS))
+    elif kind == "classifier":
+        np.testing.assert_array_equal(again.predict_proba(TEXTS), model.predict_proba(TEXTS))
+    else:
+        assert again.recommend(["i2", "i3"], k=4) == model.recommend(["i2", "i3"], k=4)
+
+
+def test_the_known_tasks_come_from_the_registry(tmp_path: Path):
+    from deepsem.modeldir import read_config
+    from deepsem.tasks.registry import model_fields
+
+    directory = copy("classifier", tmp_path)
+    edit_json(directory / "config.json", lambda c: c.update(task="summariser", summary={}))
+    with pytest.raises(ConfigError, match=f"expected one of {', '.join(model_fields())}$"):
+        deepsem.load(directory)
+    assert read_config(directory, {"summariser": "summary"})["task"] == "summariser"  # a task the caller knows
+    with pytest.raises(ConfigError, match="field 'summary' is missing"):
+        read_config(copy("two_tower", tmp_path), {"two-tower": "summary"})
+
+
+def test_the_old_io_module_reads_config_in_a_fresh_process():
+    import subprocess
+    import sys
+
+    code = ("from deepsem.io import read_config, load_model_dir; import sys; "
+            f"print(read_config({str(FIXTURES / 'recommender')!r})['task'], "
+            f"load_model_dir({str(FIXTURES / 'two_tower')!r})[0].config.tower.output_dim)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["recommender", "8"]
+
+
 def test_loading_unpickles_nothing(monkeypatch: pytest.MonkeyPatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model directory was unpickled")

@@ -1,4 +1,9 @@
-"""The model directory: ``config.json`` + tokenizer files + ``model.safetensors``. Never a pickle.
+"""The model directory of every task: ``config.json`` + tokenizer files + ``model.safetensors`` + the task's extra
+files (a recommender's ``items.json`` and ``items.faiss``). Never a pickle.
+
+One writer (:func:`save_model_dir`) and one reader (:func:`read_model_dir`) serve every task; the known tasks and
+the ``config.json`` field of each one's model configuration come from the task registry
+(:data:`deepsem.tasks.registry.TASKS`), which callers pass in (``tasks``) so this module imports no task.
 
 A model directory may come from someone else, so nothing in it is trusted: ``config.json`` is read with size and
 depth limits and validated (known task, strict model config, bounded sizes: :mod:`deepsem.config`); the weights
@@ -10,9 +15,10 @@ problem is a :class:`~deepsem.errors.DeepsemError` with a one-line message namin
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -29,9 +35,6 @@ from deepsem.version import __version__
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-TASKS = ("two-tower", "classifier", "recommender")
-#: The config.json field holding the model configuration of each task.
-MODEL_FIELDS = {"two-tower": "model", "classifier": "classifier", "recommender": "recommender"}
 #: Largest ``config.json`` read (a classifier's labels are its biggest part).
 MAX_CONFIG_BYTES = 64 * 2**20
 #: Largest safetensors header read: deepsem's are a few KB (about 100 bytes a tensor). safetensors itself allows
@@ -42,17 +45,46 @@ _DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", tor
            torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL"}
 
 M = TypeVar("M", bound=nn.Module)
+C = TypeVar("C", bound="_ModelConfig")
+
+
+class _ModelConfig(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def task_fields(tasks: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """``{task: config.json field of its model configuration}``: ``tasks`` when given, else the task registry's
+    (looked up when called, never at import: the registry's tasks import this module)."""
+    if tasks is not None:
+        return tasks
+    from deepsem.tasks.registry import model_fields
+
+    return model_fields()
 
 
 def save_model_dir(
-    directory: str | Path, model: TwoTowerModel, tokenizer: Tokenizer, extra: dict[str, Any] | None = None
+    directory: str | Path,
+    model: nn.Module,
+    tokenizer: Tokenizer | None,
+    extra: Mapping[str, Any] | None = None,
+    *,
+    task: str = "two-tower",
+    tasks: Mapping[str, str] | None = None,
+    files: Mapping[str, Callable[[Path], object]] | None = None,
 ) -> Path:
-    """Write the model directory; each file atomically, ``config.json`` last."""
+    """Write the model directory of a ``task`` model, each file atomically: the tokenizer's files (when it has
+    one), ``model.safetensors``, the task's extra ``files`` (``{name: write(path)}``), and ``config.json`` last:
+    ``{deepsem_version, task, <the task's model field>: model.config, **extra}``."""
+    field = task_fields(tasks)[task]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(directory)
+    if tokenizer is not None:
+        tokenizer.save(directory)
     atomic_write(directory / WEIGHTS_FILE, lambda p: _save_weights(model, str(p)))
-    config = {"deepsem_version": __version__, "task": "two-tower", "model": model.config.to_dict()}
+    for name, write in (files or {}).items():
+        write(directory / name)
+    config: dict[str, Any] = {"deepsem_version": __version__, "task": task,
+                              field: cast(_ModelConfig, model.config).to_dict()}
     config.update(extra or {})
     atomic_write_json(directory / CONFIG_FILE, config)
     return directory
@@ -69,8 +101,10 @@ def read_json_file(path: str | os.PathLike[str], error: type[Exception] = Config
         raise error(f"{path}: not valid JSON: {exc}") from None
 
 
-def read_config(directory: str | Path) -> dict[str, Any]:
-    """``config.json`` of a model directory: a JSON object naming a known ``task`` and holding its model field."""
+def read_config(directory: str | Path, tasks: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``config.json`` of a model directory: a JSON object naming a known ``task`` (one of ``tasks``, by default
+    the registry's) and holding its model field."""
+    fields = task_fields(tasks)
     path = Path(directory) / CONFIG_FILE
     if not path.exists():
         raise ModelFileMissingError(f"{directory}: not a deepsem model directory (no {CONFIG_FILE})")
@@ -78,36 +112,88 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(config).__name__}")
     task = config.get("task")
-    if not isinstance(task, str) or task not in TASKS:
-        raise ConfigError(f"{path}: field 'task' is {task!r}; expected one of {', '.join(TASKS)}")
-    if MODEL_FIELDS[task] not in config:
-        raise ConfigError(f"{path}: field {MODEL_FIELDS[task]!r} is missing")
+    if not isinstance(task, str) or task not in fields:
+        raise ConfigError(f"{path}: field 'task' is {task!r}; expected one of {', '.join(fields)}")
+    if fields[task] not in config:
+        raise ConfigError(f"{path}: field {fields[task]!r} is missing")
     return config
 
 
-def read_task_config(directory: str | Path, task: str, noun: str) -> dict[str, Any]:
+def read_task_config(directory: str | Path, task: str, noun: str, tasks: Mapping[str, str] | None = None
+                     ) -> dict[str, Any]:
     """:func:`read_config` of a directory that must hold a ``task`` model (``noun`` names it in the error)."""
-    config = read_config(directory)
+    config = read_config(directory, tasks)
     if config["task"] != task:
         raise ConfigError(f"{Path(directory) / CONFIG_FILE}: a {config['task']} model, not {noun}; load it with "
                           "deepsem.load")
     return config
 
 
-def load_model_dir(directory: str | Path) -> tuple[TwoTowerModel, Tokenizer, dict[str, Any]]:
-    """Rebuild the model from ``config.json``, load its weights and tokenizer."""
+@dataclass(frozen=True)
+class TokenizerSize:
+    """The tokenizer a model's weights expect: ``size`` tokens, as ``field`` of config.json says (for the message:
+    "model.tower.vocab_size is 5000"); ``what`` names it ("the tokenizer", "the title tokenizer")."""
+
+    size: int
+    field: str
+    what: str = "the tokenizer"
+
+
+@dataclass(frozen=True)
+class ModelDir(Generic[C, M]):
+    """A model directory once read and checked: ``config`` (all of config.json), the parsed ``model_config``, the
+    ``tokenizer`` (None when the task has none), the loaded ``model`` and what the task's ``check`` returned."""
+
+    directory: Path
+    config: dict[str, Any]
+    model_config: C
+    tokenizer: Tokenizer | None
+    model: M
+    extra: Any = None
+
+
+def read_model_dir(
+    directory: str | Path,
+    task: str,
+    noun: str,
+    *,
+    parse: Callable[[dict[str, Any], str], C],
+    build: Callable[[C], M],
+    tokenizer: Callable[[C], TokenizerSize | None],
+    check: Callable[[dict[str, Any], C], Any] | None = None,
+    tasks: Mapping[str, str] | None = None,
+) -> ModelDir[C, M]:
+    """Read the model directory of a ``task`` model, every file checked before the next is read: ``config.json``
+    (a known task, this one; its model field parsed by ``parse(field, where)``), the task's own fields and files
+    (``check(config, model_config)``, whose answer is kept as ``extra``), the tokenizer (its size must be the one
+    ``tokenizer(model_config)`` says; None: the model has none), then the weights (:func:`build_and_load` of
+    ``build(model_config)``). ``noun`` names the task in errors ("a classifier")."""
     directory = Path(directory)
-    config = read_task_config(directory, "two-tower", "a two-tower model")
-    model_config = ModelConfig.from_dict(config["model"], where=f"{directory / CONFIG_FILE}: model")
-    tokenizer = load_tokenizer(directory)
-    if tokenizer.vocab_size != model_config.tower.vocab_size:
-        raise ConfigError(
-            f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but config.json's model.tower.vocab_size "
-            f"is {model_config.tower.vocab_size}: the tokenizer and the weights come from different models"
-        )
-    model = build_and_load(lambda: TwoTowerModel(model_config), directory, model_config.to_dict())
-    model.eval()
-    return model, tokenizer, config
+    config = read_task_config(directory, task, noun, tasks)
+    field = task_fields(tasks)[task]
+    model_config = parse(config[field], f"{directory / CONFIG_FILE}: {field}")
+    extra = check(config, model_config) if check is not None else None
+    expected = tokenizer(model_config)
+    loaded: Tokenizer | None = None
+    if expected is not None:
+        loaded = load_tokenizer(directory)
+        if loaded.vocab_size != expected.size:
+            raise ConfigError(f"{directory}: {expected.what} has {loaded.vocab_size} tokens but config.json's "
+                              f"{expected.field}: the tokenizer and the weights come from different models")
+    model = build_and_load(lambda: build(model_config), directory, model_config.to_dict())
+    return ModelDir(directory, config, model_config, loaded, model, extra)
+
+
+def load_model_dir(directory: str | Path, tasks: Mapping[str, str] | None = None
+                   ) -> tuple[TwoTowerModel, Tokenizer, dict[str, Any]]:
+    """A two-tower model directory: the model (in eval mode), its tokenizer and config.json."""
+    read = read_model_dir(
+        directory, "two-tower", "a two-tower model", tasks=tasks,
+        parse=lambda data, where: ModelConfig.from_dict(data, where=where), build=TwoTowerModel,
+        tokenizer=lambda c: TokenizerSize(c.tower.vocab_size, f"model.tower.vocab_size is {c.tower.vocab_size}"))
+    assert read.tokenizer is not None
+    read.model.eval()
+    return read.model, read.tokenizer, read.config
 
 
 # -- weights ------------------------------------------------------------------------------------------------------

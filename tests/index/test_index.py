@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from conftest import make_pairs
 
 import deepsem
 from deepsem.data.errors import DataError
+from deepsem.errors import ConfigError
 from deepsem.index import Document, Index, iter_corpus
 from deepsem.index import vector_index as vi
 
@@ -173,3 +175,35 @@ def test_search_params_are_kept_and_applied(trained_model_dir, tmp_path):
     assert faiss.downcast_index(Index.load(tmp_path / "v").faiss_index.index).nprobe == 3
     with pytest.raises(ValueError, match="search_params"):
         Index.build(trained_model_dir, path, tmp_path / "x", "HNSW16", search_params="noSuchParam=3")
+
+
+MODEL_FIXTURES = Path(__file__).parent.parent / "fixtures" / "model_dirs_v1"
+
+
+@pytest.mark.parametrize("kind", ["classifier", "recommender"])
+def test_a_model_that_makes_no_text_vectors_is_refused_by_name(kind: str, tmp_path: Path) -> None:
+    directory = MODEL_FIXTURES / kind
+    pattern = f"^{re.escape(str(directory))}: a (Classifier|Recommender), not a two-tower model"
+    with pytest.raises(ConfigError, match=pattern):
+        Index.build(directory, ["some text"], tmp_path / "idx")
+    assert not (tmp_path / "idx").exists()
+
+
+def test_the_model_comes_through_the_registry(tmp_path: Path) -> None:
+    index = Index.build(MODEL_FIXTURES / "two_tower", ["一个文档", "another one"], tmp_path / "idx")
+    assert type(index.model) is type(deepsem.load(MODEL_FIXTURES / "two_tower"))
+    assert index.search("another one", k=1)[0][0].id == "1"
+
+
+
+def test_index_imports_no_task_module_and_no_faiss() -> None:
+    """index/ reaches the tasks through the registry package only, and vectors through deepsem.vectorstore."""
+    import ast
+
+    for path in Path(vi.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith("deepsem.tasks."), (path.name, name)
+                assert name.split(".")[0] != "faiss", (path.name, name)

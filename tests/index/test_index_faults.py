@@ -126,9 +126,7 @@ def test_concurrent_writers_lose_nothing(ctx, trained_model_dir, tmp_path):
     index = Index.load(directory)
     ids = sorted(i for batch in index.store.iter_live() for _, i, _, _ in batch)
     assert ids == sorted([d.id for d in BASE] + [i for batch in batches for i in batch])
-    import faiss
-
     rows = sorted(r for batch in index.store.iter_live() for r, _, _, _ in batch)
-    assert sorted(faiss.vector_to_array(index.faiss_index.id_map).tolist()) == rows  # one vector per document
+    assert sorted(index.vectors.ids().tolist()) == rows  # one vector per document
     assert leftovers(directory) == []
     assert EXTRA  # the shared documents module is the one the children use

@@ -1,4 +1,5 @@
-"""A searchable index: the documents' vectors in Faiss, their ids/texts/metadata in SQLite, and the model.
+"""A searchable index: the documents' vectors in a vector store (Faiss), their ids/texts/metadata in SQLite, and
+the model.
 
 Index directory layout::
 
@@ -19,7 +20,9 @@ nothing else in the directory is ever touched: a version folder is recognised by
 or more digits) and its contents (only the files above). ``build`` refuses a non-empty directory that is not
 an index.
 
-A search encodes the queries with that model only: the checksum is verified on load.
+A search encodes the queries with that model only: the checksum is verified on load. The model is any text encoder
+a model directory holds (loaded through the task registry, :func:`deepsem.tasks.load`); the vectors live in a
+:class:`~deepsem.vectorstore.FaissStore`, so nothing here calls Faiss.
 
 Search modes: ``dense`` (the vectors alone), ``lexical`` (BM25 alone) and ``hybrid``: the union of both top
 lists, each candidate scored ``w * cosine + (1 - w) * BM25 / (the query's best BM25 score)`` with ``w`` the
@@ -40,14 +43,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from deepsem.data.errors import DataError
-from deepsem.errors import IndexFileError, IndexLockedError, ModelFileError, QueryError
+from deepsem.errors import ConfigError, IndexFileError, IndexLockedError, ModelFileError, QueryError
 from deepsem.fileio import (
-    atomic_write,
     atomic_write_json,
     atomic_write_text,
     fsync_path,
@@ -58,8 +60,20 @@ from deepsem.fileio import (
 from deepsem.index.corpus import Document, iter_corpus
 from deepsem.index.lexical import LexicalIndex
 from deepsem.index.store import DocStore
-from deepsem.tasks.matching import SemanticModel
+from deepsem.tasks import load as load_model
 from deepsem.vectorstore.exact import exact_search
+from deepsem.vectorstore.faiss_store import FaissStore, default_search_params, faiss_cause
+
+if TYPE_CHECKING:
+    from deepsem.evaluation.pairs import TextEncoder
+
+    class IndexedModel(TextEncoder, Protocol):
+        """A :class:`TextEncoder` as an index holds it: its vectors' width, and a model directory to copy."""
+
+        @property
+        def dim(self) -> int: ...
+
+        def save(self, directory: str | Path) -> Path: ...
 
 FORMAT = "deepsem.index"
 MODES = ("dense", "lexical", "hybrid")
@@ -73,7 +87,6 @@ _CURRENT_TMP = re.compile(r"\.CURRENT\..+\.tmp")
 _VERSION_ENTRIES = {"index.faiss", "docs.sqlite", "index.json", "model", "lexical", "docs.sqlite-journal",
                     "docs.sqlite-wal", "docs.sqlite-shm"}
 _VERSION_TMP = re.compile(r"\.(index\.faiss|index\.json)\..+\.tmp")
-_FAISS_WHERE = re.compile(r"\.(?:cpp|h):\d+: ")
 #: Test hook: called with a short description after every step of a write (fault-injection tests kill the
 #: process there); None in normal use.
 _fault_hook: Callable[[str], None] | None = None
@@ -82,15 +95,6 @@ _fault_hook: Callable[[str], None] | None = None
 def _step(what: str) -> None:
     if _fault_hook is not None:
         _fault_hook(what)
-
-
-def default_search_params(factory: str) -> str:
-    """Faiss search parameters that give high recall@10 for a factory (measured in bench/search.py)."""
-    if "HNSW" in factory:
-        return "efSearch=128"
-    if factory.startswith("IVF"):
-        return "nprobe=32"
-    return ""
 
 
 @dataclass
@@ -104,37 +108,40 @@ class Hit:
         return {"id": self.id, "text": self.text, "score": self.score, "metadata": self.metadata}
 
 
-def _faiss():
-    import faiss
-
-    return faiss
+_cause = faiss_cause
 
 
-def _cause(exc: BaseException) -> str:
-    """One line saying why: the OS reason, or a Faiss message without its C++ source location."""
-    text = getattr(exc, "strerror", None) or str(exc)
-    parts = _FAISS_WHERE.split(text.strip())
-    text = parts[-1].strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def text_encoder(model: str | Path | IndexedModel) -> IndexedModel:
+    """``model``, or the model of the directory ``model`` (any task, through the registry), checked to be a text
+    encoder: ``encode(texts, side=...)`` and ``dim``. Another kind of model is a :class:`ConfigError` naming it."""
+    loaded = load_model(model) if isinstance(model, str | Path) else model
+    if not callable(getattr(loaded, "encode", None)) or not isinstance(getattr(loaded, "dim", None), int):
+        where = f"{model}: " if isinstance(model, str | Path) else ""
+        raise ConfigError(f"{where}a {type(loaded).__name__}, not a two-tower model: an index needs a text encoder "
+                          "(encode(texts, side=...) and dim), such as the model directory deepsem train writes")
+    return loaded
 
 
 class Index:
     """Build with :meth:`build`, open with :meth:`load`, query with :meth:`search`."""
 
-    def __init__(self, directory: Path, version: str, model: SemanticModel, faiss_index: Any, store: DocStore,
+    def __init__(self, directory: Path, version: str, model: IndexedModel, vectors: FaissStore, store: DocStore,
                  meta: dict[str, Any], lexical: LexicalIndex | None = None) -> None:
         self.directory, self.version, self.model = directory, version, model
-        self.faiss_index, self.store, self.meta = faiss_index, store, meta
+        self.vectors, self.store, self.meta = vectors, store, meta
         self.lexical = lexical
-        self._flat: np.ndarray | None = None
-        self._row_position: dict[int, int] | None = None
         self._deleted = store.deleted_count()
+
+    @property
+    def faiss_index(self) -> Any:
+        """The raw Faiss index under :attr:`vectors` (kept for code that reached into it)."""
+        return self.vectors.index
 
     # -- building -----------------------------------------------------------------------------------------
     @classmethod
     def build(
         cls,
-        model: str | Path | SemanticModel,
+        model: str | Path | IndexedModel,
         corpus: str | Path | Iterable[Document | str],
         directory: str | Path,
         factory: str = "Flat",
@@ -168,8 +175,7 @@ class Index:
         if not 0.0 <= hybrid_weight <= 1.0:
             raise ValueError(f"hybrid_weight must be in [0, 1], got {hybrid_weight}")
         directory = Path(directory)
-        semantic = SemanticModel.load(model) if isinstance(model, str | Path) else model
-        assert isinstance(semantic, SemanticModel)
+        semantic = text_encoder(model)
         source = str(corpus) if isinstance(corpus, str | Path) else None
         docs: Iterable[Document | str] = (
             iter_corpus(corpus, id_field=id_field, text_field=text_field, skip_bad_rows=skip_bad_rows)
@@ -246,17 +252,17 @@ class Index:
         if sha256_file(weights) != meta["model_sha256"]:
             raise IndexFileError(f"{weights}: checksum differs from index.json: the index was built with "
                                  "another model")
-        model = SemanticModel.load(work / "model")
+        model = text_encoder(work / "model")
         if model.dim != meta["dim"]:
             raise IndexFileError(f"{work / 'index.json'}: field 'dim' is {meta['dim']}, the model's vectors "
                                  f"have {model.dim}")
         index = _read_faiss(work / "index.faiss", meta["dim"])
         if meta.get("search_params"):
             try:
-                _faiss().ParameterSpace().set_index_parameters(index, meta["search_params"])
-            except RuntimeError as exc:
+                index.set_search_params(meta["search_params"])
+            except ValueError as exc:
                 raise IndexFileError(f"{work / 'index.json'}: field 'search_params' {meta['search_params']!r}: "
-                                     f"{_cause(exc)}") from None
+                                     f"{exc}") from None
         store = DocStore.open_existing(work / "docs.sqlite")
         try:
             lexical = LexicalIndex.load(work / "lexical") if meta.get("lexical") else None
@@ -275,21 +281,8 @@ class Index:
     # -- searching -----------------------------------------------------------------------------------------
     def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw search: scores and document rows ``(n, k)``; rows are -1 where fewer than k exist."""
-        k = max(1, min(k, self.faiss_index.ntotal))
-        if self.factory == "Flat":  # exact: a chunked matmul + top-k beats Faiss Flat at every batch size here
-            flat = self._flat_vectors()
-            scores, pos = exact_search(vectors, flat[1], k)
-            return scores, flat[0][pos]
-        return self.faiss_index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-
-    def _flat_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._flat is None:
-            faiss = _faiss()
-            inner = faiss.downcast_index(self.faiss_index.index)
-            vectors = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d)
-            ids = faiss.vector_to_array(self.faiss_index.id_map).astype(np.int64)
-            self._flat = (ids, np.array(vectors, copy=True))  # type: ignore[assignment]
-        return self._flat  # type: ignore[return-value]
+        k = max(1, min(k, len(self.vectors)))
+        return self.vectors.search(vectors, k)
 
     def search(self, queries: str | Sequence[str], k: int = 10, filter: dict[str, Any] | None = None,
                mode: str | None = None, hybrid_weight: float | None = None) -> list[list[Hit]]:
@@ -340,7 +333,8 @@ class Index:
         if mode == "dense":
             if vectors is None:
                 raise ValueError("dense search needs the query vectors")
-            scores, rows = self.search_vectors(vectors, fetch)
+            dense_scores, dense_rows = self.search_vectors(vectors, fetch)
+            scores, rows = list(dense_scores), list(dense_rows)
         else:
             if texts is None or (vectors is None and mode == "hybrid"):
                 raise ValueError(f"{mode} search needs the query texts" + (" and vectors" if mode == "hybrid" else ""))
@@ -399,19 +393,8 @@ class Index:
         return out_scores, out_rows
 
     def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
-        """The indexed vectors of document ``rows`` (read back from Faiss; lossy for PQ factories)."""
-        if self.factory == "Flat":
-            ids, vectors = self._flat_vectors()
-            position = {int(r): j for j, r in enumerate(ids)} if self._row_position is None else self._row_position
-            self._row_position = position
-            return vectors[[position[int(r)] for r in rows]]
-        keys = np.ascontiguousarray(rows, dtype=np.int64)
-        try:
-            return self.faiss_index.reconstruct_batch(keys)
-        except RuntimeError:  # an IVF index reconstructs only with its direct map
-            faiss = _faiss()
-            faiss.extract_index_ivf(self.faiss_index.index).make_direct_map()
-            return self.faiss_index.reconstruct_batch(keys)
+        """The indexed vectors of document ``rows`` (read back from the store; lossy for PQ factories)."""
+        return self.vectors.reconstruct(rows)
 
     def check_recall(self, k: int = 10, n_queries: int = 200, seed: int = 0) -> float:
         """Recall@k of this index against exact search over the same vectors.
@@ -426,7 +409,7 @@ class Index:
         k = min(k, len(rows))
         _, exact_pos = exact_search(queries, vectors, k)
         exact_rows = rows[exact_pos]
-        _, approx_rows = self.faiss_index.search(np.ascontiguousarray(queries), k)
+        _, approx_rows = self.vectors.search_native(queries, k)
         hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx_rows, exact_rows, strict=True))
         return hits / (len(queries) * k)
 
@@ -461,7 +444,7 @@ class Index:
                               [d.metadata for d in batch])
                     vectors = self.model.encode([d.text for d in batch], side="doc")
                     _check_finite(vectors, batch, self.directory / self.version / "model", added)
-                    index.add_with_ids(vectors, rows)
+                    index.add(vectors, rows)
                     added += len(batch)
                 _step("add: documents stored")
                 if self.lexical is not None:  # BM25 statistics cover the whole corpus: rebuilt over the live ones
@@ -595,24 +578,14 @@ def _checked_vectors(vectors: np.ndarray | str | Path, dim: int) -> np.ndarray:
     return vectors
 
 
-def _build_version(work: Path, semantic: SemanticModel, docs: Iterable[Document | str], factory: str, *,
+def _build_version(work: Path, semantic: IndexedModel, docs: Iterable[Document | str], factory: str, *,
                    model_name: str = "the model", source: str | None = None, id_field: str = "id",
                    batch_size: int = 512, chunk: int = 50_000, train_size: int = 100_000,
                    vectors: np.ndarray | None = None, search_params: str | None = None,
                    progress: bool = False, lexical: bool = False, hybrid_weight: float = 0.5) -> None:
     """Write a complete index version of ``docs`` into the folder ``work`` (not yet published)."""
-    faiss = _faiss()
-    try:
-        base = faiss.index_factory(semantic.dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise ValueError(f"bad Faiss factory string {factory!r}: {_cause(exc)}") from None
-    index = faiss.IndexIDMap2(base)
     params = default_search_params(factory) if search_params is None else search_params
-    if params:
-        try:
-            faiss.ParameterSpace().set_index_parameters(index, params)
-        except RuntimeError as exc:
-            raise ValueError(f"search_params {params!r} do not fit {factory}: {_cause(exc)}") from None
+    index = FaissStore.create(semantic.dim, factory, params)
     store = DocStore(work / "docs.sqlite")
     pending: list[np.ndarray] = []
     pending_rows: list[np.ndarray] = []
@@ -631,13 +604,13 @@ def _build_version(work: Path, semantic: SemanticModel, docs: Iterable[Document 
                 _check_finite(batch_vectors, batch, model_name, row)
             store.add(rows.tolist(), [d.id for d in batch], [d.text for d in batch], [d.metadata for d in batch])
             row += len(batch)
-            if not index.is_trained:  # hold vectors until there are enough to train on
+            if index.needs_training:  # hold vectors until there are enough to train on
                 pending.append(batch_vectors)
                 pending_rows.append(rows)
                 if sum(len(p) for p in pending) >= train_size:
                     _train_and_flush(index, pending, pending_rows)
             else:
-                index.add_with_ids(batch_vectors, rows)
+                index.add(batch_vectors, rows)
             if progress:
                 print(f"indexed {row:,} documents ({row / (time.perf_counter() - t0):.0f}/s)", flush=True)
         if pending:
@@ -670,11 +643,11 @@ def _lexical_from_store(store: DocStore) -> LexicalIndex:
     return LexicalIndex.build(rows, texts)
 
 
-def _train_and_flush(index: Any, pending: list[np.ndarray], pending_rows: list[np.ndarray]) -> None:
+def _train_and_flush(index: FaissStore, pending: list[np.ndarray], pending_rows: list[np.ndarray]) -> None:
     vectors = np.concatenate(pending)
-    if not index.is_trained:
+    if index.needs_training:
         index.train(vectors)
-    index.add_with_ids(vectors, np.concatenate(pending_rows))
+    index.add(vectors, np.concatenate(pending_rows))
     pending.clear()
     pending_rows.clear()
 
@@ -696,12 +669,13 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise IndexFileError(f"{path}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise IndexFileError(f"{path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
-    expected = {"factory": str, "dim": int, "documents": int, "model_sha256": str, "search_params": str}
+    expected: dict[str, type] = {"factory": str, "dim": int, "documents": int, "model_sha256": str,
+                                 "search_params": str}
     for key, kind in expected.items():
         value = meta.get(key)
         if key == "search_params" and value is None:
             continue
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+        if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
             wanted = "a non-negative integer" if kind is int else "a string"
             raise IndexFileError(f"{path}: field {key!r} must be {wanted}, got {repr(value)[:100]}")
     lexical = meta.get("lexical")
@@ -713,20 +687,13 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_faiss(path: Path, dim: int) -> Any:
-    """A Faiss index file as deepsem writes it (an ID map of ``dim``-wide vectors); anything else, a truncated
+def _read_faiss(path: Path, dim: int) -> FaissStore:
+    """The vector store file as deepsem writes it (an ID map of ``dim``-wide vectors); anything else, a truncated
     or garbage file included, is an :class:`IndexFileError` naming the file and the cause."""
-    faiss = _faiss()
-    _regular(path, "Faiss index")
-    try:
-        index = faiss.read_index(str(path))
-    except (RuntimeError, MemoryError, OSError) as exc:
-        raise IndexFileError(f"{path}: unreadable Faiss index: {_cause(exc)}") from None
-    if not isinstance(index, faiss.IndexIDMap2):
-        raise IndexFileError(f"{path}: a Faiss {type(index).__name__}, not the IndexIDMap2 deepsem writes")
-    if index.d != dim:
-        raise IndexFileError(f"{path}: vectors of dimension {index.d}, index.json says {dim}")
-    return index
+    store = FaissStore.load(path, error=IndexFileError)
+    if store.dim != dim:
+        raise IndexFileError(f"{path}: vectors of dimension {store.dim}, index.json says {dim}")
+    return store
 
 
 # -- writing a version ------------------------------------------------------------------------------------------
@@ -878,14 +845,13 @@ def _copy_version(src: Path, dst: Path) -> None:
         _step(f"copied {item.name}")
 
 
-def _write_version(work: Path, index: Any, model: SemanticModel, meta: dict[str, Any], copy_model: bool = True
+def _write_version(work: Path, index: FaissStore, model: IndexedModel, meta: dict[str, Any], copy_model: bool = True
                    ) -> None:
-    faiss = _faiss()
     if copy_model:
         model.save(work / "model")
         _step("model saved")
     meta = {**meta, "model_sha256": sha256_file(work / "model" / "model.safetensors")}
-    atomic_write(work / "index.faiss", lambda p: faiss.write_index(index, str(p)))
+    index.save(work / "index.faiss")
     _step("index.faiss written")
     atomic_write_json(work / "index.json", meta)
     _step("index.json written")

@@ -29,7 +29,6 @@ from typing import Any, overload
 
 import numpy as np
 import torch
-from safetensors.torch import save_model as _save_weights
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -38,10 +37,9 @@ from deepsem.data.batches import length_batches
 from deepsem.data.errors import DataError, SkipReport
 from deepsem.data.readers import Column, detect_format, iter_records, sniff_labelled_header
 from deepsem.evaluation.classification import classification_metrics, plot_confusion
-from deepsem.fileio import atomic_write, atomic_write_json
-from deepsem.modeldir import CONFIG_FILE, WEIGHTS_FILE, build_and_load, read_task_config
+from deepsem.modeldir import CONFIG_FILE, TokenizerSize, read_model_dir, save_model_dir
 from deepsem.models.classifier import TextClassifier
-from deepsem.tasks.registry import Task, register
+from deepsem.tasks.registry import Task, model_fields, register
 from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
 from deepsem.trainer import (
     Trainer,
@@ -327,42 +325,35 @@ class Classifier:
 
     # -- files ---------------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write the model directory; each file atomically, ``config.json`` last."""
-        from deepsem.version import __version__
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(directory)
-        atomic_write(directory / WEIGHTS_FILE, lambda p: _save_weights(self.model, str(p)))
-        config: dict[str, Any] = {"deepsem_version": __version__, "task": "classifier",
-                                  "classifier": self.model.config.to_dict(), "labels": list(self.labels)}
-        config.update({k: v for k, v in self.info.items() if k not in _RESERVED})
-        atomic_write_json(directory / CONFIG_FILE, config)
-        return directory
+        """Write the model directory (:func:`deepsem.modeldir.save_model_dir`; each file atomically,
+        ``config.json`` last, with the label names)."""
+        extra = {"labels": list(self.labels), **{k: v for k, v in self.info.items() if k not in _RESERVED}}
+        return save_model_dir(directory, self.model, self.tokenizer, extra, task="classifier", tasks=model_fields())
 
     @classmethod
     def load(cls, directory: str | Path) -> Classifier:
         """Rebuild from ``config.json`` (validated, and checked against the weights file's header, before any tensor
         is allocated), tokenizer and weights."""
-        directory = Path(directory)
-        config = read_task_config(directory, "classifier", "a classifier")
-        path = directory / CONFIG_FILE
-        model_config = ClassifierConfig.from_dict(config["classifier"], where=f"{path}: classifier")
-        labels = config.get("labels")
-        if (not isinstance(labels, list) or not all(isinstance(y, str) and y for y in labels)
-                or len(set(labels)) != len(labels)):
-            raise ConfigError(f"{path}: field 'labels' must be a list of distinct non-empty strings")
-        if len(labels) != model_config.num_labels:
-            raise ConfigError(f"{path}: field 'labels' has {len(labels)} labels but num_labels is "
-                              f"{model_config.num_labels}")
-        tokenizer = load_tokenizer(directory)
-        if tokenizer.vocab_size != model_config.tower.vocab_size:
-            raise ConfigError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but config.json's "
-                              f"classifier.tower.vocab_size is {model_config.tower.vocab_size}: the tokenizer and the "
-                              "weights come from different models")
-        model = build_and_load(lambda: TextClassifier(model_config), directory, model_config.to_dict())
-        info = {k: v for k, v in config.items() if k not in _RESERVED}
-        return cls(model, tokenizer, labels, info)
+        path = Path(directory) / CONFIG_FILE
+
+        def check_labels(config: dict[str, Any], model_config: ClassifierConfig) -> list[str]:
+            labels = config.get("labels")
+            if (not isinstance(labels, list) or not all(isinstance(y, str) and y for y in labels)
+                    or len(set(labels)) != len(labels)):
+                raise ConfigError(f"{path}: field 'labels' must be a list of distinct non-empty strings")
+            if len(labels) != model_config.num_labels:
+                raise ConfigError(f"{path}: field 'labels' has {len(labels)} labels but num_labels is "
+                                  f"{model_config.num_labels}")
+            return labels
+
+        read = read_model_dir(
+            directory, "classifier", "a classifier", tasks=model_fields(), check=check_labels,
+            parse=lambda data, where: ClassifierConfig.from_dict(data, where=where), build=TextClassifier,
+            tokenizer=lambda c: TokenizerSize(c.tower.vocab_size,
+                                              f"classifier.tower.vocab_size is {c.tower.vocab_size}"))
+        assert read.tokenizer is not None
+        info = {k: v for k, v in read.config.items() if k not in _RESERVED}
+        return cls(read.model, read.tokenizer, read.extra, info)
 
     # -- prediction ------------------------------------------------------------------------------------------
     @overload

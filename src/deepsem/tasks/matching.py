@@ -27,7 +27,7 @@ from deepsem.evaluation.pairs import (
 from deepsem.losses import hinge_loss, negative_scores, pointwise_loss, softmax_loss
 from deepsem.modeldir import load_model_dir, save_model_dir
 from deepsem.models import TwoTowerModel
-from deepsem.tasks.registry import Task, register
+from deepsem.tasks.registry import Task, model_fields, register
 from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
 from deepsem.trainer import (
     Trainer,
@@ -70,12 +70,14 @@ class SemanticModel:
 
     @classmethod
     def load(cls, directory: str | Path) -> SemanticModel:
-        model, tokenizer, config = load_model_dir(directory)
+        """Rebuild from a model directory (:func:`deepsem.modeldir.read_model_dir`: every file checked)."""
+        model, tokenizer, config = load_model_dir(directory, model_fields())
         return cls(model, tokenizer, config)
 
     def save(self, directory: str | Path) -> Path:
+        """Write the model directory (:func:`deepsem.modeldir.save_model_dir`; ``config.json`` last)."""
         extra = {k: v for k, v in self.info.items() if k not in ("deepsem_version", "task", "model")}
-        return save_model_dir(directory, self.model, self.tokenizer, extra)
+        return save_model_dir(directory, self.model, self.tokenizer, extra, task="two-tower", tasks=model_fields())
 
     @property
     def dim(self) -> int:

@@ -31,20 +31,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_model as _save_weights
 from torch import Tensor
 
 from deepsem.config import RECOMMEND_NEGATIVES, ConfigError, RecommenderConfig, TrainConfig
 from deepsem.data.errors import DataError
 from deepsem.data.interactions import Interactions, SequenceSplit, load_movielens, split_sequences
 from deepsem.evaluation.recommendation import Scorer, evaluate_ranking_over_items, popularity_scores
-from deepsem.fileio import atomic_write, atomic_write_json
+from deepsem.fileio import atomic_write_json
 from deepsem.losses import candidate_softmax_loss
-from deepsem.modeldir import CONFIG_FILE, WEIGHTS_FILE, read_task_config
+from deepsem.modeldir import TokenizerSize, read_model_dir, save_model_dir
 from deepsem.models.recommender import TwoTowerRecommender
-from deepsem.tasks.registry import Task, register
-from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
+from deepsem.tasks.registry import Task, model_fields, register
+from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer
 from deepsem.trainer import Trainer, TrainResult, check_resume, data_fingerprint, finish_run, run_fingerprint
+from deepsem.vectorstore.faiss_store import FaissStore
 
 __all__ = [
     "Recommendation",
@@ -147,7 +147,7 @@ class Recommender:
         self.info = dict(info or {})
         model.item_tower.set_features(torch.from_numpy(catalogue.category_matrix()),
                                       _as_tensor(_title_matrix(title_tokenizer, catalogue.titles)))
-        self._index: Any = None
+        self._index: FaissStore | None = None
         self._item_vectors: np.ndarray | None = None
         counts = np.asarray(catalogue.counts, dtype=np.float64)
         self._popular = np.lexsort((np.arange(len(counts)), -counts))
@@ -202,14 +202,13 @@ class Recommender:
         return self.user_vectors_of_rows([self._rows(h)[0] for h in histories], user_features)
 
     # -- answers ----------------------------------------------------------------------------------------------
-    def index(self) -> Any:
-        """The Faiss inner-product index over :meth:`item_vectors` (exact; built once)."""
+    def index(self) -> FaissStore:
+        """The flat inner-product vector store over :meth:`item_vectors` (exact; ids = catalogue positions; built
+        once). ``search(vectors, k)`` answers as the Faiss index it wraps (``.index``) does."""
         if self._index is None:
-            import faiss
-
             vectors = self.item_vectors()
-            index = faiss.IndexFlatIP(vectors.shape[1])
-            index.add(vectors)
+            index = FaissStore.create(vectors.shape[1], id_map=False)
+            index.add(vectors, np.arange(len(vectors), dtype=np.int64))
             self._index = index
         return self._index
 
@@ -226,8 +225,7 @@ class Recommender:
             vectors = self.user_vectors_of_rows([resolved[i][0] for i in known], feats)
             n_items = len(self.catalogue.ids)
             extra = max((len(set(resolved[i][0])) for i in known), default=0) if exclude_seen else 0
-            scores, found = self.index().search(np.ascontiguousarray(vectors, dtype=np.float32),
-                                                min(n_items, k + extra))
+            scores, found = self.index().search(vectors, min(n_items, k + extra))
             for row, i in enumerate(known):
                 seen = set(resolved[i][0]) if exclude_seen else set()
                 items = [(self.catalogue.ids[j], float(s)) for j, s in zip(found[row], scores[row], strict=True)
@@ -280,72 +278,66 @@ class Recommender:
     def save(self, directory: str | Path) -> Path:
         """``config.json`` (last), ``model.safetensors``, ``items.json``, ``items.faiss`` and, with titles,
         the title tokenizer's files; each written atomically."""
-        import faiss
-
-        from deepsem.version import __version__
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if self.title_tokenizer is not None:
-            self.title_tokenizer.save(directory)
-        self._item_vectors = None
+        self._item_vectors = None  # the item index is rebuilt from the weights as they are now
         self._index = None
-        atomic_write(directory / WEIGHTS_FILE, lambda p: _save_weights(self.model, str(p)))
-        atomic_write_json(directory / ITEMS_FILE, self.catalogue.to_dict())
-        atomic_write(directory / INDEX_FILE, lambda p: faiss.write_index(self.index(), str(p)))
-        config: dict[str, Any] = {"deepsem_version": __version__, "task": "recommender",
-                                  "recommender": self.config.to_dict()}
-        config.update({k: v for k, v in self.info.items() if k not in ("deepsem_version", "task", "recommender")})
-        atomic_write_json(directory / CONFIG_FILE, config)
-        return directory
+        files = {ITEMS_FILE: lambda p: atomic_write_json(p, self.catalogue.to_dict()),
+                 INDEX_FILE: lambda p: self.index().save(p)}
+        extra = {k: v for k, v in self.info.items() if k not in ("deepsem_version", "task", "recommender")}
+        return save_model_dir(directory, self.model, self.title_tokenizer, extra, task="recommender",
+                              tasks=model_fields(), files=files)
 
     @classmethod
     def load(cls, directory: str | Path) -> Recommender:
         """Rebuild from ``config.json`` (validated, and checked against the weights file's header, before any tensor
         is allocated), ``items.json``, the title tokenizer, the weights and ``items.faiss`` (checked: its size, kind,
         count, dimension and finite vectors; rebuilt from the weights when absent)."""
-        import faiss
-
         from deepsem.errors import ModelFileError, ModelFileMissingError
-        from deepsem.modeldir import build_and_load, read_json_file
+        from deepsem.modeldir import read_json_file
 
         directory = Path(directory)
-        config = read_task_config(directory, "recommender", "a recommender")
-        path = directory / CONFIG_FILE
-        rcfg = RecommenderConfig.from_dict(config["recommender"], where=f"{path}: recommender")
-        items_path = directory / ITEMS_FILE
-        if not items_path.exists():
-            raise ModelFileMissingError(f"{directory}: {ITEMS_FILE} is missing")
-        data = read_json_file(items_path, ConfigError)
-        if isinstance(data, dict):  # element types first: Catalogue hashes ids and categories
-            for key, kinds, what in (("ids", str, "strings"), ("titles", (str, type(None)), "strings or null"),
-                                     ("category_vocab", str, "strings"), ("user_feature_vocab", str, "strings"),
-                                     ("counts", (int, float), "finite numbers >= 0")):
-                values = data.get(key)
-                if isinstance(values, list) and not all(isinstance(v, kinds) and not isinstance(v, bool)
-                                                        for v in values):
-                    raise ConfigError(f"{items_path}: field {key!r} must be a list of {what}")
-            counts, cats, ids = data.get("counts"), data.get("categories"), data.get("ids")
-            if isinstance(counts, list) and not all(
-                    0 <= c < 2**53 if isinstance(c, int) else math.isfinite(c) and c >= 0 for c in counts):
-                raise ConfigError(f"{items_path}: field 'counts' must be a list of finite numbers >= 0")
-            if isinstance(cats, list) and not all(isinstance(c, list) and all(isinstance(x, str) for x in c)
-                                                  for c in cats):
-                raise ConfigError(f"{items_path}: field 'categories' must hold a list of strings per item")
-            if isinstance(ids, list) and len(set(ids)) != len(ids):
-                raise ConfigError(f"{items_path}: field 'ids' holds the same item id twice")
-        catalogue = Catalogue.from_dict(data, str(items_path))
-        if len(catalogue.ids) != rcfg.n_items:
-            raise ConfigError(f"{items_path}: {len(catalogue.ids)} items, but config.json's recommender.n_items is "
-                              f"{rcfg.n_items}: the catalogue and the weights come from different models")
-        tokenizer = load_tokenizer(directory) if rcfg.title_encoder != "none" else None
-        if tokenizer is not None and tokenizer.vocab_size != rcfg.n_title_tokens + 1:
-            raise ConfigError(f"{directory}: the title tokenizer has {tokenizer.vocab_size} tokens but config.json's "
-                              f"recommender.n_title_tokens is {rcfg.n_title_tokens} (+1 for padding): the tokenizer "
-                              "and the weights come from different models")
-        model = build_and_load(lambda: TwoTowerRecommender(rcfg), directory, rcfg.to_dict())
-        info = {k: v for k, v in config.items() if k not in ("deepsem_version", "task", "recommender")}
-        rec = cls(model, catalogue, tokenizer, info)
+
+        def read_items(config: dict[str, Any], rcfg: RecommenderConfig) -> Catalogue:
+            """``items.json``: the catalogue, checked against the model's item count."""
+            items_path = directory / ITEMS_FILE
+            if not items_path.exists():
+                raise ModelFileMissingError(f"{directory}: {ITEMS_FILE} is missing")
+            data = read_json_file(items_path, ConfigError)
+            if isinstance(data, dict):  # element types first: Catalogue hashes ids and categories
+                for key, kinds, what in (("ids", str, "strings"), ("titles", (str, type(None)), "strings or null"),
+                                         ("category_vocab", str, "strings"), ("user_feature_vocab", str, "strings"),
+                                         ("counts", (int, float), "finite numbers >= 0")):
+                    values = data.get(key)
+                    if isinstance(values, list) and not all(isinstance(v, kinds) and not isinstance(v, bool)
+                                                            for v in values):
+                        raise ConfigError(f"{items_path}: field {key!r} must be a list of {what}")
+                counts, cats, ids = data.get("counts"), data.get("categories"), data.get("ids")
+                if isinstance(counts, list) and not all(
+                        0 <= c < 2**53 if isinstance(c, int) else math.isfinite(c) and c >= 0 for c in counts):
+                    raise ConfigError(f"{items_path}: field 'counts' must be a list of finite numbers >= 0")
+                if isinstance(cats, list) and not all(isinstance(c, list) and all(isinstance(x, str) for x in c)
+                                                      for c in cats):
+                    raise ConfigError(f"{items_path}: field 'categories' must hold a list of strings per item")
+                if isinstance(ids, list) and len(set(ids)) != len(ids):
+                    raise ConfigError(f"{items_path}: field 'ids' holds the same item id twice")
+            catalogue = Catalogue.from_dict(data, str(items_path))
+            if len(catalogue.ids) != rcfg.n_items:
+                raise ConfigError(f"{items_path}: {len(catalogue.ids)} items, but config.json's recommender.n_items "
+                                  f"is {rcfg.n_items}: the catalogue and the weights come from different models")
+            return catalogue
+
+        def title_tokenizer(rcfg: RecommenderConfig) -> TokenizerSize | None:
+            if rcfg.title_encoder == "none":
+                return None
+            return TokenizerSize(rcfg.n_title_tokens + 1, f"recommender.n_title_tokens is {rcfg.n_title_tokens} "
+                                 "(+1 for padding)", "the title tokenizer")
+
+        read = read_model_dir(
+            directory, "recommender", "a recommender", tasks=model_fields(), check=read_items,
+            parse=lambda data, where: RecommenderConfig.from_dict(data, where=where), build=TwoTowerRecommender,
+            tokenizer=title_tokenizer)
+        rcfg = read.model_config
+        info = {k: v for k, v in read.config.items() if k not in ("deepsem_version", "task", "recommender")}
+        rec = cls(read.model, read.extra, read.tokenizer, info)
         index_path = directory / INDEX_FILE
         if index_path.exists():
             vectors = 4 * rcfg.n_items * rcfg.output_dim
@@ -354,18 +346,12 @@ class Recommender:
                 raise ModelFileError(f"{index_path}: {size:,} bytes, but a Faiss flat index of {rcfg.n_items:,} "
                                      f"vectors of dimension {rcfg.output_dim} (config.json's n_items and output_dim) "
                                      f"has {vectors:,} plus a short header; delete it to rebuild it from the weights")
-            try:
-                index = faiss.read_index(str(index_path))
-            except RuntimeError as exc:
-                raise ModelFileError(f"{index_path}: not a readable Faiss index ({str(exc).splitlines()[-1][:200]}); "
-                                     "delete it to rebuild it from the weights") from None
-            if not isinstance(index, faiss.IndexFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
-                raise ModelFileError(f"{index_path}: a {type(index).__name__}, not the flat inner-product index "
-                                     "deepsem writes; delete it to rebuild it from the weights")
-            if index.ntotal != rcfg.n_items or index.d != rcfg.output_dim:
-                raise ConfigError(f"{index_path}: {index.ntotal} vectors of dimension {index.d}, but config.json says "
+            index = FaissStore.load(index_path, id_map=False, error=ModelFileError,
+                                    remedy="delete it to rebuild it from the weights")
+            if len(index) != rcfg.n_items or index.dim != rcfg.output_dim:
+                raise ConfigError(f"{index_path}: {len(index)} vectors of dimension {index.dim}, but config.json says "
                                   f"{rcfg.n_items} items (n_items) of dimension {rcfg.output_dim} (output_dim)")
-            if not np.isfinite(index.reconstruct_n(0, index.ntotal)).all():
+            if not np.isfinite(index.reconstruct(np.arange(len(index)))).all():
                 raise ModelFileError(f"{index_path}: holds NaN or infinite vectors; delete it to rebuild it from the "
                                      "weights")
             rec._index = index
