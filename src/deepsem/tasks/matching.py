@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from deepsem.config import ModelConfig, TrainConfig
-from deepsem.data.batches import PairSet, TextTable, encode_texts
+from deepsem.data.batches import PairCollate, PairSet, TextTable, encode_texts, labelled_negatives, sample_negatives
 from deepsem.data.errors import DataError
 from deepsem.data.pairs import TextPairs, as_pairs, clicks_to_pairs
 from deepsem.evaluation.pairs import (
@@ -51,7 +51,9 @@ __all__ = [
     "evaluate_ranking",
     "evaluate_retrieval",
     "evaluate_translation",
+    "labelled_negatives",
     "load_pretrained",
+    "sample_negatives",
     "train",
 ]
 
@@ -120,57 +122,6 @@ class SemanticModel:
 
 
 # -- training ---------------------------------------------------------------------------------------------
-def labelled_negatives(pairs: PairSet) -> dict[int, np.ndarray]:
-    """For each query row, the document rows labelled 0 with it (an impression's unclicked documents, a
-    question's wrong candidates)."""
-    groups: dict[int, list[int]] = {}
-    for a, b, y in zip(pairs.a.tolist(), pairs.b.tolist(), pairs.labels.tolist(), strict=True):
-        if y <= 0.5:
-            groups.setdefault(a, []).append(b)
-    return {a: np.unique(np.asarray(bs)) for a, bs in groups.items()}
-
-
-def sample_negatives(queries: np.ndarray, k: int, rng: np.random.Generator, doc_pool: np.ndarray,
-                     own: dict[int, np.ndarray] | None = None) -> np.ndarray:
-    """``(len(queries), k)`` document rows: ``k`` of each query's own labelled negatives when ``own`` has any
-    (with repeats if it has fewer than ``k``), random documents of ``doc_pool`` otherwise."""
-    if own is None:
-        return rng.choice(doc_pool, size=(len(queries), k))
-    rows = [rng.choice(own[q], size=k, replace=len(own[q]) < k) if q in own else rng.choice(doc_pool, size=k)
-            for q in queries.tolist()]
-    return np.stack(rows) if rows else np.zeros((0, k), np.int64)
-
-
-class PairCollate:
-    """Turns a batch of pair rows into the tensors :class:`~deepsem.losses.MatchingLoss` takes: the padded texts
-    of both sides, the labels, the positive pairs and their false-negative masks, and (with random, both or
-    labelled negatives) ``num_negatives`` sampled documents per positive pair, drawn from ``rng``."""
-
-    def __init__(self, table: TextTable, pairs: PairSet, config: TrainConfig, rng: np.random.Generator) -> None:
-        self.table, self.pairs, self.config, self.rng = table, pairs, config, rng
-        positive = pairs.labels > 0.5
-        self.doc_pool = np.unique(pairs.b[positive]) if positive.any() else np.unique(pairs.b)
-        self.own = labelled_negatives(pairs) if config.negatives == "labelled" else None
-
-    def __call__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        cfg, pairs = self.config, self.pairs
-        a_rows, b_rows = pairs.a[idx], pairs.b[idx]
-        q_ids, q_len = self.table.batch(a_rows)
-        d_ids, d_len = self.table.batch(b_rows)
-        positive = np.flatnonzero(pairs.labels[idx] > 0.5)
-        a_pos, b_pos = a_rows[positive], b_rows[positive]
-        batch = {"q_ids": q_ids, "q_len": q_len, "d_ids": d_ids, "d_len": d_len,
-                 "labels": torch.from_numpy(pairs.labels[idx]), "positive": torch.from_numpy(positive),
-                 "same": torch.from_numpy(b_pos[:, None] == b_rows[None, :]),
-                 "same_q": torch.from_numpy(a_pos[:, None] == a_pos[None, :])}
-        if (cfg.loss in SOFTMAX_LOSSES and len(positive)
-                and cfg.negatives in ("random", "both", "labelled")):
-            sampled_rows = sample_negatives(a_pos, cfg.num_negatives, self.rng, self.doc_pool, self.own)
-            batch["s_ids"], batch["s_len"] = self.table.batch(sampled_rows.reshape(-1))
-            batch["clash"] = torch.from_numpy(sampled_rows == b_pos[:, None])
-        return batch
-
-
 def train(
     data: str | Path | TextPairs | None = None,
     out: str | Path | None = None,
@@ -269,8 +220,11 @@ def train(
             semantic.info = info
 
         negatives_rng = np.random.default_rng([cfg.seed, 7])
+        sampled = cfg.loss in SOFTMAX_LOSSES and cfg.negatives in ("random", "both", "labelled")
+        collate = PairCollate(table, pairs, negatives_rng, cfg.num_negatives if sampled else 0,
+                              labelled=cfg.negatives == "labelled")
         return TrainingPlan(
-            wrapper=semantic, loss=MatchingLoss(net, cfg), collate=PairCollate(table, pairs, cfg, negatives_rng),
+            wrapper=semantic, loss=MatchingLoss(net, cfg), collate=collate,
             batches=lambda epoch, rng: pairs.batches(cfg.batch_size, rng, by_length=cfg.length_buckets),
             steps_per_epoch=(len(pairs) + cfg.batch_size - 1) // cfg.batch_size,
             evaluate=evaluate if dev_pairs is not None else None, metric=metric, info=info, record_best=record_best,
