@@ -77,9 +77,8 @@ class PairSet:
     labels: np.ndarray
 
     @classmethod
-    def from_texts(
-        cls, table: TextTable, text_a: Sequence[str], text_b: Sequence[str], labels: Sequence[float] | None
-    ) -> PairSet:
+    def from_texts(cls, table: TextTable, text_a: Sequence[str], text_b: Sequence[str],
+                   labels: Sequence[float] | np.ndarray | None) -> PairSet:
         lab = np.ones(len(text_a), np.float32) if labels is None else np.asarray(labels, np.float32)
         return cls(table, table.add(text_a), table.add(text_b), lab)
 
