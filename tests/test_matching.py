@@ -89,7 +89,7 @@ def test_runs_are_repeatable_and_a_killed_run_resumes(tmp_path: Path, pair_files
     real_step = train_module.Trainer.fit
 
     def counting_fit(self, resume=True):
-        step = self.step_fn
+        step = self.forward
 
         def wrapped(batch):
             calls["n"] += 1
@@ -97,7 +97,7 @@ def test_runs_are_repeatable_and_a_killed_run_resumes(tmp_path: Path, pair_files
                 raise Killed
             return step(batch)
 
-        self.step_fn = wrapped
+        self.forward = wrapped
         return real_step(self, resume)
 
     monkeypatch.setattr(train_module.Trainer, "fit", counting_fit)

@@ -422,7 +422,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(cyclic: Interactions, tmp_path
     calls = {"n": 0}
 
     def killing_fit(self, resume=True):
-        step = self.step_fn
+        step = self.forward
 
         def wrapped(batch):
             calls["n"] += 1
@@ -430,7 +430,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(cyclic: Interactions, tmp_path
                 raise Killed
             return step(batch)
 
-        self.step_fn = wrapped
+        self.forward = wrapped
         return real_fit(self, resume)
 
     monkeypatch.setattr(train_module.Trainer, "fit", killing_fit)

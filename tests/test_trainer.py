@@ -210,3 +210,135 @@ def test_a_crafted_loop_state_is_refused_naming_the_field(tmp_path: Path, key: s
     (folder / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
     with pytest.raises(ModelFileError, match=f"field '{key}'"):
         read_checkpoint(folder)
+
+
+# -- the trainer with a loss module: collate, device, rank ---------------------------------------------------
+REAL_PLOT = Trainer.plot  # taken before the autouse fixture stubs it out
+
+
+class ToyLoss(nn.Module):
+    """A regression objective that owns its model, as the task losses do; dropout draws torch RNG."""
+
+    def __init__(self, model: Toy) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pred = self.model.linear(self.model.dropout(batch["x"])).squeeze(-1)
+        return ((pred - batch["y"] - 0.1 * batch["noise"]) ** 2).mean()
+
+
+def make_loss_trainer(run_dir: Path, *, device: str | None = None, dropout: float = 0.2, crash_at: int | None = None,
+                      metrics: list[float] | None = None, **kwargs) -> tuple[Trainer, Toy]:
+    """The :func:`make_trainer` run in the new form: a loss module, a collate that draws from a checkpointed
+    numpy generator, batches of row numbers."""
+    torch.manual_seed(0)
+    model = Toy()
+    model.dropout.p = dropout
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, checkpoint_every=3, threads=1, patience=100,
+                      eval_every=kwargs.pop("eval_every", None), max_minutes=kwargs.pop("max_minutes", None))
+    rng = np.random.default_rng(5)
+    calls = {"n": 0}
+
+    def collate(rows: np.ndarray) -> dict[str, torch.Tensor]:
+        calls["n"] += 1
+        if crash_at is not None and calls["n"] == crash_at:
+            raise KeyboardInterrupt
+        return {"x": X[rows], "y": Y[rows], "noise": torch.from_numpy(rng.normal(size=len(rows)).astype(np.float32))}
+
+    evals = iter(metrics or [])
+    trainer = Trainer(ToyLoss(model), cfg, run_dir, batches=lambda epoch, r: iter(np.array_split(r.permutation(64), 8)),
+                      steps_per_epoch=8, collate=collate, progress=False, rngs={"noise": rng}, device=device,
+                      evaluate=(lambda: {"accuracy": next(evals)}) if metrics else None, **kwargs)
+    return trainer, model
+
+
+def test_a_loss_module_trains_what_the_step_function_trained(tmp_path: Path):
+    """The same run written as ``step(batch)`` and as a loss module with a collate ends with the same weights."""
+    old, old_model = make_trainer(tmp_path / "step")
+    old.fit()
+    new, new_model = make_loss_trainer(tmp_path / "loss", device="cpu")
+    assert new.device == torch.device("cpu") and new.model is new_model
+    new.fit()
+    for name, value in old_model.state_dict().items():
+        assert torch.equal(value, new_model.state_dict()[name]), name
+    # the checkpoint holds the model under its own names (as before losses owned models)
+    assert set(load_file(str(tmp_path / "loss" / "checkpoint" / "model.safetensors"))) == {"linear.weight",
+                                                                                          "linear.bias"}
+
+
+def test_a_loss_module_run_interrupted_resumes_to_the_same_weights(tmp_path: Path):
+    full, model = make_loss_trainer(tmp_path / "full")
+    full.fit()
+    cut, _ = make_loss_trainer(tmp_path / "cut", crash_at=11)
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    again, resumed = make_loss_trainer(tmp_path / "cut")
+    assert again.fit().steps == 24 and again.resumed_from == 9
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_a_loss_module_run_stops_early_and_on_the_time_budget(tmp_path: Path):
+    trainer, _ = make_loss_trainer(tmp_path / "a", eval_every=2, metrics=[0.5, 0.7, 0.6, 0.65, 0.9])
+    trainer.config.patience = 2
+    result = trainer.fit()
+    assert (result.stopped, result.steps, result.best_metric, result.best_step) == ("early-stopping", 8, 0.7, 4)
+    trainer, _ = make_loss_trainer(tmp_path / "b", max_minutes=1e-12)
+    result = trainer.fit()
+    assert result.stopped == "time-limit" and result.steps == 1
+
+
+def test_only_rank_0_writes(tmp_path: Path):
+    """A rank other than 0 trains, evaluates and stops like rank 0, and writes nothing: no checkpoint, metrics,
+    plot or model directory (``on_best``)."""
+    saved: dict[int, list[dict[str, float]]] = {0: [], 1: []}
+    results = {}
+    for rank in (1, 0):
+        run = tmp_path / f"rank{rank}"
+        trainer, _ = make_loss_trainer(run, metrics=[0.5, 0.7, 0.6], eval_every=8, rank=rank, world_size=2,
+                                       on_best=saved[rank].append)
+        trainer.plot = REAL_PLOT.__get__(trainer)  # the real plot: rank 0 writes training.png
+        results[rank] = trainer.fit()
+    assert not (tmp_path / "rank1").exists() and saved[1] == []
+    assert {p.name for p in (tmp_path / "rank0").iterdir()} == {"checkpoint", "metrics.jsonl", "training.png"}
+    assert saved[0] == [{"accuracy": 0.5}, {"accuracy": 0.7}]
+    def untimed(result):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in result.history]
+
+    assert untimed(results[0]) == untimed(results[1]) and len(results[1].history) == 3
+    assert (results[1].best_metric, results[1].steps) == (0.7, 24)
+    with pytest.raises(ValueError, match="rank 2 outside a world of 2"):
+        make_loss_trainer(tmp_path / "bad", rank=2, world_size=2)
+
+
+def test_under_a_process_group_the_loss_is_wrapped_in_ddp_and_trains_the_same(tmp_path: Path):
+    import torch.distributed as dist
+
+    plain, plain_model = make_loss_trainer(tmp_path / "plain")
+    plain.fit()
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'store'}")
+    try:
+        wrapped, model = make_loss_trainer(tmp_path / "ddp")
+        assert isinstance(wrapped.forward, nn.parallel.DistributedDataParallel)
+        assert (wrapped.rank, wrapped.world_size) == (0, 1)
+        wrapped.fit()
+    finally:
+        dist.destroy_process_group()
+    for name, value in plain_model.state_dict().items():
+        assert torch.allclose(value, model.state_dict()[name], atol=1e-6), name
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_gives_what_the_cpu_gives(tmp_path: Path):
+    """Without dropout (CUDA draws other random numbers) a run on the GPU ends where the CPU run ends; its
+    checkpoint resumes and the model is back on the device after each evaluation."""
+    cpu, cpu_model = make_loss_trainer(tmp_path / "cpu", dropout=0.0, metrics=[0.5, 0.6, 0.7])
+    cpu.fit()
+    gpu, gpu_model = make_loss_trainer(tmp_path / "gpu", device="cuda", dropout=0.0, metrics=[0.5, 0.6, 0.7])
+    result = gpu.fit()
+    assert result.steps == 24 and next(gpu_model.parameters()).device.type == "cuda"
+    for name, value in cpu_model.state_dict().items():
+        assert torch.allclose(value, gpu_model.state_dict()[name].cpu(), atol=1e-4), name
+    again, _ = make_loss_trainer(tmp_path / "gpu", device="cuda", dropout=0.0)
+    assert again.load_checkpoint() and again.state["global_step"] == 24

@@ -1,7 +1,12 @@
 """One training loop for every task: AdamW, warm-up + decay, clipping, early stopping, checkpoints, resume.
 
-The loop knows nothing about towers or losses: a task hands it ``step(batch) -> loss``, the batches of
-an epoch, and an ``evaluate() -> metrics`` callback. The run directory receives:
+The loop knows nothing about towers or losses: a task hands it a loss module (an ``nn.Module`` that owns the model
+and returns the loss of a batch from ``forward(batch)``, see :mod:`deepsem.losses`), the batches of an epoch, a
+``collate`` function that turns a batch's rows into tensors, and an ``evaluate() -> metrics`` callback. The
+trainer moves the module and each batch to its ``device``, wraps the module in ``DistributedDataParallel`` when a
+process group is initialised, and only rank 0 writes. :func:`run_training` is the setup every task shares (settings,
+threads, resume check, tokenizer, seed, trainer, saving the best model, the run's result). The run directory
+receives (from rank 0 only):
 
 - ``checkpoint/`` — model weights and optimiser state (safetensors), RNG states, the loop position and the
   run's fingerprint (``trainer_state.json``), written every ``checkpoint_every`` steps and at each
@@ -23,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,7 @@ from torch import Tensor, nn
 from deepsem.config import TrainConfig
 from deepsem.errors import ModelFileError, ResumeMismatchError, TrainingDivergedError
 from deepsem.fileio import atomic_write, atomic_write_json, fsync_path, read_json, sha256_file
+from deepsem.text import Tokenizer, build_tokenizer, load_tokenizer
 
 #: Version of the checkpoint layout; a ``trainer_state.json`` without it was written by deepsem before
 #: checkpoints carried a fingerprint, and is not resumed (nothing says whether it matches the run asked for).
@@ -261,13 +268,16 @@ def discard_run(run_dir: str | os.PathLike[str], tokenizer: bool = True) -> None
         shutil.rmtree(run_dir / "tokenizer")
 
 
-def check_resume(run_dir: str | os.PathLike[str], fingerprint: dict[str, Any], resume: bool) -> bool:
+def check_resume(run_dir: str | os.PathLike[str], fingerprint: dict[str, Any], resume: bool, *,
+                 discard: bool = True) -> bool:
     """Before a task builds anything from ``run_dir``: True when it holds a checkpoint of this very run
-    (same ``fingerprint``) to resume. With ``resume`` False the earlier run's files are removed first.
+    (same ``fingerprint``) to resume. With ``resume`` False the earlier run's files are removed first (unless
+    ``discard`` is False: a process other than rank 0 never touches the run directory).
     A checkpoint of another run raises :class:`ResumeMismatchError` saying what differs."""
     run_dir = Path(run_dir)
     if not resume:
-        discard_run(run_dir)
+        if discard:
+            discard_run(run_dir)
         return False
     folder = find_checkpoint(run_dir)
     if folder is None:
@@ -337,35 +347,65 @@ def finish_run(result: TrainResult, info: dict[str, Any], out: Path, run_dir: Pa
     return best
 
 
+def distributed_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process: from ``torch.distributed`` when a process group is initialised
+    (e.g. under ``torchrun``), else ``(0, 1)``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor in it (in dicts, lists, tuples) moved to ``device``; other values as they are."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
 class Trainer:
-    """Runs ``step`` over ``batches`` for ``config.epochs`` epochs.
+    """Runs ``loss`` over ``batches`` for ``config.epochs`` epochs.
 
     Parameters
     ----------
-    model: the module whose parameters are trained and checkpointed.
-    step: computes the loss of one batch (the trainer calls backward and the optimiser).
-    batches: ``batches(epoch, rng)`` yields the batches of an epoch; it must depend only on ``rng``
-        so that a resumed run replays the same order.
+    loss: the objective, an ``nn.Module`` whose ``forward(batch)`` returns the loss (see :mod:`deepsem.losses`);
+        its parameters are trained. When a ``step`` function is given instead (the older form), ``loss`` is just
+        the module trained and ``step(batch)`` computes the loss.
+    step: optional: computes the loss of one batch itself (the trainer calls backward and the optimiser).
+    batches: ``batches(epoch, rng)`` yields the batches of an epoch (e.g. arrays of row numbers); it must depend
+        only on ``rng`` so that a resumed run replays the same order.
     steps_per_epoch: number of batches ``batches`` yields.
+    collate: turns a batch of ``batches`` into what ``loss`` takes (tensors); None: the batch as it is.
     evaluate: optional callback returning dev metrics; ``metric`` names the one to maximise.
-    on_best: called with the metrics whenever the dev metric improves (e.g. save the model directory).
-    batch_size_of: number of examples in a batch, for the examples/s display.
+    on_best: called with the metrics whenever the dev metric improves (e.g. save the model directory); rank 0 only.
+    batch_size_of: number of examples in a batch (before ``collate``), for the examples/s display.
     progress: show a progress bar; None (the default): only when stderr is a terminal, so a run logging to
         a file writes no per-step lines.
     fingerprint: what the run depends on (see :func:`run_fingerprint`); stored in each checkpoint, and a
         checkpoint with another one is not resumed. Default: the training settings.
-    rngs: numpy generators the step draws from (e.g. random negatives); saved in each checkpoint and restored
-        on resume, so a resumed run draws what the uninterrupted one would have.
+    rngs: numpy generators the collate or step draws from (e.g. random negatives); saved in each checkpoint and
+        restored on resume, so a resumed run draws what the uninterrupted one would have.
+    model: the module checkpointed; default ``loss.model`` when the loss owns one (the checkpoint then holds the
+        model's weights under the model's own names), else ``loss``.
+    device: where the module and each batch go (``"cpu"``, ``"cuda"``, ``"cuda:1"``...). Evaluation and
+        ``on_best`` see the model on the CPU, where the task wrappers compute.
+    rank, world_size: this process's place in a distributed run (default: :func:`distributed_rank`). Only rank 0
+        writes checkpoints, ``metrics.jsonl``, ``training.png`` and calls ``on_best``; every rank evaluates, so all
+        stop at the same step. With an initialised process group the loss is wrapped in
+        ``DistributedDataParallel``.
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        loss: nn.Module,
         config: TrainConfig,
         run_dir: str | Path,
-        step: Callable[[Any], Tensor],
-        batches: Callable[[int, np.random.Generator], Iterator[Any]],
-        steps_per_epoch: int,
+        step: Callable[[Any], Tensor] | None = None,
+        batches: Callable[[int, np.random.Generator], Iterator[Any]] | None = None,
+        steps_per_epoch: int = 0,
         evaluate: Callable[[], dict[str, float]] | None = None,
         metric: str = "accuracy",
         on_best: Callable[[dict[str, float]], None] | None = None,
@@ -373,17 +413,43 @@ class Trainer:
         progress: bool | None = None,
         fingerprint: dict[str, Any] | None = None,
         rngs: dict[str, np.random.Generator] | None = None,
+        *,
+        collate: Callable[[Any], Any] | None = None,
+        model: nn.Module | None = None,
+        device: str | torch.device | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
-        self.model, self.config, self.run_dir = model, config, Path(run_dir)
-        self.step_fn, self.batches, self.steps_per_epoch = step, batches, steps_per_epoch
+        if batches is None:
+            raise TypeError("Trainer needs batches(epoch, rng)")
+        owned = getattr(loss, "model", None)
+        self.loss = loss
+        self.model = model if model is not None else owned if isinstance(owned, nn.Module) else loss
+        self.config, self.run_dir = config, Path(run_dir)
+        self.step_fn, self.batches, self.steps_per_epoch, self.collate = step, batches, steps_per_epoch, collate
         self.evaluate, self.metric, self.on_best = evaluate, metric, on_best
         self.batch_size_of, self.progress = batch_size_of, progress
         self.fingerprint = fingerprint if fingerprint is not None else run_fingerprint(config)
         self.rngs = dict(rngs or {})
+        default_rank, default_world = distributed_rank()
+        self.rank = default_rank if rank is None else rank
+        self.world_size = default_world if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} outside a world of {self.world_size} processes")
+        self.device = torch.device(device if device is not None else "cpu")
+        self.loss.to(self.device)
+        self.model.to(self.device)
+        self.forward: Callable[[Any], Tensor] = step if step is not None else self.loss
+        if step is None and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
+            # a batch may leave a parameter out (gamma under the hinge loss, the bias without a pointwise term)
+            self.forward = nn.parallel.DistributedDataParallel(self.loss, device_ids=ids,
+                                                               find_unused_parameters=True)
         self.resumed_from: int | None = None
         self.saved_step: int | None = None  # step of the checkpoint on disk, once this run wrote or read one
-        decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+        named = list(self.loss.named_parameters()) if step is None else list(self.model.named_parameters())
+        decay = [p for n, p in named if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for n, p in named if p.requires_grad and p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr,
@@ -391,6 +457,11 @@ class Trainer:
         self.total_steps = config.epochs * steps_per_epoch
         self.state: dict[str, Any] = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "best": None,
                                       "best_step": None, "bad_evals": 0, "seconds": 0.0, "history": []}
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run's files (rank 0)."""
+        return self.rank == 0
 
     # -- checkpoints ---------------------------------------------------------------------------------
     @property
@@ -417,7 +488,9 @@ class Trainer:
         and RNG tensors (safetensors) and, last, ``trainer_state.json`` (loop position, RNG and optimiser
         settings, fingerprint, sha256 of each file); every file and the folder are fsynced; then the folder
         replaces ``checkpoint/`` by two renames. A kill at any point leaves a complete checkpoint that
-        :func:`find_checkpoint` finds (the old one, or the new one): never a mix of the two."""
+        :func:`find_checkpoint` finds (the old one, or the new one): never a mix of the two. Rank 0 only."""
+        if not self.writes:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.run_dir))
         try:
@@ -425,6 +498,8 @@ class Trainer:
             save_model(self.model, str(tmp / "model.safetensors"))
             tensors, optimizer_meta = self._optimizer_parts()
             tensors["torch_rng"] = torch.get_rng_state()
+            if self.device.type == "cuda":
+                tensors["cuda_rng"] = torch.cuda.get_rng_state(self.device)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             files = {}
             for name in ("model.safetensors", "optimizer.safetensors"):
@@ -483,6 +558,8 @@ class Trainer:
                     group["betas"] = tuple(group["betas"])
             self.optimizer.load_state_dict({"state": state, "param_groups": groups})
             torch.set_rng_state(tensors["torch_rng"])
+            if self.device.type == "cuda" and "cuda_rng" in tensors:
+                torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
             for name, rng_state in doc.get("numpy_rngs", {}).items():
                 if name in self.rngs:
                     self.rngs[name].bit_generator.state = rng_state
@@ -510,6 +587,8 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
         self.state["history"].append(record)
+        if not self.writes:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -522,32 +601,47 @@ class Trainer:
         if self.evaluate is not None:
             was_training = self.model.training
             self.model.eval()
-            metrics = self.evaluate()
-            self.model.train(was_training)
-            record.update({f"dev_{k}": v for k, v in metrics.items()})
-            value = metrics[self.metric]
-            if self.state["best"] is None or value > self.state["best"]:
-                self.state.update(best=value, best_step=self.state["global_step"], bad_evals=0)
-                if self.on_best is not None:
-                    self.on_best(metrics)
-            else:
-                self.state["bad_evals"] += 1
-                stop = self.state["bad_evals"] >= self.config.patience
+            with self._on_cpu():
+                metrics = self.evaluate()
+                self.model.train(was_training)
+                record.update({f"dev_{k}": v for k, v in metrics.items()})
+                value = metrics[self.metric]
+                if self.state["best"] is None or value > self.state["best"]:
+                    self.state.update(best=value, best_step=self.state["global_step"], bad_evals=0)
+                    if self.on_best is not None and self.writes:
+                        self.on_best(metrics)
+                else:
+                    self.state["bad_evals"] += 1
+                    stop = self.state["bad_evals"] >= self.config.patience
         self._log(record)
         return stop
 
+    @contextmanager
+    def _on_cpu(self) -> Iterator[None]:
+        """The model on the CPU inside (evaluation and saving go through the task wrappers, which compute there),
+        back on the training device after; the optimiser keeps its parameters (moved in place)."""
+        if self.device.type == "cpu":
+            yield
+            return
+        self.loss.to("cpu")
+        try:
+            yield
+        finally:
+            self.loss.to(self.device)
+
     def fit(self, resume: bool = True) -> TrainResult:
+        """Train (resuming from the run's checkpoint when ``resume`` and it has one) and return how it went."""
         cfg = self.config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
         if resume and self.load_checkpoint():
             print(f"resumed from {self.checkpoint_dir} at step {self.state['global_step']}")
-        elif resume:
+        elif resume and self.writes:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        else:
+        elif self.writes:
             discard_run(self.run_dir, tokenizer=False)
-        self.model.train()
+        self.loss.train()
         stopped = "finished"
         start = time.perf_counter() - self.state["seconds"]
         bar = None
@@ -573,13 +667,16 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(self.state["global_step"], self.total_steps, cfg.warmup,
                                                      cfg.schedule, time_fraction)
-                loss = self.step_fn(batch)
+                examples += self.batch_size_of(batch)
+                if self.collate is not None:
+                    batch = self.collate(batch)
+                loss = self.forward(to_device(batch, self.device))
                 value = float(loss.detach())
                 if not math.isfinite(value):  # checked before the optimiser step: the weights stay finite
                     raise self._diverged(f"the loss became {value}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                norm = clip_gradients(self.model.parameters(), cfg.clip_norm, cfg.clip_value)
+                norm = clip_gradients(self.optimized_parameters(), cfg.clip_norm, cfg.clip_value)
                 if not math.isfinite(norm):
                     raise self._diverged(f"the gradient norm became {norm} (loss {value:.6g})")
                 self.optimizer.step()
@@ -587,7 +684,6 @@ class Trainer:
                 n_loss += 1
                 epoch_loss += value
                 epoch_n += 1
-                examples += self.batch_size_of(batch)
                 self.state["global_step"] += 1
                 self.state["step_in_epoch"] = i + 1
                 self.state["seconds"] = time.perf_counter() - start
@@ -618,16 +714,22 @@ class Trainer:
             epoch_loss, epoch_n = 0.0, 0
         if bar is not None:
             bar.close()
-        if self.evaluate is None and self.on_best is not None:
-            self.on_best({})
+        if self.evaluate is None and self.on_best is not None and self.writes:
+            with self._on_cpu():
+                self.on_best({})
         self.state["seconds"] = time.perf_counter() - start
         self.save_checkpoint()
-        self.plot()
+        if self.writes:
+            self.plot()
         return TrainResult(
             best_metric=self.state["best"], best_step=self.state["best_step"], steps=self.state["global_step"],
             epochs_run=self.state["global_step"] / max(1, self.steps_per_epoch), seconds=self.state["seconds"],
             stopped=stopped, history=list(self.state["history"]),
         )
+
+    def optimized_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters trained (whose gradients are clipped), in the module's order."""
+        return self.loss.parameters() if self.step_fn is None else self.model.parameters()
 
     def plot(self) -> Path | None:
         """Write ``training.png``: training loss and the dev metric against epochs."""
@@ -656,3 +758,107 @@ class Trainer:
         atomic_write(path, lambda p: fig.savefig(p, format="png"))
         plt.close(fig)
         return path
+
+
+# -- the setup every task shares ----------------------------------------------------------------------------
+def training_config(training: TrainConfig | dict[str, Any] | None,
+                    defaults: dict[str, Any] | None = None) -> TrainConfig:
+    """The run's :class:`TrainConfig`: as given, or read from a dict over the task's ``defaults``."""
+    if isinstance(training, TrainConfig):
+        return training
+    return TrainConfig.from_dict({**(defaults or {}), **(training or {})}, "training")
+
+
+def renamed_argument(function: str, new: str, value: Any, old: str, old_value: Any) -> Any:
+    """The value of an argument that was renamed from ``old`` to ``new``: the old name still works (with a
+    :class:`DeprecationWarning`); giving both, or neither, is a ``TypeError`` as for any argument."""
+    if old_value is None:
+        if value is None:
+            raise TypeError(f"{function}() missing required argument: {new!r}")
+        return value
+    if value is not None:
+        raise TypeError(f"{function}() got both {new!r} and its old name {old!r}")
+    import warnings
+
+    warnings.warn(f"{function}(): argument {old!r} is now called {new!r}", DeprecationWarning, stacklevel=3)
+    return old_value
+
+
+@dataclass
+class TrainingPlan:
+    """What a task builds once its tokenizer is known and the seed is set: :func:`run_training` runs it.
+
+    ``wrapper`` is the task's user-facing model (``.info``, ``.save(out)``, and its class's ``load`` reloads it);
+    ``record_best(metrics)`` updates it (and ``info``) when the dev metric improves, before it is saved to ``out``
+    (the saving itself is rank 0's); the other fields go to :class:`Trainer`.
+    """
+
+    wrapper: Any
+    loss: nn.Module
+    batches: Callable[[int, np.random.Generator], Iterator[Any]]
+    steps_per_epoch: int
+    metric: str
+    info: dict[str, Any]
+    record_best: Callable[[dict[str, float]], None]
+    collate: Callable[[Any], Any] | None = None
+    evaluate: Callable[[], dict[str, float]] | None = None
+    rngs: dict[str, np.random.Generator] = field(default_factory=dict)
+
+
+def run_training(
+    config: TrainConfig,
+    out: str | os.PathLike[str],
+    fingerprint: dict[str, Any],
+    build: Callable[[Any], TrainingPlan],
+    *,
+    run_dir: str | os.PathLike[str] | None = None,
+    tokenizer: str | Tokenizer | None = None,
+    tokenizer_options: dict[str, Any] | None = None,
+    texts: Callable[[], Iterable[str]] | None = None,
+    resume: bool = True,
+    progress: bool | None = None,
+    device: str | torch.device | None = None,
+    started: float | None = None,
+) -> tuple[Any, TrainResult]:
+    """The part of training every task shares, done once here.
+
+    Threads; the run directory (default ``out/training``); the resume check against ``fingerprint``; the
+    tokenizer — a name is learnt from ``texts()`` and saved in the run directory, or reused from there when the run
+    resumes; a given tokenizer is used as is; ``None``: the task has none — then ``build(tokenizer)`` after seeding
+    torch, the :class:`Trainer` with the plan, the best model saved to ``out`` on each improvement, and
+    :func:`finish_run`. Rank 0 alone writes; another rank returns its model as trained, unsaved.
+    """
+    started = time.perf_counter() if started is None else started
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(out)
+    run_dir = Path(run_dir) if run_dir is not None else out / "training"
+    rank, world_size = distributed_rank()
+    writes = rank == 0
+    resuming = check_resume(run_dir, fingerprint, resume, discard=writes)
+    tok: Any = tokenizer
+    if isinstance(tokenizer, str):
+        if resuming and (run_dir / "tokenizer" / "tokenizer.json").exists():
+            tok = load_tokenizer(run_dir / "tokenizer")
+        else:
+            if texts is None:
+                raise TypeError("a tokenizer given by name needs the training texts to learn it from")
+            tok = build_tokenizer(tokenizer, iter(texts()), **(tokenizer_options or {}))
+            if writes:
+                tok.save(run_dir / "tokenizer")
+    torch.manual_seed(config.seed)
+    plan = build(tok)
+
+    def on_best(metrics: dict[str, float]) -> None:
+        plan.record_best(metrics)
+        plan.wrapper.save(out)
+
+    trainer = Trainer(plan.loss, config, run_dir, batches=plan.batches, steps_per_epoch=plan.steps_per_epoch,
+                      collate=plan.collate, evaluate=plan.evaluate, metric=plan.metric, on_best=on_best,
+                      progress=progress, fingerprint=fingerprint, rngs=plan.rngs, device=device, rank=rank,
+                      world_size=world_size)
+    result = trainer.fit(resume=resume)
+    if not writes:
+        plan.loss.to("cpu")
+        return plan.wrapper, result
+    return finish_run(result, plan.info, out, run_dir, plan.metric, started, type(plan.wrapper).load), result

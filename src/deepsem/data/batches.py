@@ -77,9 +77,8 @@ class PairSet:
     labels: np.ndarray
 
     @classmethod
-    def from_texts(
-        cls, table: TextTable, text_a: Sequence[str], text_b: Sequence[str], labels: Sequence[float] | None
-    ) -> PairSet:
+    def from_texts(cls, table: TextTable, text_a: Sequence[str], text_b: Sequence[str],
+                   labels: Sequence[float] | np.ndarray | None) -> PairSet:
         lab = np.ones(len(text_a), np.float32) if labels is None else np.asarray(labels, np.float32)
         return cls(table, table.add(text_a), table.add(text_b), lab)
 
@@ -142,3 +141,56 @@ def encode_texts(
     if was_training:
         model.train()
     return out
+
+
+# -- training batches of pairs --------------------------------------------------------------------------
+def labelled_negatives(pairs: PairSet) -> dict[int, np.ndarray]:
+    """For each query row, the document rows labelled 0 with it (an impression's unclicked documents, a
+    question's wrong candidates)."""
+    groups: dict[int, list[int]] = {}
+    for a, b, y in zip(pairs.a.tolist(), pairs.b.tolist(), pairs.labels.tolist(), strict=True):
+        if y <= 0.5:
+            groups.setdefault(a, []).append(b)
+    return {a: np.unique(np.asarray(bs)) for a, bs in groups.items()}
+
+
+def sample_negatives(queries: np.ndarray, k: int, rng: np.random.Generator, doc_pool: np.ndarray,
+                     own: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """``(len(queries), k)`` document rows: ``k`` of each query's own labelled negatives when ``own`` has any
+    (with repeats if it has fewer than ``k``), random documents of ``doc_pool`` otherwise."""
+    if own is None:
+        return rng.choice(doc_pool, size=(len(queries), k))
+    rows = [rng.choice(own[q], size=k, replace=len(own[q]) < k) if q in own else rng.choice(doc_pool, size=k)
+            for q in queries.tolist()]
+    return np.stack(rows) if rows else np.zeros((0, k), np.int64)
+
+
+class PairCollate:
+    """Turns a batch of pair rows into the tensors :class:`~deepsem.losses.MatchingLoss` takes: the padded texts
+    of both sides, the labels, the positive pairs and their false-negative masks, and with ``num_negatives`` > 0
+    that many sampled documents per positive pair, drawn from ``rng``: each query's own labelled negatives
+    (``labelled``) or random documents of the positive pairs."""
+
+    def __init__(self, table: TextTable, pairs: PairSet, rng: np.random.Generator, num_negatives: int = 0,
+                 labelled: bool = False) -> None:
+        self.table, self.pairs, self.rng, self.num_negatives = table, pairs, rng, num_negatives
+        positive = pairs.labels > 0.5
+        self.doc_pool = np.unique(pairs.b[positive]) if positive.any() else np.unique(pairs.b)
+        self.own = labelled_negatives(pairs) if labelled else None
+
+    def __call__(self, idx: np.ndarray) -> dict[str, Tensor]:
+        pairs = self.pairs
+        a_rows, b_rows = pairs.a[idx], pairs.b[idx]
+        q_ids, q_len = self.table.batch(a_rows)
+        d_ids, d_len = self.table.batch(b_rows)
+        positive = np.flatnonzero(pairs.labels[idx] > 0.5)
+        a_pos, b_pos = a_rows[positive], b_rows[positive]
+        batch = {"q_ids": q_ids, "q_len": q_len, "d_ids": d_ids, "d_len": d_len,
+                 "labels": torch.from_numpy(pairs.labels[idx]), "positive": torch.from_numpy(positive),
+                 "same": torch.from_numpy(b_pos[:, None] == b_rows[None, :]),
+                 "same_q": torch.from_numpy(a_pos[:, None] == a_pos[None, :])}
+        if self.num_negatives and len(positive):
+            sampled_rows = sample_negatives(a_pos, self.num_negatives, self.rng, self.doc_pool, self.own)
+            batch["s_ids"], batch["s_len"] = self.table.batch(sampled_rows.reshape(-1))
+            batch["clash"] = torch.from_numpy(sampled_rows == b_pos[:, None])
+        return batch

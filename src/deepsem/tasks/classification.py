@@ -30,25 +30,31 @@ from typing import Any, overload
 import numpy as np
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from deepsem.config import ClassifierConfig, ConfigError, TowerConfig, TrainConfig
 from deepsem.data.batches import length_batches
 from deepsem.data.errors import DataError, SkipReport
 from deepsem.data.readers import Column, detect_format, iter_records, sniff_labelled_header
 from deepsem.evaluation.classification import classification_metrics, plot_confusion
-from deepsem.modeldir import CONFIG_FILE, TokenizerSize, read_model_dir, save_model_dir
+from deepsem.losses import ClassificationLoss, classification_loss
+from deepsem.modeldir import (
+    CONFIG_FILE,
+    TokenizerSize,
+    read_model_dir,
+    save_model_dir,
+)
 from deepsem.models.classifier import TextClassifier
 from deepsem.tasks.registry import Task, model_fields, register
-from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer, load_tokenizer
+from deepsem.text import Tokenizer, TrigramTokenizer
 from deepsem.trainer import (
-    Trainer,
+    TrainingPlan,
     TrainResult,
-    check_resume,
     data_fingerprint,
-    finish_run,
+    renamed_argument,
     run_fingerprint,
+    run_training,
     tokenizer_fingerprint,
+    training_config,
 )
 
 __all__ = [
@@ -273,15 +279,6 @@ def compute_class_weights(
     return out
 
 
-def classification_loss(logits: Tensor, targets: Tensor, *, multi_label: bool = False,
-                        weights: Tensor | None = None, label_smoothing: float = 0.0) -> Tensor:
-    """Cross-entropy over the labels (``weights``: per class, a weighted mean), or for multi-label data the
-    mean binary cross-entropy of every (text, label) with ``weights`` as the positives' ``pos_weight``."""
-    if multi_label:
-        return F.binary_cross_entropy_with_logits(logits, targets.float(), pos_weight=weights)
-    return F.cross_entropy(logits, targets, weight=weights, label_smoothing=label_smoothing)
-
-
 # -- the classifier a user holds --------------------------------------------------------------------------------
 def _pad(ids: Sequence[Sequence[int]], dtype: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
     """Right-padded ids ``(N, T)`` and ``int64`` lengths ``(N,)`` (T at least 1)."""
@@ -484,8 +481,8 @@ def _check_tokenizer_fits(encoder: str, tokenizer: Tokenizer) -> None:
 
 
 def train_classifier(
-    train: str | os.PathLike[str] | LabelledTexts,
-    out: str | os.PathLike[str],
+    data: str | os.PathLike[str] | LabelledTexts | None = None,
+    out: str | os.PathLike[str] | None = None,
     dev: str | os.PathLike[str] | LabelledTexts | None = None,
     *,
     tokenizer: str | Tokenizer = "char",
@@ -508,10 +505,12 @@ def train_classifier(
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
     progress: bool | None = None,
+    device: str | torch.device | None = None,
+    train: str | os.PathLike[str] | LabelledTexts | None = None,
 ) -> tuple[Classifier, TrainResult]:
     """Train a text classifier and save the best model (by dev accuracy; multi-label: micro-F1) to ``out``.
 
-    ``train``/``dev``: files (see :func:`read_labelled`; ``text_col``, ``label_col``, ``label_sep``,
+    ``data``/``dev``: files (see :func:`read_labelled`; ``text_col``, ``label_col``, ``label_sep``,
     ``fmt``, ``header``, ``skip_bad_rows`` apply to both) or :class:`LabelledTexts`. The labels are those of
     the training data (at least two); a dev row with another label is a bad row. ``tokenizer``: a name
     (learnt from the training texts with ``tokenizer_options``) or a tokenizer. ``tower``: the
@@ -525,17 +524,17 @@ def train_classifier(
     Run files (checkpoint, metrics.jsonl, training.png, result.json) go to ``run_dir`` (default
     ``out/training``); an interrupted run started again with the same data and settings resumes; with other
     ones it raises :class:`~deepsem.errors.ResumeMismatchError` (``resume=False`` starts over). ``progress``:
-    a progress bar; None shows it only when stderr is a terminal.
+    a progress bar; None shows it only when stderr is a terminal. ``device``: where to train (default the CPU).
+    ``train``: the old name of ``data``, still accepted.
     """
     t0 = time.perf_counter()
-    cfg = training if isinstance(training, TrainConfig) else TrainConfig.from_dict(training or {}, "training")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(out)
-    run_dir = Path(run_dir) if run_dir is not None else out / "training"
+    data = renamed_argument("train_classifier", "data", data, "train", train)
+    if out is None:
+        raise TypeError("train_classifier() missing required argument: 'out'")
+    cfg = training_config(training)
     options = {"text_col": text_col, "label_col": label_col, "multi_label": multi_label, "label_sep": label_sep,
                "fmt": fmt, "header": header, "skip_bad_rows": skip_bad_rows}
-    train_data = _as_labelled(train, None, options)
+    train_data = _as_labelled(data, None, options)
     source = train_data.source or "training data"
     if not len(train_data):
         raise DataError(source, None, None, "no labelled texts to train on")
@@ -559,71 +558,61 @@ def train_classifier(
         task={"multi_label": multi_label, "class_weights": None if weights is None else weights.tolist(),
               "head_dropout": head_dropout, "label_smoothing": label_smoothing, "ngram_buckets": ngram_buckets,
               "ngram_order": ngram_order, "ngram_dim": ngram_dim})
-    resuming = check_resume(run_dir, fingerprint, resume)
 
-    if isinstance(tokenizer, str):
-        if resuming and (run_dir / "tokenizer" / "tokenizer.json").exists():
-            tok = load_tokenizer(run_dir / "tokenizer")
-        else:
-            tok = build_tokenizer(tokenizer, iter(train_data.texts), **(tokenizer_options or {}))
-            tok.save(run_dir / "tokenizer")
-    else:
-        tok = tokenizer
-    tcfg.vocab_size = tok.vocab_size
-    _check_tokenizer_fits(tcfg.encoder, tok)
-    ccfg = ClassifierConfig(tower=tcfg, num_labels=len(labels), multi_label=multi_label, dropout=head_dropout,
-                            ngram_buckets=ngram_buckets, ngram_order=ngram_order, ngram_dim=ngram_dim)
-    ccfg.validate()
-    torch.manual_seed(cfg.seed)
-    net = TextClassifier(ccfg)
-    clf = Classifier(net, tok, labels)
+    def build(tok: Tokenizer) -> TrainingPlan:
+        tcfg.vocab_size = tok.vocab_size
+        _check_tokenizer_fits(tcfg.encoder, tok)
+        ccfg = ClassifierConfig(tower=tcfg, num_labels=len(labels), multi_label=multi_label, dropout=head_dropout,
+                                ngram_buckets=ngram_buckets, ngram_order=ngram_order, ngram_dim=ngram_dim)
+        ccfg.validate()
+        net = TextClassifier(ccfg)
+        clf = Classifier(net, tok, labels)
+        matrix, lengths = _pad(tok.encode_batch(train_data.texts), np.int32)  # int32: half the memory of int64
+        target_t = torch.from_numpy(targets)
 
-    matrix, lengths = _pad(tok.encode_batch(train_data.texts), np.int32)  # int32: half the memory of int64
-    target_t = torch.from_numpy(targets)
-    weight_t = torch.from_numpy(weights) if weights is not None else None
-    dev_targets = _targets(dev_data, labels, multi_label) if dev_data is not None else None
-    metric = "micro_f1" if multi_label else "accuracy"
+        def collate(rows: np.ndarray) -> dict[str, Tensor]:
+            width = max(int(lengths[rows].max()), 1)
+            return {"ids": torch.from_numpy(matrix[rows, :width].astype(np.int64)),
+                    "lengths": torch.from_numpy(lengths[rows]), "targets": target_t[rows]}
 
-    def step(rows: np.ndarray) -> Tensor:
-        width = max(int(lengths[rows].max()), 1)
-        logits = net(torch.from_numpy(matrix[rows, :width].astype(np.int64)), torch.from_numpy(lengths[rows]))
-        return classification_loss(logits, target_t[rows], multi_label=multi_label, weights=weight_t,
-                                   label_smoothing=label_smoothing)
+        dev_targets = _targets(dev_data, labels, multi_label) if dev_data is not None else None
+        dev_ids = tok.encode_batch(dev_data.texts) if dev_data is not None else []
 
-    dev_ids = tok.encode_batch(dev_data.texts) if dev_data is not None else []
+        def evaluate() -> dict[str, float]:
+            assert dev_targets is not None
+            scores = classification_metrics(dev_targets, clf._proba_of_ids(dev_ids), labels,
+                                            multi_label=multi_label, threshold=ccfg.threshold)
+            return {k: scores[k] for k in ("accuracy", "macro_f1", "micro_f1")}
 
-    def evaluate() -> dict[str, float]:
-        assert dev_targets is not None
-        scores = classification_metrics(dev_targets, clf._proba_of_ids(dev_ids), labels,
-                                        multi_label=multi_label, threshold=ccfg.threshold)
-        return {k: scores[k] for k in ("accuracy", "macro_f1", "micro_f1")}
+        counts = Counter(y for row in train_data.labels for y in row)
+        info: dict[str, Any] = {
+            "training": cfg.to_dict(), "train_examples": len(train_data), "label_sep": label_sep,
+            "label_counts": {y: counts[y] for y in labels},
+            "class_weights": None if weights is None else dict(zip(labels, weights.tolist(), strict=True)),
+        }
+        if label_smoothing:
+            info["label_smoothing"] = label_smoothing
 
-    counts = Counter(y for row in train_data.labels for y in row)
-    info: dict[str, Any] = {
-        "training": cfg.to_dict(), "train_examples": len(train_data), "label_sep": label_sep,
-        "label_counts": {y: counts[y] for y in labels},
-        "class_weights": None if weights is None else dict(zip(labels, weights.tolist(), strict=True)),
-    }
-    if label_smoothing:
-        info["label_smoothing"] = label_smoothing
+        def record_best(metrics: dict[str, float]) -> None:
+            if metrics:
+                info["dev_metrics"] = metrics
+            clf.info = dict(info)
 
-    def on_best(metrics: dict[str, float]) -> None:
-        if metrics:
-            info["dev_metrics"] = metrics
-        clf.info = dict(info)
-        clf.save(out)
+        loss = ClassificationLoss(net, weights=torch.from_numpy(weights) if weights is not None else None,
+                                  label_smoothing=label_smoothing)
+        return TrainingPlan(
+            wrapper=clf, loss=loss, collate=collate,
+            # one batch per bucket (length_buckets off): plain shuffled batches
+            batches=lambda epoch, rng: length_batches(lengths, cfg.batch_size, rng,
+                                                      _BUCKET_BATCHES if cfg.length_buckets else 1),
+            steps_per_epoch=(len(train_data) + cfg.batch_size - 1) // cfg.batch_size,
+            evaluate=evaluate if dev_data is not None else None, metric="micro_f1" if multi_label else "accuracy",
+            info=info, record_best=record_best,
+        )
 
-    steps_per_epoch = (len(train_data) + cfg.batch_size - 1) // cfg.batch_size
-    trainer = Trainer(
-        net, cfg, run_dir, step=step,
-        # one batch per bucket (length_buckets off): plain shuffled batches
-        batches=lambda epoch, rng: length_batches(lengths, cfg.batch_size, rng,
-                                                  _BUCKET_BATCHES if cfg.length_buckets else 1),
-        steps_per_epoch=steps_per_epoch, evaluate=evaluate if dev_data is not None else None,
-        metric=metric, on_best=on_best, progress=progress, fingerprint=fingerprint,
-    )
-    result = trainer.fit(resume=resume)
-    return finish_run(result, info, out, run_dir, metric, t0, Classifier.load), result
+    return run_training(cfg, out, fingerprint, build, run_dir=run_dir, tokenizer=tokenizer,
+                        tokenizer_options=tokenizer_options, texts=lambda: train_data.texts, resume=resume,
+                        progress=progress, device=device, started=t0)
 
 
 register(Task(name="classifier", model_field="classifier", wrapper=Classifier, train=train_classifier,

@@ -38,12 +38,19 @@ from deepsem.data.errors import DataError
 from deepsem.data.interactions import Interactions, SequenceSplit, load_movielens, split_sequences
 from deepsem.evaluation.recommendation import Scorer, evaluate_ranking_over_items, popularity_scores
 from deepsem.fileio import atomic_write_json
-from deepsem.losses import candidate_softmax_loss
+from deepsem.losses import NextItemLoss
 from deepsem.modeldir import TokenizerSize, read_model_dir, save_model_dir
 from deepsem.models.recommender import TwoTowerRecommender
 from deepsem.tasks.registry import Task, model_fields, register
 from deepsem.text import Tokenizer, TrigramTokenizer, build_tokenizer
-from deepsem.trainer import Trainer, TrainResult, check_resume, data_fingerprint, finish_run, run_fingerprint
+from deepsem.trainer import (
+    TrainingPlan,
+    TrainResult,
+    data_fingerprint,
+    run_fingerprint,
+    run_training,
+    training_config,
+)
 from deepsem.vectorstore.faiss_store import FaissStore
 
 __all__ = [
@@ -430,6 +437,7 @@ def train_recommender(
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
     progress: bool | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[Recommender, TrainResult]:
     """Train the two-tower recommender on ``data`` and save the best model (validation NDCG@10) to ``out``.
 
@@ -444,25 +452,22 @@ def train_recommender(
     Item2Vec vectors trained on the training sequences (needs gensim). Run files go to ``run_dir`` (default
     ``out/training``); a killed run started again with the same data and settings resumes from its checkpoint;
     with other ones it raises :class:`~deepsem.errors.ResumeMismatchError` (``resume=False`` starts over).
-    ``progress``: a progress bar; None shows it only when stderr is a terminal.
+    ``progress``: a progress bar; None shows it only when stderr is a terminal. ``device``: where to train
+    (default the CPU). Validation (the dev data of the other tasks) is the leave-last-out part of ``data`` itself.
     """
     t0 = time.perf_counter()
-    cfg = training if isinstance(training, TrainConfig) else TrainConfig.from_dict(
-        {"lr": 2e-3, "epochs": 60, "batch_size": 64, "patience": 5, "weight_decay": 0.0, **(training or {})},
-        "training")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg = training_config(training, {"lr": 2e-3, "epochs": 60, "batch_size": 64, "patience": 5,
+                                     "weight_decay": 0.0})
     if negatives not in RECOMMEND_NEGATIVES:
         raise ValueError(f"negatives must be one of {', '.join(RECOMMEND_NEGATIVES)}, got {negatives!r}")
-    out = Path(out)
-    run_dir = Path(run_dir) if run_dir is not None else out / "training"
     if isinstance(data, SequenceSplit):
         split = data
     else:
         interactions = _resolve_data(data).filter(min_rating)
         split = split_sequences(interactions, n_test=n_test, n_valid=n_valid)
+    source = getattr(interactions, "source", None) or "interactions"
     if not sum(len(s) for s in split.train):
-        raise DataError(getattr(interactions, "source", None) or "interactions", None, None, "no training data")
+        raise DataError(source, None, None, "no training data")
     features = interactions.item_features if (interactions is not None and use_item_features) else None
     user_features = interactions.user_features if (interactions is not None and use_user_features) else None
 
@@ -479,8 +484,61 @@ def train_recommender(
                                                   [user_features.get(u, []) for u in split.users])},
         model=model_settings,
         task={"negatives": negatives, "num_negatives": num_negatives, "logq": logq, "item2vec_init": item2vec_init})
-    check_resume(run_dir, fingerprint, resume)
-    counts = split.train_counts()
+
+    def build(_: None) -> TrainingPlan:
+        counts = split.train_counts()
+        catalogue, title_tok = _catalogue(split, rcfg, features, user_features, counts)
+        net = TwoTowerRecommender(rcfg)
+        rec = Recommender(net, catalogue, title_tok)
+        if item2vec_init:
+            from deepsem.item2vec import train_item2vec
+
+            vectors = train_item2vec([s.tolist() for s in split.train], dim=rcfg.embedding_dim, seed=cfg.seed)
+            vectors.copy_into(net.item_tower.id_embedding.weight, [str(i) for i in range(len(split.items))])
+        windows = training_windows(split.train, rcfg.max_history)
+        if not len(windows):
+            raise DataError(source, None, None,
+                            "no user has two training interactions; nothing to learn a next item from")
+        user_feat_ids = (torch.from_numpy(catalogue.user_feature_ids([user_features.get(u, [])
+                                                                      for u in split.users]))
+                         if user_features else None)
+
+        def evaluate() -> dict[str, float]:
+            rec._item_vectors = None
+            metrics = evaluate_ranking_over_items(rec.scorer(split, user_features), split, "valid", (10, 50))
+            rec._item_vectors = None
+            return metrics
+
+        info: dict[str, Any] = {"training": cfg.to_dict(), "negatives": negatives, "logq": logq,
+                                "num_negatives": num_negatives, "train_interactions": int(counts.sum()),
+                                "users": len(split.users), "n_valid": n_valid, "n_test": n_test,
+                                "min_rating": min_rating}
+
+        def record_best(metrics: dict[str, float]) -> None:
+            if metrics:
+                info["valid_metrics"] = metrics
+            rec.info = dict(info)
+
+        def batches(epoch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+            order = rng.permutation(len(windows))
+            for start in range(0, len(order), cfg.batch_size):
+                yield order[start : start + cfg.batch_size]
+
+        return TrainingPlan(
+            wrapper=rec, loss=NextItemLoss(net, counts, negatives=negatives, num_negatives=num_negatives, logq=logq),
+            collate=WindowCollate(split.train, windows, user_feat_ids), batches=batches,
+            steps_per_epoch=math.ceil(len(windows) / cfg.batch_size),
+            evaluate=evaluate if any(len(v) for v in split.valid) else None, metric="ndcg@10", info=info,
+            record_best=record_best,
+        )
+
+    return run_training(cfg, out, fingerprint, build, run_dir=run_dir, resume=resume, progress=progress,
+                        device=device, started=t0)
+
+
+def _catalogue(split: SequenceSplit, rcfg: RecommenderConfig, features: Any,
+               user_features: dict[str, list[str]] | None, counts: np.ndarray) -> tuple[Catalogue, Tokenizer | None]:
+    """The catalogue of ``split``'s items and the title tokenizer; sets ``rcfg``'s sizes from them."""
     titles = [features.titles.get(i, "") if features else "" for i in split.items]
     categories = [features.categories.get(i, []) if features else [] for i in split.items]
     category_vocab = sorted({c for cats in categories for c in cats})
@@ -499,76 +557,28 @@ def train_recommender(
     rcfg.n_user_features = max(1, len(user_vocab))
     rcfg.n_title_tokens = title_tok.vocab_size - 1 if title_tok is not None else 1
     rcfg.validate()
-    torch.manual_seed(cfg.seed)
-    net = TwoTowerRecommender(rcfg)
-    rec = Recommender(net, catalogue, title_tok)
-    if item2vec_init:
-        from deepsem.item2vec import train_item2vec
+    return catalogue, title_tok
 
-        vectors = train_item2vec([s.tolist() for s in split.train], dim=rcfg.embedding_dim, seed=cfg.seed)
-        vectors.copy_into(net.item_tower.id_embedding.weight, [str(i) for i in range(len(split.items))])
 
-    windows = training_windows(split.train, rcfg.max_history)
-    if not len(windows):
-        raise DataError(getattr(interactions, "source", None) or "interactions", None, None,
-                        "no user has two training interactions; nothing to learn a next item from")
-    user_feat_ids = (torch.from_numpy(catalogue.user_feature_ids([user_features.get(u, []) for u in split.users]))
-                     if user_features else None)
-    share = np.maximum(counts, 1).astype(np.float64)
-    log_q_all = torch.from_numpy(np.log(share / share.sum())).float()
-    sample_p = torch.from_numpy(share / share.sum()).float()
+class WindowCollate:
+    """Turns a batch of :func:`training_windows` rows into the tensors :class:`~deepsem.losses.NextItemLoss`
+    takes: inputs and next-item targets (catalogue position + 1, 0 pads), lengths, the positions trained on and
+    the users' feature ids."""
 
-    def step(rows: np.ndarray) -> Tensor:
-        w = windows[rows]
-        seqs = [split.train[u][s:e] for u, s, e, _ in w]
+    def __init__(self, sequences: Sequence[np.ndarray], windows: np.ndarray, user_features: Tensor | None) -> None:
+        self.sequences, self.windows, self.user_features = sequences, windows, user_features
+
+    def __call__(self, rows: np.ndarray) -> dict[str, Tensor]:
+        w = self.windows[rows]
+        seqs = [self.sequences[u][s:e] for u, s, e, _ in w]
         inputs = torch.from_numpy(_pad_rows([(seq[:-1] + 1).tolist() for seq in seqs]))
         targets = torch.from_numpy(_pad_rows([(seq[1:] + 1).tolist() for seq in seqs], inputs.shape[1]))
-        lengths = torch.tensor([len(seq) - 1 for seq in seqs])
         pos = torch.arange(inputs.shape[1])[None, :] + torch.from_numpy(w[:, 1])[:, None] + 1
-        keep = (pos >= torch.from_numpy(w[:, 3])[:, None]) & (targets > 0)
-        feats = user_feat_ids[torch.from_numpy(w[:, 0])] if user_feat_ids is not None else None
-        users = net.user_steps(inputs, lengths, feats)[keep]
-        target = targets[keep] - 1  # catalogue positions
-        if negatives == "full":
-            return candidate_softmax_loss(users, net.item_vectors(), target, net.gamma)
-        candidates = target
-        if negatives == "sampled":
-            candidates = torch.cat([target, torch.multinomial(sample_p, num_negatives, replacement=True)])
-        candidates, where = torch.unique(candidates, return_inverse=True)
-        return candidate_softmax_loss(users, net.item_vectors(candidates + 1), where[: len(target)], net.gamma,
-                                      log_q_all[candidates] if logq else None)
-
-    has_valid = any(len(v) for v in split.valid)
-
-    def evaluate() -> dict[str, float]:
-        rec._item_vectors = None
-        metrics = evaluate_ranking_over_items(rec.scorer(split, user_features), split, "valid", (10, 50))
-        rec._item_vectors = None
-        return metrics
-
-    info: dict[str, Any] = {"training": cfg.to_dict(), "negatives": negatives, "logq": logq,
-                            "num_negatives": num_negatives, "train_interactions": int(counts.sum()),
-                            "users": len(split.users), "n_valid": n_valid, "n_test": n_test,
-                            "min_rating": min_rating}
-
-    def on_best(metrics: dict[str, float]) -> None:
-        if metrics:
-            info["valid_metrics"] = metrics
-        rec.info = dict(info)
-        rec.save(out)
-
-    steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
-
-    def batches(epoch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-        order = rng.permutation(len(windows))
-        for start in range(0, len(order), cfg.batch_size):
-            yield order[start : start + cfg.batch_size]
-
-    trainer = Trainer(net, cfg, run_dir, step=step, batches=batches, steps_per_epoch=steps_per_epoch,
-                      evaluate=evaluate if has_valid else None, metric="ndcg@10", on_best=on_best,
-                      progress=progress, fingerprint=fingerprint)
-    result = trainer.fit(resume=resume)
-    return finish_run(result, info, out, run_dir, "ndcg@10", t0, Recommender.load), result
+        batch = {"inputs": inputs, "targets": targets, "lengths": torch.tensor([len(seq) - 1 for seq in seqs]),
+                 "keep": (pos >= torch.from_numpy(w[:, 3])[:, None]) & (targets > 0)}
+        if self.user_features is not None:
+            batch["features"] = self.user_features[torch.from_numpy(w[:, 0])]
+        return batch
 
 
 register(Task(name="recommender", model_field="recommender", wrapper=Recommender, train=train_recommender,

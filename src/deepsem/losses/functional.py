@@ -1,6 +1,6 @@
-"""Training objectives of the two-tower model.
+"""The loss kernels: plain functions of scores and targets, shared by the objective modules of this package.
 
-All take L2-normalised vectors, so every score is a cosine R(Q, D) in [-1, 1].
+The two-tower kernels take L2-normalised vectors, so every score is a cosine R(Q, D) in [-1, 1].
 
 - :func:`softmax_loss` — the DSSM objective: -log P(D+ | Q) with
   P(D+ | Q) = exp(gamma R(Q, D+)) / sum_{D in {D+} u negatives} exp(gamma R(Q, D)); negatives are the other
@@ -9,6 +9,7 @@ All take L2-normalised vectors, so every score is a cosine R(Q, D) in [-1, 1].
 - :func:`hinge_loss` — pairwise: max(0, margin - R(Q, D+) + R(Q, D-)) over the negatives.
 - :func:`candidate_softmax_loss` — recommendation: softmax of each user's next item over a set of candidate
   items (all items, the batch's targets, or those plus sampled ones), with the log-Q correction.
+- :func:`classification_loss` — cross-entropy over labels, or per-label binary cross-entropy (multi-label).
 """
 
 from __future__ import annotations
@@ -87,3 +88,12 @@ def candidate_softmax_loss(users: Tensor, candidates: Tensor, target: Tensor, ga
     if log_q is not None:
         logits = logits - log_q[None, :]
     return F.cross_entropy(logits, target)
+
+
+def classification_loss(logits: Tensor, targets: Tensor, *, multi_label: bool = False,
+                        weights: Tensor | None = None, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy over the labels (``weights``: per class, a weighted mean), or for multi-label data the
+    mean binary cross-entropy of every (text, label) with ``weights`` as the positives' ``pos_weight``."""
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits, targets.float(), pos_weight=weights)
+    return F.cross_entropy(logits, targets, weight=weights, label_smoothing=label_smoothing)

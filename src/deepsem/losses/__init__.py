@@ -1,0 +1,36 @@
+"""Training objectives: each an ``nn.Module`` that owns the model it trains and returns the loss of a batch from
+``forward(batch)``, so the trainer needs nothing but the module (and ``DistributedDataParallel`` can wrap it: the
+model runs inside the wrapped forward, which is what triggers the gradient all-reduce).
+
+- :class:`MatchingLoss` (``matching.py``): the two-tower pair objectives — pointwise, softmax with in-batch /
+  random / both / labelled negatives, hinge, symmetric;
+- :class:`ClassificationLoss` (``classification.py``): cross-entropy or multi-label BCE, class weights, smoothing;
+- :class:`NextItemLoss` (``recommendation.py``): next-item softmax over full / in-batch / sampled candidates, log-Q.
+
+The kernels they share (``functional.py``) are plain functions of scores and targets. A new objective is a new
+module here holding its model and computing its loss from the batch its task's collate function builds.
+"""
+
+from deepsem.losses.classification import ClassificationLoss
+from deepsem.losses.functional import (
+    candidate_softmax_loss,
+    classification_loss,
+    hinge_loss,
+    negative_scores,
+    pointwise_loss,
+    softmax_loss,
+)
+from deepsem.losses.matching import MatchingLoss
+from deepsem.losses.recommendation import NextItemLoss
+
+__all__ = [
+    "ClassificationLoss",
+    "MatchingLoss",
+    "NextItemLoss",
+    "candidate_softmax_loss",
+    "classification_loss",
+    "hinge_loss",
+    "negative_scores",
+    "pointwise_loss",
+    "softmax_loss",
+]
