@@ -12,13 +12,17 @@ shifted slices. Words outside the text are zero vectors, so an n-word text has n
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from deepsem.config import TowerConfig
 from deepsem.text.trigram import SEPARATOR_ID
+from deepsem.towers.registry import TensorSizes, TowerSpec, register
+
+if TYPE_CHECKING:
+    from deepsem.config import TowerConfig
 
 WINDOW = 3
 
@@ -64,3 +68,14 @@ class CNNTower(nn.Module):
         valid = torch.arange(width, device=ids.device)[None, :] < n_words[:, None]
         pooled = h.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(1)
         return torch.tanh(self.proj(self.dropout(pooled)))
+
+
+def cnn_sizes(c: TowerConfig, prefix: str = "") -> TensorSizes:
+    """The CLSM tower's weight matrices: the convolution over word-trigram windows, the semantic layer."""
+    v, h, o = c.vocab_size, int(c.hidden_size or 1), c.output_dim
+    return [(f"{prefix}vocab_size x 3 hidden_size ({v:,} x {3 * h:,})", 3 * v * h),
+            (f"{prefix}hidden_size x output_dim ({h:,} x {o:,})", h * o)]
+
+
+register(TowerSpec("cnn", "CLSM: word-trigram convolution -> max pool (Shen et al. 2014)", CNNTower, cnn_sizes,
+                   hidden_size=300, num_layers=1, tokenizer="trigram"))

@@ -9,12 +9,16 @@ weigh 0). Word order is lost by design; the CNN and recurrent towers keep it.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from deepsem.config import TowerConfig
 from deepsem.text.trigram import SEPARATOR_ID
+from deepsem.towers.registry import TensorSizes, TowerSpec, register
+
+if TYPE_CHECKING:
+    from deepsem.config import TowerConfig
 
 
 class DSSMTower(nn.Module):
@@ -45,3 +49,15 @@ class DSSMTower(nn.Module):
         for layer in self.hidden:
             x = torch.tanh(layer(self.dropout(x)))
         return torch.tanh(self.proj(self.dropout(x)))
+
+
+def dssm_sizes(c: TowerConfig, prefix: str = "") -> TensorSizes:
+    """The DSSM tower's weight matrices: the word-hashing layer, the hidden layers, the semantic layer."""
+    v, h, layers, o = c.vocab_size, int(c.hidden_size or 1), int(c.num_layers or 1), c.output_dim
+    return [(f"{prefix}vocab_size x hidden_size ({v:,} x {h:,})", v * h),
+            *[(f"{prefix}hidden layer {k} (hidden_size^2)", h * h) for k in range(layers - 1)],
+            (f"{prefix}hidden_size x output_dim ({h:,} x {o:,})", h * o)]
+
+
+register(TowerSpec("dssm", "bag of letter trigrams -> tanh layers (Huang et al. 2013)", DSSMTower, dssm_sizes,
+                   hidden_size=300, num_layers=2, tokenizer="trigram"))
