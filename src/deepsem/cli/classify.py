@@ -39,7 +39,6 @@ classify_app = typer.Typer(help="Text classification with the towers: train, eva
                            no_args_is_help=True)
 
 
-
 def _class_weights(spec: str | None) -> str | dict[str, float] | None:
     """None, "balanced", or "label=weight,label=weight"."""
     if spec is None or spec in ("", "none"):
@@ -57,7 +56,6 @@ def _class_weights(spec: str | None) -> str | dict[str, float] | None:
             raise typer.BadParameter(f"--class-weights: expected 'balanced' or label=weight,..., got {spec!r}"
                                      ) from None
     return weights
-
 
 
 def _load_classifier(model: Path):
@@ -202,6 +200,7 @@ def classify_predict(
 ) -> None:
     """Print the k most probable labels of each text with their probabilities (tab-separated)."""
     clf = _load_classifier(model)
+
     def flush(batch: list[str]) -> None:
         for text, top in zip(batch, clf.predict(batch, k=k, batch_size=batch_size), strict=True):
             if as_json:
@@ -218,4 +217,3 @@ def classify_predict(
             batch = []
     if batch:
         flush(batch)
-

@@ -34,4 +34,3 @@ def demo(
 
         typer.echo(f"\nsearch page: http://{host}:{port}/   (Ctrl-C to stop)")
         run(create_app(Index.load(index_dir)), host=host, port=port)
-

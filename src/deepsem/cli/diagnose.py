@@ -42,4 +42,3 @@ def diagnose_gradients(
                  hidden=hidden, seed=seed, out_dir=out, threads=threads, progress=progress_enabled(progress))
     typer.echo(table_markdown(report.results))
     typer.echo(f"plot: {report.png}\ntable: {report.table}")
-

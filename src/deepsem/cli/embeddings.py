@@ -84,4 +84,3 @@ def embeddings_train(
     info = train_vectors(Corpus(), out, tokenizer=tok, method=method.value, dim=dim, window=window,
                          min_count=min_count, epochs=epochs, seed=seed, workers=workers)
     typer.echo(f"{info.words} vectors of {info.dim} dimensions ({info.method}, {info.seconds:.1f} s) -> {out}")
-

@@ -216,9 +216,7 @@ class DeepsemGroup(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-
 def fail(exc: Exception | str) -> NoReturn:
     """Stop with one ``error:`` line and exit code 2 (a problem the user can fix)."""
     error_line(clean(exc))
     raise typer.Exit(EXIT_USER)
-

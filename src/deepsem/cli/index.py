@@ -143,4 +143,3 @@ def search(
             typer.echo(f"> {text}")
             for rank, h in enumerate(hits, 1):
                 typer.echo(f"{rank:3d}. {h.score:.4f}  [{h.id}] {h.text}")
-

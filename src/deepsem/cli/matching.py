@@ -220,10 +220,10 @@ def encode(
     if batch:
         parts.append(semantic.encode(batch, batch_size=batch_size, side=side.value))
     vectors = np.concatenate(parts) if parts else np.zeros((0, semantic.dim), np.float32)
+
     def write(path: Path) -> None:
         with open(path, "wb") as fh:
             np.save(fh, vectors)
 
     atomic_write(out, write)
     typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {out}", err=True)
-

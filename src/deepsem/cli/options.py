@@ -159,7 +159,7 @@ def text_lines(texts: Path | None) -> Iterator[str]:
                 text = text.removeprefix("\ufeff")
                 if "\r" in text:
                     fail(f"{name}, line 1: carriage returns (CR) alone end the lines (the old Mac format); "
-                          "convert the line ends to LF or CRLF, e.g. tr '\\r' '\\n'")
+                         "convert the line ends to LF or CRLF, e.g. tr '\\r' '\\n'")
             if not text.strip():
                 fail(f"{name}, line {number}: empty text")
             yield text
@@ -170,7 +170,7 @@ def text_lines(texts: Path | None) -> Iterator[str]:
 
 PROGRESS_HELP = "Show progress (default: only when stderr is a terminal, so a log file gets no progress lines)."
 RESUME_HELP = ("Resume the run in --out from its last checkpoint when there is one and the data and settings "
-                "match; --no-resume starts over in this folder (its earlier checkpoint is replaced).")
+               "match; --no-resume starts over in this folder (its earlier checkpoint is replaced).")
 
 # -- options shared by several commands, each defined once (a command's default stays in its signature) ----
 
@@ -192,10 +192,9 @@ Port = Annotated[int, typer.Option(help="Port.", min=0, max=65535)]
 MaxK = Annotated[int, typer.Option(help="Largest k accepted.", min=1)]
 
 
-
 API_KEY_ENV = "DEEPSEM_API_KEY"
 API_KEY_HELP = ("Require this key on every request but /healthz ('Authorization: Bearer KEY' or 'X-API-Key: KEY'). "
-                 "Prefer the environment variable: a key on the command line shows in the process list.")
+                "Prefer the environment variable: a key on the command line shows in the process list.")
 
 
 def api_key_kwargs(api_key: str | None) -> dict[str, str]:
@@ -221,7 +220,7 @@ KeepAlive = Annotated[float, typer.Option(help="Seconds an idle connection stays
 
 
 def guard_limits(max_body_bytes: int, body_timeout: float, max_in_flight: int, header_timeout: float,
-                  max_header_bytes: int, max_headers: int, keep_alive: float) -> dict[str, float | int]:
+                 max_header_bytes: int, max_headers: int, keep_alive: float) -> dict[str, float | int]:
     return {"max_body_bytes": max_body_bytes, "body_timeout_s": body_timeout, "max_in_flight": max_in_flight,
             "header_timeout_s": header_timeout, "max_header_bytes": max_header_bytes, "max_headers": max_headers,
             "keep_alive_s": keep_alive}
@@ -240,4 +239,3 @@ def load_task(model: Path, kind: type, wrong: str):
     if not isinstance(loaded, kind):
         fail(f"{model}: {wrong}")
     return loaded
-

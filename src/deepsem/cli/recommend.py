@@ -300,9 +300,7 @@ def recommend_serve(
     rec = _load_recommender(model)
     rec.index()
     limits = Limits(max_k=max_k, **guard_limits(max_body_bytes, body_timeout, max_in_flight, header_timeout,
-                                                 max_header_bytes, max_headers, keep_alive))
+                                                max_header_bytes, max_headers, keep_alive))
     app_ = create_app(recommender=rec, limits=limits, max_wait_ms=max_wait_ms, **auth)
     typer.echo(f"serving {rec!r} on http://{host}:{port}/recommend  (API docs: http://{host}:{port}/docs)")
     run(app_, host=host, port=port)
-
-

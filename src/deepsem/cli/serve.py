@@ -79,11 +79,10 @@ def serve(
     recommender = loaded if isinstance(loaded, Recommender) else None  # a recommender directory: /recommend
     semantic = None if isinstance(loaded, Classifier | Recommender) else loaded
     limits = Limits(max_chars, max_texts, max_k, **guard_limits(max_body_bytes, body_timeout, max_in_flight,
-                                                                 header_timeout, max_header_bytes, max_headers,
-                                                                 keep_alive))
+                                                                header_timeout, max_header_bytes, max_headers,
+                                                                keep_alive))
     app_ = create_app(idx, semantic, limits, max_wait_ms=max_wait_ms, classifier=classifier,
                       recommender=recommender, encoder_thread=encoder_thread,
                       reload_interval_s=reload_interval or None, **auth)
     typer.echo(f"serving on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     run(app_, host=host, port=port)
-

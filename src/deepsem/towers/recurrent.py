@@ -49,7 +49,7 @@ def _lstm(peephole: bool = False, coupled: bool = False) -> Callable[..., nn.Mod
     return build
 
 
-def _torch_rnn(cls: type[nn.RNNBase]) -> Callable[..., nn.Module]:
+def _torch_rnn(cls: type[nn.GRU] | type[nn.RNN]) -> Callable[..., nn.Module]:
     """torch's GRU / tanh RNN with Xavier input blocks and zero biases, like deepsem's LSTM."""
     def build(input_size: int, hidden: int, **options: Any) -> nn.Module:
         rnn = cls(input_size, hidden, **options)
