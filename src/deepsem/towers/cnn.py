@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from deepsem.text.trigram import SEPARATOR_ID
-from deepsem.towers.registry import TensorSizes, TowerSpec, register
+from deepsem.towers.registry import TensorSizes, TowerSpec, register, widths
 
 if TYPE_CHECKING:
     from deepsem.config import TowerConfig
@@ -36,7 +36,7 @@ class CNNTower(nn.Module):
     def __init__(self, config: TowerConfig) -> None:
         super().__init__()
         self.config = c = config
-        maps = c.hidden_size
+        maps, _ = widths(c)
         # [W_0 W_1 W_2]^T, one row a trigram; a word's rows are summed by the bag (its count vector times W)
         self.conv = nn.EmbeddingBag(c.vocab_size, WINDOW * maps, mode="sum")
         bound = math.sqrt(6.0 / (WINDOW * c.vocab_size + maps))
@@ -47,7 +47,7 @@ class CNNTower(nn.Module):
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         batch, steps = ids.shape
-        maps = self.config.hidden_size
+        maps, _ = widths(self.config)
         positions = torch.arange(steps, device=ids.device)
         real = positions[None, :] < lengths[:, None]
         word = (ids == SEPARATOR_ID).cumsum(1)  # word index of every position

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from deepsem.text.trigram import SEPARATOR_ID
-from deepsem.towers.registry import TensorSizes, TowerSpec, register
+from deepsem.towers.registry import TensorSizes, TowerSpec, register, widths
 
 if TYPE_CHECKING:
     from deepsem.config import TowerConfig
@@ -32,12 +32,12 @@ class DSSMTower(nn.Module):
     def __init__(self, config: TowerConfig) -> None:
         super().__init__()
         self.config = c = config
-        hidden = c.hidden_size
+        hidden, layers = widths(c)
         self.word_hashing = nn.EmbeddingBag(c.vocab_size, hidden, mode="sum")  # the columns of W_1
         bound = math.sqrt(6.0 / (c.vocab_size + hidden))  # Xavier-uniform on the 30k x 300 matrix, as the paper
         nn.init.uniform_(self.word_hashing.weight, -bound, bound)
         self.bias = nn.Parameter(torch.zeros(hidden))
-        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(c.num_layers - 1))
+        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
         self.dropout = nn.Dropout(c.dropout)
         self.proj = nn.Linear(hidden, c.output_dim)
 

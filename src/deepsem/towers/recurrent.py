@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from deepsem.nn.lstm import LSTM
-from deepsem.towers.registry import TensorSizes, TowerSpec, register
+from deepsem.towers.registry import TensorSizes, TowerSpec, register, widths
 
 if TYPE_CHECKING:
     from deepsem.config import TowerConfig
@@ -136,10 +136,11 @@ class RecurrentTower(nn.Module):
         with torch.no_grad():
             self.embedding.weight[0].zero_()
         self.embedding_dropout = nn.Dropout(c.embedding_dropout)
-        self.rnn = build_rnn(c.encoder, c.embedding_dim, c.hidden_size, c.num_layers, c.bidirectional, c.dropout,
+        hidden, layers = widths(c)
+        self.rnn = build_rnn(c.encoder, c.embedding_dim, hidden, layers, c.bidirectional, c.dropout,
                              c.orthogonal_init)
         directions = 2 if c.bidirectional else 1
-        pooled = c.hidden_size * directions * (2 if c.pooling == "last+max" else 1)
+        pooled = hidden * directions * (2 if c.pooling == "last+max" else 1)
         self.dropout = nn.Dropout(c.dropout)
         self.proj = nn.Linear(pooled, c.output_dim)
 

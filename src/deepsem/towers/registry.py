@@ -57,6 +57,12 @@ def register(spec: TowerSpec) -> TowerSpec:
     return spec
 
 
+def widths(config: TowerConfig) -> tuple[int, int]:
+    """``hidden_size`` and ``num_layers`` of ``config``, which :class:`~deepsem.config.TowerConfig` fills in."""
+    assert config.hidden_size is not None and config.num_layers is not None, "TowerConfig fills them in"
+    return config.hidden_size, config.num_layers
+
+
 def tower_table() -> str:
     """The registered towers as a reStructuredText table (name, what it is, tokenizer it needs)."""
     rows = [(f"``{s.name}``", s.summary, f"``{s.tokenizer}``" if s.tokenizer else "any") for s in TOWERS.values()]
