@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import typer
 
@@ -197,7 +197,11 @@ API_KEY_HELP = ("Require this key on every request but /healthz ('Authorization:
                 "Prefer the environment variable: a key on the command line shows in the process list.")
 
 
-def api_key_kwargs(api_key: str | None) -> dict[str, str]:
+class ApiKey(TypedDict, total=False):
+    api_key: str
+
+
+def api_key_kwargs(api_key: str | None) -> ApiKey:
     """``{"api_key": key}`` for ``create_app`` when a key is given (an empty one is refused, not ignored)."""
     if api_key is None:
         return {}
@@ -219,8 +223,20 @@ MaxHeaders = Annotated[int, typer.Option(help="Most header fields in one request
 KeepAlive = Annotated[float, typer.Option(help="Seconds an idle connection stays open.", min=0.001)]
 
 
+class GuardLimits(TypedDict):
+    """The guard fields of :class:`deepsem.serve.Limits`."""
+
+    max_body_bytes: int
+    body_timeout_s: float
+    max_in_flight: int
+    header_timeout_s: float
+    max_header_bytes: int
+    max_headers: int
+    keep_alive_s: float
+
+
 def guard_limits(max_body_bytes: int, body_timeout: float, max_in_flight: int, header_timeout: float,
-                 max_header_bytes: int, max_headers: int, keep_alive: float) -> dict[str, float | int]:
+                 max_header_bytes: int, max_headers: int, keep_alive: float) -> GuardLimits:
     return {"max_body_bytes": max_body_bytes, "body_timeout_s": body_timeout, "max_in_flight": max_in_flight,
             "header_timeout_s": header_timeout, "max_header_bytes": max_header_bytes, "max_headers": max_headers,
             "keep_alive_s": keep_alive}
