@@ -14,12 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from deepsem.errors import ConfigError  # re-exported: deepsem.config.ConfigError keeps working
+from deepsem.towers import RECURRENT_ENCODERS, TOWERS, TRIGRAM_ENCODERS, build_tower  # noqa: F401  (re-exported)
+from deepsem.towers.recurrent import HIDDEN_SIZE, NUM_LAYERS, build_rnn, recurrent_sizes, run_rnn  # noqa: F401
 
-ENCODERS = ("lstm-peephole", "lstm", "lstm-coupled", "gru", "rnn", "dssm", "cnn")
+#: Every tower name, from the registry (:mod:`deepsem.towers`): the recurrent towers, dssm, cnn.
+ENCODERS = tuple(TOWERS)
 #: Per-encoder defaults of ``hidden_size`` / ``num_layers`` when they are left ``None``: the papers' DSSM
 #: (300 -> 300 -> 128) and CLSM (300 feature maps); the recurrent towers the best BQ setting.
-ENCODER_DEFAULTS: dict[str, tuple[int, int]] = {"dssm": (300, 2), "cnn": (300, 1)}
-RECURRENT_DEFAULT = (128, 1)
+ENCODER_DEFAULTS: dict[str, tuple[int, int]] = {name: (spec.hidden_size, spec.num_layers)
+                                                for name, spec in TOWERS.items()}
+RECURRENT_DEFAULT = (HIDDEN_SIZE, NUM_LAYERS)
 POOLINGS = ("last", "mean", "max", "last+max")
 LOSSES = ("softmax", "pointwise", "hinge", "pointwise+softmax")
 NEGATIVES = ("in-batch", "random", "both", "labelled")
@@ -44,9 +48,6 @@ MAX_HISTORY = 1_000_000
 MAX_TENSOR_ELEMENTS = 2**31 - 1
 #: Parameters of one model: 10^9 float32 = 4 GB.
 MAX_PARAMETERS = 1_000_000_000
-#: Gate blocks of each recurrent cell (rows of its weight matrices per hidden unit).
-_GATES = {"lstm-peephole": 4, "lstm": 4, "lstm-coupled": 4, "gru": 3, "rnn": 1}
-
 
 def _check_type(where: str, name: str, value: Any, annotation: Any) -> Any:
     hint = annotation
@@ -139,22 +140,6 @@ def _check_sizes(where: str, tensors: list[tuple[str, int]]) -> None:
                           f"the largest weight is {what} ({largest:,})")
 
 
-def recurrent_sizes(encoder: str, input_size: int, hidden: int, layers: int, directions: int = 1,
-                    prefix: str = "") -> list[tuple[str, int]]:
-    """(name, elements) of the input and recurrent matrices of each layer and direction of a recurrent net
-    (biases and peepholes are a few ``hidden`` wide and left out)."""
-    gates = _GATES[encoder]
-    out = []
-    for layer in range(layers):
-        width = input_size if layer == 0 else directions * hidden
-        for _ in range(directions):
-            out.append((f"{prefix}layer {layer} input ({gates} gates x hidden_size {hidden:,} x {width:,})",
-                        gates * hidden * width))
-            out.append((f"{prefix}layer {layer} recurrent ({gates} gates x hidden_size {hidden:,} x {hidden:,})",
-                        gates * hidden * hidden))
-    return out
-
-
 @dataclass
 class TowerConfig(_Config):
     """One tower: text ids -> ``encoder`` (see :mod:`deepsem.towers`) -> a ``output_dim`` tanh semantic layer.
@@ -204,20 +189,7 @@ class TowerConfig(_Config):
 
     def tensor_sizes(self, prefix: str = "") -> list[tuple[str, int]]:
         """(name, elements) of the tower's weight matrices, an estimate of its size before it is built."""
-        v, e, o = self.vocab_size, self.embedding_dim, self.output_dim
-        h, layers = int(self.hidden_size or 1), int(self.num_layers or 1)
-        if self.encoder == "dssm":
-            return [(f"{prefix}vocab_size x hidden_size ({v:,} x {h:,})", v * h),
-                    *[(f"{prefix}hidden layer {k} (hidden_size^2)", h * h) for k in range(layers - 1)],
-                    (f"{prefix}hidden_size x output_dim ({h:,} x {o:,})", h * o)]
-        if self.encoder == "cnn":
-            return [(f"{prefix}vocab_size x 3 hidden_size ({v:,} x {3 * h:,})", 3 * v * h),
-                    (f"{prefix}hidden_size x output_dim ({h:,} x {o:,})", h * o)]
-        directions = 2 if self.bidirectional else 1
-        pooled = h * directions * (2 if self.pooling == "last+max" else 1)
-        return [(f"{prefix}vocab_size x embedding_dim ({v:,} x {e:,})", v * e),
-                *recurrent_sizes(self.encoder, e, h, layers, directions, prefix),
-                (f"{prefix}pooled x output_dim ({pooled:,} x {o:,})", pooled * o)]
+        return TOWERS[self.encoder].sizes(self, prefix)
 
 
 @dataclass
@@ -380,8 +352,6 @@ class RecommenderConfig(_Config):
 
     def validate(self, where: str | None = None) -> None:
         w = where or "recommender"
-        from deepsem.towers.recurrent import RECURRENT_ENCODERS
-
         _choice(w, "encoder", self.encoder, RECURRENT_ENCODERS)
         _choice(w, "title_encoder", self.title_encoder, TITLE_ENCODERS)
         for name in ("n_items", "n_categories", "n_title_tokens", "n_user_features", "embedding_dim", "hidden_size",

@@ -12,13 +12,17 @@ shifted slices. Words outside the text are zero vectors, so an n-word text has n
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from deepsem.config import TowerConfig
 from deepsem.text.trigram import SEPARATOR_ID
+from deepsem.towers.registry import TensorSizes, TowerSpec, register, widths
+
+if TYPE_CHECKING:
+    from deepsem.config import TowerConfig
 
 WINDOW = 3
 
@@ -32,7 +36,7 @@ class CNNTower(nn.Module):
     def __init__(self, config: TowerConfig) -> None:
         super().__init__()
         self.config = c = config
-        maps = c.hidden_size
+        maps, _ = widths(c)
         # [W_0 W_1 W_2]^T, one row a trigram; a word's rows are summed by the bag (its count vector times W)
         self.conv = nn.EmbeddingBag(c.vocab_size, WINDOW * maps, mode="sum")
         bound = math.sqrt(6.0 / (WINDOW * c.vocab_size + maps))
@@ -43,7 +47,7 @@ class CNNTower(nn.Module):
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         batch, steps = ids.shape
-        maps = self.config.hidden_size
+        maps, _ = widths(self.config)
         positions = torch.arange(steps, device=ids.device)
         real = positions[None, :] < lengths[:, None]
         word = (ids == SEPARATOR_ID).cumsum(1)  # word index of every position
@@ -64,3 +68,14 @@ class CNNTower(nn.Module):
         valid = torch.arange(width, device=ids.device)[None, :] < n_words[:, None]
         pooled = h.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(1)
         return torch.tanh(self.proj(self.dropout(pooled)))
+
+
+def cnn_sizes(c: TowerConfig, prefix: str = "") -> TensorSizes:
+    """The CLSM tower's weight matrices: the convolution over word-trigram windows, the semantic layer."""
+    v, h, o = c.vocab_size, int(c.hidden_size or 1), c.output_dim
+    return [(f"{prefix}vocab_size x 3 hidden_size ({v:,} x {3 * h:,})", 3 * v * h),
+            (f"{prefix}hidden_size x output_dim ({h:,} x {o:,})", h * o)]
+
+
+register(TowerSpec("cnn", "CLSM: word-trigram convolution -> max pool (Shen et al. 2014)", CNNTower, cnn_sizes,
+                   hidden_size=300, num_layers=1, tokenizer="trigram"))

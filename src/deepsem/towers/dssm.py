@@ -9,12 +9,16 @@ weigh 0). Word order is lost by design; the CNN and recurrent towers keep it.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from deepsem.config import TowerConfig
 from deepsem.text.trigram import SEPARATOR_ID
+from deepsem.towers.registry import TensorSizes, TowerSpec, register, widths
+
+if TYPE_CHECKING:
+    from deepsem.config import TowerConfig
 
 
 class DSSMTower(nn.Module):
@@ -28,12 +32,12 @@ class DSSMTower(nn.Module):
     def __init__(self, config: TowerConfig) -> None:
         super().__init__()
         self.config = c = config
-        hidden = c.hidden_size
+        hidden, layers = widths(c)
         self.word_hashing = nn.EmbeddingBag(c.vocab_size, hidden, mode="sum")  # the columns of W_1
         bound = math.sqrt(6.0 / (c.vocab_size + hidden))  # Xavier-uniform on the 30k x 300 matrix, as the paper
         nn.init.uniform_(self.word_hashing.weight, -bound, bound)
         self.bias = nn.Parameter(torch.zeros(hidden))
-        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(c.num_layers - 1))
+        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
         self.dropout = nn.Dropout(c.dropout)
         self.proj = nn.Linear(hidden, c.output_dim)
 
@@ -45,3 +49,15 @@ class DSSMTower(nn.Module):
         for layer in self.hidden:
             x = torch.tanh(layer(self.dropout(x)))
         return torch.tanh(self.proj(self.dropout(x)))
+
+
+def dssm_sizes(c: TowerConfig, prefix: str = "") -> TensorSizes:
+    """The DSSM tower's weight matrices: the word-hashing layer, the hidden layers, the semantic layer."""
+    v, h, layers, o = c.vocab_size, int(c.hidden_size or 1), int(c.num_layers or 1), c.output_dim
+    return [(f"{prefix}vocab_size x hidden_size ({v:,} x {h:,})", v * h),
+            *[(f"{prefix}hidden layer {k} (hidden_size^2)", h * h) for k in range(layers - 1)],
+            (f"{prefix}hidden_size x output_dim ({h:,} x {o:,})", h * o)]
+
+
+register(TowerSpec("dssm", "bag of letter trigrams -> tanh layers (Huang et al. 2013)", DSSMTower, dssm_sizes,
+                   hidden_size=300, num_layers=2, tokenizer="trigram"))

@@ -9,16 +9,24 @@ bidirectional, the backward state at its first token), as in Palangi et al. (201
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from deepsem.config import TowerConfig
 from deepsem.nn.lstm import LSTM
+from deepsem.towers.registry import TensorSizes, TowerSpec, register, widths
 
-LSTM_ENCODERS = ("lstm", "lstm-peephole", "lstm-coupled")
-RECURRENT_ENCODERS = (*LSTM_ENCODERS, "gru", "rnn")
+if TYPE_CHECKING:
+    from deepsem.config import TowerConfig
+
+#: Defaults of a recurrent tower's ``hidden_size`` / ``num_layers`` (the best BQ setting).
+HIDDEN_SIZE, NUM_LAYERS = 128, 1
+#: The LSTM-DSSM cell (Palangi et al. 2016): the default tower, first in every list of choices.
+DEFAULT_CELL = "lstm-peephole"
 
 
 def init_recurrent(rnn: nn.Module, hidden: int, orthogonal: bool) -> None:
@@ -35,28 +43,74 @@ def init_recurrent(rnn: nn.Module, hidden: int, orthogonal: bool) -> None:
                     nn.init.uniform_(weight[start : start + hidden], -1 / math.sqrt(hidden), 1 / math.sqrt(hidden))
 
 
-def build_rnn(encoder: str, input_size: int, hidden: int, num_layers: int = 1, bidirectional: bool = False,
-              dropout: float = 0.0, orthogonal: bool = True) -> nn.Module:
-    """The recurrent net named by ``encoder`` (batch first): deepsem's LSTMs, or torch's GRU / tanh RNN with
-    Xavier input blocks and zero biases like deepsem's LSTM; recurrent matrices by :func:`init_recurrent`."""
-    options = dict(num_layers=num_layers, batch_first=True, bidirectional=bidirectional,
-                   dropout=dropout if num_layers > 1 else 0.0)
-    rnn: nn.Module
-    if encoder in LSTM_ENCODERS:
-        rnn = LSTM(input_size, hidden, peephole=encoder == "lstm-peephole", coupled=encoder == "lstm-coupled",
-                   **options)
-    elif encoder in ("gru", "rnn"):
-        rnn = (nn.GRU if encoder == "gru" else nn.RNN)(input_size, hidden, **options)
+def _lstm(peephole: bool = False, coupled: bool = False) -> Callable[..., nn.Module]:
+    def build(input_size: int, hidden: int, **options: Any) -> nn.Module:
+        return LSTM(input_size, hidden, peephole=peephole, coupled=coupled, **options)
+    return build
+
+
+def _torch_rnn(cls: type[nn.GRU] | type[nn.RNN]) -> Callable[..., nn.Module]:
+    """torch's GRU / tanh RNN with Xavier input blocks and zero biases, like deepsem's LSTM."""
+    def build(input_size: int, hidden: int, **options: Any) -> nn.Module:
+        rnn = cls(input_size, hidden, **options)
         for name, p in rnn.named_parameters():
             if name.startswith("weight_ih"):
                 for start in range(0, p.shape[0], hidden):
                     nn.init.xavier_uniform_(p.data[start : start + hidden])
             elif name.startswith("bias"):
                 nn.init.zeros_(p)
-    else:
+        return rnn
+    return build
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A recurrent cell: ``build(input_size, hidden, **options)`` and its gate blocks per hidden unit."""
+
+    build: Callable[..., nn.Module]
+    gates: int
+    summary: str
+
+
+#: The recurrent cells by name: deepsem's LSTMs (:mod:`deepsem.nn.lstm`), torch's GRU and tanh RNN.
+CELLS: dict[str, Cell] = {
+    "lstm": Cell(_lstm(), 4, "LSTM"),
+    "lstm-peephole": Cell(_lstm(peephole=True), 4, "LSTM with peepholes (LSTM-DSSM, Palangi et al. 2016)"),
+    "lstm-coupled": Cell(_lstm(coupled=True), 4, "LSTM with coupled input and forget gates"),
+    "gru": Cell(_torch_rnn(nn.GRU), 3, "GRU"),
+    "rnn": Cell(_torch_rnn(nn.RNN), 1, "vanilla tanh RNN"),
+}
+LSTM_ENCODERS = tuple(name for name in CELLS if name.startswith("lstm"))
+RECURRENT_ENCODERS = tuple(CELLS)
+
+
+def build_rnn(encoder: str, input_size: int, hidden: int, num_layers: int = 1, bidirectional: bool = False,
+              dropout: float = 0.0, orthogonal: bool = True) -> nn.Module:
+    """The recurrent net named by ``encoder`` (batch first), one of :data:`CELLS`; recurrent matrices by
+    :func:`init_recurrent`."""
+    cell = CELLS.get(encoder)
+    if cell is None:
         raise ValueError(f"unknown recurrent encoder {encoder!r}; expected one of {', '.join(RECURRENT_ENCODERS)}")
+    rnn = cell.build(input_size, hidden, num_layers=num_layers, batch_first=True, bidirectional=bidirectional,
+                     dropout=dropout if num_layers > 1 else 0.0)
     init_recurrent(rnn, hidden, orthogonal)
     return rnn
+
+
+def recurrent_sizes(encoder: str, input_size: int, hidden: int, layers: int, directions: int = 1,
+                    prefix: str = "") -> TensorSizes:
+    """(name, elements) of the input and recurrent matrices of each layer and direction of a recurrent net
+    (biases and peepholes are a few ``hidden`` wide and left out)."""
+    gates = CELLS[encoder].gates
+    out = []
+    for layer in range(layers):
+        width = input_size if layer == 0 else directions * hidden
+        for _ in range(directions):
+            out.append((f"{prefix}layer {layer} input ({gates} gates x hidden_size {hidden:,} x {width:,})",
+                        gates * hidden * width))
+            out.append((f"{prefix}layer {layer} recurrent ({gates} gates x hidden_size {hidden:,} x {hidden:,})",
+                        gates * hidden * hidden))
+    return out
 
 
 def run_rnn(rnn: nn.Module, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -82,10 +136,11 @@ class RecurrentTower(nn.Module):
         with torch.no_grad():
             self.embedding.weight[0].zero_()
         self.embedding_dropout = nn.Dropout(c.embedding_dropout)
-        self.rnn = build_rnn(c.encoder, c.embedding_dim, c.hidden_size, c.num_layers, c.bidirectional, c.dropout,
+        hidden, layers = widths(c)
+        self.rnn = build_rnn(c.encoder, c.embedding_dim, hidden, layers, c.bidirectional, c.dropout,
                              c.orthogonal_init)
         directions = 2 if c.bidirectional else 1
-        pooled = c.hidden_size * directions * (2 if c.pooling == "last+max" else 1)
+        pooled = hidden * directions * (2 if c.pooling == "last+max" else 1)
         self.dropout = nn.Dropout(c.dropout)
         self.proj = nn.Linear(pooled, c.output_dim)
 
@@ -108,3 +163,19 @@ class RecurrentTower(nn.Module):
                 parts.append(output.masked_fill(~mask, float("-inf")).amax(1))
         pooled = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return torch.tanh(self.proj(self.dropout(pooled)))
+
+
+def recurrent_tower_sizes(c: TowerConfig, prefix: str = "") -> TensorSizes:
+    """A recurrent tower's weight matrices: the embedding, the recurrent net, the semantic layer."""
+    v, e, o = c.vocab_size, c.embedding_dim, c.output_dim
+    h, layers = int(c.hidden_size or 1), int(c.num_layers or 1)
+    directions = 2 if c.bidirectional else 1
+    pooled = h * directions * (2 if c.pooling == "last+max" else 1)
+    return [(f"{prefix}vocab_size x embedding_dim ({v:,} x {e:,})", v * e),
+            *recurrent_sizes(c.encoder, e, h, layers, directions, prefix),
+            (f"{prefix}pooled x output_dim ({pooled:,} x {o:,})", pooled * o)]
+
+
+for _name in sorted(CELLS, key=lambda name: name != DEFAULT_CELL):  # the default first, then the table's order
+    register(TowerSpec(_name, CELLS[_name].summary, RecurrentTower, recurrent_tower_sizes, HIDDEN_SIZE, NUM_LAYERS,
+                       gates=CELLS[_name].gates))

@@ -7,8 +7,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from deepsem.cli import app
-from deepsem.demo import load_tatoeba, run_demo, split_pairs
 from deepsem.index import Index
+from deepsem.tools.demo import load_tatoeba, run_demo, split_pairs
 
 
 def test_shipped_tatoeba_and_the_split():

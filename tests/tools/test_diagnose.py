@@ -1,4 +1,4 @@
-"""Tests of deepsem.diagnose: the tasks, the unrolled pass, the gradient norms, training, the report."""
+"""Tests of deepsem.tools.diagnose: the tasks, the unrolled pass, the gradient norms, training, the report."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepsem.diagnose import (
+from deepsem.tools.diagnose import (
     CELLS,
     SOLVED_MSE,
     Batch,

@@ -1,0 +1,145 @@
+"""``deepsem index ...`` (build and change a vector index) and ``deepsem search``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deepsem.cli.errors import fail
+from deepsem.cli.options import (
+    IndexDir,
+    Progress,
+    data_file,
+    out_dir,
+)
+
+index_app = typer.Typer(help="Build and change a vector index (Faiss + document store + model).",
+                        no_args_is_help=True)
+
+
+def load_index(path: Path):
+    from deepsem.index import Index
+
+    return Index.load(path)
+
+
+@index_app.command("build")
+def index_build(
+    model: Annotated[Path, typer.Option(help="Model directory whose document tower encodes the corpus.")],
+    corpus: Annotated[Path, typer.Option(help="Documents: JSONL ({id, text, ...metadata}), TSV/CSV with a "
+                      "header (id, text, ...), or a text file with one document per line.", callback=data_file)],
+    index: Annotated[Path, typer.Option(help="Index directory to write (replaced atomically).",
+                                        callback=out_dir)],
+    factory: Annotated[str, typer.Option(help="Faiss factory string: Flat (exact), HNSW32, IVF4096,Flat, "
+                       "IVF1024,PQ32 ...")] = "Flat",
+    id_field: Annotated[str, typer.Option(help="Column / key holding the document id.")] = "id",
+    text_field: Annotated[str, typer.Option(help="Column / key holding the document text.")] = "text",
+    skip_bad_rows: Annotated[bool, typer.Option(help="Skip malformed documents (counted).")] = False,
+    check_recall: Annotated[bool, typer.Option(help="Report recall@10 of the index against exact search on "
+                            "a sample of 200 documents used as queries.")] = False,
+    search_params: Annotated[str | None, typer.Option(help="Faiss search parameters kept with the index, e.g. "
+                             "'efSearch=256' (HNSW) or 'nprobe=64' (IVF); default efSearch=128 / nprobe=32.")
+                             ] = None,
+    vectors: Annotated[Path | None, typer.Option(help="Precomputed document vectors (.npy from `deepsem encode "
+                       "--side doc`, one row per document in corpus order): skips encoding.",
+                       callback=data_file)] = None,
+    lexical: Annotated[bool, typer.Option(help="Also build a BM25 index (CJK characters, Latin words) for "
+                       "lexical and hybrid search; hybrid becomes the index's default mode.")] = False,
+    hybrid_weight: Annotated[float, typer.Option(help="The cosine's share of the hybrid score (the rest is "
+                             "BM25 scaled by the query's best BM25 score).", min=0.0, max=1.0)] = 0.5,
+    progress: Progress = None,
+) -> None:
+    """Encode every document of a corpus and index the vectors."""
+    import time
+
+    from deepsem.index import Index
+    from deepsem.progress import progress_enabled
+
+    t0 = time.perf_counter()
+    # the library reads the .npy itself (memory-mapped, no pickle) and checks its shape, dtype and values
+    built = Index.build(model, corpus, index, factory, id_field=id_field, text_field=text_field,
+                        skip_bad_rows=skip_bad_rows, vectors=vectors, search_params=search_params,
+                        progress=progress_enabled(progress), lexical=lexical, hybrid_weight=hybrid_weight)
+    typer.echo(f"indexed {len(built):,} documents with {factory} in {time.perf_counter() - t0:.1f} s -> {index}")
+    if check_recall:
+        typer.echo(f"recall@10 against exact search: {built.check_recall(k=10):.4f}")
+
+
+@index_app.command("add")
+def index_add(
+    index: IndexDir,
+    corpus: Annotated[Path, typer.Option(help="Documents to add (same formats as build); ids must be new.",
+                                         callback=data_file)],
+    id_field: Annotated[str, typer.Option(help="Column / key holding the document id.")] = "id",
+    text_field: Annotated[str, typer.Option(help="Column / key holding the document text.")] = "text",
+) -> None:
+    """Add documents to an existing index."""
+    from deepsem.index import iter_corpus
+
+    idx = load_index(index)
+    added = idx.add(iter_corpus(corpus, id_field=id_field, text_field=text_field), source=corpus)
+    typer.echo(f"added {added:,} documents; {len(idx):,} in the index")
+
+
+@index_app.command("delete")
+def index_delete(
+    index: IndexDir,
+    ids: Annotated[list[str], typer.Argument(help="Document ids to delete.")],
+) -> None:
+    """Delete documents by id."""
+    idx = load_index(index)
+    typer.echo(f"deleted {idx.delete(ids):,} of {len(ids):,} ids; {len(idx):,} in the index")
+
+
+@index_app.command("rebuild")
+def index_rebuild(
+    index: IndexDir,
+    factory: Annotated[str | None, typer.Option(help="A new factory string (default: keep).")] = None,
+) -> None:
+    """Re-encode the live documents into a fresh index, reclaiming deleted ones."""
+    idx = load_index(index)
+    idx.rebuild(factory)
+    typer.echo(f"rebuilt: {idx.stats()}")
+
+
+@index_app.command("stats")
+def index_stats(index: IndexDir) -> None:
+    """Print the number of documents, the factory and the version."""
+    typer.echo(json.dumps(load_index(index).stats(), indent=2))
+
+
+def search(
+    index: IndexDir,
+    query: Annotated[list[str] | None, typer.Argument(help="Query text(s).")] = None,
+    queries: Annotated[Path | None, typer.Option(help="A file of queries, one per line (blank lines skipped).",
+                                                 callback=data_file)] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Results per query.", min=1)] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per query, for scripts.")] = False,
+    mode: Annotated[str | None, typer.Option(help="dense (cosine), lexical (BM25) or hybrid; default: hybrid "
+                    "for an index built with --lexical, else dense.")] = None,
+) -> None:
+    """Search an index: ranked documents with their scores (cosine, BM25 or the hybrid score)."""
+    texts = list(query or [])
+    blank = [i for i, text in enumerate(texts, 1) if not text.strip()]
+    if blank:
+        fail(f"query {blank[0]} is empty: give a text to search for")
+    if queries is not None:
+        try:
+            lines = queries.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            fail(f"{queries}: not UTF-8 text ({exc.reason})")
+        texts += [line for line in lines if line.strip()]
+    if not texts:
+        fail("give a query text or --queries FILE")
+    idx = load_index(index)
+    found = idx.search(texts, k=k, mode=mode)
+    for text, hits in zip(texts, found, strict=True):
+        if as_json:
+            typer.echo(json.dumps({"query": text, "results": [h.to_dict() for h in hits]}, ensure_ascii=False))
+        else:
+            typer.echo(f"> {text}")
+            for rank, h in enumerate(hits, 1):
+                typer.echo(f"{rank:3d}. {h.score:.4f}  [{h.id}] {h.text}")

@@ -1,0 +1,257 @@
+"""What the commands share: option types and checks, choices built from the registries, input readers.
+
+A bad option value is refused before any work, with the option's name. The choices of ``--encoder`` and
+``--tokenizer`` are the names in :data:`deepsem.towers.TOWERS` and :data:`deepsem.text.TOKENIZERS`, so a new tower
+or tokenizer reaches every command without an edit here.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import typer
+
+from deepsem.cli.errors import fail
+from deepsem.config import LOSSES, NEGATIVES, POOLINGS, RECOMMEND_NEGATIVES
+from deepsem.text import TOKENIZERS
+from deepsem.towers import TOWERS
+
+
+def choices(name: str, values: Iterable[str]) -> type[StrEnum]:
+    """A string enum of ``values`` for a Typer option; members are the values with ``-`` and ``+`` as ``_``."""
+    return StrEnum(name, {re.sub(r"\W", "_", value): value for value in values})  # type: ignore[return-value]
+
+
+#: ``--encoder``: every registered tower (``RecurrentEncoder``: the recurrent ones, for the recommender's user tower).
+Encoder: Any = choices("Encoder", TOWERS)
+RecurrentEncoder: Any = choices("RecurrentEncoder", (name for name, spec in TOWERS.items() if spec.recurrent))
+TokenizerName: Any = choices("TokenizerName", TOKENIZERS)
+Pooling: Any = choices("Pooling", POOLINGS)
+Loss: Any = choices("Loss", LOSSES)
+Negatives: Any = choices("Negatives", NEGATIVES)
+RecommendNegatives: Any = choices("RecommendNegatives", RECOMMEND_NEGATIVES)
+
+
+class Side(StrEnum):
+    query = "query"
+    doc = "doc"
+
+
+def pair_columns(spec: str) -> tuple[int | str | None, ...]:
+    """"0,1,2" or "q,d,label" or "0,1,-" (no label: every pair positive) -> a column spec per field."""
+    parts = [p.strip() for p in spec.split(",")]
+    if len(parts) != 3:
+        raise typer.BadParameter(f"expected three comma-separated columns (text_a,text_b,label), got {spec!r}")
+    return tuple(None if p in ("-", "") else int(p) if p.isdigit() else p for p in parts)
+
+
+# -- option checks: a bad value is refused before any work, with the option's name ---------------------------
+
+def _finite(value: float | None, at_least: float, strictly: bool) -> float | None:
+    if value is None:
+        return None
+    if not math.isfinite(value) or value < at_least or (strictly and value == at_least):
+        raise typer.BadParameter(f"must be {'>' if strictly else '>='} {at_least:g}, got {value}")
+    return value
+
+
+def above_zero(value: float | None) -> float | None:
+    """A float option that must be a finite number > 0 (learning rate, minutes, gamma)."""
+    return _finite(value, 0.0, strictly=True)
+
+
+def not_negative(value: float | None) -> float | None:
+    """A float option that must be a finite number >= 0 (weight decay, clipping, waiting time)."""
+    return _finite(value, 0.0, strictly=False)
+
+
+def _regular(value: Path, what: str) -> Path:
+    from deepsem.data.errors import DataError
+    from deepsem.fileio import regular_file
+
+    try:
+        regular_file(value, what)
+    except DataError as exc:
+        raise typer.BadParameter(f"{value}: {exc.problem}") from None
+    return value
+
+
+def data_file(value: Path | None) -> Path | None:
+    """An input file: it must exist and be a regular file (a directory, FIFO or device is refused here, before
+    a reader would fail obscurely, block forever or read without end)."""
+    return None if value is None else _regular(value, "file")
+
+
+def data_files(value: list[Path] | None) -> list[Path] | None:
+    return None if value is None else [_regular(v, "file") for v in value]
+
+
+def text_file_or_stdin(value: Path | None) -> Path | None:
+    """An input file, or ``-`` / nothing for stdin."""
+    return value if value is None or str(value) == "-" else _regular(value, "file")
+
+
+def data_file_or_dir(value: Path) -> Path:
+    """An input that may be a folder (a MovieLens folder) or a regular file."""
+    return value if value.is_dir() else _regular(value, "file or folder")
+
+
+def existing_dir(value: Path | None) -> Path | None:
+    if value is not None and not value.is_dir():
+        raise typer.BadParameter(f"{value}: {'not a folder' if value.exists() else 'no such folder'}")
+    return value
+
+
+def out_dir(value: Path | None) -> Path | None:
+    """An output folder: created when missing; an existing file there is refused (never overwritten)."""
+    if value is not None and value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value}: is a file; give a folder (it is created if missing)")
+    return value
+
+
+def out_file(value: Path | None) -> Path | None:
+    """An output file: an existing folder there is refused."""
+    if value is not None and value.is_dir():
+        raise typer.BadParameter(f"{value}: is a folder; give a file name")
+    return value
+
+
+def cutoffs(value: str) -> str:
+    """"10,50": comma-separated cut-offs >= 1."""
+    try:
+        ks = [int(x) for x in value.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated whole numbers such as 10,50, got {value!r}") from None
+    if min(ks) < 1:
+        raise typer.BadParameter(f"every cut-off must be >= 1, got {value!r}")
+    return value
+
+
+#: Longest line of a text file read by encode / classify predict (the texts are truncated to tokens anyway).
+MAX_LINE_BYTES = 2**20
+
+
+def text_lines(texts: Path | None) -> Iterator[str]:
+    """The texts of a file (or stdin for None / ``-``), one per line, decoded line by line so that an error names
+    its line: not UTF-8, empty, or longer than :data:`MAX_LINE_BYTES`. A UTF-8 BOM before the first is dropped."""
+    name = str(texts) if texts is not None and str(texts) != "-" else "stdin"
+    stream = open(name, "rb") if name != "stdin" else getattr(sys.stdin, "buffer", None)  # noqa: SIM115
+    if stream is None:  # a text-only stdin (an embedding application's): encode it back
+        stream = io.BytesIO(sys.stdin.read().encode("utf-8", "surrogateescape"))
+    try:
+        number = 0
+        while raw := stream.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                fail(f"{name}, line {number}: longer than {MAX_LINE_BYTES:,} bytes; one text per line")
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                fail(f"{name}, line {number}: not UTF-8 text (byte {exc.start + 1} of the line: {exc.reason})")
+            if number == 1:
+                text = text.removeprefix("\ufeff")
+                if "\r" in text:
+                    fail(f"{name}, line 1: carriage returns (CR) alone end the lines (the old Mac format); "
+                         "convert the line ends to LF or CRLF, e.g. tr '\\r' '\\n'")
+            if not text.strip():
+                fail(f"{name}, line {number}: empty text")
+            yield text
+    finally:
+        if name != "stdin":
+            stream.close()
+
+
+PROGRESS_HELP = "Show progress (default: only when stderr is a terminal, so a log file gets no progress lines)."
+RESUME_HELP = ("Resume the run in --out from its last checkpoint when there is one and the data and settings "
+               "match; --no-resume starts over in this folder (its earlier checkpoint is replaced).")
+
+# -- options shared by several commands, each defined once (a command's default stays in its signature) ----
+
+Progress = Annotated[bool | None, typer.Option(help=PROGRESS_HELP)]
+Resume = Annotated[bool, typer.Option(help=RESUME_HELP)]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+Threads = Annotated[int | None, typer.Option(help="Torch CPU threads.", min=1)]
+SkipBadRows = Annotated[bool, typer.Option(help="Skip malformed rows (counted) instead of stopping.")]
+IndexDir = Annotated[Path, typer.Option(help="Index directory.")]
+MinCount = Annotated[int, typer.Option(help="Drop tokens seen fewer times in the training text.", min=1)]
+MaxLength = Annotated[int, typer.Option(help="Truncate texts to this many tokens.", min=1)]
+EmbeddingDim = Annotated[int, typer.Option(help="Token embedding size (recurrent towers).", min=1)]
+Patience = Annotated[int, typer.Option(help="Stop after this many dev evaluations without gain.", min=1)]
+LearningRate = Annotated[float, typer.Option(help="Peak AdamW learning rate.", callback=above_zero)]
+Epochs = Annotated[int, typer.Option(help="Maximum epochs.", min=1)]
+Bidirectional = Annotated[bool, typer.Option(help="Read the text both ways.")]
+Host = Annotated[str, typer.Option(help="Address to listen on.")]
+Port = Annotated[int, typer.Option(help="Port.", min=0, max=65535)]
+MaxK = Annotated[int, typer.Option(help="Largest k accepted.", min=1)]
+
+
+API_KEY_ENV = "DEEPSEM_API_KEY"
+API_KEY_HELP = ("Require this key on every request but /healthz ('Authorization: Bearer KEY' or 'X-API-Key: KEY'). "
+                "Prefer the environment variable: a key on the command line shows in the process list.")
+
+
+class ApiKey(TypedDict, total=False):
+    api_key: str
+
+
+def api_key_kwargs(api_key: str | None) -> ApiKey:
+    """``{"api_key": key}`` for ``create_app`` when a key is given (an empty one is refused, not ignored)."""
+    if api_key is None:
+        return {}
+    if not api_key.strip():
+        fail(f"--api-key (or {API_KEY_ENV}) is empty; give a key or unset it")
+    return {"api_key": api_key}
+
+
+# The service's guards, shared by `deepsem serve` and `deepsem recommend serve` (deepsem.serve.Limits).
+MaxBodyBytes = Annotated[int, typer.Option(help="Largest request body in bytes; a larger one is refused (413) "
+                                           "without being read.", min=1)]
+BodyTimeout = Annotated[float, typer.Option(help="Seconds a request's whole body may take to arrive; slower: 408.",
+                                            min=0.001)]
+MaxInFlight = Annotated[int, typer.Option(help="Requests handled at once; more get 503 with Retry-After.", min=1)]
+HeaderTimeout = Annotated[float, typer.Option(help="Seconds a request's headers (and a new connection's first "
+                                              "request) may take; then the connection is closed.", min=0.001)]
+MaxHeaderBytes = Annotated[int, typer.Option(help="Largest request line + headers in bytes; more: 431.", min=256)]
+MaxHeaders = Annotated[int, typer.Option(help="Most header fields in one request; more: 431.", min=1)]
+KeepAlive = Annotated[float, typer.Option(help="Seconds an idle connection stays open.", min=0.001)]
+
+
+class GuardLimits(TypedDict):
+    """The guard fields of :class:`deepsem.serve.Limits`."""
+
+    max_body_bytes: int
+    body_timeout_s: float
+    max_in_flight: int
+    header_timeout_s: float
+    max_header_bytes: int
+    max_headers: int
+    keep_alive_s: float
+
+
+def guard_limits(max_body_bytes: int, body_timeout: float, max_in_flight: int, header_timeout: float,
+                 max_header_bytes: int, max_headers: int, keep_alive: float) -> GuardLimits:
+    return {"max_body_bytes": max_body_bytes, "body_timeout_s": body_timeout, "max_in_flight": max_in_flight,
+            "header_timeout_s": header_timeout, "max_header_bytes": max_header_bytes, "max_headers": max_headers,
+            "keep_alive_s": keep_alive}
+
+
+def column_spec(spec: str) -> int | str:
+    """"0" / "-1" -> a column position, anything else -> a header name."""
+    return int(spec) if spec.lstrip("-").isdigit() else spec
+
+
+def load_task(model: Path, kind: type, wrong: str):
+    """``deepsem.load(model)``, which must be a ``kind``; else exit 2 with ``wrong``."""
+    from deepsem.tasks import load
+
+    loaded = load(model)
+    if not isinstance(loaded, kind):
+        fail(f"{model}: {wrong}")
+    return loaded
