@@ -52,16 +52,6 @@ class _ModelConfig(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
-def task_fields(tasks: Mapping[str, str] | None = None) -> Mapping[str, str]:
-    """``{task: config.json field of its model configuration}``: ``tasks`` when given, else the task registry's
-    (looked up when called, never at import: the registry's tasks import this module)."""
-    if tasks is not None:
-        return tasks
-    from deepsem.tasks.registry import model_fields
-
-    return model_fields()
-
-
 def save_model_dir(
     directory: str | Path,
     model: nn.Module,
@@ -69,13 +59,13 @@ def save_model_dir(
     extra: Mapping[str, Any] | None = None,
     *,
     task: str = "two-tower",
-    tasks: Mapping[str, str] | None = None,
+    tasks: Mapping[str, str],
     files: Mapping[str, Callable[[Path], object]] | None = None,
 ) -> Path:
     """Write the model directory of a ``task`` model, each file atomically: the tokenizer's files (when it has
     one), ``model.safetensors``, the task's extra ``files`` (``{name: write(path)}``), and ``config.json`` last:
     ``{deepsem_version, task, <the task's model field>: model.config, **extra}``."""
-    field = task_fields(tasks)[task]
+    field = tasks[task]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
@@ -101,10 +91,11 @@ def read_json_file(path: str | os.PathLike[str], error: type[Exception] = Config
         raise error(f"{path}: not valid JSON: {exc}") from None
 
 
-def read_config(directory: str | Path, tasks: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """``config.json`` of a model directory: a JSON object naming a known ``task`` (one of ``tasks``, by default
-    the registry's) and holding its model field."""
-    fields = task_fields(tasks)
+def read_config(directory: str | Path, tasks: Mapping[str, str]) -> dict[str, Any]:
+    """``config.json`` of a model directory: a JSON object naming a known ``task`` and holding its model field.
+    ``tasks`` is ``{task: config.json field of its model configuration}``: the task registry's
+    (:func:`deepsem.tasks.registry.model_fields`), passed in by the tasks, which sit above this module."""
+    fields = tasks
     path = Path(directory) / CONFIG_FILE
     if not path.exists():
         raise ModelFileMissingError(f"{directory}: not a deepsem model directory (no {CONFIG_FILE})")
@@ -119,7 +110,7 @@ def read_config(directory: str | Path, tasks: Mapping[str, str] | None = None) -
     return config
 
 
-def read_task_config(directory: str | Path, task: str, noun: str, tasks: Mapping[str, str] | None = None
+def read_task_config(directory: str | Path, task: str, noun: str, tasks: Mapping[str, str]
                      ) -> dict[str, Any]:
     """:func:`read_config` of a directory that must hold a ``task`` model (``noun`` names it in the error)."""
     config = read_config(directory, tasks)
@@ -161,7 +152,7 @@ def read_model_dir(
     build: Callable[[C], M],
     tokenizer: Callable[[C], TokenizerSize | None],
     check: Callable[[dict[str, Any], C], Any] | None = None,
-    tasks: Mapping[str, str] | None = None,
+    tasks: Mapping[str, str],
 ) -> ModelDir[C, M]:
     """Read the model directory of a ``task`` model, every file checked before the next is read: ``config.json``
     (a known task, this one; its model field parsed by ``parse(field, where)``), the task's own fields and files
@@ -170,7 +161,7 @@ def read_model_dir(
     ``build(model_config)``). ``noun`` names the task in errors ("a classifier")."""
     directory = Path(directory)
     config = read_task_config(directory, task, noun, tasks)
-    field = task_fields(tasks)[task]
+    field = tasks[task]
     model_config = parse(config[field], f"{directory / CONFIG_FILE}: {field}")
     extra = check(config, model_config) if check is not None else None
     expected = tokenizer(model_config)
@@ -184,7 +175,7 @@ def read_model_dir(
     return ModelDir(directory, config, model_config, loaded, model, extra)
 
 
-def load_model_dir(directory: str | Path, tasks: Mapping[str, str] | None = None
+def load_model_dir(directory: str | Path, tasks: Mapping[str, str]
                    ) -> tuple[TwoTowerModel, Tokenizer, dict[str, Any]]:
     """A two-tower model directory: the model (in eval mode), its tokenizer and config.json."""
     read = read_model_dir(

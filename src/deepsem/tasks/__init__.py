@@ -27,7 +27,7 @@ from deepsem.tasks import classification  # isort: split
 
 from deepsem.tasks import recommendation  # isort: split
 
-from deepsem.tasks.registry import TASKS, Task, register
+from deepsem.tasks.registry import TASKS, Task, model_fields, register
 
 __all__ = ["TASKS", "Task", "classification", "load", "matching", "recommendation", "register"]
 
@@ -36,4 +36,4 @@ def load(directory: str | Path) -> Any:
     """Load any model directory deepsem wrote: ``config.json``'s ``task`` picks the :class:`Task` whose wrapper
     loads it (a :class:`~deepsem.tasks.matching.SemanticModel`, :class:`~deepsem.tasks.classification.Classifier`
     or :class:`~deepsem.tasks.recommendation.Recommender`)."""
-    return TASKS[read_config(directory)["task"]].load(directory)
+    return TASKS[read_config(directory, model_fields())["task"]].load(directory)
