@@ -5,13 +5,22 @@ from pathlib import Path
 from typing import Any
 
 from deepsem import modeldir
-from deepsem.modeldir import *  # noqa: F403
-from deepsem.modeldir import build_and_load, read_weights_header
+from deepsem.modeldir import (
+    CONFIG_FILE,
+    MAX_CONFIG_BYTES,
+    MAX_HEADER_BYTES,
+    WEIGHTS_FILE,
+    build_and_load,
+    load_weights,
+    read_json_file,
+    read_weights_header,
+)
 from deepsem.models import TwoTowerModel
 from deepsem.tasks.registry import model_fields
 from deepsem.text import Tokenizer
 
-__all__ = ["build_and_load", "load_model_dir", "read_config", "read_weights_header", "save_model_dir"]
+__all__ = ["CONFIG_FILE", "MAX_CONFIG_BYTES", "MAX_HEADER_BYTES", "WEIGHTS_FILE", "build_and_load", "load_model_dir",
+           "load_weights", "read_config", "read_json_file", "read_weights_header", "save_model_dir"]
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from safetensors.torch import save_model as _save_weights
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from deepsem.config import ConfigError, ModelConfig
-from deepsem.errors import DeepsemError, ModelFileError, ModelFileMissingError
+from deepsem.config import ModelConfig
+from deepsem.errors import ConfigError, DeepsemError, ModelFileError, ModelFileMissingError
 from deepsem.fileio import atomic_write, atomic_write_json, read_json
 from deepsem.models import TwoTowerModel
 from deepsem.text import Tokenizer, load_tokenizer

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from deepsem.tasks.classification import Classifier
 
 from deepsem.cli.options import (
     Bidirectional,
@@ -58,7 +61,7 @@ def _class_weights(spec: str | None) -> str | dict[str, float] | None:
     return weights
 
 
-def _load_classifier(model: Path):
+def _load_classifier(model: Path) -> Classifier:
     from deepsem.tasks.classification import Classifier
 
     return load_task(model, Classifier, "not a classifier (train one with 'deepsem classify train')")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -51,7 +52,7 @@ def embeddings_train(
     from deepsem.fileio import regular_file
     from deepsem.text import build_tokenizer
 
-    def texts():
+    def texts() -> Iterator[str]:
         for path in corpus:
             with open(path, encoding="utf-8") as fh:
                 number = 0
@@ -70,7 +71,7 @@ def embeddings_train(
                     raise DataError(path, number + 1, None, f"not UTF-8 text ({exc.reason})") from None
 
     class Corpus:  # re-iterable: gensim reads the corpus once per epoch
-        def __iter__(self):
+        def __iter__(self) -> Iterator[str]:
             return texts()
 
     missing = [str(p) for p in corpus if not p.exists()]

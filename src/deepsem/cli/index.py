@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from deepsem.index import Index
 
 from deepsem.cli.errors import fail
 from deepsem.cli.options import (
@@ -20,7 +23,7 @@ index_app = typer.Typer(help="Build and change a vector index (Faiss + document 
                         no_args_is_help=True)
 
 
-def load_index(path: Path):
+def load_index(path: Path) -> Index:
     from deepsem.index import Index
 
     return Index.load(path)

@@ -247,7 +247,7 @@ def column_spec(spec: str) -> int | str:
     return int(spec) if spec.lstrip("-").isdigit() else spec
 
 
-def load_task(model: Path, kind: type, wrong: str):
+def load_task(model: Path, kind: type, wrong: str) -> Any:
     """``deepsem.load(model)``, which must be a ``kind``; else exit 2 with ``wrong``."""
     from deepsem.tasks import load
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from deepsem.data.interactions import Interactions, SequenceSplit
+    from deepsem.tasks.recommendation import Recommender
 
 from deepsem.cli.errors import fail
 from deepsem.cli.options import (
@@ -49,7 +55,7 @@ recommend_app = typer.Typer(help="Two-tower recommendation from interaction logs
 
 
 def _interactions(data: Path, items: Path | None, users: Path | None, columns: str, rating_col: str | None,
-                  min_rating: float | None, skip_bad_rows: bool):
+                  min_rating: float | None, skip_bad_rows: bool) -> Interactions:
     """A MovieLens folder, or a log file with --columns user,item,time (+ optional item / user feature files)."""
     from deepsem.data.interactions import load_movielens, read_interactions, read_items, read_user_features
 
@@ -74,7 +80,7 @@ def _interactions(data: Path, items: Path | None, users: Path | None, columns: s
     return loaded.filter(min_rating)
 
 
-def _load_recommender(model: Path):
+def _load_recommender(model: Path) -> Recommender:
     from deepsem.tasks.recommendation import Recommender
 
     return load_task(model, Recommender, "not a recommender (train one with 'deepsem recommend train')")
@@ -195,7 +201,7 @@ def recommend_evaluate(
         typer.echo(f"{method:<14}" + "".join(f"{metrics[n]:>13.4f}" for n in names))
 
 
-def _align_split(split, catalogue: list[str]):
+def _align_split(split: SequenceSplit, catalogue: list[str]) -> SequenceSplit:
     """``split`` re-indexed to the model's catalogue: item positions follow ``catalogue``; interactions with items
     the model does not know are dropped from histories, and such targets can only be missed (rank > every k)."""
     import numpy as np
@@ -208,7 +214,7 @@ def _align_split(split, catalogue: list[str]):
     unknown = len(catalogue)  # a position past the catalogue: never recommended
     mapping = np.array([index.get(item, unknown) for item in split.items], dtype=np.int64)
 
-    def remap(seqs: list, keep_unknown: bool) -> list:
+    def remap(seqs: list[np.ndarray], keep_unknown: bool) -> list[np.ndarray]:
         out = []
         for seq in seqs:
             mapped = mapping[seq]

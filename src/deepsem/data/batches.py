@@ -125,7 +125,7 @@ def encode_texts(
     """L2-normalised vectors ``(N, dim)`` float32 of ``texts``; batches are length-sorted for speed."""
     ids = tokenizer.encode_batch(list(texts))
     order = np.argsort([len(x) for x in ids], kind="stable")
-    dim = model.config.tower.output_dim  # type: ignore[union-attr]
+    dim: int = model.config.tower.output_dim  # type: ignore[union-attr,assignment]
     out = np.zeros((len(ids), dim), dtype=np.float32)
     was_training = model.training
     if was_training:  # switching modes walks every submodule: ~0.1 ms, a tenth of encoding one short query

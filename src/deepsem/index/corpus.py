@@ -124,7 +124,8 @@ def _delimited(fh: IO[bytes], path: Path, suffix: str, id_field: str, text_field
             yield doc
 
 
-def _document(obj: dict[str, Any], number: int, id_field: str, text_field: str, bad) -> Document | None:
+def _document(obj: dict[str, Any], number: int, id_field: str, text_field: str,
+              bad: Callable[[int, str, str], None]) -> Document | None:
     text = obj.get(text_field)
     if not isinstance(text, str) or not text.strip():
         bad(number, text_field, "missing or empty text")

@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
@@ -423,7 +423,8 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
     models = request_models(limits, modes)
 
     def two_tower() -> SemanticModel:
-        semantic = served.index.model if served is not None else model
+        # an index's model is a two-tower model (Index checks it encodes texts on both sides)
+        semantic = cast(SemanticModel, served.index.model) if served is not None else model
         assert semantic is not None
         return semantic
 

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from deepsem.config import ClassifierConfig, ConfigError, TowerConfig, TrainConfig
+from deepsem.config import ClassifierConfig, TowerConfig, TrainConfig
 from deepsem.data.batches import length_batches
 from deepsem.data.errors import DataError, SkipReport
 from deepsem.data.readers import Column, detect_format, iter_records, sniff_labelled_header
+from deepsem.errors import ConfigError
 from deepsem.evaluation.classification import classification_metrics, plot_confusion
 from deepsem.losses import ClassificationLoss, classification_loss
 from deepsem.modeldir import (
@@ -284,7 +285,7 @@ def _pad(ids: Sequence[Sequence[int]], dtype: type = np.int64) -> tuple[np.ndarr
     """Right-padded ids ``(N, T)`` and ``int64`` lengths ``(N,)`` (T at least 1)."""
     lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
     width = max(int(lengths.max()) if len(lengths) else 1, 1)
-    matrix = np.zeros((len(ids), width), dtype)
+    matrix: np.ndarray = np.zeros((len(ids), width), dtype)
     if len(ids):
         matrix[np.arange(width)[None, :] < lengths[:, None]] = np.fromiter(
             (t for x in ids for t in x), dtype, int(lengths.sum()))
@@ -397,7 +398,7 @@ class Classifier:
         return out
 
     @overload
-    def predict(self, texts: str, k: int | None = 1, threshold: float | None = None,
+    def predict(self, texts: str, k: int | None = 1, threshold: float | None = None,  # type: ignore[overload-overlap]
                 batch_size: int = 1024) -> list[tuple[str, float]]: ...
     @overload
     def predict(self, texts: Sequence[str], k: int | None = 1, threshold: float | None = None,

@@ -6,7 +6,7 @@ This is what ``deepsem train`` and ``deepsem evaluate`` run, and what :func:`dee
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -106,7 +106,7 @@ class SemanticModel:
         return encode_texts(self.model, self.tokenizer, texts, side=side, batch_size=batch_size)
 
     @overload
-    def similarity(self, a: str, b: str) -> float: ...
+    def similarity(self, a: str, b: str) -> float: ...  # type: ignore[overload-overlap]
     @overload
     def similarity(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray: ...
     def similarity(self, a: str | Sequence[str], b: str | Sequence[str]) -> float | np.ndarray:
@@ -281,7 +281,7 @@ def check_tokenizer_fits(encoder: str, tokenizer: Tokenizer) -> None:
                          f"not {tokenizer.name!r}")
 
 
-def _iter_texts(pairs: TextPairs):
+def _iter_texts(pairs: TextPairs) -> Iterator[str]:
     yield from pairs.text_a
     yield from pairs.text_b
 

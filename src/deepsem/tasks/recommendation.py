@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from deepsem.config import RECOMMEND_NEGATIVES, ConfigError, RecommenderConfig, TrainConfig
+from deepsem.config import RECOMMEND_NEGATIVES, RecommenderConfig, TrainConfig
 from deepsem.data.errors import DataError
 from deepsem.data.interactions import Interactions, SequenceSplit, load_movielens, split_sequences
+from deepsem.errors import ConfigError
 from deepsem.evaluation.recommendation import Scorer, evaluate_ranking_over_items, popularity_scores
 from deepsem.fileio import atomic_write_json
 from deepsem.losses import NextItemLoss
@@ -106,7 +107,9 @@ class Catalogue:
         for k in ("titles", "categories", "counts"):
             if len(data[k]) != n:
                 raise ConfigError(f"{where}: field {k!r} has {len(data[k])} entries for {n} items")
-        return cls(*(list(data[k]) for k in keys))
+        return cls(ids=list(data["ids"]), titles=list(data["titles"]), categories=list(data["categories"]),
+                   counts=list(data["counts"]), category_vocab=list(data["category_vocab"]),
+                   user_feature_vocab=list(data["user_feature_vocab"]))
 
     def category_matrix(self) -> np.ndarray:
         vocab = {c: i + 1 for i, c in enumerate(self.category_vocab)}

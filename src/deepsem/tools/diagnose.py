@@ -173,18 +173,29 @@ def _seeded(seed: int) -> torch.Generator:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _weight(module: nn.Module, name: str) -> Tensor:
+    """The parameter ``name`` of a recurrent module (typed: ``getattr`` of a Module is ``Tensor | Module``)."""
+    value = getattr(module, name)
+    assert isinstance(value, Tensor), name
+    return value
+
+
+def _maybe_weight(module: nn.Module, name: str, present: bool) -> Tensor | None:
+    return _weight(module, name) if present else None
+
+
 @torch.no_grad()
 def _init_blocks(module: nn.RNNBase, gates: int) -> None:
     """The LSTM's initialisation for torch's RNN/GRU: orthogonal recurrent and Xavier input gate blocks."""
     hidden = module.hidden_size
-    w_ih: Tensor = module.weight_ih_l0
-    w_hh: Tensor = module.weight_hh_l0
+    w_ih = _weight(module, "weight_ih_l0")
+    w_hh = _weight(module, "weight_hh_l0")
     bound = math.sqrt(6.0 / (hidden + w_ih.shape[1]))
     for k in range(gates):
         w_ih[k * hidden : (k + 1) * hidden].uniform_(-bound, bound)
         nn.init.orthogonal_(w_hh[k * hidden : (k + 1) * hidden])
-    module.bias_ih_l0.zero_()
-    module.bias_hh_l0.zero_()
+    _weight(module, "bias_ih_l0").zero_()
+    _weight(module, "bias_hh_l0").zero_()
 
 
 class SequenceModel(nn.Module):
@@ -264,8 +275,9 @@ def unroll(model: SequenceModel, x: Tensor, retain_grad: bool = False) -> Unroll
     h = x.new_zeros(batch, model.hidden_size)
     states: list[Tensor] = []
     if model.cell in ("rnn", "gru"):
-        w_hh, b_hh = rec.weight_hh_l0, rec.bias_hh_l0
-        projected = F.linear(x, rec.weight_ih_l0, rec.bias_ih_l0).unbind(1)  # W_ih x_t + b_ih, every t
+        w_hh, b_hh = _weight(rec, "weight_hh_l0"), _weight(rec, "bias_hh_l0")
+        # W_ih x_t + b_ih, every t
+        projected = F.linear(x, _weight(rec, "weight_ih_l0"), _weight(rec, "bias_ih_l0")).unbind(1)
         for t in range(steps):
             gh = F.linear(h, w_hh, b_hh)
             if model.cell == "rnn":
@@ -284,18 +296,18 @@ def unroll(model: SequenceModel, x: Tensor, retain_grad: bool = False) -> Unroll
         assert isinstance(rec, LSTM)
         c = x.new_zeros(batch, model.hidden_size)
         peep = rec.peephole
-        w_ci = rec.weight_ci_l0 if peep else None
-        w_cf = rec.weight_cf_l0 if peep else None
-        w_co = rec.weight_co_l0 if peep else None
+        w_ci = _maybe_weight(rec, "weight_ci_l0", peep)
+        w_cf = _maybe_weight(rec, "weight_cf_l0", peep)
+        w_co = _maybe_weight(rec, "weight_co_l0", peep)
         for t in range(steps):
             step = lstm_cell(
                 x[:, t],
                 h,
                 c,
-                rec.weight_ih_l0,
-                rec.weight_hh_l0,
-                rec.bias_ih_l0,
-                rec.bias_hh_l0,
+                _weight(rec, "weight_ih_l0"),
+                _weight(rec, "weight_hh_l0"),
+                _weight(rec, "bias_ih_l0"),
+                _weight(rec, "bias_hh_l0"),
                 w_ci,
                 w_cf,
                 w_co,
