@@ -15,7 +15,7 @@ MOVED = [
                                                           "evaluate_recommender", "split_sequences"]),
     ("deepsem.encoder", "deepsem.tasks.matching", ["SemanticModel"]),
     ("deepsem.encoder", "deepsem.tasks", ["load"]),
-    ("deepsem.io", "deepsem.modeldir", ["build_and_load", "read_config", "load_model_dir", "save_model_dir"]),
+    ("deepsem.io", "deepsem.modeldir", ["build_and_load", "read_weights_header", "load_weights", "CONFIG_FILE"]),
 ]
 
 
@@ -46,3 +46,16 @@ def test_old_module_names_are_package_attributes_in_a_fresh_process() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["deepsem.data.interactions", "deepsem.tasks.matching", "deepsem.tasks.classification",
                    "deepsem.tasks.matching"]
+
+
+def test_old_io_functions_keep_their_old_signatures(tmp_path) -> None:
+    from pathlib import Path
+
+    import deepsem.io as io
+
+    fixtures = Path(__file__).parent / "fixtures" / "model_dirs_v1"
+    assert io.read_config(fixtures / "classifier")["task"] == "classifier"
+    model, tokenizer, config = io.load_model_dir(fixtures / "two_tower")
+    assert config["task"] == "two-tower"
+    saved = io.save_model_dir(tmp_path / "copy", model, tokenizer)
+    assert io.read_config(saved)["task"] == "two-tower"

@@ -1,6 +1,6 @@
 """data/batches.py against plain-Python references: the text table, pair sets, length buckets, text encoding.
 
-(tests/test_matching.py checks on a large set that length buckets cut padding; here: the exact contents.)
+(tests/tasks/test_matching.py checks on a large set that length buckets cut padding; here: the exact contents.)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """data/interactions.py on a tiny written log, against sequences and splits worked out by hand.
 
-(tests/test_recommend.py covers the file formats, bad rows and the no-leak property on a synthetic walk; here:
-the exact leave-last-out split, ties at its boundary, the rating filter, the MovieLens feature derivations.)
+(tests/tasks/test_recommendation.py covers the file formats, bad rows and the no-leak property on a synthetic walk;
+here: the exact leave-last-out split, ties at its boundary, the rating filter, the MovieLens feature derivations.)
 """
 
 from __future__ import annotations

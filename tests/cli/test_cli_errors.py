@@ -19,7 +19,7 @@ from deepsem.errors import ResumeMismatchError, TrainingDivergedError
 from deepsem.progress import progress_enabled
 
 runner = CliRunner()
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def error_lines(output: str) -> list[str]:
