@@ -63,10 +63,10 @@ def test_train_classifier_accepts_train(monkeypatch: pytest.MonkeyPatch, tmp_pat
     train, dev = tmp_path / "t.tsv", tmp_path / "d.tsv"
     for path in (train, dev):
         path.write_text("text one\tx\ntext two\ty\n", encoding="utf-8")
-    new = _recorded(monkeypatch, classification, "_as_labelled",
+    new = _recorded(monkeypatch, classification, "as_labelled",
                     lambda: deepsem.train_classifier(train, tmp_path / "m", dev))
     with pytest.warns(DeprecationWarning, match="'train' is now called 'data'"):
-        old = _recorded(monkeypatch, classification, "_as_labelled",
+        old = _recorded(monkeypatch, classification, "as_labelled",
                         lambda: deepsem.train_classifier(train=train, out=tmp_path / "m", dev=dev))
     assert new == old and new[0][0][0] == train and new[1][0][0] == dev
     with pytest.raises(TypeError, match="both 'data' and its old name 'train'"):

@@ -33,8 +33,9 @@ from torch import Tensor
 
 from deepsem.config import ClassifierConfig, TowerConfig, TrainConfig
 from deepsem.data.batches import length_batches
-from deepsem.data.errors import DataError, SkipReport
-from deepsem.data.readers import Column, detect_format, iter_records, sniff_labelled_header
+from deepsem.data.errors import DataError
+from deepsem.data.labelled import LabelledTexts, as_labelled, read_labelled, sort_labels
+from deepsem.data.readers import Column
 from deepsem.errors import ConfigError
 from deepsem.evaluation.classification import classification_metrics, plot_confusion
 from deepsem.losses import ClassificationLoss, classification_loss
@@ -74,159 +75,6 @@ __all__ = [
 _RESERVED = ("deepsem_version", "task", "classifier", "labels")
 #: Rows of a training epoch sorted by length together: batches of similar lengths waste little padding.
 _BUCKET_BATCHES = 50
-
-
-# -- data ---------------------------------------------------------------------------------------------------
-class LabelledTexts:
-    """Texts and their labels: one label per text, or a tuple of labels per text (multi-label data).
-
-    ``labels`` may be given as strings (one label each) or sequences of strings; they are stored as tuples.
-    ``lines`` are the file lines the rows came from (for messages), ``skipped`` the bad rows left out.
-    """
-
-    def __init__(self, texts: Sequence[str], labels: Sequence[str | Sequence[str]], *,
-                 lines: Sequence[int] | None = None, source: str = "", skipped: SkipReport | None = None) -> None:
-        if len(texts) != len(labels):
-            raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-        self.texts = list(texts)
-        self.labels: list[tuple[str, ...]] = [
-            (y,) if isinstance(y, str) else tuple(str(v) for v in y) for y in labels
-        ]
-        self.lines = list(lines) if lines is not None else list(range(1, len(self.texts) + 1))
-        self.source = source
-        self.skipped = skipped if skipped is not None else SkipReport()
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def label_set(self) -> list[str]:
-        """Every label that occurs, in :func:`sort_labels` order."""
-        return sort_labels({y for row in self.labels for y in row})
-
-    def __repr__(self) -> str:
-        return f"LabelledTexts({len(self)} texts, {len(self.label_set())} labels, source={self.source!r})"
-
-
-def sort_labels(labels: Sequence[str] | set[str]) -> list[str]:
-    """Labels in a stable order: by number when every label is a whole number (``2`` before ``10``),
-    by text otherwise."""
-    unique = set(labels)
-    try:
-        return sorted(unique, key=lambda y: (int(y), y))
-    except ValueError:
-        return sorted(unique)
-
-
-def _whole_number(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int | np.integer):
-        return True
-    return isinstance(value, float) and math.isfinite(value) and value.is_integer()
-
-
-def _label_values(value: Any, multi_label: bool, label_sep: str) -> tuple[str, ...]:
-    """The labels of one raw field value; ValueError with a short reason when it holds none."""
-    if value is None:
-        raise ValueError("missing value (null)")
-    if isinstance(value, list | tuple):
-        if not multi_label:
-            raise ValueError(f"{value!r} is a list of labels: read it with multi_label=True")
-        items = list(value)
-    else:
-        items = [value]
-    out: list[str] = []
-    for item in items:
-        if isinstance(item, str):
-            parts = item.split(label_sep) if multi_label and label_sep else [item]
-        elif _whole_number(item):
-            parts = [str(int(item))]
-        else:
-            raise ValueError(f"{item!r} is not a label (a text or a whole number)")
-        out.extend(p.strip() for p in parts if p.strip())
-    if not out and not multi_label:
-        raise ValueError("empty label")
-    return tuple(dict.fromkeys(out))
-
-
-def read_labelled(
-    path: str | os.PathLike[str],
-    *,
-    text_col: Column = 0,
-    label_col: Column = 1,
-    multi_label: bool = False,
-    label_sep: str = ",",
-    labels: Sequence[str] | None = None,
-    fmt: str | None = None,
-    header: bool | None = None,
-    skip_bad_rows: bool = False,
-    encoding: str = "utf-8",
-) -> LabelledTexts:
-    """Read a file of labelled texts (TSV/CSV/JSONL/Parquet; see :mod:`deepsem.data.readers`).
-
-    ``labels``: the labels a model knows; a row with any other label is a bad row (dev and test files).
-    ``header=None``: the first TSV/CSV line is a header when a column is given by name, or, with columns given by
-    position, when it holds column names such as ``text`` / ``label`` (see
-    :func:`deepsem.data.readers.sniff_labelled_header`; the decision is logged). ``True`` / ``False`` decide.
-    Bad rows raise :class:`DataError` naming file, line and field, or with ``skip_bad_rows`` are skipped and
-    counted in ``.skipped``.
-    """
-    spath = os.fspath(path)
-    unit = "row" if detect_format(spath, fmt) == "parquet" else "line"
-    known = set(labels) if labels is not None else None
-    report = SkipReport()
-    texts: list[str] = []
-    rows: list[tuple[str, ...]] = []
-    lines: list[int] = []
-    columns = {"text": text_col, "label": label_col}
-    if (header is None and isinstance(text_col, int) and isinstance(label_col, int)
-            and detect_format(spath, fmt) in ("tsv", "csv")):
-        header = sniff_labelled_header(spath, text_col, label_col, fmt=fmt, encoding=encoding)
-    for rec in iter_records(spath, columns, fmt=fmt, header=header, skip_bad_rows=skip_bad_rows, report=report,
-                            encoding=encoding):
-        try:
-            raw = rec.values["text"]
-            if raw is None or isinstance(raw, bool) or not isinstance(raw, str | int | float):
-                problem = "missing value (null)" if raw is None else f"expected text, got {type(raw).__name__}"
-                raise DataError(spath, rec.line, "text", problem, column=text_col, unit=unit)
-            text = str(raw).strip()
-            if not text:
-                raise DataError(spath, rec.line, "text", "empty text", column=text_col, unit=unit)
-            try:
-                row = _label_values(rec.values["label"], multi_label, label_sep)
-            except ValueError as e:
-                raise DataError(spath, rec.line, "label", str(e), column=label_col, unit=unit) from None
-            if known is not None:
-                unknown = [y for y in row if y not in known]
-                if unknown:
-                    shown = ", ".join(map(repr, sort_labels(known)[:10])) + (", ..." if len(known) > 10 else "")
-                    raise DataError(spath, rec.line, "label", f"unknown label {unknown[0]!r}; the model knows "
-                                    f"{len(known)} labels ({shown})", column=label_col, unit=unit)
-        except DataError as e:
-            if not skip_bad_rows:
-                raise
-            report.add(e)
-            continue
-        texts.append(text)
-        rows.append(row)
-        lines.append(rec.line)
-    return LabelledTexts(texts, rows, lines=lines, source=spath, skipped=report)
-
-
-def _as_labelled(data: str | os.PathLike[str] | LabelledTexts, labels: Sequence[str] | None,
-                 options: dict[str, Any]) -> LabelledTexts:
-    if isinstance(data, LabelledTexts):
-        if labels is not None:
-            known = set(labels)
-            for row, line in zip(data.labels, data.lines, strict=True):
-                for y in row:
-                    if y not in known:
-                        raise DataError(data.source or "<data>", line, "label", f"unknown label {y!r}")
-        return data
-    out = read_labelled(data, labels=labels, **options)
-    if out.skipped.count:
-        print(f"{data}: {out.skipped}")
-    return out
 
 
 # -- targets, weights, loss -----------------------------------------------------------------------------------
@@ -454,7 +302,7 @@ def evaluate_classifier(
     sep = label_sep if label_sep is not None else str(classifier.info.get("label_sep", ","))
     options = {"text_col": text_col, "label_col": label_col, "multi_label": classifier.multi_label,
                "label_sep": sep, "fmt": fmt, "header": header, "skip_bad_rows": skip_bad_rows}
-    labelled = _as_labelled(data, classifier.labels, options)
+    labelled = as_labelled(data, classifier.labels, options)
     if not len(labelled):
         raise ValueError(f"{labelled.source or 'data'}: no labelled texts to evaluate")
     targets = _targets(labelled, classifier.labels, classifier.multi_label)
@@ -535,7 +383,7 @@ def train_classifier(
     cfg = training_config(training)
     options = {"text_col": text_col, "label_col": label_col, "multi_label": multi_label, "label_sep": label_sep,
                "fmt": fmt, "header": header, "skip_bad_rows": skip_bad_rows}
-    train_data = _as_labelled(data, None, options)
+    train_data = as_labelled(data, None, options)
     source = train_data.source or "training data"
     if not len(train_data):
         raise DataError(source, None, None, "no labelled texts to train on")
@@ -545,7 +393,7 @@ def train_classifier(
         raise DataError(source, None, "label", f"all {len(train_data)} rows (lines {train_data.lines[0]}-"
                         f"{train_data.lines[-1]}) have {only}; a classifier needs at least two classes")
     targets = _targets(train_data, labels, multi_label)
-    dev_data = _as_labelled(dev, labels, options) if dev is not None else None
+    dev_data = as_labelled(dev, labels, options) if dev is not None else None
     if dev_data is not None and not len(dev_data):
         raise DataError(dev_data.source or "dev data", None, None, "no labelled texts in the dev data")
     weights = compute_class_weights(targets, labels, class_weights, multi_label)
