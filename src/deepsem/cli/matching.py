@@ -11,6 +11,7 @@ import typer
 from deepsem.cli.errors import fail
 from deepsem.cli.options import (
     Bidirectional,
+    Device,
     EmbeddingDim,
     Encoder,
     Epochs,
@@ -110,6 +111,7 @@ def train(
                               "recurrent tower runs far fewer padding steps (BQ: 3x faster epochs).")] = True,
     resume: Resume = True,
     progress: Progress = None,
+    device: Device = "cpu",
 ) -> None:
     """Train an LSTM-DSSM two-tower model on text pairs and save the best model directory.
 
@@ -140,7 +142,7 @@ def train(
         tokenizer_options={"min_count": min_count, "max_size": max_vocab, "max_length": max_length},
         model=model_cfg, training=train_cfg, columns=pair_columns(columns), skip_bad_rows=skip_bad_rows,
         clicks=clicks, impressions=int(impressions) if impressions and impressions.isdigit() else impressions,
-        resume=resume, progress=progress, pretrained=pretrained, freeze_embeddings=freeze_embeddings,
+        resume=resume, progress=progress, pretrained=pretrained, freeze_embeddings=freeze_embeddings, device=device,
     )
     typer.echo(f"stopped: {result.stopped} after {result.steps} steps ({result.seconds:.0f} s)")
     if "dev_metrics" in model.info:

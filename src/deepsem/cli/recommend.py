@@ -19,6 +19,7 @@ from deepsem.cli.options import (
     API_KEY_ENV,
     API_KEY_HELP,
     BodyTimeout,
+    Device,
     Epochs,
     HeaderTimeout,
     Host,
@@ -135,6 +136,7 @@ def recommend_train(
     threads: Threads = None,
     resume: Resume = True,
     progress: Progress = None,
+    device: Device = "cpu",
 ) -> None:
     """Train the two-tower recommender (user tower over the history, item tower over id + features)."""
     from deepsem.tasks.recommendation import train_recommender
@@ -149,7 +151,8 @@ def recommend_train(
     rec, result = train_recommender(loaded, out, config=config, training=training, negatives=negatives.value,
                                     num_negatives=num_negatives, logq=logq, n_test=n_test, n_valid=n_valid,
                                     use_item_features=item_features, use_user_features=user_features,
-                                    item2vec_init=item2vec_init, resume=resume, progress=progress)
+                                    item2vec_init=item2vec_init, resume=resume, progress=progress,
+                                    device=device)
     typer.echo(f"stopped: {result.stopped} after {result.steps} steps ({result.seconds:.0f} s)")
     if "valid_metrics" in rec.info:
         typer.echo("best validation: " + ", ".join(f"{k} {v:.4f}" for k, v in rec.info["valid_metrics"].items()))
