@@ -167,7 +167,6 @@ def evaluate(
 ) -> None:
     """Score a model: accuracy, F1, ROC-AUC, Spearman on pairs; MRR, MAP, NDCG, recall on retrieval."""
     from deepsem.data.readers import read_retrieval
-    from deepsem.metrics import best_threshold
     from deepsem.tasks import load
     from deepsem.tasks.matching import as_pairs, evaluate_pairs, evaluate_retrieval
 
@@ -180,14 +179,11 @@ def evaluate(
     else:
         assert data is not None
         pairs = as_pairs(data, pair_columns(columns), skip_bad_rows)
-        chosen = threshold
-        if dev is not None:
-            dev_pairs = as_pairs(dev, pair_columns(columns), skip_bad_rows)
-            assert dev_pairs.labels is not None
-            chosen = best_threshold(semantic.similarity(dev_pairs.text_a, dev_pairs.text_b), dev_pairs.labels)
-        if chosen is None:
-            chosen = semantic.threshold
-        metrics = evaluate_pairs(semantic, pairs, threshold=chosen)
+        if dev is not None:  # --dev wins over --threshold
+            metrics = evaluate_pairs(semantic, pairs, dev=as_pairs(dev, pair_columns(columns), skip_bad_rows))
+        else:  # no --threshold: the model's own, chosen on dev at training time (None: chosen on DATA)
+            chosen = threshold if threshold is not None else semantic.threshold
+            metrics = evaluate_pairs(semantic, pairs, threshold=chosen)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
     else:
