@@ -3,7 +3,7 @@
 Public API::
 
     import deepsem
-    model, result = deepsem.train("pairs.tsv", out="runs/model", dev_data="dev.tsv")
+    model, result = deepsem.train("pairs.tsv", out="runs/model", dev="dev.tsv")
     model = deepsem.load("runs/model")
     vectors = model.encode(["怎么还款", "how do I repay"])
     clf, _ = deepsem.train_classifier("news.tsv", out="runs/news", dev="dev.tsv")

@@ -11,6 +11,7 @@ Three steps, each usable on its own::
 * :func:`train_vectors` learns vectors with gensim (skip-gram, CBOW or fastText) over the *tokens of a deepsem
   tokenizer*, so the file's words are exactly the strings of the tokenizer's vocabulary (Chinese characters,
   jieba words, lower-cased English words, subwords).
+* :class:`TextCorpus` is the texts of plain or tab-separated files (whole lines, or chosen columns) to train on.
 * :func:`read_vectors` reads word2vec / fastText / GloVe text files (``.vec``, ``.txt``, optionally ``.gz``),
   streaming, with or without the ``count dim`` header line.
 * :func:`initialize_embedding` copies the vector of each vocabulary token found into its row of an embedding
@@ -134,6 +135,38 @@ def _tokenize_to_file(
                 sentences += 1
             tokens += len(kept)
     return sentences, tokens, skipped
+
+
+class TextCorpus:
+    """The texts of ``paths`` in order: each line whole (``columns`` None), or the tab-separated ``columns`` of
+    each line, one text per column. Re-iterable (each iteration reads the files again), so word2vec-style
+    trainers can read it once per epoch without holding it in memory.
+
+    A line without one of the ``columns`` raises ``ValueError`` and text that is not UTF-8 a
+    :class:`~deepsem.data.DataError`, each naming the file and line.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]], columns: Sequence[int] | None = None) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.columns = None if columns is None else list(columns)
+
+    def __iter__(self) -> Iterator[str]:
+        for path in self.paths:
+            with open(path, encoding="utf-8") as fh:
+                number = 0
+                try:
+                    for number, line in enumerate(fh, 1):
+                        line = line.rstrip("\n")
+                        if self.columns is None:
+                            yield line
+                            continue
+                        fields = line.split("\t")
+                        for c in self.columns:
+                            if c >= len(fields):
+                                raise ValueError(f"{path}, line {number}: no column {c} ({len(fields)} fields)")
+                            yield fields[c]
+                except UnicodeDecodeError as exc:
+                    raise DataError(path, number + 1, None, f"not UTF-8 text ({exc.reason})") from None
 
 
 def _import_gensim_models() -> Any:
@@ -606,6 +639,7 @@ def initialize_embedding(
 __all__ = [
     "METHODS",
     "Coverage",
+    "TextCorpus",
     "VectorFile",
     "VectorsInfo",
     "initialize_embedding",

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 from deepsem.cli.options import (
     Bidirectional,
+    Device,
     EmbeddingDim,
     Encoder,
     Epochs,
@@ -117,6 +118,7 @@ def classify_train(
     skip_bad_rows: SkipBadRows = False,
     resume: Resume = True,
     progress: Progress = None,
+    device: Device = "cpu",
 ) -> None:
     """Train a text classifier (any tower -> linear layer) and save the best model directory."""
     from deepsem.config import TowerConfig, TrainConfig
@@ -138,7 +140,7 @@ def classify_train(
         multi_label=multi_label, class_weights=_class_weights(class_weights), text_col=column_spec(text_col),
         label_col=column_spec(label_col), label_sep=label_sep, header=header, skip_bad_rows=skip_bad_rows,
         resume=resume, ngram_buckets=ngram_buckets, ngram_order=ngram_order,
-        progress=progress,  # None (auto) through to the trainer
+        progress=progress, device=device,  # progress None (auto) through to the trainer
     )
     typer.echo(f"{len(clf.labels)} labels; stopped: {result.stopped} after {result.steps} steps "
                f"({result.seconds:.0f} s)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -47,32 +46,9 @@ def embeddings_train(
     workers: Annotated[int, typer.Option(help="Worker threads (1 is deterministic).", min=1)] = 1,
 ) -> None:
     """Learn word vectors on your own corpus with gensim; pass them to 'deepsem train --pretrained'."""
-    from deepsem.data.errors import DataError
-    from deepsem.embeddings import train_vectors
+    from deepsem.embeddings import TextCorpus, train_vectors
     from deepsem.fileio import regular_file
     from deepsem.text import build_tokenizer
-
-    def texts() -> Iterator[str]:
-        for path in corpus:
-            with open(path, encoding="utf-8") as fh:
-                number = 0
-                try:
-                    for number, line in enumerate(fh, 1):
-                        line = line.rstrip("\n")
-                        if column is None:
-                            yield line
-                            continue
-                        fields = line.split("\t")
-                        for c in column:
-                            if c >= len(fields):
-                                raise ValueError(f"{path}, line {number}: no column {c} ({len(fields)} fields)")
-                            yield fields[c]
-                except UnicodeDecodeError as exc:
-                    raise DataError(path, number + 1, None, f"not UTF-8 text ({exc.reason})") from None
-
-    class Corpus:  # re-iterable: gensim reads the corpus once per epoch
-        def __iter__(self) -> Iterator[str]:
-            return texts()
 
     missing = [str(p) for p in corpus if not p.exists()]
     if missing:
@@ -82,6 +58,6 @@ def embeddings_train(
     if tokenizer in (TokenizerName.subword, TokenizerName.trigram):
         fail("word vectors are learned for char or word tokens (the tokens of a recurrent tower)")
     tok = build_tokenizer(tokenizer.value, [], min_count=1)
-    info = train_vectors(Corpus(), out, tokenizer=tok, method=method.value, dim=dim, window=window,
+    info = train_vectors(TextCorpus(corpus, column), out, tokenizer=tok, method=method.value, dim=dim, window=window,
                          min_count=min_count, epochs=epochs, seed=seed, workers=workers)
     typer.echo(f"{info.words} vectors of {info.dim} dimensions ({info.method}, {info.seconds:.1f} s) -> {out}")

@@ -11,6 +11,7 @@ import typer
 from deepsem.cli.errors import fail
 from deepsem.cli.options import (
     Bidirectional,
+    Device,
     EmbeddingDim,
     Encoder,
     Epochs,
@@ -110,6 +111,7 @@ def train(
                               "recurrent tower runs far fewer padding steps (BQ: 3x faster epochs).")] = True,
     resume: Resume = True,
     progress: Progress = None,
+    device: Device = "cpu",
 ) -> None:
     """Train an LSTM-DSSM two-tower model on text pairs and save the best model directory.
 
@@ -140,7 +142,7 @@ def train(
         tokenizer_options={"min_count": min_count, "max_size": max_vocab, "max_length": max_length},
         model=model_cfg, training=train_cfg, columns=pair_columns(columns), skip_bad_rows=skip_bad_rows,
         clicks=clicks, impressions=int(impressions) if impressions and impressions.isdigit() else impressions,
-        resume=resume, progress=progress, pretrained=pretrained, freeze_embeddings=freeze_embeddings,
+        resume=resume, progress=progress, pretrained=pretrained, freeze_embeddings=freeze_embeddings, device=device,
     )
     typer.echo(f"stopped: {result.stopped} after {result.steps} steps ({result.seconds:.0f} s)")
     if "dev_metrics" in model.info:
@@ -165,7 +167,6 @@ def evaluate(
 ) -> None:
     """Score a model: accuracy, F1, ROC-AUC, Spearman on pairs; MRR, MAP, NDCG, recall on retrieval."""
     from deepsem.data.readers import read_retrieval
-    from deepsem.metrics import best_threshold
     from deepsem.tasks import load
     from deepsem.tasks.matching import as_pairs, evaluate_pairs, evaluate_retrieval
 
@@ -178,14 +179,11 @@ def evaluate(
     else:
         assert data is not None
         pairs = as_pairs(data, pair_columns(columns), skip_bad_rows)
-        chosen = threshold
-        if dev is not None:
-            dev_pairs = as_pairs(dev, pair_columns(columns), skip_bad_rows)
-            assert dev_pairs.labels is not None
-            chosen = best_threshold(semantic.similarity(dev_pairs.text_a, dev_pairs.text_b), dev_pairs.labels)
-        if chosen is None:
-            chosen = semantic.threshold
-        metrics = evaluate_pairs(semantic, pairs, threshold=chosen)
+        if dev is not None:  # --dev wins over --threshold
+            metrics = evaluate_pairs(semantic, pairs, dev=as_pairs(dev, pair_columns(columns), skip_bad_rows))
+        else:  # no --threshold: the model's own, chosen on dev at training time (None: chosen on DATA)
+            chosen = threshold if threshold is not None else semantic.threshold
+            metrics = evaluate_pairs(semantic, pairs, threshold=chosen)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
     else:

@@ -192,6 +192,30 @@ Port = Annotated[int, typer.Option(help="Port.", min=0, max=65535)]
 MaxK = Annotated[int, typer.Option(help="Largest k accepted.", min=1)]
 
 
+def torch_device(value: str) -> str:
+    """A device torch can train on here: the name must parse (``cpu``, ``cuda``, ``cuda:1``, ``mps``) and CUDA /
+    MPS must be available; refused before any data is read."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise typer.BadParameter(f"not a device torch knows: {value!r} (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise typer.BadParameter(f"{value}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise typer.BadParameter(f"{value}: there are {torch.cuda.device_count()} CUDA devices")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise typer.BadParameter(f"{value}: MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise typer.BadParameter(f"{value}: training runs on cpu, cuda or mps")
+    return value
+
+
+Device = Annotated[str, typer.Option(help="Where to train: cpu, cuda, cuda:N or mps.", callback=torch_device)]
+
+
 API_KEY_ENV = "DEEPSEM_API_KEY"
 API_KEY_HELP = ("Require this key on every request but /healthz ('Authorization: Bearer KEY' or 'X-API-Key: KEY'). "
                 "Prefer the environment variable: a key on the command line shows in the process list.")

@@ -9,9 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    import numpy as np
-
-    from deepsem.data.interactions import Interactions, SequenceSplit
+    from deepsem.data.interactions import Interactions
     from deepsem.tasks.recommendation import Recommender
 
 from deepsem.cli.errors import fail
@@ -19,6 +17,7 @@ from deepsem.cli.options import (
     API_KEY_ENV,
     API_KEY_HELP,
     BodyTimeout,
+    Device,
     Epochs,
     HeaderTimeout,
     Host,
@@ -56,28 +55,23 @@ recommend_app = typer.Typer(help="Two-tower recommendation from interaction logs
 
 def _interactions(data: Path, items: Path | None, users: Path | None, columns: str, rating_col: str | None,
                   min_rating: float | None, skip_bad_rows: bool) -> Interactions:
-    """A MovieLens folder, or a log file with --columns user,item,time (+ optional item / user feature files)."""
-    from deepsem.data.interactions import load_movielens, read_interactions, read_items, read_user_features
+    """A MovieLens folder, or a log file with --columns user,item,time (+ optional item / user feature files);
+    what reading left out is reported on stderr."""
+    from deepsem.data.interactions import load_interactions
 
-    if data.is_dir():
-        loaded = load_movielens(data, skip_bad_rows=skip_bad_rows)
-    else:
+    log_columns: tuple[int | str, ...] = (0, 1, 2)
+    if not data.is_dir():  # --columns applies to a log file only
         parts = [p.strip() for p in columns.split(",")]
         if len(parts) != 3:
             raise typer.BadParameter(f"--columns: expected user,item,time, got {columns!r}")
-        loaded = read_interactions(data, user_col=column_spec(parts[0]), item_col=column_spec(parts[1]),
-                                   time_col=column_spec(parts[2]),
-                                   rating_col=column_spec(rating_col) if rating_col else None,
-                                   skip_bad_rows=skip_bad_rows)
-    if items is not None:
-        loaded.item_features = read_items(items)
-    if users is not None:
-        loaded.user_features = read_user_features(users)
+        log_columns = tuple(column_spec(p) for p in parts)
+    loaded = load_interactions(data, columns=log_columns, rating_col=column_spec(rating_col) if rating_col else None,
+                               items=items, users=users, min_rating=min_rating, skip_bad_rows=skip_bad_rows)
     if loaded.skipped.count:
         typer.echo(f"{data}: {loaded.skipped}", err=True)
     if loaded.duplicates:
         typer.echo(f"{data}: dropped {loaded.duplicates} repeated (user, item, time) rows", err=True)
-    return loaded.filter(min_rating)
+    return loaded
 
 
 def _load_recommender(model: Path) -> Recommender:
@@ -135,6 +129,7 @@ def recommend_train(
     threads: Threads = None,
     resume: Resume = True,
     progress: Progress = None,
+    device: Device = "cpu",
 ) -> None:
     """Train the two-tower recommender (user tower over the history, item tower over id + features)."""
     from deepsem.tasks.recommendation import train_recommender
@@ -149,7 +144,8 @@ def recommend_train(
     rec, result = train_recommender(loaded, out, config=config, training=training, negatives=negatives.value,
                                     num_negatives=num_negatives, logq=logq, n_test=n_test, n_valid=n_valid,
                                     use_item_features=item_features, use_user_features=user_features,
-                                    item2vec_init=item2vec_init, resume=resume, progress=progress)
+                                    item2vec_init=item2vec_init, resume=resume, progress=progress,
+                                    device=device)
     typer.echo(f"stopped: {result.stopped} after {result.steps} steps ({result.seconds:.0f} s)")
     if "valid_metrics" in rec.info:
         typer.echo("best validation: " + ", ".join(f"{k} {v:.4f}" for k, v in rec.info["valid_metrics"].items()))
@@ -184,7 +180,9 @@ def recommend_evaluate(
     split = split_sequences(loaded, n_test=n_test, n_valid=n_valid)
     ks = [int(x) for x in k.split(",")]
     # the model's catalogue decides the item positions; items it never saw cannot be recommended
-    split = _align_split(split, rec.catalogue.ids)
+    split, n_unknown_targets = split.aligned_to(rec.catalogue.ids)
+    if n_unknown_targets:
+        typer.echo(f"{n_unknown_targets} test targets are items the model never saw", err=True)
     results = {"deepsem": evaluate_ranking_over_items(rec.scorer(split, loaded.user_features), split, stage, ks)}
     if baselines:
         from deepsem.item2vec import train_item2vec
@@ -199,34 +197,6 @@ def recommend_evaluate(
     typer.echo(f"{'method':<14}" + "".join(f"{n:>13}" for n in names))
     for method, metrics in results.items():
         typer.echo(f"{method:<14}" + "".join(f"{metrics[n]:>13.4f}" for n in names))
-
-
-def _align_split(split: SequenceSplit, catalogue: list[str]) -> SequenceSplit:
-    """``split`` re-indexed to the model's catalogue: item positions follow ``catalogue``; interactions with items
-    the model does not know are dropped from histories, and such targets can only be missed (rank > every k)."""
-    import numpy as np
-
-    from deepsem.data.interactions import SequenceSplit
-
-    if list(split.items) == list(catalogue):
-        return split
-    index = {item: i for i, item in enumerate(catalogue)}
-    unknown = len(catalogue)  # a position past the catalogue: never recommended
-    mapping = np.array([index.get(item, unknown) for item in split.items], dtype=np.int64)
-
-    def remap(seqs: list[np.ndarray], keep_unknown: bool) -> list[np.ndarray]:
-        out = []
-        for seq in seqs:
-            mapped = mapping[seq]
-            out.append(mapped if keep_unknown else mapped[mapped < unknown])
-        return out
-
-    n_unknown_targets = int(sum((mapping[t] == unknown).sum() for t in split.test))
-    if n_unknown_targets:
-        typer.echo(f"{n_unknown_targets} test targets are items the model never saw", err=True)
-    return SequenceSplit(split.users, [*list(catalogue), "<unknown>"], remap(split.train, False),
-                         remap(split.valid, True), remap(split.test, True), split.train_time, split.valid_time,
-                         split.test_time)
 
 
 @recommend_app.command("predict")

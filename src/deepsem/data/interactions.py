@@ -14,6 +14,9 @@ A malformed row raises :class:`~deepsem.data.DataError` naming the file, line an
 user's interactions are put in time order, and rows with equal timestamps keep their order in the file. An
 exact repeat of a (user, item, timestamp) row is dropped and counted (``duplicates``).
 
+:func:`load_interactions` is what the ``deepsem recommend`` commands read: either of the first and third, plus
+optional item / user feature files and a rating filter.
+
 Splits
 ------
 :func:`split_sequences` cuts each user's time-ordered sequence into train | validation | test: the last
@@ -44,6 +47,7 @@ __all__ = [
     "Interactions",
     "ItemFeatures",
     "SequenceSplit",
+    "load_interactions",
     "load_movielens",
     "read_interactions",
     "read_items",
@@ -417,6 +421,39 @@ def load_movielens(directory: str | os.PathLike[str], *, skip_bad_rows: bool = F
                                 "ratings.csv)")
 
 
+def load_interactions(
+    source: str | os.PathLike[str],
+    *,
+    columns: Sequence[Column] = (0, 1, 2),
+    rating_col: Column | None = None,
+    items: str | os.PathLike[str] | None = None,
+    users: str | os.PathLike[str] | None = None,
+    min_rating: float | None = None,
+    skip_bad_rows: bool = False,
+) -> Interactions:
+    """The interactions a recommender trains or is evaluated on: a MovieLens folder (:func:`load_movielens`) or a
+    log file (:func:`read_interactions` with ``columns`` = user, item, time and an optional ``rating_col``), with
+    the item features of ``items`` (:func:`read_items`) and the user features of ``users``
+    (:func:`read_user_features`) when given, keeping the rows rated at least ``min_rating``.
+
+    ``columns`` and ``rating_col`` apply to a log file only. The result's ``skipped`` and ``duplicates`` say
+    what reading left out.
+    """
+    if Path(source).is_dir():
+        loaded = load_movielens(source, skip_bad_rows=skip_bad_rows)
+    else:
+        if len(columns) != 3:
+            raise ValueError(f"columns: expected user, item, time, got {list(columns)!r}")
+        user_col, item_col, time_col = columns
+        loaded = read_interactions(source, user_col=user_col, item_col=item_col, time_col=time_col,
+                                   rating_col=rating_col, skip_bad_rows=skip_bad_rows)
+    if items is not None:
+        loaded.item_features = read_items(items)
+    if users is not None:
+        loaded.user_features = read_user_features(users)
+    return loaded.filter(min_rating)
+
+
 @dataclass
 class SequenceSplit:
     """Per-user train sequences and held-out targets (see :func:`split_sequences`). Item values are positions
@@ -459,6 +496,29 @@ class SequenceSplit:
         for seq in self.train:
             np.add.at(counts, seq, 1)
         return counts
+
+    def aligned_to(self, catalogue: Sequence[str]) -> tuple[SequenceSplit, int]:
+        """This split re-indexed to a model's ``catalogue``, and how many test targets the model does not know.
+
+        Item positions follow ``catalogue``, with one extra item ``"<unknown>"`` after it: interactions with
+        items the model never saw are dropped from the training sequences, and validation / test targets among
+        them become that item, which is never recommended, so they can only be missed. A split whose items are
+        already ``catalogue`` is returned as it is.
+        """
+        if list(self.items) == list(catalogue):
+            return self, 0
+        index = {item: i for i, item in enumerate(catalogue)}
+        unknown = len(catalogue)  # a position past the catalogue: never recommended
+        mapping = np.array([index.get(item, unknown) for item in self.items], dtype=np.int64)
+
+        def remap(seqs: list[np.ndarray], keep_unknown: bool) -> list[np.ndarray]:
+            return [mapping[seq] if keep_unknown else mapping[seq][mapping[seq] < unknown] for seq in seqs]
+
+        n_unknown_targets = int(sum((mapping[t] == unknown).sum() for t in self.test))
+        aligned = SequenceSplit(self.users, [*list(catalogue), "<unknown>"], remap(self.train, False),
+                                remap(self.valid, True), remap(self.test, True), self.train_time, self.valid_time,
+                                self.test_time)
+        return aligned, n_unknown_targets
 
 
 def split_sequences(data: Interactions, n_test: int = 1, n_valid: int = 1, min_train: int = 1) -> SequenceSplit:

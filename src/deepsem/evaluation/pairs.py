@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from deepsem.data.pairs import TextPairs
-from deepsem.metrics import pair_metrics, retrieval_metrics
+from deepsem.metrics import best_threshold, pair_metrics, retrieval_metrics
 from deepsem.vectorstore.exact import exact_search
 
 
@@ -24,10 +24,27 @@ class TextEncoder(Protocol):
     def similarity(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray: ...
 
 
-def evaluate_pairs(model: TextEncoder, pairs: TextPairs, threshold: float | None = None) -> dict[str, float]:
-    """Accuracy and F1 at ``threshold`` (chosen on these pairs when None), ROC-AUC and Spearman."""
+def threshold_on(model: TextEncoder, dev: TextPairs) -> float:
+    """The cosine threshold that makes ``score >= threshold`` most accurate on the labelled ``dev`` pairs
+    (:func:`deepsem.metrics.best_threshold`): a threshold chosen on other pairs than those it is scored on."""
+    if dev.labels is None:
+        raise ValueError("choosing a threshold needs labelled dev pairs")
+    return best_threshold(model.similarity(dev.text_a, dev.text_b), dev.labels)
+
+
+def evaluate_pairs(model: TextEncoder, pairs: TextPairs, threshold: float | None = None,
+                   dev: TextPairs | None = None) -> dict[str, float]:
+    """Accuracy and F1 at ``threshold``, ROC-AUC and Spearman.
+
+    The threshold is ``threshold`` when given, else the one chosen on the ``dev`` pairs (:func:`threshold_on`)
+    when given, else the one chosen on ``pairs`` themselves (an optimistic score); not both.
+    """
+    if threshold is not None and dev is not None:
+        raise ValueError("give a threshold or dev pairs to choose it on, not both")
     if pairs.labels is None:
         raise ValueError("pair evaluation needs labels")
+    if dev is not None:
+        threshold = threshold_on(model, dev)
     scores = model.similarity(pairs.text_a, pairs.text_b)
     return pair_metrics(scores, pairs.labels, threshold=threshold)
 

@@ -23,6 +23,7 @@ from deepsem.evaluation.pairs import (
     evaluate_ranking,
     evaluate_retrieval,
     evaluate_translation,
+    threshold_on,
 )
 from deepsem.losses import MatchingLoss
 from deepsem.losses.matching import SOFTMAX_LOSSES
@@ -54,6 +55,7 @@ __all__ = [
     "labelled_negatives",
     "load_pretrained",
     "sample_negatives",
+    "threshold_on",
     "train",
 ]
 
