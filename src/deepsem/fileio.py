@@ -73,6 +73,17 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
+def atomic_write_npy(path: str | os.PathLike[str], array: Any) -> Path:
+    """Write a numpy array as ``.npy`` (never pickled: object arrays are refused) atomically."""
+    import numpy as np
+
+    def write(target: Path) -> None:
+        with open(target, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+
+    return atomic_write(path, write)
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
 

@@ -202,26 +202,9 @@ def encode(
     chunk: Annotated[int, typer.Option(help="Texts read and encoded at a time (bounds memory).", min=1)] = 100_000,
 ) -> None:
     """Encode texts (one per line) into L2-normalised vectors saved as a .npy file."""
-    import numpy as np
-
-    from deepsem.fileio import atomic_write
+    from deepsem.fileio import atomic_write_npy
     from deepsem.tasks import load
 
-    semantic = load(model)
-    parts: list[np.ndarray] = []
-    batch: list[str] = []
-    for text in text_lines(texts):
-        batch.append(text)
-        if len(batch) >= chunk:
-            parts.append(semantic.encode(batch, batch_size=batch_size, side=side.value))
-            batch = []
-    if batch:
-        parts.append(semantic.encode(batch, batch_size=batch_size, side=side.value))
-    vectors = np.concatenate(parts) if parts else np.zeros((0, semantic.dim), np.float32)
-
-    def write(path: Path) -> None:
-        with open(path, "wb") as fh:
-            np.save(fh, vectors)
-
-    atomic_write(out, write)
+    vectors = load(model).encode_stream(text_lines(texts), chunk=chunk, batch_size=batch_size, side=side.value)
+    atomic_write_npy(out, vectors)
     typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {out}", err=True)

@@ -171,7 +171,7 @@ def recommend_evaluate(
 ) -> None:
     """HitRate@k, Recall@k, NDCG@k, MRR and coverage, every target ranked among all items (history excluded)."""
     from deepsem.data.interactions import split_sequences
-    from deepsem.tasks.recommendation import evaluate_ranking_over_items, popularity_scores
+    from deepsem.tasks.recommendation import evaluate_ranking_over_items
 
     rec = _load_recommender(model)
     if stage not in ("test", "valid"):
@@ -185,11 +185,9 @@ def recommend_evaluate(
         typer.echo(f"{n_unknown_targets} test targets are items the model never saw", err=True)
     results = {"deepsem": evaluate_ranking_over_items(rec.scorer(split, loaded.user_features), split, stage, ks)}
     if baselines:
-        from deepsem.item2vec import train_item2vec
+        from deepsem.tasks.recommendation import evaluate_baselines
 
-        results["most-popular"] = evaluate_ranking_over_items(popularity_scores(split), split, stage, ks)
-        vectors = train_item2vec([split.history(u, stage).tolist() for u in range(len(split.users))])
-        results["item2vec"] = evaluate_ranking_over_items(vectors.scorer(split), split, stage, ks)
+        results.update(evaluate_baselines(split, stage, ks))
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return

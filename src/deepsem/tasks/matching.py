@@ -6,7 +6,7 @@ This is what ``deepsem train`` and ``deepsem evaluate`` run, and what :func:`dee
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -106,6 +106,23 @@ class SemanticModel:
         if not len(texts):
             return np.zeros((0, self.dim), dtype=np.float32)
         return encode_texts(self.model, self.tokenizer, texts, side=side, batch_size=batch_size)
+
+    def encode_stream(self, texts: Iterable[str], *, chunk: int = 100_000, batch_size: int = 512,
+                      side: str = "query") -> np.ndarray:
+        """:meth:`encode` of a stream of texts (a file's lines, stdin), read and encoded ``chunk`` at a time so that
+        only one chunk of texts is held; the vectors ``(N, dim)`` in stream order."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        parts: list[np.ndarray] = []
+        batch: list[str] = []
+        for text in texts:
+            batch.append(text)
+            if len(batch) >= chunk:
+                parts.append(self.encode(batch, batch_size, side))
+                batch = []
+        if batch:
+            parts.append(self.encode(batch, batch_size, side))
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
     @overload
     def similarity(self, a: str, b: str) -> float: ...  # type: ignore[overload-overlap]

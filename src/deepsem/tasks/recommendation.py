@@ -57,6 +57,7 @@ from deepsem.vectorstore.faiss_store import FaissStore
 __all__ = [
     "Recommendation",
     "Recommender",
+    "evaluate_baselines",
     "evaluate_ranking_over_items",
     "evaluate_recommender",
     "load_movielens",
@@ -387,6 +388,18 @@ def evaluate_recommender(rec: Recommender, split: SequenceSplit, stage: str = "t
                          user_features: dict[str, list[str]] | None = None) -> dict[str, float]:
     """:func:`evaluate_ranking_over_items` of a trained recommender."""
     return evaluate_ranking_over_items(rec.scorer(split, user_features), split, stage, ks)
+
+
+def evaluate_baselines(split: SequenceSplit, stage: str = "test", ks: Sequence[int] = (10, 50)
+                       ) -> dict[str, dict[str, float]]:
+    """The baselines on the same split, scored as :func:`evaluate_recommender` scores a model: ``most-popular``
+    (items by training count) and ``item2vec`` (skip-gram over each user's history before ``stage``; needs
+    gensim)."""
+    from deepsem.item2vec import train_item2vec
+
+    vectors = train_item2vec([split.history(u, stage).tolist() for u in range(len(split.users))])
+    return {"most-popular": evaluate_ranking_over_items(popularity_scores(split), split, stage, ks),
+            "item2vec": evaluate_ranking_over_items(vectors.scorer(split), split, stage, ks)}
 
 
 # -- training -------------------------------------------------------------------------------------------------
