@@ -40,7 +40,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
 from deepsem.config import TrainConfig
-from deepsem.errors import ModelFileError, ResumeMismatchError, TrainingDivergedError
+from deepsem.errors import ConfigError, ModelFileError, ResumeMismatchError, TrainingDivergedError
 from deepsem.fileio import atomic_write, atomic_write_json, fsync_path, read_json, sha256_file
 from deepsem.text import Tokenizer, build_tokenizer, load_tokenizer
 
@@ -348,10 +348,18 @@ def finish_run(result: TrainResult, info: dict[str, Any], out: Path, run_dir: Pa
 
 
 def distributed_rank() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process: from ``torch.distributed`` when a process group is initialised
-    (e.g. under ``torchrun``), else ``(0, 1)``."""
+    """``(rank, world_size)`` of this process: from ``torch.distributed`` when a process group is initialised,
+    else ``(0, 1)``. A launcher's ``WORLD_SIZE`` above 1 without a process group (``torchrun --nproc-per-node 2 -m
+    deepsem train ...`` today: deepsem starts none) is a :class:`ConfigError`: every process would take itself for
+    rank 0, train alone and write the same run and model directories."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    world = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    if world.isdigit() and int(world) > 1:
+        raise ConfigError(f"launched as {world} processes (WORLD_SIZE={world}) but no torch.distributed process "
+                          "group is initialised: deepsem's commands train in one process; launch one process "
+                          "(torchrun --nproc-per-node 1), or initialise the process group before calling the "
+                          "Python API")
     return 0, 1
 
 
