@@ -28,6 +28,17 @@ CREATE TABLE IF NOT EXISTS docs (
 """
 
 
+
+def check_regular(path: Path, what: str) -> None:
+    """``path`` is a regular file that can be stat'ed; else an :class:`IndexFileError` naming it as the ``what`` of
+    an index version (a folder, FIFO or device where a file should be, or a file that cannot be read)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise IndexFileError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise IndexFileError(f"{path}: the {what} is not a regular file")
+
 class DocStore:
     def __init__(self, path: str | Path) -> None:
         """Open (or create) a store for writing: only ever a new index version's own work copy."""
@@ -41,12 +52,7 @@ class DocStore:
         file, a directory or an unreadable one is an :class:`IndexFileError` naming the file and the cause
         (never a raw ``sqlite3.DatabaseError``, never an empty store silently created in its place)."""
         path = Path(path)
-        try:
-            mode = os.stat(path).st_mode
-        except OSError as exc:
-            raise IndexFileError(f"{path}: cannot read the document store: {exc.strerror or exc}") from None
-        if not stat.S_ISREG(mode):
-            raise IndexFileError(f"{path}: the document store is not a regular file")
+        check_regular(path, "document store")
         store = cls.__new__(cls)
         store.path = path
         uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"

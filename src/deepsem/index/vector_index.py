@@ -59,7 +59,7 @@ from deepsem.fileio import (
 )
 from deepsem.index.corpus import Document, iter_corpus
 from deepsem.index.lexical import LexicalIndex
-from deepsem.index.store import DocStore
+from deepsem.index.store import DocStore, check_regular
 from deepsem.tasks import load as load_model
 from deepsem.vectorstore.exact import exact_search
 from deepsem.vectorstore.faiss_store import FaissStore, default_search_params, faiss_cause
@@ -248,7 +248,7 @@ class Index:
         work = directory / version
         meta = _read_meta(work / "index.json")
         weights = work / "model" / "model.safetensors"
-        _regular(weights, "model weights file")
+        check_regular(weights, "model weights file")
         if sha256_file(weights) != meta["model_sha256"]:
             raise IndexFileError(f"{weights}: checksum differs from index.json: the index was built with "
                                  "another model")
@@ -653,15 +653,6 @@ def _train_and_flush(index: FaissStore, pending: list[np.ndarray], pending_rows:
 
 
 # -- reading a version ------------------------------------------------------------------------------------------
-def _regular(path: Path, what: str) -> None:
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise IndexFileError(f"{path}: cannot read the {what}: {_cause(exc)}") from None
-    if not stat.S_ISREG(mode):
-        raise IndexFileError(f"{path}: the {what} is not a regular file")
-
-
 def _read_meta(path: Path) -> dict[str, Any]:
     """index.json, read with the size/depth/UTF-8 checks of :func:`read_json` and its fields type-checked."""
     meta = read_json(path, IndexFileError)
