@@ -1,9 +1,9 @@
-"""The ``deepsem`` command: train, evaluate, encode, index, search, serve, classify, recommend, demo.
+"""The ``deepsem`` command: train, evaluate, encode, index, search, serve, export, classify, recommend, demo.
 
 One module per command group (:mod:`.matching`: train / evaluate / encode; :mod:`.index`: index ... and search;
-:mod:`.serve`; :mod:`.classify`; :mod:`.recommend`; :mod:`.embeddings`; :mod:`.diagnose`; :mod:`.demo`), the
-options they share in :mod:`.options`, and every command under the one error handler of :mod:`.errors`. The
-commands parse options and print; the work is done by the library.
+:mod:`.serve`; :mod:`.export`; :mod:`.classify`; :mod:`.recommend`; :mod:`.embeddings`; :mod:`.diagnose`;
+:mod:`.demo`), the options they share in :mod:`.options`, and every command under the one error handler of
+:mod:`.errors`. The commands parse options and print; the work is done by the library.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import typer
 
-from deepsem.cli import classify, demo, diagnose, embeddings, index, matching, recommend, serve
+from deepsem.cli import classify, demo, diagnose, embeddings, export, index, matching, recommend, serve
 from deepsem.cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USER, DeepsemGroup
 from deepsem.cli.options import (
     MAX_LINE_BYTES,
@@ -37,7 +37,8 @@ app = typer.Typer(
     cls=DeepsemGroup,
 )
 # the top-level commands, in the order `deepsem --help` lists them, then the command groups
-for command in (matching.train, matching.evaluate, matching.encode, index.search, serve.serve, demo.demo):
+for command in (matching.train, matching.evaluate, matching.encode, index.search, serve.serve, export.export,
+                demo.demo):
     app.command()(command)
 for name, group in (("index", index.index_app), ("classify", classify.classify_app),
                     ("embeddings", embeddings.embeddings_app), ("diagnose", diagnose.diagnose_app),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,8 +13,12 @@ if TYPE_CHECKING:
 
 from deepsem.cli.errors import fail
 from deepsem.cli.options import (
+    Backend,
+    BackendName,
     IndexDir,
+    OnnxFile,
     Progress,
+    backend_kwargs,
     data_file,
     out_dir,
 )
@@ -23,10 +27,11 @@ index_app = typer.Typer(help="Build and change a vector index (Faiss + document 
                         no_args_is_help=True)
 
 
-def load_index(path: Path) -> Index:
+def load_index(path: Path, **backend: Any) -> Index:
+    """The index at ``path``; ``backend`` / ``onnx``: how its model answers (:meth:`Index.load`)."""
     from deepsem.index import Index
 
-    return Index.load(path)
+    return Index.load(path, **backend)
 
 
 @index_app.command("build")
@@ -54,16 +59,21 @@ def index_build(
     hybrid_weight: Annotated[float, typer.Option(help="The cosine's share of the hybrid score (the rest is "
                              "BM25 scaled by the query's best BM25 score).", min=0.0, max=1.0)] = 0.5,
     progress: Progress = None,
+    backend: Backend = BackendName.torch,
+    onnx: OnnxFile = None,
 ) -> None:
     """Encode every document of a corpus and index the vectors."""
     import time
 
     from deepsem.index import Index
     from deepsem.progress import progress_enabled
+    from deepsem.tasks import load
 
     t0 = time.perf_counter()
+    how = backend_kwargs(backend, onnx)
+    encoder = model if how["backend"] == "torch" else load(model, **how)
     # the library reads the .npy itself (memory-mapped, no pickle) and checks its shape, dtype and values
-    built = Index.build(model, corpus, index, factory, id_field=id_field, text_field=text_field,
+    built = Index.build(encoder, corpus, index, factory, id_field=id_field, text_field=text_field,
                         skip_bad_rows=skip_bad_rows, vectors=vectors, search_params=search_params,
                         progress=progress_enabled(progress), lexical=lexical, hybrid_weight=hybrid_weight)
     typer.echo(f"indexed {len(built):,} documents with {factory} in {time.perf_counter() - t0:.1f} s -> {index}")
@@ -123,6 +133,8 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per query, for scripts.")] = False,
     mode: Annotated[str | None, typer.Option(help="dense (cosine), lexical (BM25) or hybrid; default: hybrid "
                     "for an index built with --lexical, else dense.")] = None,
+    backend: Backend = BackendName.torch,
+    onnx: OnnxFile = None,
 ) -> None:
     """Search an index: ranked documents with their scores (cosine, BM25 or the hybrid score)."""
     texts = list(query or [])
@@ -137,7 +149,7 @@ def search(
         texts += [line for line in lines if line.strip()]
     if not texts:
         fail("give a query text or --queries FILE")
-    idx = load_index(index)
+    idx = load_index(index, **backend_kwargs(backend, onnx))
     found = idx.search(texts, k=k, mode=mode)
     for text, hits in zip(texts, found, strict=True):
         if as_json:

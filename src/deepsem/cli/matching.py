@@ -10,6 +10,8 @@ import typer
 
 from deepsem.cli.errors import fail
 from deepsem.cli.options import (
+    Backend,
+    BackendName,
     Bidirectional,
     Device,
     EmbeddingDim,
@@ -20,6 +22,7 @@ from deepsem.cli.options import (
     MaxLength,
     MinCount,
     Negatives,
+    OnnxFile,
     Patience,
     Pooling,
     Progress,
@@ -29,6 +32,7 @@ from deepsem.cli.options import (
     Threads,
     TokenizerName,
     above_zero,
+    backend_kwargs,
     data_file,
     existing_dir,
     not_negative,
@@ -200,11 +204,14 @@ def encode(
     side: Annotated[Side, typer.Option(help="Tower to use: query or doc.")] = Side.query,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.", min=1)] = 512,
     chunk: Annotated[int, typer.Option(help="Texts read and encoded at a time (bounds memory).", min=1)] = 100_000,
+    backend: Backend = BackendName.torch,
+    onnx: OnnxFile = None,
 ) -> None:
     """Encode texts (one per line) into L2-normalised vectors saved as a .npy file."""
     from deepsem.fileio import atomic_write_npy
     from deepsem.tasks import load
 
-    vectors = load(model).encode_stream(text_lines(texts), chunk=chunk, batch_size=batch_size, side=side.value)
+    held = load(model, **backend_kwargs(backend, onnx))
+    vectors = held.encode_stream(text_lines(texts), chunk=chunk, batch_size=batch_size, side=side.value)
     atomic_write_npy(out, vectors)
     typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {out}", err=True)

@@ -20,6 +20,7 @@ import typer
 
 from deepsem.cli.errors import fail
 from deepsem.config import LOSSES, NEGATIVES, POOLINGS, RECOMMEND_NEGATIVES
+from deepsem.deploy.runtime import BACKENDS
 from deepsem.text import TOKENIZERS
 from deepsem.towers import TOWERS
 
@@ -37,6 +38,21 @@ Pooling: Any = choices("Pooling", POOLINGS)
 Loss: Any = choices("Loss", LOSSES)
 Negatives: Any = choices("Negatives", NEGATIVES)
 RecommendNegatives: Any = choices("RecommendNegatives", RECOMMEND_NEGATIVES)
+BackendName: Any = choices("BackendName", BACKENDS)
+
+#: ``--backend`` / ``--onnx``: what runs a loaded model (:func:`deepsem.load`'s ``backend`` and ``onnx``).
+Backend = Annotated[BackendName, typer.Option(help="What runs the model: torch, or onnx (onnxruntime, the onnx "
+                    "extra; the towers are exported in memory unless --onnx names the files deepsem export wrote).")]
+OnnxFile = Annotated[Path | None, typer.Option(help="With --backend onnx: the file deepsem export wrote (an int8 "
+                     "one, say); refused unless it was exported from this very model.", exists=True,
+                     dir_okay=False)]
+
+
+def backend_kwargs(backend: Any, onnx: Path | None) -> dict[str, Any]:
+    """``--backend`` and ``--onnx`` as :func:`deepsem.load`'s keywords; ``--onnx`` alone is refused."""
+    if onnx is not None and backend.value != "onnx":
+        fail("--onnx FILE needs --backend onnx")
+    return {"backend": backend.value, "onnx": onnx}
 
 
 class Side(StrEnum):

@@ -12,6 +12,8 @@ from deepsem.cli.index import load_index
 from deepsem.cli.options import (
     API_KEY_ENV,
     API_KEY_HELP,
+    Backend,
+    BackendName,
     BodyTimeout,
     HeaderTimeout,
     Host,
@@ -21,8 +23,10 @@ from deepsem.cli.options import (
     MaxHeaders,
     MaxInFlight,
     MaxK,
+    OnnxFile,
     Port,
     api_key_kwargs,
+    backend_kwargs,
     guard_limits,
     not_negative,
 )
@@ -58,6 +62,8 @@ def serve(
     max_header_bytes: MaxHeaderBytes = 16 << 10,
     max_headers: MaxHeaders = 100,
     keep_alive: KeepAlive = 5.0,
+    backend: Backend = BackendName.torch,
+    onnx: OnnxFile = None,
 ) -> None:
     """Serve search, similarity and embeddings over HTTP, with a search page at /."""
     import torch
@@ -70,8 +76,9 @@ def serve(
     if (index is None) == (model is None):
         fail("give --index DIR (search and more) or --model DIR (similarity and embeddings)")
     auth = api_key_kwargs(api_key)
-    idx = load_index(index) if index is not None else None
-    loaded = load(model) if model is not None else None
+    how = backend_kwargs(backend, onnx)
+    idx = load_index(index, **how) if index is not None else None
+    loaded = load(model, **how) if model is not None else None
     from deepsem.tasks.classification import Classifier
     from deepsem.tasks.recommendation import Recommender
 

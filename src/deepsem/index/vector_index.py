@@ -111,10 +111,11 @@ class Hit:
 _cause = faiss_cause
 
 
-def text_encoder(model: str | Path | IndexedModel) -> IndexedModel:
-    """``model``, or the model of the directory ``model`` (any task, through the registry), checked to be a text
-    encoder: ``encode(texts, side=...)`` and ``dim``. Another kind of model is a :class:`ConfigError` naming it."""
-    loaded = load_model(model) if isinstance(model, str | Path) else model
+def text_encoder(model: str | Path | IndexedModel, **backend: Any) -> IndexedModel:
+    """``model``, or the model of the directory ``model`` (any task, through the registry; ``backend`` and
+    ``onnx`` as :func:`deepsem.load` takes them), checked to be a text encoder: ``encode(texts, side=...)`` and
+    ``dim``. Another kind of model is a :class:`ConfigError` naming it."""
+    loaded = load_model(model, **backend) if isinstance(model, str | Path) else model
     if not callable(getattr(loaded, "encode", None)) or not isinstance(getattr(loaded, "dim", None), int):
         where = f"{model}: " if isinstance(model, str | Path) else ""
         raise ConfigError(f"{where}a {type(loaded).__name__}, not a two-tower model: an index needs a text encoder "
@@ -193,7 +194,7 @@ class Index:
                            progress=progress, lexical=lexical, hybrid_weight=hybrid_weight)
 
         _write(directory, lock_timeout, fill)
-        return cls.load(directory)
+        return cls.load(directory, **getattr(semantic, "backend_options", {}))
 
     # -- loading --------------------------------------------------------------------------------------------
     @staticmethod
@@ -230,21 +231,22 @@ class Index:
         return name
 
     @classmethod
-    def load(cls, directory: str | Path) -> Index:
+    def load(cls, directory: str | Path, *, backend: str = "torch", onnx: str | Path | None = None) -> Index:
         """Open the version ``CURRENT`` names. A damaged or crafted file is an :class:`IndexFileError` naming it;
-        a version removed by a writer while it was being read is retried with the new ``CURRENT``."""
+        a version removed by a writer while it was being read is retried with the new ``CURRENT``. ``backend``
+        and ``onnx``: how its model answers (:func:`deepsem.load`), kept when the index reloads."""
         directory = Path(directory)
         for attempt in range(5):
             version = cls.current_version(directory)
             try:
-                return cls._load_version(directory, version)
+                return cls._load_version(directory, version, backend=backend, onnx=onnx)
             except (IndexFileError, ModelFileError, FileNotFoundError):
                 if attempt == 4 or cls.current_version(directory) == version:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     @classmethod
-    def _load_version(cls, directory: Path, version: str) -> Index:
+    def _load_version(cls, directory: Path, version: str, **backend: Any) -> Index:
         work = directory / version
         meta = _read_meta(work / "index.json")
         weights = work / "model" / "model.safetensors"
@@ -252,7 +254,7 @@ class Index:
         if sha256_file(weights) != meta["model_sha256"]:
             raise IndexFileError(f"{weights}: checksum differs from index.json: the index was built with "
                                  "another model")
-        model = text_encoder(work / "model")
+        model = text_encoder(work / "model", **backend)
         if model.dim != meta["dim"]:
             raise IndexFileError(f"{work / 'index.json'}: field 'dim' is {meta['dim']}, the model's vectors "
                                  f"have {model.dim}")
@@ -501,8 +503,13 @@ class Index:
 
     def _reopen(self) -> None:
         self.store.close()
-        fresh = Index.load(self.directory)
+        fresh = Index.load(self.directory, **self.load_options)
         self.__dict__.update(fresh.__dict__)
+
+    @property
+    def load_options(self) -> dict[str, Any]:
+        """The keywords of :meth:`load` that open this index with its model answering as now (backend, file)."""
+        return dict(getattr(self.model, "backend_options", {}))
 
     def stats(self) -> dict[str, Any]:
         return {"documents": len(self.store), "deleted": self.store.deleted_count(), "factory": self.factory,

@@ -9,12 +9,18 @@ Chinese).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from deepsem.config import ClassifierConfig
 from deepsem.towers import build_tower
+
+if TYPE_CHECKING:
+    from deepsem.nn.onnx import Graph
 
 #: Multiplier of the n-gram hash ``h = (h * P + id) mod buckets``, started from the order ``n``.
 _PRIME = 1_000_003
@@ -75,6 +81,42 @@ class TextClassifier(nn.Module):
         if self.ngrams is not None:
             features = torch.cat([features, self.ngram_vector(ids, lengths)], dim=-1)
         return self.head(self.dropout(features))
+
+    def onnx(self, g: Graph, ids: str, lengths: str) -> str:
+        """:meth:`forward` in ONNX operators (:mod:`deepsem.nn.onnx`): the logits ``(B, num_labels)``."""
+        features = self.tower.onnx(g, ids, lengths)  # type: ignore[operator]
+        if self.ngrams is not None:
+            features = g.op("Concat", features, self._onnx_ngram_vector(g, ids, lengths), axis=-1)
+        return g.linear(features, self.head)
+
+    def _onnx_ngram_vector(self, g: Graph, ids: str, lengths: str) -> str:
+        """:meth:`ngram_vector` in ONNX operators: the n-gram hashes over slices whose end follows the length."""
+        c = self.config
+        i64 = np.int64
+        steps = g.steps_of(ids)
+        positions = g.op("Range", g.const(0, dtype=i64), steps, g.const(1, dtype=i64))
+        rows, masks = [ids], [g.positions_mask(lengths, steps)]
+        for n in range(2, c.ngram_order + 1):
+            span = g.op("Max", g.op("Sub", steps, g.const(n - 1, dtype=i64)), g.const(0, dtype=i64))
+            h = g.op("Mul", g.op("Cast", g.op("Slice", ids, g.const([0]), g.op("Unsqueeze", span, g.const([0])),
+                                              g.const([1])), to=7), g.const(0, dtype=i64))
+            h = g.op("Add", h, g.const(n, dtype=i64))
+            for k in range(n):
+                window = g.op("Slice", ids, g.const([k]),
+                              g.op("Unsqueeze", g.op("Add", span, g.const(k, dtype=i64)), g.const([0])), g.const([1]))
+                h = g.op("Mod", g.op("Add", g.op("Mul", h, g.const(_PRIME, dtype=i64)), window),
+                         g.const(c.ngram_buckets, dtype=i64))
+            rows.append(g.op("Add", h, g.const(c.tower.vocab_size, dtype=i64)))
+            first = g.op("Slice", positions, g.const([0]), g.op("Unsqueeze", span, g.const([0])), g.const([0]))
+            masks.append(g.op("Less", g.op("Unsqueeze", g.op("Add", first, g.const(n - 1, dtype=i64)), g.const([0])),
+                              g.op("Unsqueeze", lengths, g.const([1]))))
+        weights = g.op("Cast", g.op("Concat", *masks, axis=1), to=1)
+        total = g.op("Max", g.op("ReduceSum", weights, g.const([1]), keepdims=1), g.const(np.float32(1.0)))
+        weights = g.op("Div", weights, total)
+        table = g.const(self.ngrams.weight, "ngrams")  # type: ignore[union-attr]
+        rows_all = g.op("Gather", table, g.op("Concat", *rows, axis=1))
+        return g.op("ReduceSum", g.op("Mul", rows_all, g.op("Unsqueeze", weights, g.const([2]))), g.const([1]),
+                    keepdims=0)
 
     def probabilities(self, logits: Tensor) -> Tensor:
         """Softmax over labels, or an independent sigmoid per label for multi-label models."""

@@ -16,14 +16,20 @@ tower runs alone on a fresh history.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from deepsem.config import RecommenderConfig, TowerConfig
+from deepsem.nn.onnx import rnn as onnx_rnn
 from deepsem.towers import build_tower
 from deepsem.towers.recurrent import build_rnn, run_rnn
+
+if TYPE_CHECKING:
+    from deepsem.nn.onnx import Graph
 
 
 class ItemTower(nn.Module):
@@ -105,6 +111,22 @@ class UserTower(nn.Module):
         if features is not None:
             output = output + self.feature_embedding(features).unsqueeze(1)
         return F.normalize(self.proj(self.dropout(output)), dim=-1)
+
+
+    def onnx(self, g: Graph, x: str, lengths: str, features: str | None, item_inputs: ItemTower) -> str:
+        """The user vector after each history's last item ``(B, D)`` in ONNX operators (:mod:`deepsem.nn.onnx`);
+        ``x`` holds item rows ``(B, T)``, whose inputs are :meth:`ItemTower.inputs` of every item, a table."""
+        with torch.no_grad():
+            table = item_inputs.inputs(torch.arange(item_inputs.id_embedding.num_embeddings))
+        _, h_n = onnx_rnn(g, self.rnn, g.op("Gather", g.const(table, "item_inputs"), x), lengths)
+        user = g.op("Squeeze", h_n, g.const([0]))  # one direction: (B, H) at each history's last item
+        if features is not None:  # EmbeddingBag mean without the padding rows
+            kept = g.op("Cast", g.op("Greater", features, g.const(0, dtype=np.int64)), to=1)
+            rows = g.op("Mul", g.op("Gather", g.const(self.feature_embedding.weight, "features"), features),
+                        g.op("Unsqueeze", kept, g.const([2])))
+            count = g.op("Max", g.op("ReduceSum", kept, g.const([1]), keepdims=1), g.const(np.float32(1.0)))
+            user = g.op("Add", user, g.op("Div", g.op("ReduceSum", rows, g.const([1]), keepdims=0), count))
+        return g.l2_normalize(g.linear(user, self.proj))
 
 
 class TwoTowerRecommender(nn.Module):

@@ -294,7 +294,7 @@ class ServedIndex:
             if name == self.version:
                 return False
             try:
-                fresh = await asyncio.to_thread(Index.load, directory)
+                fresh = await asyncio.to_thread(Index.load, directory, **self.index.load_options)
             except Exception as exc:  # a version removed meanwhile, a damaged file: keep serving the old one
                 self.error = f"loading {name}: {type(exc).__name__}: {exc}"
                 log.warning("index reload failed, still serving %s: %s", self.version, self.error)

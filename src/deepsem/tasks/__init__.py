@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from deepsem.deploy.runtime import BACKENDS
 from deepsem.modeldir import read_config
 
 # registration order is the order tasks are listed in messages
@@ -32,8 +33,14 @@ from deepsem.tasks.registry import TASKS, Task, model_fields, register
 __all__ = ["TASKS", "Task", "classification", "load", "matching", "recommendation", "register"]
 
 
-def load(directory: str | Path) -> Any:
+def load(directory: str | Path, *, backend: str = "torch", onnx: str | Path | None = None) -> Any:
     """Load any model directory deepsem wrote: ``config.json``'s ``task`` picks the :class:`Task` whose wrapper
     loads it (a :class:`~deepsem.tasks.matching.SemanticModel`, :class:`~deepsem.tasks.classification.Classifier`
-    or :class:`~deepsem.tasks.recommendation.Recommender`)."""
-    return TASKS[read_config(directory, model_fields())["task"]].load(directory)
+    or :class:`~deepsem.tasks.recommendation.Recommender`).
+
+    ``backend="onnx"`` answers through onnxruntime (the ``onnx`` extra): the files ``deepsem export`` wrote at
+    ``onnx`` (checked to come from these weights), or the towers exported in memory when ``onnx`` is None."""
+    if backend not in BACKENDS:  # before anything is read
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    held = TASKS[read_config(directory, model_fields())["task"]].load(directory)
+    return held.use_backend(backend, onnx) if backend != "torch" or onnx is not None else held

@@ -36,6 +36,7 @@ from deepsem.data.batches import length_batches
 from deepsem.data.errors import DataError
 from deepsem.data.labelled import LabelledTexts, as_labelled, read_labelled, sort_labels
 from deepsem.data.readers import Column
+from deepsem.deploy.runtime import Backend, run_batches
 from deepsem.errors import ConfigError
 from deepsem.evaluation.classification import classification_metrics, plot_confusion
 from deepsem.losses import ClassificationLoss, classification_loss
@@ -140,7 +141,7 @@ def _pad(ids: Sequence[Sequence[int]], dtype: type = np.int64) -> tuple[np.ndarr
     return matrix, lengths
 
 
-class Classifier:
+class Classifier(Backend):
     """A trained text classifier with its tokenizer and label names.
 
     >>> clf = deepsem.load("runs/news")                       # doctest: +SKIP
@@ -217,6 +218,8 @@ class Classifier:
         out = np.zeros((len(ids), len(self.labels)), np.float32)
         if not ids:
             return out
+        if self._onnx is not None:
+            return run_batches(self._onnx["classifier"], ids, batch_size, len(self.labels), output=1)
         order = np.argsort(np.fromiter((len(x) for x in ids), np.int64, len(ids)), kind="stable")
         was_training = self.model.training
         self.model.eval()

@@ -17,6 +17,7 @@ from deepsem.config import ModelConfig, TrainConfig
 from deepsem.data.batches import PairCollate, PairSet, TextTable, encode_texts, labelled_negatives, sample_negatives
 from deepsem.data.errors import DataError
 from deepsem.data.pairs import TextPairs, as_pairs, clicks_to_pairs
+from deepsem.deploy.runtime import Backend, run_batches
 from deepsem.evaluation.pairs import (
     RANKING_METRICS,
     evaluate_pairs,
@@ -59,7 +60,7 @@ __all__ = [
     "train",
 ]
 
-class SemanticModel:
+class SemanticModel(Backend):
     """A trained two-tower model with its tokenizer.
 
     >>> model = deepsem.load("runs/bq")                       # doctest: +SKIP
@@ -105,6 +106,9 @@ class SemanticModel:
             return self.encode([texts], batch_size, side)[0]
         if not len(texts):
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self._onnx is not None:
+            runner = self._onnx.get(side, self._onnx["query"])  # one part when the towers are shared
+            return run_batches(runner, self.tokenizer.encode_batch(list(texts)), batch_size, self.dim)
         return encode_texts(self.model, self.tokenizer, texts, side=side, batch_size=batch_size)
 
     def encode_stream(self, texts: Iterable[str], *, chunk: int = 100_000, batch_size: int = 512,

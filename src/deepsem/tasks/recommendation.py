@@ -36,6 +36,7 @@ from torch import Tensor
 from deepsem.config import RECOMMEND_NEGATIVES, RecommenderConfig, TrainConfig
 from deepsem.data.errors import DataError
 from deepsem.data.interactions import Interactions, SequenceSplit, load_movielens, split_sequences
+from deepsem.deploy.runtime import Backend
 from deepsem.errors import ConfigError
 from deepsem.evaluation.recommendation import Scorer, evaluate_ranking_over_items, popularity_scores
 from deepsem.fileio import atomic_write_json
@@ -140,7 +141,7 @@ class Recommendation:
     unknown: list[str] = field(default_factory=list)
 
 
-class Recommender:
+class Recommender(Backend):
     """A trained two-tower recommender, its item catalogue and its Faiss index of item vectors.
 
     >>> rec = deepsem.load("runs/ml100k")                      # doctest: +SKIP
@@ -203,6 +204,12 @@ class Recommender:
         hist = torch.from_numpy(_pad_rows([[p + 1 for p in h] for h in cut]))
         feats = (torch.from_numpy(self.catalogue.user_feature_ids(user_features))
                  if user_features is not None else None)
+        if self._onnx is not None:
+            feeds = {"history": hist.numpy(), "lengths": lengths.numpy()}
+            if self.config.n_user_features > 0:
+                feeds["features"] = (feats.numpy() if feats is not None
+                                     else np.zeros((len(cut), 1), np.int64))  # no features: padding only
+            return self._onnx["user"].run(feeds)[0]
         with _eval_mode(self.model):
             return self.model.user_vectors(hist, lengths, feats).float().numpy()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -19,6 +20,7 @@ from deepsem.towers.registry import TensorSizes, TowerSpec, register, widths
 
 if TYPE_CHECKING:
     from deepsem.config import TowerConfig
+    from deepsem.nn.onnx import Graph
 
 
 class DSSMTower(nn.Module):
@@ -49,6 +51,17 @@ class DSSMTower(nn.Module):
         for layer in self.hidden:
             x = torch.tanh(layer(self.dropout(x)))
         return torch.tanh(self.proj(self.dropout(x)))
+
+    def onnx(self, g: Graph, ids: str, lengths: str) -> str:
+        """This tower in ONNX operators (:mod:`deepsem.nn.onnx`): the bag sum as a gather and a weighted sum."""
+        counts = g.op("Cast", g.op("Greater", ids, g.const(SEPARATOR_ID, dtype=np.int64)), to=1)
+        rows = g.op("Gather", g.const(self.word_hashing.weight, "word_hashing"), ids)
+        summed = g.op("ReduceSum", g.op("Mul", rows, g.op("Unsqueeze", counts, g.const([2]))), g.const([1]),
+                      keepdims=0)
+        x = g.op("Tanh", g.op("Add", summed, g.const(self.bias, "bias")))
+        for layer in self.hidden:
+            x = g.op("Tanh", g.linear(x, layer))
+        return g.op("Tanh", g.linear(x, self.proj))
 
 
 def dssm_sizes(c: TowerConfig, prefix: str = "") -> TensorSizes:

@@ -13,15 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from deepsem.nn.lstm import LSTM
+from deepsem.nn.onnx import rnn as onnx_rnn
 from deepsem.towers.registry import TensorSizes, TowerSpec, register, widths
 
 if TYPE_CHECKING:
     from deepsem.config import TowerConfig
+    from deepsem.nn.onnx import Graph
 
 #: Defaults of a recurrent tower's ``hidden_size`` / ``num_layers`` (the best BQ setting).
 HIDDEN_SIZE, NUM_LAYERS = 128, 1
@@ -163,6 +166,25 @@ class RecurrentTower(nn.Module):
                 parts.append(output.masked_fill(~mask, float("-inf")).amax(1))
         pooled = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return torch.tanh(self.proj(self.dropout(pooled)))
+
+    def onnx(self, g: Graph, ids: str, lengths: str) -> str:
+        """This tower in ONNX operators (:mod:`deepsem.nn.onnx`): the same steps as :meth:`forward`."""
+        x = g.op("Gather", g.const(self.embedding.weight, "embedding"), ids)
+        output, h_n = onnx_rnn(g, self.rnn, x, lengths)
+        pooling, parts = self.config.pooling, []
+        if pooling in ("last", "last+max"):  # (D, B, H) -> (B, D*H)
+            parts.append(g.op("Reshape", g.op("Transpose", h_n, perm=[1, 0, 2]), g.const([0, -1])))
+        if pooling in ("max", "last+max", "mean"):
+            mask = g.positions_mask(lengths, g.steps_of(ids))
+            if pooling == "mean":
+                kept = g.op("Mul", output, g.op("Unsqueeze", g.op("Cast", mask, to=1), g.const([2])))
+                count = g.op("Cast", g.op("Max", lengths, g.const(1, dtype=np.int64)), to=1)
+                parts.append(g.op("Div", g.op("ReduceSum", kept, g.const([1]), keepdims=0),
+                                  g.op("Unsqueeze", count, g.const([1]))))
+            else:
+                parts.append(g.masked_max(output, mask))
+        pooled = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=-1)
+        return g.op("Tanh", g.linear(pooled, self.proj))
 
 
 def recurrent_tower_sizes(c: TowerConfig, prefix: str = "") -> TensorSizes:

@@ -1,0 +1,43 @@
+"""``deepsem export``: a trained model's towers as ONNX files another runtime runs (:mod:`deepsem.deploy`)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deepsem.cli.options import existing_dir, out_file
+
+
+class Format(StrEnum):
+    onnx = "onnx"
+
+
+class Quantize(StrEnum):
+    int8 = "int8"
+
+
+def export(
+    model: Annotated[Path, typer.Option(help="Model directory (two-tower, classifier or recommender).",
+                                        callback=existing_dir)],
+    out: Annotated[Path, typer.Option(help="The ONNX file to write; the other parts, the tokenizer and (for a "
+                                      "recommender) the item vectors go beside it, named after it.",
+                                      callback=out_file)],
+    format: Annotated[Format, typer.Option(help="Output format.")] = Format.onnx,
+    quantize: Annotated[Quantize | None, typer.Option(help="int8: onnxruntime's dynamic quantisation (int8 "
+                        "weights, activations quantised on the fly).")] = None,
+) -> None:
+    """Export the towers as ONNX (ids and lengths in, the final normalised vector out), check them against the
+    PyTorch model on random inputs, and print what was written."""
+    from deepsem.deploy.export import check_export, export_onnx
+    from deepsem.tasks import load
+
+    held = load(model)
+    written = export_onnx(held, out, quantize=None if quantize is None else quantize.value)
+    for path in written:
+        typer.echo(f"wrote {path}")
+    for part, (max_diff, min_cosine) in check_export(held, out).items():
+        typer.echo(f"{part}: onnxruntime against torch on random inputs: max |diff| {max_diff:.2e}, "
+                   f"min cosine {min_cosine:.6f}")
