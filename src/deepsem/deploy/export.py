@@ -201,8 +201,12 @@ def export_onnx(held: Any, out: str | os.PathLike[str], quantize: str | None = N
     written = [atomic_write_bytes(part_path(out, part, first), m.SerializeToString()) for part, m in models.items()]
     tokenizer = getattr(held, "tokenizer", None)
     if tokenizer is not None:
-        if hasattr(tokenizer, "to_hf"):
-            written.append(atomic_write_text(out.with_name(f"{out.stem}.tokenizer.json"), tokenizer.to_hf().to_str()))
+        try:
+            hf = tokenizer.to_hf() if hasattr(tokenizer, "to_hf") else None
+        except NotImplementedError:
+            hf = None
+        if hf is not None:
+            written.append(atomic_write_text(out.with_name(f"{out.stem}.tokenizer.json"), hf.to_str()))
         vocab = "".join(tokenizer.id_to_token(i).replace("\n", " ") + "\n" for i in range(tokenizer.vocab_size))
         written.append(atomic_write_text(out.with_name(f"{out.stem}.vocab.txt"), vocab))
     if hasattr(held, "item_vectors") and hasattr(held, "catalogue"):
@@ -218,9 +222,9 @@ def random_inputs(net: torch.nn.Module, batch: int = 32, steps: int = 24, seed: 
     lengths = rng.integers(1, steps + 1, size=batch)
     lengths[0] = steps
     if isinstance(net, TwoTowerRecommender):
-        high, name = net.config.n_items + 1, "history"
+        high, name = int(net.config.n_items) + 1, "history"
     else:
-        high, name = net.config.tower.vocab_size, "input_ids"  # type: ignore[union-attr]
+        high, name = int(net.config.tower.vocab_size), "input_ids"  # type: ignore[union-attr,arg-type]
     ids = rng.integers(min(2, high - 1), high, size=(batch, steps))
     ids[np.arange(steps)[None, :] >= lengths[:, None]] = 0
     feeds = {name: ids.astype(np.int64), "lengths": lengths.astype(np.int64)}

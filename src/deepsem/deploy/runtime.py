@@ -48,7 +48,7 @@ class OnnxRunner:
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})  # type: ignore[no-any-return]
+        return self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})
 
 
 def runners(held: Any, path: str | os.PathLike[str] | None = None) -> dict[str, OnnxRunner]:

@@ -53,7 +53,7 @@ class Graph:
         self._count += 1
         return f"{hint}_{self._count}"
 
-    def const(self, value: Tensor | np.ndarray | float | int | list[int], hint: str = "const",
+    def const(self, value: Tensor | np.ndarray | np.generic | float | int | list[int], hint: str = "const",
               dtype: Any = None) -> str:
         """A weight (initializer) holding ``value``; tensors are detached and copied to float32 / int64."""
         if isinstance(value, Tensor):
@@ -62,7 +62,7 @@ class Graph:
         if array.dtype == np.float64:
             array = array.astype(np.float32)
         name = self.fresh(hint)
-        self.weights[name] = np.ascontiguousarray(array)
+        self.weights[name] = np.require(array, requirements="C")  # not ascontiguousarray: it makes 0-d 1-d
         return name
 
     def op(self, op_type: str, *inputs: str, outputs: int = 1, **attributes: Any) -> Any:
@@ -157,14 +157,14 @@ def _onnx_lstm_weights(rnn: LSTM, p: dict[str, Tensor | None]) -> tuple[Tensor, 
     w_ih, w_hh = p["weight_ih"], p["weight_hh"]
     assert w_ih is not None and w_hh is not None
     zero_p = torch.zeros(hidden)
+    ci, cf, co = (p[name] if p[name] is not None else zero_p for name in ("weight_ci", "weight_cf", "weight_co"))
+    assert ci is not None and cf is not None and co is not None
     if rnn.coupled:  # ONNX input gate := minus our forget gate; its forget gate (1 - i) is then ours
         order, scale = [1, 3, 1, 2], [-1.0, 1.0, 0.0, 1.0]
-        peep = (torch.cat([-p["weight_cf"], p["weight_co"], zero_p])  # type: ignore[operator]
-                if rnn.peephole else None)
+        peep = torch.cat([-cf, co, zero_p]) if rnn.peephole else None
     else:
         order, scale = [0, 3, 1, 2], [1.0, 1.0, 1.0, 1.0]
-        peep = (torch.cat([p["weight_ci"], p["weight_co"], p["weight_cf"]])  # type: ignore[list-item]
-                if rnn.peephole else None)
+        peep = torch.cat([ci, co, cf]) if rnn.peephole else None
     return (_rows(w_ih, hidden, order, scale), _rows(w_hh, hidden, order, scale),
             torch.cat([_rows(b_ih, hidden, order, scale), _rows(b_hh, hidden, order, scale)]), peep)
 
@@ -203,10 +203,11 @@ def rnn(g: Graph, module: nn.Module, x: str, lengths: str) -> tuple[str, str]:
                                       "direction": "bidirectional" if directions == 2 else "forward"}
         if isinstance(module, LSTM):
             parts = [_onnx_lstm_weights(module, p) for p in per_direction]
-            inputs = [g.const(torch.stack([q[k] for q in parts]), name) for k, name in ((0, "W"), (1, "R"), (2, "B"))]
-            inputs += [seq_lens, "", ""]
-            if module.peephole:
-                inputs.append(g.const(torch.stack([q[3] for q in parts]), "P"))  # type: ignore[misc]
+            inputs = [g.const(torch.stack([q[k] for q in parts]), name)  # type: ignore[misc]
+                      for k, name in ((0, "W"), (1, "R"), (2, "B"))] + [seq_lens, "", ""]
+            peeps = [q[3] for q in parts if q[3] is not None]
+            if peeps:
+                inputs.append(g.const(torch.stack(peeps), "P"))
             if module.coupled:
                 attributes["input_forget"] = 1
             op_type, n_out = "LSTM", 3

@@ -164,6 +164,14 @@ class SubwordTokenizer(Tokenizer):
     def _encode_untruncated(self, text: str) -> list[int]:
         return self.hf_tokenizer.encode(check_text(text), add_special_tokens=False).ids
 
+    def to_hf(self) -> HFTokenizer:
+        """The Hugging Face tokenizer with deepsem's truncation (``max_length``): the same ids, except that an
+        empty text gives none where deepsem gives ``[UNK]``."""
+        hf = HFTokenizer.from_str(self.hf_tokenizer.to_str())
+        if self.max_length is not None:
+            hf.enable_truncation(self.max_length)
+        return hf
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         batch = [check_text(t) for t in texts]
         return [self._finish(e.ids) for e in self.hf_tokenizer.encode_batch(batch, add_special_tokens=False)]

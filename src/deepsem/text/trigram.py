@@ -44,6 +44,11 @@ class TrigramTokenizer(CharTokenizer):
     Words are the tokens of :class:`CharTokenizer` (same options), punctuation dropped by default.
     """
 
+    def to_hf(self) -> Any:
+        """Not expressible in Hugging Face ``tokenizers`` (no model cuts a word into overlapping letter trigrams
+        and marks word boundaries with an id); another runtime reimplements the steps of the module docstring."""
+        raise NotImplementedError("the trigram tokenizer has no Hugging Face tokenizers form")
+
     name: ClassVar[str] = "trigram"
 
     def __init__(

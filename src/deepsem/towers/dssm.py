@@ -60,6 +60,7 @@ class DSSMTower(nn.Module):
                       keepdims=0)
         x = g.op("Tanh", g.op("Add", summed, g.const(self.bias, "bias")))
         for layer in self.hidden:
+            assert isinstance(layer, nn.Linear)
             x = g.op("Tanh", g.linear(x, layer))
         return g.op("Tanh", g.linear(x, self.proj))
 
