@@ -34,8 +34,8 @@ def test_load_onnx_encodes_as_torch():
         np.testing.assert_allclose(onnx_model.encode(TEXTS, side=side), torch_model.encode(TEXTS, side=side),
                                    atol=1e-5, rtol=0)
     assert onnx_model.encode("怎么还款").shape == (torch_model.dim,)
-    assert onnx_model.similarity("怎么还款", "如何还钱") == pytest.approx(torch_model.similarity("怎么还款", "如何还钱"),
-                                                                  abs=1e-5)
+    want = torch_model.similarity("怎么还款", "如何还钱")
+    assert onnx_model.similarity("怎么还款", "如何还钱") == pytest.approx(want, abs=1e-5)
     with pytest.raises(ValueError, match="backend"):
         deepsem.load(FIXTURES / "two_tower", backend="tensorrt")
 
@@ -79,8 +79,9 @@ def test_index_search_and_reload_keep_the_backend(index_dir: Path, tmp_path: Pat
     torch_index, onnx_index = Index.load(index_dir), Index.load(index_dir, backend="onnx")
     assert onnx_index.model.backend == "onnx" and onnx_index.load_options["backend"] == "onnx"
     for mode in ("dense", "hybrid"):
-        for got, want in zip(onnx_index.search(TEXTS[:3], k=5, mode=mode), torch_index.search(TEXTS[:3], k=5, mode=mode),
-                             strict=True):
+        pairs = zip(onnx_index.search(TEXTS[:3], k=5, mode=mode), torch_index.search(TEXTS[:3], k=5, mode=mode),
+                    strict=True)
+        for got, want in pairs:
             assert [h.id for h in got] == [h.id for h in want]
             np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
     built = Index.build(deepsem.load(FIXTURES / "two_tower", backend="onnx"), CORPUS, tmp_path / "b")
@@ -122,9 +123,10 @@ def test_standalone_script_needs_nothing_of_deepsem(tmp_path: Path):
     """examples/onnx_standalone.py, run with deepsem made unimportable, gives deepsem's vectors."""
     held = deepsem.load(FIXTURES / "two_tower")
     export_onnx(held, tmp_path / "tower.onnx")
-    texts = [t for t in TEXTS]
+    texts = list(TEXTS)
+    argv = [str(tmp_path / "tower.onnx"), *texts, "--out", str(tmp_path / "v.npy")]
     code = ("import runpy, sys; sys.modules['deepsem'] = None; "  # any import of deepsem now fails
-            f"sys.argv = ['onnx_standalone.py', *{[str(tmp_path / 'tower.onnx'), *texts, '--out', str(tmp_path / 'v.npy')]!r}]; "
+            f"sys.argv = ['onnx_standalone.py', *{argv!r}]; "
             f"runpy.run_path({str(ROOT / 'examples' / 'onnx_standalone.py')!r}, run_name='__main__')")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
     np.testing.assert_allclose(np.load(tmp_path / "v.npy"), held.encode(texts), atol=1e-5, rtol=0)

@@ -99,7 +99,7 @@ def test_recurrent_nets_map_onto_onnx_operators(encoder: str, operator: str, pee
 def test_coupled_gate_differs_from_the_uncoupled_one():
     """The coupled mapping is not a no-op: the same weights run as an uncoupled LSTM give other vectors."""
     tower = random_tower("lstm-coupled")
-    g, session = tower_graph(tower, 5)
+    _g, session = tower_graph(tower, 5)
     ids, lengths = padded_batch(5, 9, 60, 0, False)
     coupled = session.run(None, {"input_ids": ids.numpy(), "lengths": lengths.numpy()})[0]
     tower.rnn.coupled = False
