@@ -2,6 +2,7 @@
 several concurrencies.
 
     python bench/serve.py --index runs/bench-search/100000-HNSW32 --concurrency 1 8 32 --duration 20
+    python bench/serve.py --index runs/soak/index-100000 --backends torch onnx   # both backends, one run
     python bench/serve.py --recommender runs/recommend/lstm-peephole --concurrency 1 8 32 --duration 20
 
 With ``--recommender`` each request is one ml-100k user's test-time history (its last 50 items, oldest first)
@@ -71,6 +72,28 @@ def run_wrk(url: str, script: Path, concurrency: int, duration: int) -> dict[str
             "p50_ms": to_ms(latency["50"]), "p99_ms": to_ms(latency["99"]), "errors": errors}
 
 
+def serve_and_load(args: argparse.Namespace, what: list[str], url: str, script: Path, backend: str
+                   ) -> tuple[list[dict], dict]:
+    """Start ``deepsem serve`` with ``backend``, warm it up, run wrk at each concurrency; rows and /stats."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "deepsem.cli", "serve", *what, "--port", str(args.port), "--backend", backend,
+         "--max-wait-ms", str(args.max_wait_ms), *args.server_args.split()],
+        stdout=subprocess.DEVNULL, env={**os.environ})
+    rows = []
+    try:
+        wait_ready(url)
+        run_wrk(url, script, 4, 3)  # warm-up
+        for c in args.concurrency:
+            rows.append(run_wrk(url, script, c, args.duration))
+            print(backend, rows[-1], flush=True)
+        with urllib.request.urlopen(url + "/stats") as r:
+            stats = json.loads(r.read())
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+    return rows, stats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, help="an index built by deepsem (e.g. 100k docs)")
@@ -81,6 +104,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--max-wait-ms", type=float, default=0.0)
     parser.add_argument("--server-args", default="", help="more `deepsem serve` options, e.g. '--no-encoder-thread'")
+    parser.add_argument("--backends", nargs="+", default=["torch"], choices=["torch", "onnx"],
+                        help="serve with each backend in turn, in this run (e.g. torch onnx)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -102,35 +127,32 @@ def main() -> None:
     script = Path(tempfile.mkdtemp()) / "load.lua"
     script.write_text(LUA % (", ".join("[[" + b + "]]" for b in bodies), path), "utf-8")
     url = f"http://127.0.0.1:{args.port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "deepsem.cli", "serve", *what, "--port", str(args.port),
-         "--max-wait-ms", str(args.max_wait_ms), *args.server_args.split()],
-        stdout=subprocess.DEVNULL, env={**os.environ})
-    rows = []
-    try:
-        wait_ready(url)
-        run_wrk(url, script, 4, 3)  # warm-up
-        for c in args.concurrency:
-            rows.append(run_wrk(url, script, c, args.duration))
-            print(rows[-1], flush=True)
-        with urllib.request.urlopen(url + "/stats") as r:
-            stats = json.loads(r.read())
-    finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
-    if args.index is not None:
-        print(f"\nPOST /search (k=10, one query per request) over {stats['index']['documents']:,} documents "
-              f"({stats['index']['factory']}), {args.duration} s per level, server and wrk on the same 2 cores")
-    else:
-        print(f"\nPOST /recommend (k=10, one history of <= 50 items per request), {stats['recommender']}, "
-              f"{args.duration} s per level, server and wrk on the same 2 cores")
-    print(f"{'concurrency':>11} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-    for r in rows:
-        print(f"{r['concurrency']:>11} {r['rps']:>11.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7}")
-    print(f"micro-batching: {stats['batching']}")
+    results = {}
+    for backend in args.backends:
+        rows, stats = serve_and_load(args, what, url, script, backend)
+        results[backend] = {"rows": rows, "stats": stats}
+        if args.index is not None:
+            print(f"\nPOST /search (k=10, one query per request) over {stats['index']['documents']:,} documents "
+                  f"({stats['index']['factory']}), backend {backend}, {args.duration} s per level, server and wrk "
+                  "on the same 2 cores")
+        else:
+            print(f"\nPOST /recommend (k=10, one history of <= 50 items per request), {stats['recommender']}, "
+                  f"backend {backend}, {args.duration} s per level, server and wrk on the same 2 cores")
+        print(f"{'concurrency':>11} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        for r in rows:
+            print(f"{r['concurrency']:>11} {r['rps']:>11.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+                  f"{r['errors']:>7}")
+        print(f"micro-batching: {stats['batching']}")
+    if len(args.backends) > 1:
+        base = results[args.backends[0]]["rows"]
+        for backend in args.backends[1:]:
+            ratios = [f"c={r['concurrency']}: {r['rps'] / b['rps']:.2f}x"
+                      for r, b in zip(results[backend]["rows"], base, strict=True)]
+            print(f"requests/s of {backend} against {args.backends[0]}: {', '.join(ratios)}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "stats": stats}, indent=2), encoding="utf-8")
+        args.json.write_text(json.dumps(results if len(results) > 1 else results[args.backends[0]], indent=2),
+                             encoding="utf-8")
 
 
 if __name__ == "__main__":
