@@ -130,3 +130,14 @@ def test_standalone_script_needs_nothing_of_deepsem(tmp_path: Path):
             f"runpy.run_path({str(ROOT / 'examples' / 'onnx_standalone.py')!r}, run_name='__main__')")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
     np.testing.assert_allclose(np.load(tmp_path / "v.npy"), held.encode(texts), atol=1e-5, rtol=0)
+
+
+def test_cli_evaluate_with_onnx(pair_files: tuple[Path, Path], trained_model_dir: Path):
+    runner = CliRunner()
+    args = ["evaluate", "--model", str(trained_model_dir), str(pair_files[1]), "--json"]
+    metrics = {backend: json.loads(runner.invoke(app, [*args, "--backend", backend]).output)
+               for backend in ("torch", "onnx")}
+    assert metrics["onnx"].keys() == metrics["torch"].keys()
+    for key, value in metrics["torch"].items():
+        if isinstance(value, float):
+            assert metrics["onnx"][key] == pytest.approx(value, abs=1e-4), key

@@ -168,6 +168,8 @@ def evaluate(
                                              callback=data_file)] = None,
     skip_bad_rows: Annotated[bool, typer.Option(help="Skip malformed rows (counted).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+    backend: Backend = BackendName.torch,
+    onnx: OnnxFile = None,
 ) -> None:
     """Score a model: accuracy, F1, ROC-AUC, Spearman on pairs; MRR, MAP, NDCG, recall on retrieval."""
     from deepsem.data.readers import read_retrieval
@@ -176,7 +178,7 @@ def evaluate(
 
     if (data is None) == (retrieval is None):
         fail("give either DATA (pairs) or --retrieval DIR")
-    semantic = load(model)
+    semantic = load(model, **backend_kwargs(backend, onnx))
     if retrieval is not None:
         rs = read_retrieval(retrieval, split=split)
         metrics = evaluate_retrieval(semantic, rs.queries, rs.corpus, rs.qrels, ks=(1, 10, 100))
