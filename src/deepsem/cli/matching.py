@@ -13,6 +13,7 @@ from deepsem.cli.options import (
     Bidirectional,
     Device,
     EmbeddingDim,
+    EncodePrecision,
     Encoder,
     Epochs,
     LearningRate,
@@ -22,6 +23,8 @@ from deepsem.cli.options import (
     Negatives,
     Patience,
     Pooling,
+    Precision,
+    PrecisionName,
     Progress,
     Resume,
     Side,
@@ -29,6 +32,7 @@ from deepsem.cli.options import (
     Threads,
     TokenizerName,
     above_zero,
+    check_precision,
     data_file,
     existing_dir,
     not_negative,
@@ -112,6 +116,7 @@ def train(
     resume: Resume = True,
     progress: Progress = None,
     device: Device = "cpu",
+    precision: Precision = PrecisionName.fp32,
 ) -> None:
     """Train an LSTM-DSSM two-tower model on text pairs and save the best model directory.
 
@@ -122,6 +127,7 @@ def train(
     from deepsem.tasks.matching import train as train_pairs
     from deepsem.towers import default_tokenizer
 
+    precision_name = check_precision(precision, device)
     tower = TowerConfig(encoder=encoder.value, embedding_dim=embedding_dim, hidden_size=hidden,
                         num_layers=layers, bidirectional=bidirectional, pooling=pooling.value, output_dim=dim,
                         dropout=dropout, embedding_dropout=embedding_dropout, orthogonal_init=orthogonal_init)
@@ -134,7 +140,7 @@ def train(
                             schedule=schedule, clip_norm=clip_norm or None, clip_value=clip_value or None,
                             patience=patience,
                             eval_every=eval_every, max_minutes=max_minutes, seed=seed, threads=threads,
-                            length_buckets=length_buckets)
+                            length_buckets=length_buckets, precision=precision_name)
     train_cfg.validate()
     # progress None (auto: a terminal only) goes through to the trainer, which owns the bar
     model, result = train_pairs(
@@ -164,6 +170,7 @@ def evaluate(
                                              callback=data_file)] = None,
     skip_bad_rows: Annotated[bool, typer.Option(help="Skip malformed rows (counted).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+    precision: EncodePrecision = PrecisionName.fp32,
 ) -> None:
     """Score a model: accuracy, F1, ROC-AUC, Spearman on pairs; MRR, MAP, NDCG, recall on retrieval."""
     from deepsem.data.readers import read_retrieval
@@ -172,7 +179,7 @@ def evaluate(
 
     if (data is None) == (retrieval is None):
         fail("give either DATA (pairs) or --retrieval DIR")
-    semantic = load(model)
+    semantic = load(model, precision=check_precision(precision))
     if retrieval is not None:
         rs = read_retrieval(retrieval, split=split)
         metrics = evaluate_retrieval(semantic, rs.queries, rs.corpus, rs.qrels, ks=(1, 10, 100))
@@ -200,11 +207,13 @@ def encode(
     side: Annotated[Side, typer.Option(help="Tower to use: query or doc.")] = Side.query,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.", min=1)] = 512,
     chunk: Annotated[int, typer.Option(help="Texts read and encoded at a time (bounds memory).", min=1)] = 100_000,
+    precision: EncodePrecision = PrecisionName.fp32,
 ) -> None:
     """Encode texts (one per line) into L2-normalised vectors saved as a .npy file."""
     from deepsem.fileio import atomic_write_npy
     from deepsem.tasks import load
 
-    vectors = load(model).encode_stream(text_lines(texts), chunk=chunk, batch_size=batch_size, side=side.value)
+    semantic = load(model, precision=check_precision(precision))
+    vectors = semantic.encode_stream(text_lines(texts), chunk=chunk, batch_size=batch_size, side=side.value)
     atomic_write_npy(out, vectors)
     typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {out}", err=True)

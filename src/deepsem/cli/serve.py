@@ -13,6 +13,7 @@ from deepsem.cli.options import (
     API_KEY_ENV,
     API_KEY_HELP,
     BodyTimeout,
+    EncodePrecision,
     HeaderTimeout,
     Host,
     KeepAlive,
@@ -22,7 +23,9 @@ from deepsem.cli.options import (
     MaxInFlight,
     MaxK,
     Port,
+    PrecisionName,
     api_key_kwargs,
+    check_precision,
     guard_limits,
     not_negative,
 )
@@ -58,6 +61,7 @@ def serve(
     max_header_bytes: MaxHeaderBytes = 16 << 10,
     max_headers: MaxHeaders = 100,
     keep_alive: KeepAlive = 5.0,
+    precision: EncodePrecision = PrecisionName.fp32,
 ) -> None:
     """Serve search, similarity and embeddings over HTTP, with a search page at /."""
     import torch
@@ -69,9 +73,11 @@ def serve(
 
     if (index is None) == (model is None):
         fail("give --index DIR (search and more) or --model DIR (similarity and embeddings)")
+    if index is not None and precision.value != "fp32":
+        fail("--precision applies to --model; an index's model encodes in fp32")
     auth = api_key_kwargs(api_key)
     idx = load_index(index) if index is not None else None
-    loaded = load(model) if model is not None else None
+    loaded = load(model, precision=check_precision(precision)) if model is not None else None
     from deepsem.tasks.classification import Classifier
     from deepsem.tasks.recommendation import Recommender
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from deepsem.data.precision import check_precision
 from deepsem.modeldir import read_config
 
 # registration order is the order tasks are listed in messages
@@ -32,8 +33,12 @@ from deepsem.tasks.registry import TASKS, Task, model_fields, register
 __all__ = ["TASKS", "Task", "classification", "load", "matching", "recommendation", "register"]
 
 
-def load(directory: str | Path) -> Any:
+def load(directory: str | Path, precision: str = "fp32") -> Any:
     """Load any model directory deepsem wrote: ``config.json``'s ``task`` picks the :class:`Task` whose wrapper
     loads it (a :class:`~deepsem.tasks.matching.SemanticModel`, :class:`~deepsem.tasks.classification.Classifier`
-    or :class:`~deepsem.tasks.recommendation.Recommender`)."""
-    return TASKS[read_config(directory, model_fields())["task"]].load(directory)
+    or :class:`~deepsem.tasks.recommendation.Recommender`). ``precision`` ``bf16``: it encodes / predicts under bf16
+    autocast (:mod:`deepsem.data.precision`; refused on a CPU without native bf16, before anything is read)."""
+    check_precision(precision)
+    loaded = TASKS[read_config(directory, model_fields())["task"]].load(directory)
+    loaded.precision = precision
+    return loaded
