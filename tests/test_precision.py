@@ -34,7 +34,8 @@ from deepsem.text import build_tokenizer
 from deepsem.towers.recurrent import run_rnn
 from deepsem.trainer import run_fingerprint
 
-pytestmark = pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
+#: What asks for precision="bf16" needs a CPU that has it; autocast itself (emulated elsewhere) runs on any CPU.
+needs_bf16 = pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
 
 FIXTURES = Path(__file__).parent / "fixtures" / "model_dirs_v1"
 #: The texts the fixtures' expected answers were recorded for (tests/fixtures/make_model_dirs_v1.py).
@@ -71,7 +72,6 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # -- the probe and the switch ----------------------------------------------------------------------------------
 def test_check_precision_refuses_unknown_names_and_devices_without_bf16(monkeypatch: pytest.MonkeyPatch):
     check_precision("fp32")
-    check_precision("bf16")  # this CPU has it (the module is skipped otherwise)
     with pytest.raises(ConfigError, match="precision 'fp16'; expected one of fp32, bf16"):
         check_precision("fp16")
     monkeypatch.setattr(precision_module, "_cpu_bf16", lambda: False)
@@ -82,6 +82,25 @@ def test_check_precision_refuses_unknown_names_and_devices_without_bf16(monkeypa
         SemanticModel.load(FIXTURES / "two_tower", precision="bf16")
     with pytest.raises(ConfigError, match="field 'precision' is 'half'"):
         TrainConfig.from_dict({"precision": "half"})
+
+
+def test_the_probe_agrees_with_the_cpu_flags_and_asks_cuda(monkeypatch: pytest.MonkeyPatch):
+    """On x86 torch's probe against the kernel's CPU flags (an independent reading); CUDA's answer is torch's, and
+    a device deepsem does not train on has none."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and "flags" in cpuinfo.read_text():
+        flags = {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+                 for f in line.split(":", 1)[1].split()}
+        assert precision_module._cpu_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not bf16_supported("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for answer in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, a=answer: a)
+        assert bf16_supported("cuda:0") is answer
+    with pytest.raises(ConfigError, match="--precision bf16 on cuda:0: cuda:0 does not support bfloat16"):
+        check_precision("bf16", "cuda:0")
+    assert not bf16_supported("meta")
 
 
 def test_fp32_is_no_autocast_and_bf16_is():
@@ -114,6 +133,7 @@ def test_default_encoding_is_exactly_the_float32_computation():
 
 
 # -- encoding ----------------------------------------------------------------------------------------------------
+@needs_bf16
 @pytest.mark.parametrize("encoder", TOWERS)
 def test_bf16_vectors_are_float32_and_close_to_fp32(encoder: str):
     model = _semantic(encoder)
@@ -127,6 +147,7 @@ def test_bf16_vectors_are_float32_and_close_to_fp32(encoder: str):
     assert not np.array_equal(got, ref)  # bf16 really ran: it rounds
 
 
+@needs_bf16
 def test_load_with_precision_gives_every_task_bf16_answers_close_to_the_old_fixtures():
     """deepsem.load(dir, precision='bf16') of the model directories written before precisions existed: the same
     answers as recorded then, within bf16's tolerance."""
@@ -234,6 +255,7 @@ def _train(tmp_path: Path, precision: str, out: str = "m", **training: Any) -> t
                                    **training}, progress=False)
 
 
+@needs_bf16
 def test_bf16_training_runs_under_autocast_and_lowers_the_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     seen: list[torch.dtype] = []
     original = MatchingLoss.forward
@@ -263,6 +285,7 @@ def test_fingerprint_of_fp32_is_that_of_runs_before_the_field():
     assert run_fingerprint(TrainConfig(precision="bf16"))["training"] == {**old, "precision": "bf16"}
 
 
+@needs_bf16
 def test_resume_keeps_the_precision_and_old_checkpoints_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     _train(tmp_path, "fp32", out="old", epochs=1)
     state = json.loads((tmp_path / "old" / "training" / "checkpoint" / "trainer_state.json").read_text())

@@ -2,9 +2,9 @@
 
 ``bf16`` runs the forward pass (and the loss) under ``torch.autocast(device_type, dtype=torch.bfloat16)``: matmuls
 and convolutions in bfloat16, reductions and the weights (and the optimiser's state) in float32. It is offered only
-where the device computes bf16 natively — a CPU with AVX512-BF16 or AMX (x86) or one that runs a bf16 matmul under
-autocast (other architectures), a CUDA GPU that reports ``torch.cuda.is_bf16_supported``, or MPS — since an
-emulated bf16 is slower than float32 and gains nothing. :func:`check_precision` says so before any work.
+where the device computes bf16 natively — a CPU with AVX512-BF16 or AMX (x86) or Arm's bf16 extension, a CUDA GPU
+that reports ``torch.cuda.is_bf16_supported``, or MPS with bf16 tensors — since an emulated bf16 is slower than
+float32 and gains nothing. :func:`check_precision` says so before any work.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -24,16 +25,17 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def _cpu_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (torch's own probes on x86; a tiny autocast matmul elsewhere)."""
+    """Whether this CPU computes bf16 natively: torch's own probes on x86 (AVX512-BF16, AMX); elsewhere the ``bf16``
+    feature flag of ``/proc/cpuinfo`` (Arm v8.6+). Autocast itself runs on any CPU, emulating what it lacks."""
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = torch.ones(2, 2) @ torch.ones(2, 2)
-        return out.dtype == torch.bfloat16
-    except RuntimeError:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
         return False
+    return any(key.strip() in ("flags", "Features") and "bf16" in value.split()
+               for key, _, value in (line.partition(":") for line in lines))
 
 
 def bf16_supported(device: str | torch.device = "cpu") -> bool:
@@ -49,11 +51,13 @@ def bf16_supported(device: str | torch.device = "cpu") -> bool:
         except TypeError:  # an older torch without the keyword
             return bool(torch.cuda.is_bf16_supported())
     if kind == "mps":
-        try:
-            return bool(torch.backends.mps.is_available()) and torch.ones(1, dtype=torch.bfloat16, device="mps") \
-                .dtype == torch.bfloat16
+        if not torch.backends.mps.is_available():
+            return False
+        try:  # macOS 14 and later
+            torch.ones(1, dtype=torch.bfloat16, device="mps")
         except (RuntimeError, TypeError):
             return False
+        return True
     return False
 
 
