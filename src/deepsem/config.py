@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from deepsem.data.precision import PRECISIONS
 from deepsem.errors import ConfigError  # re-exported: deepsem.config.ConfigError keeps working
 from deepsem.towers import RECURRENT_ENCODERS, TOWERS, TRIGRAM_ENCODERS, build_tower  # noqa: F401  (re-exported)
 from deepsem.towers.recurrent import HIDDEN_SIZE, NUM_LAYERS, build_rnn, recurrent_sizes, run_rnn  # noqa: F401
@@ -239,10 +240,12 @@ class TrainConfig(_Config):
     time_schedule: bool = True  # with max_minutes: the LR schedule runs on max(step, time) progress
     threads: int | None = None
     length_buckets: bool = True  # batches of similar lengths (shuffled); a recurrent tower runs fewer pad steps
+    precision: str = "fp32"  # "bf16": forward and loss under bf16 autocast; weights and optimiser state stay fp32
 
     def validate(self, where: str | None = None) -> None:
         w = where or "training"
         _choice(w, "loss", self.loss, LOSSES)
+        _choice(w, "precision", self.precision, PRECISIONS)
         _choice(w, "negatives", self.negatives, NEGATIVES)
         _choice(w, "schedule", self.schedule, SCHEDULES)
         for name in ("epochs", "batch_size", "lr", "checkpoint_every", "patience"):

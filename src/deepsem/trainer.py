@@ -40,6 +40,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
 from deepsem.config import TrainConfig
+from deepsem.data.precision import autocast, check_precision
 from deepsem.errors import ConfigError, ModelFileError, ResumeMismatchError, TrainingDivergedError
 from deepsem.fileio import atomic_write, atomic_write_json, fsync_path, read_json, sha256_file
 from deepsem.text import Tokenizer, build_tokenizer, load_tokenizer
@@ -116,6 +117,8 @@ def run_fingerprint(config: TrainConfig, **parts: Any) -> dict[str, Any]:
     """What a run depends on: the training settings (less :data:`RESUMABLE_SETTINGS`) and ``parts`` (the task's
     data hashes, tokenizer, model settings...). JSON-serialisable; stored in every checkpoint."""
     training = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_SETTINGS}
+    if training.get("precision") == "fp32":  # the default, as every run before the field: their checkpoints resume
+        del training["precision"]
     return json.loads(json.dumps({"training": training, **parts}, sort_keys=True, default=str))
 
 
@@ -445,6 +448,7 @@ class Trainer:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} outside a world of {self.world_size} processes")
         self.device = torch.device(device if device is not None else "cpu")
+        check_precision(config.precision, self.device)
         self.loss.to(self.device)
         self.model.to(self.device)
         self.forward: Callable[[Any], Tensor] = step if step is not None else self.loss
@@ -678,7 +682,8 @@ class Trainer:
                 examples += self.batch_size_of(batch)
                 if self.collate is not None:
                     batch = self.collate(batch)
-                loss = self.forward(to_device(batch, self.device))
+                with autocast(cfg.precision, self.device):  # fp32: no autocast at all
+                    loss = self.forward(to_device(batch, self.device))
                 value = float(loss.detach())
                 if not math.isfinite(value):  # checked before the optimiser step: the weights stay finite
                     raise self._diverged(f"the loss became {value}")

@@ -44,7 +44,7 @@ def test_loaded_file_and_int8(tmp_path: Path):
     torch_model = deepsem.load(FIXTURES / "two_tower")
     export_onnx(torch_model, tmp_path / "q8.onnx", quantize="int8")
     int8 = deepsem.load(FIXTURES / "two_tower", backend="onnx", onnx=tmp_path / "q8.onnx")
-    assert int8.backend_options == {"backend": "onnx", "onnx": tmp_path / "q8.onnx"}
+    assert int8.backend_options == {"backend": "onnx", "onnx": tmp_path / "q8.onnx", "precision": "fp32"}
     cosines = (int8.encode(TEXTS) * torch_model.encode(TEXTS)).sum(1)
     assert cosines.min() > 0.99
 

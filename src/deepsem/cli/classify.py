@@ -22,6 +22,8 @@ from deepsem.cli.options import (
     MinCount,
     Patience,
     Pooling,
+    Precision,
+    PrecisionName,
     Progress,
     Resume,
     Seed,
@@ -29,6 +31,7 @@ from deepsem.cli.options import (
     Threads,
     TokenizerName,
     above_zero,
+    check_precision,
     column_spec,
     data_file,
     load_task,
@@ -119,12 +122,14 @@ def classify_train(
     resume: Resume = True,
     progress: Progress = None,
     device: Device = "cpu",
+    precision: Precision = PrecisionName.fp32,
 ) -> None:
     """Train a text classifier (any tower -> linear layer) and save the best model directory."""
     from deepsem.config import TowerConfig, TrainConfig
     from deepsem.tasks.classification import train_classifier
     from deepsem.towers import default_tokenizer
 
+    precision_name = check_precision(precision, device)
     if tokenizer is None:  # the tokenizer the tower needs (trigram for dssm and cnn), else char
         tokenizer = TokenizerName(default_tokenizer(encoder.value))
     tower = TowerConfig(encoder=encoder.value, embedding_dim=embedding_dim, hidden_size=hidden,
@@ -132,7 +137,8 @@ def classify_train(
                         dropout=dropout, embedding_dropout=dropout)
     tower.validate()
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, clip_norm=clip_norm or None,
-                            patience=patience, max_minutes=max_minutes, seed=seed, threads=threads)
+                            patience=patience, max_minutes=max_minutes, seed=seed, threads=threads,
+                            precision=precision_name)
     train_cfg.validate()
     clf, result = train_classifier(
         data, out, dev, tokenizer=tokenizer.value,

@@ -15,10 +15,13 @@ from deepsem.cli.errors import fail
 from deepsem.cli.options import (
     Backend,
     BackendName,
+    EncodePrecision,
     IndexDir,
     OnnxFile,
+    PrecisionName,
     Progress,
     backend_kwargs,
+    check_precision,
     data_file,
     out_dir,
 )
@@ -135,6 +138,7 @@ def search(
                     "for an index built with --lexical, else dense.")] = None,
     backend: Backend = BackendName.torch,
     onnx: OnnxFile = None,
+    precision: EncodePrecision = PrecisionName.fp32,
 ) -> None:
     """Search an index: ranked documents with their scores (cosine, BM25 or the hybrid score)."""
     texts = list(query or [])
@@ -149,7 +153,7 @@ def search(
         texts += [line for line in lines if line.strip()]
     if not texts:
         fail("give a query text or --queries FILE")
-    idx = load_index(index, **backend_kwargs(backend, onnx))
+    idx = load_index(index, precision=check_precision(precision), **backend_kwargs(backend, onnx))
     found = idx.search(texts, k=k, mode=mode)
     for text, hits in zip(texts, found, strict=True):
         if as_json:

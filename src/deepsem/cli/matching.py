@@ -15,6 +15,7 @@ from deepsem.cli.options import (
     Bidirectional,
     Device,
     EmbeddingDim,
+    EncodePrecision,
     Encoder,
     Epochs,
     LearningRate,
@@ -25,6 +26,8 @@ from deepsem.cli.options import (
     OnnxFile,
     Patience,
     Pooling,
+    Precision,
+    PrecisionName,
     Progress,
     Resume,
     Side,
@@ -33,6 +36,7 @@ from deepsem.cli.options import (
     TokenizerName,
     above_zero,
     backend_kwargs,
+    check_precision,
     data_file,
     existing_dir,
     not_negative,
@@ -116,6 +120,7 @@ def train(
     resume: Resume = True,
     progress: Progress = None,
     device: Device = "cpu",
+    precision: Precision = PrecisionName.fp32,
 ) -> None:
     """Train an LSTM-DSSM two-tower model on text pairs and save the best model directory.
 
@@ -126,6 +131,7 @@ def train(
     from deepsem.tasks.matching import train as train_pairs
     from deepsem.towers import default_tokenizer
 
+    precision_name = check_precision(precision, device)
     tower = TowerConfig(encoder=encoder.value, embedding_dim=embedding_dim, hidden_size=hidden,
                         num_layers=layers, bidirectional=bidirectional, pooling=pooling.value, output_dim=dim,
                         dropout=dropout, embedding_dropout=embedding_dropout, orthogonal_init=orthogonal_init)
@@ -138,7 +144,7 @@ def train(
                             schedule=schedule, clip_norm=clip_norm or None, clip_value=clip_value or None,
                             patience=patience,
                             eval_every=eval_every, max_minutes=max_minutes, seed=seed, threads=threads,
-                            length_buckets=length_buckets)
+                            length_buckets=length_buckets, precision=precision_name)
     train_cfg.validate()
     # progress None (auto: a terminal only) goes through to the trainer, which owns the bar
     model, result = train_pairs(
@@ -170,6 +176,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
     backend: Backend = BackendName.torch,
     onnx: OnnxFile = None,
+    precision: EncodePrecision = PrecisionName.fp32,
 ) -> None:
     """Score a model: accuracy, F1, ROC-AUC, Spearman on pairs; MRR, MAP, NDCG, recall on retrieval."""
     from deepsem.data.readers import read_retrieval
@@ -178,7 +185,7 @@ def evaluate(
 
     if (data is None) == (retrieval is None):
         fail("give either DATA (pairs) or --retrieval DIR")
-    semantic = load(model, **backend_kwargs(backend, onnx))
+    semantic = load(model, check_precision(precision), **backend_kwargs(backend, onnx))
     if retrieval is not None:
         rs = read_retrieval(retrieval, split=split)
         metrics = evaluate_retrieval(semantic, rs.queries, rs.corpus, rs.qrels, ks=(1, 10, 100))
@@ -208,12 +215,13 @@ def encode(
     chunk: Annotated[int, typer.Option(help="Texts read and encoded at a time (bounds memory).", min=1)] = 100_000,
     backend: Backend = BackendName.torch,
     onnx: OnnxFile = None,
+    precision: EncodePrecision = PrecisionName.fp32,
 ) -> None:
     """Encode texts (one per line) into L2-normalised vectors saved as a .npy file."""
     from deepsem.fileio import atomic_write_npy
     from deepsem.tasks import load
 
-    held = load(model, **backend_kwargs(backend, onnx))
-    vectors = held.encode_stream(text_lines(texts), chunk=chunk, batch_size=batch_size, side=side.value)
+    semantic = load(model, check_precision(precision), **backend_kwargs(backend, onnx))
+    vectors = semantic.encode_stream(text_lines(texts), chunk=chunk, batch_size=batch_size, side=side.value)
     atomic_write_npy(out, vectors)
     typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {out}", err=True)

@@ -20,6 +20,7 @@ import typer
 
 from deepsem.cli.errors import fail
 from deepsem.config import LOSSES, NEGATIVES, POOLINGS, RECOMMEND_NEGATIVES
+from deepsem.data.precision import PRECISIONS
 from deepsem.deploy.runtime import BACKENDS
 from deepsem.text import TOKENIZERS
 from deepsem.towers import TOWERS
@@ -53,6 +54,7 @@ def backend_kwargs(backend: Any, onnx: Path | None) -> dict[str, Any]:
     if onnx is not None and backend.value != "onnx":
         fail("--onnx FILE needs --backend onnx")
     return {"backend": backend.value, "onnx": onnx}
+PrecisionName: Any = choices("PrecisionName", PRECISIONS)
 
 
 class Side(StrEnum):
@@ -230,6 +232,21 @@ def torch_device(value: str) -> str:
 
 
 Device = Annotated[str, typer.Option(help="Where to train: cpu, cuda, cuda:N or mps.", callback=torch_device)]
+#: ``--precision`` of the training commands and of the commands that load a model to encode or predict.
+Precision = Annotated[PrecisionName, typer.Option(help="fp32, or bf16: mixed precision, the forward pass and loss "
+                      "under bf16 autocast, weights and optimiser state in fp32 (a CPU with AVX512-BF16 or AMX, or a "
+                      "GPU with bf16). Kept in the run's settings: a resumed run needs the same.")]
+EncodePrecision = Annotated[PrecisionName, typer.Option("--precision", help="fp32, or bf16: encode under bf16 "
+                            "autocast (a CPU with AVX512-BF16 or AMX); vectors are still float32, L2-normalised.")]
+
+
+def check_precision(precision: Any, device: str = "cpu") -> str:
+    """``--precision``'s value, refused (one ``error:`` line) before any data is read where ``device`` cannot
+    compute it."""
+    from deepsem.data.precision import check_precision as check
+
+    check(precision.value, device)
+    return str(precision.value)
 
 
 API_KEY_ENV = "DEEPSEM_API_KEY"

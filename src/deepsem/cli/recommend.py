@@ -29,6 +29,8 @@ from deepsem.cli.options import (
     MaxInFlight,
     MaxK,
     Port,
+    Precision,
+    PrecisionName,
     Progress,
     RecommendNegatives,
     RecurrentEncoder,
@@ -38,6 +40,7 @@ from deepsem.cli.options import (
     Threads,
     above_zero,
     api_key_kwargs,
+    check_precision,
     column_spec,
     cutoffs,
     data_file,
@@ -130,16 +133,18 @@ def recommend_train(
     resume: Resume = True,
     progress: Progress = None,
     device: Device = "cpu",
+    precision: Precision = PrecisionName.fp32,
 ) -> None:
     """Train the two-tower recommender (user tower over the history, item tower over id + features)."""
     from deepsem.tasks.recommendation import train_recommender
 
+    precision_name = check_precision(precision, device)  # before the data is read
     loaded = _interactions(data, items, users, columns, rating_col, min_rating, skip_bad_rows)
     config = {"encoder": encoder.value, "embedding_dim": embedding_dim, "hidden_size": hidden, "num_layers": layers,
               "output_dim": dim, "dropout": dropout, "max_history": max_history,
               "title_encoder": title_encoder}
     training = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience, "seed": seed,
-                "max_minutes": max_minutes, "threads": threads, "weight_decay": 0.0}
+                "max_minutes": max_minutes, "threads": threads, "weight_decay": 0.0, "precision": precision_name}
     # progress None (auto) goes through to the trainer
     rec, result = train_recommender(loaded, out, config=config, training=training, negatives=negatives.value,
                                     num_negatives=num_negatives, logq=logq, n_test=n_test, n_valid=n_valid,

@@ -15,6 +15,7 @@ from deepsem.cli.options import (
     Backend,
     BackendName,
     BodyTimeout,
+    EncodePrecision,
     HeaderTimeout,
     Host,
     KeepAlive,
@@ -25,8 +26,10 @@ from deepsem.cli.options import (
     MaxK,
     OnnxFile,
     Port,
+    PrecisionName,
     api_key_kwargs,
     backend_kwargs,
+    check_precision,
     guard_limits,
     not_negative,
 )
@@ -64,6 +67,7 @@ def serve(
     keep_alive: KeepAlive = 5.0,
     backend: Backend = BackendName.torch,
     onnx: OnnxFile = None,
+    precision: EncodePrecision = PrecisionName.fp32,
 ) -> None:
     """Serve search, similarity and embeddings over HTTP, with a search page at /."""
     import torch
@@ -76,7 +80,7 @@ def serve(
     if (index is None) == (model is None):
         fail("give --index DIR (search and more) or --model DIR (similarity and embeddings)")
     auth = api_key_kwargs(api_key)
-    how = backend_kwargs(backend, onnx)
+    how = {"precision": check_precision(precision), **backend_kwargs(backend, onnx)}
     idx = load_index(index, **how) if index is not None else None
     loaded = load(model, **how) if model is not None else None
     from deepsem.tasks.classification import Classifier

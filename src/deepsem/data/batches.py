@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from deepsem.data.precision import as_float32, autocast
 from deepsem.text import Tokenizer
 
 
@@ -120,9 +121,13 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 
 
 def encode_texts(
-    model: torch.nn.Module, tokenizer: Tokenizer, texts: Sequence[str], side: str = "query", batch_size: int = 512
+    model: torch.nn.Module, tokenizer: Tokenizer, texts: Sequence[str], side: str = "query", batch_size: int = 512,
+    precision: str = "fp32",
 ) -> np.ndarray:
-    """L2-normalised vectors ``(N, dim)`` float32 of ``texts``; batches are length-sorted for speed."""
+    """L2-normalised vectors ``(N, dim)`` float32 of ``texts``; batches are length-sorted for speed.
+
+    ``precision`` ``bf16`` runs the model under bf16 autocast (:mod:`deepsem.data.precision`); the vectors still
+    come back float32, normalised again in float32."""
     ids = tokenizer.encode_batch(list(texts))
     order = np.argsort([len(x) for x in ids], kind="stable")
     dim: int = model.config.tower.output_dim  # type: ignore[union-attr,assignment]
@@ -137,7 +142,12 @@ def encode_texts(
             batch = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
             for i, r in enumerate(rows):
                 batch[i, : len(ids[r])] = torch.tensor(ids[r])
-            out[rows] = model.encode(batch, lengths, side).float().numpy()  # type: ignore[operator]
+            if precision == "fp32":
+                out[rows] = model.encode(batch, lengths, side).float().numpy()  # type: ignore[operator]
+            else:
+                with autocast(precision):
+                    vectors = model.encode(batch, lengths, side)  # type: ignore[operator]
+                out[rows] = as_float32(vectors, normalise=True).numpy()
     if was_training:
         model.train()
     return out

@@ -109,7 +109,7 @@ class Backend:
     @property
     def backend_options(self) -> dict[str, Any]:
         """The keywords of :func:`deepsem.load` that give a model answering as this one (for reloading)."""
-        return {"backend": self.backend, "onnx": self._onnx_file}
+        return {"backend": self.backend, "onnx": self._onnx_file, "precision": getattr(self, "precision", "fp32")}
 
     @property
     def backend(self) -> str:

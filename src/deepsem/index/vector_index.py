@@ -231,15 +231,16 @@ class Index:
         return name
 
     @classmethod
-    def load(cls, directory: str | Path, *, backend: str = "torch", onnx: str | Path | None = None) -> Index:
+    def load(cls, directory: str | Path, *, backend: str = "torch", onnx: str | Path | None = None,
+             precision: str = "fp32") -> Index:
         """Open the version ``CURRENT`` names. A damaged or crafted file is an :class:`IndexFileError` naming it;
-        a version removed by a writer while it was being read is retried with the new ``CURRENT``. ``backend``
-        and ``onnx``: how its model answers (:func:`deepsem.load`), kept when the index reloads."""
+        a version removed by a writer while it was being read is retried with the new ``CURRENT``. ``backend``,
+        ``onnx`` and ``precision``: how its model answers (:func:`deepsem.load`), kept when the index reloads."""
         directory = Path(directory)
         for attempt in range(5):
             version = cls.current_version(directory)
             try:
-                return cls._load_version(directory, version, backend=backend, onnx=onnx)
+                return cls._load_version(directory, version, backend=backend, onnx=onnx, precision=precision)
             except (IndexFileError, ModelFileError, FileNotFoundError):
                 if attempt == 4 or cls.current_version(directory) == version:
                     raise

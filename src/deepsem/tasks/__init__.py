@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from deepsem.data.precision import check_precision
 from deepsem.deploy.runtime import BACKENDS
 from deepsem.modeldir import read_config
 
@@ -33,14 +34,21 @@ from deepsem.tasks.registry import TASKS, Task, model_fields, register
 __all__ = ["TASKS", "Task", "classification", "load", "matching", "recommendation", "register"]
 
 
-def load(directory: str | Path, *, backend: str = "torch", onnx: str | Path | None = None) -> Any:
+def load(directory: str | Path, precision: str = "fp32", *, backend: str = "torch",
+         onnx: str | Path | None = None) -> Any:
     """Load any model directory deepsem wrote: ``config.json``'s ``task`` picks the :class:`Task` whose wrapper
     loads it (a :class:`~deepsem.tasks.matching.SemanticModel`, :class:`~deepsem.tasks.classification.Classifier`
     or :class:`~deepsem.tasks.recommendation.Recommender`).
 
-    ``backend="onnx"`` answers through onnxruntime (the ``onnx`` extra): the files ``deepsem export`` wrote at
-    ``onnx`` (checked to come from these weights), or the towers exported in memory when ``onnx`` is None."""
+    ``precision`` ``bf16``: it encodes / predicts under bf16 autocast (:mod:`deepsem.data.precision`; refused on a
+    CPU without native bf16, before anything is read). ``backend="onnx"`` answers through onnxruntime (the ``onnx``
+    extra, fp32; int8 with an int8 file): the files ``deepsem export`` wrote at ``onnx`` (checked to come from these
+    weights), or the towers exported in memory when ``onnx`` is None."""
     if backend not in BACKENDS:  # before anything is read
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    held = TASKS[read_config(directory, model_fields())["task"]].load(directory)
-    return held.use_backend(backend, onnx) if backend != "torch" or onnx is not None else held
+    check_precision(precision)
+    if backend == "onnx" and precision != "fp32":
+        raise ValueError(f"precision {precision!r} is for the torch backend; onnx runs fp32 (or an int8 file)")
+    loaded = TASKS[read_config(directory, model_fields())["task"]].load(directory)
+    loaded.precision = precision
+    return loaded.use_backend(backend, onnx) if backend != "torch" or onnx is not None else loaded

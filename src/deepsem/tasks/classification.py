@@ -35,6 +35,7 @@ from deepsem.config import ClassifierConfig, TowerConfig, TrainConfig
 from deepsem.data.batches import length_batches
 from deepsem.data.errors import DataError
 from deepsem.data.labelled import LabelledTexts, as_labelled, read_labelled, sort_labels
+from deepsem.data.precision import HasPrecision, autocast, check_precision
 from deepsem.data.readers import Column
 from deepsem.deploy.runtime import Backend, run_batches
 from deepsem.errors import ConfigError
@@ -141,8 +142,9 @@ def _pad(ids: Sequence[Sequence[int]], dtype: type = np.int64) -> tuple[np.ndarr
     return matrix, lengths
 
 
-class Classifier(Backend):
-    """A trained text classifier with its tokenizer and label names.
+class Classifier(Backend, HasPrecision):
+    """A trained text classifier with its tokenizer and label names; ``precision`` ``bf16`` predicts under bf16
+    autocast (the probabilities computed from the logits in float32).
 
     >>> clf = deepsem.load("runs/news")                       # doctest: +SKIP
     >>> clf.predict(["央行宣布降准"], k=2)                      # doctest: +SKIP
@@ -150,7 +152,7 @@ class Classifier(Backend):
     """
 
     def __init__(self, model: TextClassifier, tokenizer: Tokenizer, labels: Sequence[str],
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None, precision: str = "fp32") -> None:
         labels = list(labels)
         if len(labels) != model.config.num_labels:
             raise ValueError(f"{len(labels)} labels for a model with {model.config.num_labels} outputs")
@@ -160,6 +162,7 @@ class Classifier(Backend):
         self.tokenizer = tokenizer
         self.labels = labels
         self.info = dict(info or {})
+        self.precision = precision
 
     @property
     def multi_label(self) -> bool:
@@ -178,7 +181,7 @@ class Classifier(Backend):
         return save_model_dir(directory, self.model, self.tokenizer, extra, task="classifier", tasks=model_fields())
 
     @classmethod
-    def load(cls, directory: str | Path) -> Classifier:
+    def load(cls, directory: str | Path, precision: str = "fp32") -> Classifier:
         """Rebuild from ``config.json`` (validated, and checked against the weights file's header, before any tensor
         is allocated), tokenizer and weights."""
         path = Path(directory) / CONFIG_FILE
@@ -200,7 +203,7 @@ class Classifier(Backend):
                                               f"classifier.tower.vocab_size is {c.tower.vocab_size}"))
         assert read.tokenizer is not None
         info = {k: v for k, v in read.config.items() if k not in _RESERVED}
-        return cls(read.model, read.tokenizer, read.extra, info)
+        return cls(read.model, read.tokenizer, read.extra, info, precision)
 
     # -- prediction ------------------------------------------------------------------------------------------
     @overload
@@ -228,8 +231,9 @@ class Classifier(Backend):
                 for start in range(0, len(order), batch_size):
                     rows = order[start : start + batch_size]
                     matrix, lengths = _pad([ids[r] for r in rows])
-                    logits = self.model(torch.from_numpy(matrix), torch.from_numpy(lengths))
-                    out[rows] = self.model.probabilities(logits).float().numpy()
+                    with autocast(self.precision):  # fp32: no autocast at all
+                        logits = self.model(torch.from_numpy(matrix), torch.from_numpy(lengths))
+                    out[rows] = self.model.probabilities(logits.float()).float().numpy()
         finally:
             self.model.train(was_training)
         return out
@@ -384,6 +388,7 @@ def train_classifier(
     if out is None:
         raise TypeError("train_classifier() missing required argument: 'out'")
     cfg = training_config(training)
+    check_precision(cfg.precision, device or "cpu")  # before any data is read
     options = {"text_col": text_col, "label_col": label_col, "multi_label": multi_label, "label_sep": label_sep,
                "fmt": fmt, "header": header, "skip_bad_rows": skip_bad_rows}
     train_data = as_labelled(data, None, options)

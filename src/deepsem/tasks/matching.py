@@ -17,6 +17,7 @@ from deepsem.config import ModelConfig, TrainConfig
 from deepsem.data.batches import PairCollate, PairSet, TextTable, encode_texts, labelled_negatives, sample_negatives
 from deepsem.data.errors import DataError
 from deepsem.data.pairs import TextPairs, as_pairs, clicks_to_pairs
+from deepsem.data.precision import HasPrecision, check_precision
 from deepsem.deploy.runtime import Backend, run_batches
 from deepsem.evaluation.pairs import (
     RANKING_METRICS,
@@ -60,8 +61,8 @@ __all__ = [
     "train",
 ]
 
-class SemanticModel(Backend):
-    """A trained two-tower model with its tokenizer.
+class SemanticModel(Backend, HasPrecision):
+    """A trained two-tower model with its tokenizer; ``precision`` ``bf16`` encodes under bf16 autocast.
 
     >>> model = deepsem.load("runs/bq")                       # doctest: +SKIP
     >>> model.encode(["怎么还款", "如何还钱"]).shape            # doctest: +SKIP
@@ -70,16 +71,18 @@ class SemanticModel(Backend):
     0.93
     """
 
-    def __init__(self, model: TwoTowerModel, tokenizer: Tokenizer, info: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: TwoTowerModel, tokenizer: Tokenizer, info: dict[str, Any] | None = None,
+                 precision: str = "fp32") -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.info = dict(info or {})
+        self.precision = precision
 
     @classmethod
-    def load(cls, directory: str | Path) -> SemanticModel:
+    def load(cls, directory: str | Path, precision: str = "fp32") -> SemanticModel:
         """Rebuild from a model directory (:func:`deepsem.modeldir.read_model_dir`: every file checked)."""
         model, tokenizer, config = load_model_dir(directory, model_fields())
-        return cls(model, tokenizer, config)
+        return cls(model, tokenizer, config, precision)
 
     def save(self, directory: str | Path) -> Path:
         """Write the model directory (:func:`deepsem.modeldir.save_model_dir`; ``config.json`` last)."""
@@ -109,7 +112,8 @@ class SemanticModel(Backend):
         if self._onnx is not None:
             runner = self._onnx.get(side, self._onnx["query"])  # one part when the towers are shared
             return run_batches(runner, self.tokenizer.encode_batch(list(texts)), batch_size, self.dim)
-        return encode_texts(self.model, self.tokenizer, texts, side=side, batch_size=batch_size)
+        return encode_texts(self.model, self.tokenizer, texts, side=side, batch_size=batch_size,
+                            precision=self.precision)
 
     def encode_stream(self, texts: Iterable[str], *, chunk: int = 100_000, batch_size: int = 512,
                       side: str = "query") -> np.ndarray:
@@ -196,6 +200,7 @@ def train(
     if out is None:
         raise TypeError("train() missing required argument: 'out'")
     cfg = training_config(training)
+    check_precision(cfg.precision, device or "cpu")  # before any data is read
     train_pairs = as_pairs(data, columns, skip_bad_rows, label_map, clicks, impressions, binary=True)
     dev_pairs = as_pairs(dev, columns, skip_bad_rows, label_map, clicks, impressions) if dev is not None else None
     if not len(train_pairs.text_a):

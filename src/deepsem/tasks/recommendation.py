@@ -36,6 +36,7 @@ from torch import Tensor
 from deepsem.config import RECOMMEND_NEGATIVES, RecommenderConfig, TrainConfig
 from deepsem.data.errors import DataError
 from deepsem.data.interactions import Interactions, SequenceSplit, load_movielens, split_sequences
+from deepsem.data.precision import HasPrecision, as_float32, autocast, check_precision
 from deepsem.deploy.runtime import Backend
 from deepsem.errors import ConfigError
 from deepsem.evaluation.recommendation import Scorer, evaluate_ranking_over_items, popularity_scores
@@ -141,8 +142,9 @@ class Recommendation:
     unknown: list[str] = field(default_factory=list)
 
 
-class Recommender(Backend):
-    """A trained two-tower recommender, its item catalogue and its Faiss index of item vectors.
+class Recommender(Backend, HasPrecision):
+    """A trained two-tower recommender, its item catalogue and its Faiss index of item vectors; ``precision``
+    ``bf16`` runs the user tower under bf16 autocast (the item vectors, computed once and saved, stay float32).
 
     >>> rec = deepsem.load("runs/ml100k")                      # doctest: +SKIP
     >>> rec.recommend(["50", "172", "181"], k=3)               # doctest: +SKIP
@@ -150,13 +152,14 @@ class Recommender(Backend):
     """
 
     def __init__(self, model: TwoTowerRecommender, catalogue: Catalogue, title_tokenizer: Tokenizer | None = None,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None, precision: str = "fp32") -> None:
         if model.config.n_items != len(catalogue.ids):
             raise ValueError(f"{len(catalogue.ids)} catalogue items for a model of {model.config.n_items}")
         self.model = model
         self.catalogue = catalogue
         self.title_tokenizer = title_tokenizer
         self.info = dict(info or {})
+        self.precision = precision
         model.item_tower.set_features(torch.from_numpy(catalogue.category_matrix()),
                                       _as_tensor(_title_matrix(title_tokenizer, catalogue.titles)))
         self._index: FaissStore | None = None
@@ -211,7 +214,11 @@ class Recommender(Backend):
                                      else np.zeros((len(cut), 1), np.int64))  # no features: padding only
             return self._onnx["user"].run(feeds)[0]
         with _eval_mode(self.model):
-            return self.model.user_vectors(hist, lengths, feats).float().numpy()
+            if self.precision == "fp32":
+                return self.model.user_vectors(hist, lengths, feats).float().numpy()
+            with autocast(self.precision):
+                vectors = self.model.user_vectors(hist, lengths, feats)
+            return as_float32(vectors, normalise=True).numpy()
 
     def user_vectors(self, histories: Sequence[Sequence[str]],
                      user_features: Sequence[Sequence[str]] | None = None) -> np.ndarray:
@@ -305,7 +312,7 @@ class Recommender(Backend):
                               tasks=model_fields(), files=files)
 
     @classmethod
-    def load(cls, directory: str | Path) -> Recommender:
+    def load(cls, directory: str | Path, precision: str = "fp32") -> Recommender:
         """Rebuild from ``config.json`` (validated, and checked against the weights file's header, before any tensor
         is allocated), ``items.json``, the title tokenizer, the weights and ``items.faiss`` (checked: its size, kind,
         count, dimension and finite vectors; rebuilt from the weights when absent)."""
@@ -355,7 +362,7 @@ class Recommender(Backend):
             tokenizer=title_tokenizer)
         rcfg = read.model_config
         info = {k: v for k, v in read.config.items() if k not in ("deepsem_version", "task", "recommender")}
-        rec = cls(read.model, read.extra, read.tokenizer, info)
+        rec = cls(read.model, read.extra, read.tokenizer, info, precision)
         index_path = directory / INDEX_FILE
         if index_path.exists():
             vectors = 4 * rcfg.n_items * rcfg.output_dim
@@ -481,6 +488,7 @@ def train_recommender(
     t0 = time.perf_counter()
     cfg = training_config(training, {"lr": 2e-3, "epochs": 60, "batch_size": 64, "patience": 5,
                                      "weight_decay": 0.0})
+    check_precision(cfg.precision, device or "cpu")  # before any data is read
     if negatives not in RECOMMEND_NEGATIVES:
         raise ValueError(f"negatives must be one of {', '.join(RECOMMEND_NEGATIVES)}, got {negatives!r}")
     if isinstance(data, SequenceSplit):

@@ -120,6 +120,14 @@ def run_rnn(rnn: nn.Module, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]
     """Run ``rnn`` (from :func:`build_rnn`) over right-padded ``x`` ``(B, T, E)``: all outputs ``(B, T, D*H)``
     (zero past each length) and the final states ``(layers*D, B, H)`` at each sequence's own end."""
     if isinstance(rnn, LSTM):
+        if torch.is_autocast_enabled(x.device.type):
+            # deepsem's LSTM updates its gate buffers in place and with out= (which autocast leaves alone) next
+            # to matmuls it does cast: under bf16 autocast the two meet as bf16 and float32 (an error, or gates
+            # rounded to bf16 every step). Its recurrence runs in float32, as torch.amp.custom_fwd(cast_inputs=
+            # torch.float32) would run it; the layers around it still run in bf16.
+            with torch.autocast(x.device.type, enabled=False):
+                output, (h_n, _) = rnn(x.float(), lengths=lengths)
+            return output, h_n
         output, (h_n, _) = rnn(x, lengths=lengths)
         return output, h_n
     packed = pack_padded_sequence(x, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
