@@ -66,6 +66,8 @@ _tanh_backward = torch.ops.aten.tanh_backward.grad_input
 _CHUNK_BYTES = 8 << 20
 # Without a backward to feed, one block buffer is reused for all blocks; smaller, so that it stays in cache.
 _INFERENCE_CHUNK_BYTES = 4 << 20
+# ATen splits an element-wise kernel over threads from this many elements on (at::internal::GRAIN_SIZE).
+_PARALLEL_NUMEL = 32768
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -278,21 +280,30 @@ def _loop_forward_directions(
     (D, E, G), ``w_hh_t`` (D, H, G), ``bias`` (D, G), ``peep`` (D, k, H), ``h0``/``c0`` (D, B, H). Returns
     ``hs`` (T, D, B, H), the cell states (T, D, B, H) if ``keep_cells`` (else None) and the last cell state
     (D, B, H).
+
+    Every view a step uses is made before the loop (one ``unbind`` per kind, not a Python-level slice per
+    step), so a step is the matmul and the gate kernels only. The cells carry a unit gate axis, (D, B, 1, H),
+    so that the peephole term of i and f together broadcasts without an ``unsqueeze`` a step.
     """
     dirs, steps, batch, n_in = x.shape
     hidden, gsize = w_hh_t.shape[1], w_hh_t.shape[2]
     hs = x.new_empty(steps, dirs, batch, hidden)
-    cs = x.new_empty(steps, dirs, batch, hidden) if keep_cells else None
-    scratch = x.new_empty(4, dirs, batch, hidden).unbind(0)
+    cells = x.new_empty(steps if keep_cells else 2, dirs, batch, 1, hidden)
+    c_rows = cells.unbind(0)  # (D, B, 1, H) for the peephole term
+    c_flat = cells.squeeze(3).unbind(0)  # (D, B, H) for the rest
+    if not keep_cells:  # two buffers in turn
+        c_rows, c_flat = c_rows * ((steps + 1) // 2), c_flat * ((steps + 1) // 2)
+    scratch = x.new_empty(2, dirs, batch, hidden).unbind(0)
     g_buf, tc_buf = scratch[0], scratch[1]
-    c_steps = cs.unbind(0) if cs is not None else scratch[2:] * ((steps + 1) // 2)
     h_steps = hs.unbind(0)
     n_sig = 1 if coupled else 2
-    fused_fo = coupled and peep is None
-    sig_cols = slice(0, None, 2) if fused_fo else slice(0, n_sig)
+    fused_fo = coupled and peep is None  # f and o need no cell: one sigmoid for both
     p_in = peep[:, :n_sig].unsqueeze(1) if peep is not None else None  # (D, 1, n_sig, H)
     p_out = peep[:, -1].unsqueeze(1) if peep is not None else None  # (D, 1, H)
-    h, c = h0, c0
+    # ATen's tanh on the candidate's column block (row stride G) is slow when it runs on several threads
+    # (see _tanh_of_block); below the size at which it splits the work, in place saves a kernel a step.
+    tanh_in_place = dirs * batch * hidden < _PARALLEL_NUMEL
+    h, c, c_row = h0, c0, c0.unsqueeze(2)
     for start, end in _time_chunks(steps, dirs * batch * gsize * x.element_size(), _INFERENCE_CHUNK_BYTES):
         xs = x[:, start:end].reshape(dirs, -1, n_in)
         pre = torch.baddbmm(bias.unsqueeze(1), xs, w_ih_t) if bias is not None else torch.bmm(xs, w_ih_t)
@@ -300,27 +311,29 @@ def _loop_forward_directions(
         pre = pre.view(dirs, end - start, batch, gsize).transpose(0, 1).contiguous()
         blocks = pre.view(end - start, dirs, batch, gsize // hidden, hidden)
         a_steps = pre.unbind(0)
-        sig_steps = blocks[:, :, :, sig_cols].unbind(0)
-        i_steps, f_steps = blocks[:, :, :, 0].unbind(0), blocks[:, :, :, n_sig - 1].unbind(0)
-        g_pre_steps, o_steps = blocks[:, :, :, n_sig].unbind(0), blocks[:, :, :, -1].unbind(0)
+        # select and narrow, not indexing with slices: a tensor index is parsed in Python, ~10 µs each
+        sig_steps = (blocks[:, :, :, ::2] if fused_fo else blocks.narrow(3, 0, n_sig)).unbind(0)
+        i_steps, f_steps = blocks.select(3, 0).unbind(0), blocks.select(3, n_sig - 1).unbind(0)
+        g_pre_steps, o_steps = blocks.select(3, n_sig).unbind(0), blocks.select(3, -1).unbind(0)
         for r in range(end - start):
             t = start + r
             sig, f, o = sig_steps[r], f_steps[r], o_steps[r]
             a_steps[r].baddbmm_(h, w_hh_t)  # + W_hh h_{t-1}, all gates of all D
             if p_in is not None:
-                sig.addcmul_(c.unsqueeze(2), p_in)
+                sig.addcmul_(c_row, p_in)
             sig.sigmoid_()
-            g = _tanh_of_block(g_pre_steps[r], g_buf)
+            g = g_pre_steps[r].tanh_() if tanh_in_place else _tanh_of_block(g_pre_steps[r], g_buf)
             if coupled:
-                c = torch.lerp(g, c, f, out=c_steps[t])
+                c = torch.lerp(g, c, f, out=c_flat[t])
             else:
-                c = torch.mul(f, c, out=c_steps[t]).addcmul_(i_steps[r], g)
+                c = torch.mul(f, c, out=c_flat[t]).addcmul_(i_steps[r], g)
+            c_row = c_rows[t]
             if p_out is not None:
                 o.addcmul_(c, p_out)
             if not fused_fo:
                 o.sigmoid_()
             h = torch.mul(o, torch.tanh(c, out=tc_buf), out=h_steps[t])
-    return hs, cs, c
+    return hs, cells.squeeze(3) if keep_cells else None, c
 
 
 class _LSTMLayerFunction(torch.autograd.Function):
@@ -534,6 +547,12 @@ class _Lengths(NamedTuple):
     empty: Tensor | None  # (B, 1) True for sequences of length 0, None if there are none
 
 
+def _identity(t: Tensor | None) -> tuple[Any, ...] | None:
+    """What changes when a parameter is replaced, modified in place or given new data (``.double()``, ``.to()``:
+    a new data pointer; CUDA's unified addressing keeps pointers of different devices apart)."""
+    return None if t is None else (id(t), t.data_ptr(), t._version, t.dtype)
+
+
 def _prepare_lengths(lengths: Tensor | Sequence[int], steps: int, batch: int, like: Tensor) -> _Lengths | None:
     real_cpu = torch.as_tensor(lengths, dtype=torch.int64, device="cpu").reshape(-1)
     if real_cpu.numel() != batch:
@@ -610,8 +629,8 @@ class LSTM(nn.Module):
         self.peephole = peephole
         self.coupled = coupled
         self.backward = backward
-        # per layer: (a key of its parameters' identity and versions, their stacked transposed inference form)
-        self._inference_cache: dict[int, tuple[tuple[Any, ...], Any]] = {}
+        # per layer: (its parameter names, their identity and versions, their stacked transposed inference form)
+        self._inference_cache: dict[int, tuple[list[str], list[Any], Any]] = {}
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         gates = 4 * hidden_size
         self._flat_names: list[str] = []
@@ -877,12 +896,17 @@ class LSTM(nn.Module):
         """One layer's gate parameters for :func:`_loop_forward_directions`, stacked over the directions and
         transposed: made once and kept until a parameter changes (in place, or its data is replaced), since
         transposing ``W_hh`` into contiguous memory costs more than encoding a short query."""
-        tensors = [t for suffix in self._suffixes() for t in self._direction_params(layer, suffix).values()
-                   if t is not None]
-        key = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
         cached = self._inference_cache.get(layer)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        if cached is not None:
+            names, key, stacked = cached
+            # this check runs on every call: the parameters are looked up by the names kept, in _parameters
+            # first (module attribute lookup is slow; a parametrized weight is found by getattr)
+            own = self._parameters
+            if [_identity(own[name] if name in own else getattr(self, name, None)) for name in names] == key:
+                return stacked
+        names = [f"{name}_l{layer}{suffix}" for suffix in self._suffixes() for name, t in
+                 self._direction_params(layer, suffix).items() if t is not None]
+        key = [_identity(getattr(self, name)) for name in names]
         with torch.no_grad():
             params = [self._gate_params(self._direction_params(layer, suffix)) for suffix in self._suffixes()]
             stacked = (
@@ -891,7 +915,7 @@ class LSTM(nn.Module):
                 torch.stack([q[2] for q in params]) if params[0][2] is not None else None,  # type: ignore[misc]
                 torch.stack([q[3] for q in params]) if params[0][3] is not None else None,  # type: ignore[misc]
             )
-        self._inference_cache[layer] = (key, stacked)
+        self._inference_cache[layer] = (names, key, stacked)
         return stacked
 
     def _run_directions(
