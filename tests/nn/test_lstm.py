@@ -491,3 +491,43 @@ def test_lstm_layer_without_gradients_equals_its_training_forward(variant: str) 
         for got, want in zip(inferred, trained, strict=True):
             torch.testing.assert_close(got, want.detach(), rtol=0, atol=1e-12)
         w_ih = w_ih.detach()
+
+
+@pytest.mark.parametrize("lengths", [None, [7, 3]], ids=["full", "padded"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_inference_results_are_ordinary_tensors(lengths: list[int] | None, bidirectional: bool) -> None:
+    # The inference loop runs in torch.inference_mode; what leaves it must still work with autograd and
+    # in-place operations, as a frozen encoder under a trained head needs.
+    torch.manual_seed(11)
+    module = LSTM(5, 6, bidirectional=bidirectional, peephole=True).requires_grad_(False)
+    _randomize_peepholes(module)
+    x = torch.randn(7, 2, 5)
+    out, (h_n, c_n) = module(x, lengths=lengths)
+    assert not any(t.is_inference() for t in (out, h_n, c_n))
+    head = torch.randn(out.shape[-1], requires_grad=True)
+    (out @ head).sum().backward()  # autograd saves ``out``
+    torch.testing.assert_close(head.grad, out.sum(dim=(0, 1)))
+    out.add_(1.0), h_n.add_(1.0), c_n.add_(1.0)
+    hs, h_last, c_last = lstm_layer(x, torch.zeros(2, 6), torch.zeros(2, 6), torch.randn(24, 5), torch.randn(24, 6))
+    assert not any(t.is_inference() for t in (hs, h_last, c_last))
+
+
+def test_inference_loop_traces_without_inference_mode() -> None:
+    # Tracers and compilers (the ONNX exporters use them) get the loop without inference mode, and the trace
+    # computes what the module does.
+    torch.manual_seed(12)
+    module = LSTM(5, 6, bidirectional=True, peephole=True).eval()
+    _randomize_peepholes(module)
+    x = torch.randn(7, 2, 5)
+    seen = []
+
+    def probe(y: torch.Tensor) -> torch.Tensor:
+        with lstm_module._inference_mode():
+            seen.append(torch.is_inference_mode_enabled())
+        return module(y)[0]
+
+    with torch.no_grad():
+        probe(x)
+        traced = torch.jit.trace(probe, (x,), check_trace=False)
+        torch.testing.assert_close(traced(x), module(x)[0], rtol=0, atol=1e-6)
+    assert seen == [True, False]
