@@ -280,7 +280,8 @@ def test_gradcheck_layer_blocks(variant: str, monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_bptt_matches_autograd(variant: str, bidirectional: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lstm_module, "_CHUNK_BYTES", 3 * 5 * 4 * 6 * 8)  # blocks of three steps
-    monkeypatch.setattr(lstm_module, "_INFERENCE_CHUNK_BYTES", 2 * 5 * 4 * 6 * 8)  # two steps (inference)
+    # inference: blocks of three steps (six with one direction), a partial last one
+    monkeypatch.setattr(lstm_module, "_INFERENCE_CHUNK_BYTES", 2 * 3 * 5 * 4 * 6 * 8)
     torch.manual_seed(4)
     fast, ref = _pair(VARIANTS[variant], input_size=4, hidden_size=6, num_layers=2, bidirectional=bidirectional)
     x = torch.randn(5, 8, 4, dtype=torch.float64)  # batch-first (B=5, T=8)
@@ -299,11 +300,19 @@ def test_bptt_matches_autograd(variant: str, bidirectional: bool, monkeypatch: p
         out_n, (h_nograd, c_nograd) = fast(x, lengths=lengths)
     for got, want in ((out_n, out_f), (h_nograd, h_f), (c_nograd, c_f)):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
+    with torch.no_grad():  # and without lengths (no cells kept)
+        for got, want in zip(_flat(fast(x)), _flat(ref(x)), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
     for got, want in ((out_f, out_r), (h_f, h_r), (c_f, c_r), (gx_f, gx_r)):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
     assert set(g_f) == set(g_r)
     for name in g_f:
         torch.testing.assert_close(g_f[name], g_r[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+def _flat(result: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+    out, (h_n, c_n) = result
+    return out, h_n, c_n
 
 
 def test_coupled_ignores_input_gate_rows() -> None:

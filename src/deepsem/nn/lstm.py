@@ -320,18 +320,30 @@ def _loop_forward_directions(
         # (see _tanh_of_block); below the size at which it splits the work, in place saves a kernel a step.
         tanh_in_place = dirs * batch * hidden < _PARALLEL_NUMEL
         h, c, c_row = h0, c0, c0.unsqueeze(2)
-        for start, end in _time_chunks(steps, dirs * batch * gsize * x.element_size(), _INFERENCE_CHUNK_BYTES):
+        spans = _time_chunks(steps, dirs * batch * gsize * x.element_size(), _INFERENCE_CHUNK_BYTES)
+        # One projection buffer for all blocks (and, with two directions, one for its step-major copy): a
+        # fresh allocation of this size a block costs page faults.
+        size = spans[0][1]
+        proj = x.new_empty(dirs, size * batch, gsize)
+        major = x.new_empty(size, dirs, batch, gsize) if dirs > 1 else None
+        for start, end in spans:
+            n = end - start
             xs = x[:, start:end].reshape(dirs, -1, n_in)
-            pre = torch.baddbmm(bias.unsqueeze(1), xs, w_ih_t) if bias is not None else torch.bmm(xs, w_ih_t)
+            out = proj.narrow(1, 0, n * batch)
+            if bias is not None:
+                torch.baddbmm(bias.unsqueeze(1), xs, w_ih_t, out=out)
+            else:
+                torch.bmm(xs, w_ih_t, out=out)
             # step-major (n, D, B, G): each step's gates one contiguous block, which baddbmm_ updates in place
-            pre = pre.view(dirs, end - start, batch, gsize).transpose(0, 1).contiguous()
-            blocks = pre.view(end - start, dirs, batch, gsize // hidden, hidden)
+            steps_first = out.view(dirs, n, batch, gsize).transpose(0, 1)
+            pre = steps_first if major is None else major.narrow(0, 0, n).copy_(steps_first)
+            blocks = pre.view(n, dirs, batch, gsize // hidden, hidden)
             a_steps = pre.unbind(0)
             # select and narrow, not indexing with slices: a tensor index is parsed in Python, ~10 µs each
             sig_steps = (blocks[:, :, :, ::2] if fused_fo else blocks.narrow(3, 0, n_sig)).unbind(0)
             i_steps, f_steps = blocks.select(3, 0).unbind(0), blocks.select(3, n_sig - 1).unbind(0)
             g_pre_steps, o_steps = blocks.select(3, n_sig).unbind(0), blocks.select(3, -1).unbind(0)
-            for r in range(end - start):
+            for r in range(n):
                 t = start + r
                 sig, f, o = sig_steps[r], f_steps[r], o_steps[r]
                 a_steps[r].baddbmm_(h, w_hh_t)  # + W_hh h_{t-1}, all gates of all D
