@@ -540,3 +540,18 @@ def test_inference_loop_traces_without_inference_mode() -> None:
         traced = torch.jit.trace(probe, (x,), check_trace=False)
         torch.testing.assert_close(traced(x), module(x)[0], rtol=0, atol=1e-6)
     assert seen == [True, False]
+
+
+@pytest.mark.parametrize("variant", ["peephole", "coupled", "peephole+coupled"])
+@pytest.mark.parametrize("given", [False, True], ids=["zero-state", "given-state"])
+def test_inference_with_and_without_initial_state(variant: str, given: bool) -> None:
+    # Without hx the inference loop skips what a zero state would add at the first step; with one it adds it.
+    torch.manual_seed(13)
+    fast, ref = _pair(VARIANTS[variant], input_size=4, hidden_size=5, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    hx = (torch.randn(4, 3, 5, dtype=torch.float64), torch.randn(4, 3, 5, dtype=torch.float64)) if given else None
+    for lengths in (None, [6, 2, 4]):
+        with torch.no_grad():
+            got, want = fast(x, hx, lengths=lengths), ref(x, hx, lengths=lengths)
+        for g, w in zip(_flat(got), _flat(want), strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
