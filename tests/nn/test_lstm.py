@@ -544,10 +544,12 @@ def test_inference_loop_traces_without_inference_mode() -> None:
 
 @pytest.mark.parametrize("variant", ["peephole", "coupled", "peephole+coupled"])
 @pytest.mark.parametrize("given", [False, True], ids=["zero-state", "given-state"])
-def test_inference_with_and_without_initial_state(variant: str, given: bool) -> None:
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_inference_with_and_without_initial_state(variant: str, given: bool, bias: bool) -> None:
     # Without hx the inference loop skips what a zero state would add at the first step; with one it adds it.
+    # The bias rides in the input projection as one more input row (against a constant 1), or is absent.
     torch.manual_seed(13)
-    fast, ref = _pair(VARIANTS[variant], input_size=4, hidden_size=5, num_layers=2, bidirectional=True)
+    fast, ref = _pair(VARIANTS[variant], input_size=4, hidden_size=5, num_layers=2, bidirectional=True, bias=bias)
     x = torch.randn(6, 3, 4, dtype=torch.float64)
     hx = (torch.randn(4, 3, 5, dtype=torch.float64), torch.randn(4, 3, 5, dtype=torch.float64)) if given else None
     for lengths in (None, [6, 2, 4]):
