@@ -322,7 +322,7 @@ def _loop_forward_directions(
         spans = _time_chunks(steps, dirs * batch * gsize * x.element_size(), _INFERENCE_CHUNK_BYTES)
         # One projection buffer for all blocks (and, with two directions, one for its step-major copy): a
         # fresh allocation of this size a block costs page faults.
-        size = spans[0][1]
+        size = spans[0][1] if spans else 0
         proj = x.new_empty(dirs, size * batch, gsize)
         major = x.new_empty(size, dirs, batch, gsize) if dirs > 1 else None
         for start, end in spans:
