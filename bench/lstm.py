@@ -10,6 +10,8 @@ median over repeats of (this variant's time / torch's time in the same repeat), 
 of medians when other processes share the CPU.
 
     python bench/lstm.py --batch 256 --length 32 --input 128 --hidden 256 --repeats 20
+
+``--modes inference`` times inference alone (a quicker run; the training columns show "-").
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="write the results to this file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modes", nargs="+", choices=["inference", "training"], default=["inference", "training"],
+                        help="what to time (default both); the other columns then show '-'")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     variants = _variants(args)
     x = torch.randn(args.length, args.batch, args.input, requires_grad=True)
     times: dict[tuple[str, str], list[float]] = {}
-    for mode in ("inference", "training"):
+    for mode in args.modes:
         steps = {name: _steps(module, x)[mode] for name, module in variants.items()}
         for step in steps.values():
             for _ in range(args.warmup):
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     rows = []
     for name in variants:
         row: dict[str, object] = {"variant": name}
-        for mode in ("inference", "training"):
+        for mode in args.modes:
             ms = medians[(name, mode)]
             row[f"{mode}_ms"] = round(ms, 3)
             row[f"{mode}_ratio"] = round(ms / medians[("torch.nn.LSTM", mode)], 3)
@@ -121,11 +125,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(
-            f"{row['variant']:<24}{row['inference_ms']:>10.2f}{row['inference_ratio']:>8.3f}"
-            f"{row['inference_paired_ratio']:>8.3f}{row['training_ms']:>11.2f}{row['training_ratio']:>8.3f}"
-            f"{row['training_paired_ratio']:>8.3f}"
-        )
+        cells = [f"{row['variant']:<24}"]
+        for mode, width in (("inference", 10), ("training", 11)):
+            if mode in args.modes:
+                cells.append(f"{row[f'{mode}_ms']:>{width}.2f}{row[f'{mode}_ratio']:>8.3f}"
+                             f"{row[f'{mode}_paired_ratio']:>8.3f}")
+            else:
+                cells.append(f"{'-':>{width}}{'-':>8}{'-':>8}")
+        print("".join(cells))
     result: dict[str, object] = {
         "config": config,
         "torch": torch.__version__,

@@ -280,7 +280,8 @@ def test_gradcheck_layer_blocks(variant: str, monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_bptt_matches_autograd(variant: str, bidirectional: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lstm_module, "_CHUNK_BYTES", 3 * 5 * 4 * 6 * 8)  # blocks of three steps
-    monkeypatch.setattr(lstm_module, "_INFERENCE_CHUNK_BYTES", 2 * 5 * 4 * 6 * 8)  # two steps (inference)
+    # inference: blocks of three steps (six with one direction), a partial last one
+    monkeypatch.setattr(lstm_module, "_INFERENCE_CHUNK_BYTES", 2 * 3 * 5 * 4 * 6 * 8)
     torch.manual_seed(4)
     fast, ref = _pair(VARIANTS[variant], input_size=4, hidden_size=6, num_layers=2, bidirectional=bidirectional)
     x = torch.randn(5, 8, 4, dtype=torch.float64)  # batch-first (B=5, T=8)
@@ -299,11 +300,19 @@ def test_bptt_matches_autograd(variant: str, bidirectional: bool, monkeypatch: p
         out_n, (h_nograd, c_nograd) = fast(x, lengths=lengths)
     for got, want in ((out_n, out_f), (h_nograd, h_f), (c_nograd, c_f)):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
+    with torch.no_grad():  # and without lengths (no cells kept)
+        for got, want in zip(_flat(fast(x)), _flat(ref(x)), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
     for got, want in ((out_f, out_r), (h_f, h_r), (c_f, c_r), (gx_f, gx_r)):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
     assert set(g_f) == set(g_r)
     for name in g_f:
         torch.testing.assert_close(g_f[name], g_r[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+def _flat(result: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+    out, (h_n, c_n) = result
+    return out, h_n, c_n
 
 
 def test_coupled_ignores_input_gate_rows() -> None:
@@ -491,3 +500,60 @@ def test_lstm_layer_without_gradients_equals_its_training_forward(variant: str) 
         for got, want in zip(inferred, trained, strict=True):
             torch.testing.assert_close(got, want.detach(), rtol=0, atol=1e-12)
         w_ih = w_ih.detach()
+
+
+@pytest.mark.parametrize("lengths", [None, [7, 3]], ids=["full", "padded"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_inference_results_are_ordinary_tensors(lengths: list[int] | None, bidirectional: bool) -> None:
+    # The inference loop runs in torch.inference_mode; what leaves it must still work with autograd and
+    # in-place operations, as a frozen encoder under a trained head needs.
+    torch.manual_seed(11)
+    module = LSTM(5, 6, bidirectional=bidirectional, peephole=True).requires_grad_(False)
+    _randomize_peepholes(module)
+    x = torch.randn(7, 2, 5)
+    out, (h_n, c_n) = module(x, lengths=lengths)
+    assert not any(t.is_inference() for t in (out, h_n, c_n))
+    head = torch.randn(out.shape[-1], requires_grad=True)
+    (out @ head).sum().backward()  # autograd saves ``out``
+    torch.testing.assert_close(head.grad, out.sum(dim=(0, 1)))
+    out.add_(1.0), h_n.add_(1.0), c_n.add_(1.0)
+    hs, h_last, c_last = lstm_layer(x, torch.zeros(2, 6), torch.zeros(2, 6), torch.randn(24, 5), torch.randn(24, 6))
+    assert not any(t.is_inference() for t in (hs, h_last, c_last))
+
+
+def test_inference_loop_traces_without_inference_mode() -> None:
+    # Tracers and compilers (the ONNX exporters use them) get the loop without inference mode, and the trace
+    # computes what the module does.
+    torch.manual_seed(12)
+    module = LSTM(5, 6, bidirectional=True, peephole=True).eval()
+    _randomize_peepholes(module)
+    x = torch.randn(7, 2, 5)
+    seen = []
+
+    def probe(y: torch.Tensor) -> torch.Tensor:
+        with lstm_module._inference_mode():
+            seen.append(torch.is_inference_mode_enabled())
+        return module(y)[0]
+
+    with torch.no_grad():
+        probe(x)
+        traced = torch.jit.trace(probe, (x,), check_trace=False)
+        torch.testing.assert_close(traced(x), module(x)[0], rtol=0, atol=1e-6)
+    assert seen == [True, False]
+
+
+@pytest.mark.parametrize("variant", ["peephole", "coupled", "peephole+coupled"])
+@pytest.mark.parametrize("given", [False, True], ids=["zero-state", "given-state"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_inference_with_and_without_initial_state(variant: str, given: bool, bias: bool) -> None:
+    # Without hx the inference loop skips what a zero state would add at the first step; with one it adds it.
+    # The bias rides in the input projection as one more input row (against a constant 1), or is absent.
+    torch.manual_seed(13)
+    fast, ref = _pair(VARIANTS[variant], input_size=4, hidden_size=5, num_layers=2, bidirectional=True, bias=bias)
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    hx = (torch.randn(4, 3, 5, dtype=torch.float64), torch.randn(4, 3, 5, dtype=torch.float64)) if given else None
+    for lengths in (None, [6, 2, 4]):
+        with torch.no_grad():
+            got, want = fast(x, hx, lengths=lengths), ref(x, hx, lengths=lengths)
+        for g, w in zip(_flat(got), _flat(want), strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)

@@ -40,6 +40,7 @@ Three implementations compute the same thing:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -64,7 +65,8 @@ _tanh_backward = torch.ops.aten.tanh_backward.grad_input
 # the matmul that fills the buffer (a (32*256, 1024) float32 projection: 8 ms of matmul, 9 ms of faults);
 # smaller blocks are recycled from the heap.
 _CHUNK_BYTES = 8 << 20
-# Without a backward to feed, one block buffer is reused for all blocks; smaller, so that it stays in cache.
+# Without a backward to feed, one block buffer is reused for all blocks (a fresh one a block cost page faults);
+# smaller, so that it stays in cache (2-4 MiB measured best at batch 256; 8 and 16 MiB slower).
 _INFERENCE_CHUNK_BYTES = 4 << 20
 
 
@@ -259,6 +261,17 @@ def _loop_forward(
     return _Forward(hs, cs, c, gates, spans, tcs, gs)
 
 
+def _inference_mode() -> contextlib.AbstractContextManager[Any]:
+    """``torch.inference_mode()``, except while tracing or compiling (the ONNX exporters), which it breaks.
+
+    Without autograd's view and version bookkeeping every tensor operation costs less: measured 25-30% of
+    the whole inference call on short texts (batch 4, 10 tokens), where the per-operation cost dominates.
+    """
+    if torch._C._is_tracing() or torch.compiler.is_compiling():  # (torch.jit.is_tracing, untyped)
+        return contextlib.nullcontext()
+    return torch.inference_mode()
+
+
 def _loop_forward_directions(
     x: Tensor,
     w_ih_t: Tensor,
@@ -269,6 +282,7 @@ def _loop_forward_directions(
     c0: Tensor,
     coupled: bool,
     keep_cells: bool,
+    zero_state: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Inference only: D independent layers (the two directions of a bidirectional layer, the reverse one fed
     its reversed input) in one time loop, so that each step is one ``baddbmm`` and one kernel per gate
@@ -278,49 +292,83 @@ def _loop_forward_directions(
     (D, E, G), ``w_hh_t`` (D, H, G), ``bias`` (D, G), ``peep`` (D, k, H), ``h0``/``c0`` (D, B, H). Returns
     ``hs`` (T, D, B, H), the cell states (T, D, B, H) if ``keep_cells`` (else None) and the last cell state
     (D, B, H).
+
+    The loop runs in inference mode (:func:`_inference_mode`); what it returns is allocated outside it (or
+    copied out), so that callers get ordinary tensors, which autograd may save and in-place operations may
+    change. Every view a step uses is made before the loop (one ``unbind`` per kind), so a step is the
+    matmul and the gate kernels only. The cells carry a unit gate axis, (D, B, 1, H), so that the peephole
+    term of i and f together broadcasts without an ``unsqueeze`` a step. ``zero_state`` says that ``h0`` and
+    ``c0`` are zeros: the first step then skips what they would add (its matmul and cell terms; the same
+    numbers, with fewer operations).
     """
     dirs, steps, batch, n_in = x.shape
     hidden, gsize = w_hh_t.shape[1], w_hh_t.shape[2]
     hs = x.new_empty(steps, dirs, batch, hidden)
-    cs = x.new_empty(steps, dirs, batch, hidden) if keep_cells else None
-    scratch = x.new_empty(4, dirs, batch, hidden).unbind(0)
-    g_buf, tc_buf = scratch[0], scratch[1]
-    c_steps = cs.unbind(0) if cs is not None else scratch[2:] * ((steps + 1) // 2)
-    h_steps = hs.unbind(0)
-    n_sig = 1 if coupled else 2
-    fused_fo = coupled and peep is None
-    sig_cols = slice(0, None, 2) if fused_fo else slice(0, n_sig)
-    p_in = peep[:, :n_sig].unsqueeze(1) if peep is not None else None  # (D, 1, n_sig, H)
-    p_out = peep[:, -1].unsqueeze(1) if peep is not None else None  # (D, 1, H)
-    h, c = h0, c0
-    for start, end in _time_chunks(steps, dirs * batch * gsize * x.element_size(), _INFERENCE_CHUNK_BYTES):
-        xs = x[:, start:end].reshape(dirs, -1, n_in)
-        pre = torch.baddbmm(bias.unsqueeze(1), xs, w_ih_t) if bias is not None else torch.bmm(xs, w_ih_t)
-        # step-major (n, D, B, G): each step's gates one contiguous block, which baddbmm_ updates in place
-        pre = pre.view(dirs, end - start, batch, gsize).transpose(0, 1).contiguous()
-        blocks = pre.view(end - start, dirs, batch, gsize // hidden, hidden)
-        a_steps = pre.unbind(0)
-        sig_steps = blocks[:, :, :, sig_cols].unbind(0)
-        i_steps, f_steps = blocks[:, :, :, 0].unbind(0), blocks[:, :, :, n_sig - 1].unbind(0)
-        g_pre_steps, o_steps = blocks[:, :, :, n_sig].unbind(0), blocks[:, :, :, -1].unbind(0)
-        for r in range(end - start):
-            t = start + r
-            sig, f, o = sig_steps[r], f_steps[r], o_steps[r]
-            a_steps[r].baddbmm_(h, w_hh_t)  # + W_hh h_{t-1}, all gates of all D
-            if p_in is not None:
-                sig.addcmul_(c.unsqueeze(2), p_in)
-            sig.sigmoid_()
-            g = _tanh_of_block(g_pre_steps[r], g_buf)
-            if coupled:
-                c = torch.lerp(g, c, f, out=c_steps[t])
+    kept = x.new_empty(steps, dirs, batch, 1, hidden) if keep_cells else None
+    with _inference_mode():
+        cells = kept if kept is not None else x.new_empty(2, dirs, batch, 1, hidden)  # else two in turn
+        c_rows = cells.unbind(0)  # (D, B, 1, H) for the peephole term
+        c_flat = cells.squeeze(3).unbind(0)  # (D, B, H) for the rest
+        if kept is None:
+            c_rows, c_flat = c_rows * ((steps + 1) // 2), c_flat * ((steps + 1) // 2)
+        tc_buf = x.new_empty(dirs, batch, hidden)
+        h_steps = hs.unbind(0)
+        n_sig = 1 if coupled else 2
+        fused_fo = coupled and peep is None  # f and o need no cell: one sigmoid for both
+        p_in = peep[:, :n_sig].unsqueeze(1) if peep is not None else None  # (D, 1, n_sig, H)
+        p_out = peep[:, -1].unsqueeze(1) if peep is not None else None  # (D, 1, H)
+        h, c, c_row = h0, c0, c0.unsqueeze(2)
+        fresh = zero_state  # h_{t-1} = C_{t-1} = 0: nothing to add from them
+        spans = _time_chunks(steps, dirs * batch * gsize * x.element_size(), _INFERENCE_CHUNK_BYTES)
+        # One projection buffer for all blocks (and, with two directions, one for its step-major copy): a
+        # fresh allocation of this size a block costs page faults.
+        size = spans[0][1] if spans else 0
+        proj = x.new_empty(dirs, size * batch, gsize)
+        major = x.new_empty(size, dirs, batch, gsize) if dirs > 1 else None
+        for start, end in spans:
+            n = end - start
+            xs = x[:, start:end].reshape(dirs, -1, n_in)
+            out = proj.narrow(1, 0, n * batch)
+            if bias is not None:
+                torch.baddbmm(bias.unsqueeze(1), xs, w_ih_t, out=out)
             else:
-                c = torch.mul(f, c, out=c_steps[t]).addcmul_(i_steps[r], g)
-            if p_out is not None:
-                o.addcmul_(c, p_out)
-            if not fused_fo:
-                o.sigmoid_()
-            h = torch.mul(o, torch.tanh(c, out=tc_buf), out=h_steps[t])
-    return hs, cs, c
+                torch.bmm(xs, w_ih_t, out=out)
+            # step-major (n, D, B, G): each step's gates one contiguous block, which baddbmm_ updates in place
+            steps_first = out.view(dirs, n, batch, gsize).transpose(0, 1)
+            pre = steps_first if major is None else major.narrow(0, 0, n).copy_(steps_first)
+            blocks = pre.view(n, dirs, batch, gsize // hidden, hidden)
+            a_steps = pre.unbind(0)
+            # select and narrow, not indexing with slices: a tensor index is parsed in Python, ~10 µs each
+            sig_steps = (blocks[:, :, :, ::2] if fused_fo else blocks.narrow(3, 0, n_sig)).unbind(0)
+            i_steps, f_steps = blocks.select(3, 0).unbind(0), blocks.select(3, n_sig - 1).unbind(0)
+            g_pre_steps, o_steps = blocks.select(3, n_sig).unbind(0), blocks.select(3, -1).unbind(0)
+            for r in range(n):
+                t = start + r
+                sig, f, o = sig_steps[r], f_steps[r], o_steps[r]
+                if not fresh:
+                    a_steps[r].baddbmm_(h, w_hh_t)  # + W_hh h_{t-1}, all gates of all D
+                    if p_in is not None:
+                        sig.addcmul_(c_row, p_in)
+                sig.sigmoid_()
+                # tanh in place on the column block: measured no slower than on a contiguous copy (batches 4
+                # and 256, 1 and 2 threads; issue 16), and a kernel less than _tanh_of_block
+                g = g_pre_steps[r].tanh_()
+                if coupled:
+                    c = torch.lerp(g, c, f, out=c_flat[t])
+                elif fresh:
+                    c = torch.mul(i_steps[r], g, out=c_flat[t])
+                else:
+                    c = torch.mul(f, c, out=c_flat[t]).addcmul_(i_steps[r], g)
+                fresh = False
+                c_row = c_rows[t]
+                if p_out is not None:
+                    o.addcmul_(c, p_out)
+                if not fused_fo:
+                    o.sigmoid_()
+                h = torch.mul(o, torch.tanh(c, out=tc_buf), out=h_steps[t])
+    if kept is None:
+        return hs, None, c.clone()  # out of the scratch buffer (made in inference mode)
+    return hs, kept.squeeze(3), c
 
 
 class _LSTMLayerFunction(torch.autograd.Function):
@@ -534,6 +582,12 @@ class _Lengths(NamedTuple):
     empty: Tensor | None  # (B, 1) True for sequences of length 0, None if there are none
 
 
+def _identity(t: Tensor | None) -> tuple[Any, ...] | None:
+    """What changes when a parameter is replaced, modified in place or given new data (``.double()``, ``.to()``:
+    a new data pointer; CUDA's unified addressing keeps pointers of different devices apart)."""
+    return None if t is None else (id(t), t.data_ptr(), t._version, t.dtype)
+
+
 def _prepare_lengths(lengths: Tensor | Sequence[int], steps: int, batch: int, like: Tensor) -> _Lengths | None:
     real_cpu = torch.as_tensor(lengths, dtype=torch.int64, device="cpu").reshape(-1)
     if real_cpu.numel() != batch:
@@ -610,8 +664,8 @@ class LSTM(nn.Module):
         self.peephole = peephole
         self.coupled = coupled
         self.backward = backward
-        # per layer: (a key of its parameters' identity and versions, their stacked transposed inference form)
-        self._inference_cache: dict[int, tuple[tuple[Any, ...], Any]] = {}
+        # per layer: (its parameter names, their identity and versions, their stacked transposed inference form)
+        self._inference_cache: dict[int, tuple[list[str], list[Any], Any]] = {}
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         gates = 4 * hidden_size
         self._flat_names: list[str] = []
@@ -722,6 +776,7 @@ class LSTM(nn.Module):
         if steps == 0:
             raise ValueError("Expected sequence length to be larger than 0 in RNN")
         states = self.num_layers * self.num_directions
+        zero_state = hx is None
         if hx is None:
             zeros = x.new_zeros(states, batch, self.hidden_size)
             hx = (zeros, zeros)
@@ -735,7 +790,7 @@ class LSTM(nn.Module):
             out, (h_n, c_n) = self._forward_fused(x, hx, pad)
         else:
             seq = x.transpose(0, 1) if self.batch_first else x
-            out, h_n, c_n = self._forward_loop(seq.contiguous(), hx, pad)
+            out, h_n, c_n = self._forward_loop(seq.contiguous(), hx, pad, zero_state=zero_state)
             if self.batch_first:
                 out = out.transpose(0, 1)
         if pad is not None and pad.empty is not None:  # empty sequences: zero output, initial state
@@ -793,10 +848,10 @@ class LSTM(nn.Module):
         return {name: get(name) for name in names}
 
     def _forward_loop(
-        self, x: Tensor, hx: tuple[Tensor, Tensor], pad: _Lengths | None
+        self, x: Tensor, hx: tuple[Tensor, Tensor], pad: _Lengths | None, zero_state: bool = False
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """All layers and directions, time-major ``x`` (T, B, E)."""
-        h_finals: list[Tensor] = []
+        """All layers and directions, time-major ``x`` (T, B, E); ``zero_state``: ``hx`` is zeros."""
+        h_finals: list[Tensor] = []  # blocks of final states, concatenated at the end
         c_finals: list[Tensor] = []
         layer_in = x
         for layer in range(self.num_layers):
@@ -804,10 +859,12 @@ class LSTM(nn.Module):
                 layer_in = F.dropout(layer_in, self.dropout, training=True)
             outs: list[Tensor] = []
             if self.backward == "bptt" and not self._needs_grad(layer_in, layer):  # inference
-                states = slice(layer * self.num_directions, (layer + 1) * self.num_directions)
-                outs, h_ns, c_ns = self._run_directions(layer_in, hx[0][states], hx[1][states], layer, pad)
-                h_finals += h_ns
-                c_finals += c_ns
+                first, dirs = layer * self.num_directions, self.num_directions
+                outs, h_ns, c_ns = self._run_directions(
+                    layer_in, hx[0].narrow(0, first, dirs), hx[1].narrow(0, first, dirs), layer, pad, zero_state
+                )
+                h_finals.append(h_ns)
+                c_finals.append(c_ns)
                 layer_in = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
                 continue
             for direction, suffix in enumerate(self._suffixes()):
@@ -833,12 +890,14 @@ class LSTM(nn.Module):
                 else:
                     out, h_n, c_n = self._run_bptt(layer_in, h0, c0, p, pad, reverse)
                 outs.append(out)
-                h_finals.append(h_n)
-                c_finals.append(c_n)
+                h_finals.append(h_n.unsqueeze(0))
+                c_finals.append(c_n.unsqueeze(0))
             layer_in = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         if pad is not None and self.backward != "autograd":
             layer_in = layer_in * pad.mask
-        return layer_in, torch.stack(h_finals), torch.stack(c_finals)
+        # final states in blocks of (D, B, H) (a layer without gradients) or (1, B, H); cat copies them, so
+        # that they never share memory with the output
+        return layer_in, torch.cat(h_finals), torch.cat(c_finals)
 
     def _needs_grad(self, x: Tensor, layer: int) -> bool:
         if not torch.is_grad_enabled():
@@ -876,40 +935,63 @@ class LSTM(nn.Module):
     def _inference_params(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """One layer's gate parameters for :func:`_loop_forward_directions`, stacked over the directions and
         transposed: made once and kept until a parameter changes (in place, or its data is replaced), since
-        transposing ``W_hh`` into contiguous memory costs more than encoding a short query."""
-        tensors = [t for suffix in self._suffixes() for t in self._direction_params(layer, suffix).values()
-                   if t is not None]
-        key = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        transposing ``W_hh`` into contiguous memory costs more than encoding a short query.
+
+        The bias (b_ih + b_hh) is appended to ``W_ih^T`` as one more input row, (D, E + 1, G), and the bias
+        slot is None: :meth:`_run_directions` appends a constant 1 to each input, so that the input
+        projection is a plain matmul. Adding a bias in the matmul (``baddbmm``) first copies it into the
+        whole output, a pass over the (T, B, G) projection that cost 10% of it at batch 256."""
         cached = self._inference_cache.get(layer)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        if cached is not None:
+            names, key, stacked = cached
+            # this check runs on every call: the parameters are looked up by the names kept, in _parameters
+            # first (module attribute lookup is slow; a parametrized weight is found by getattr)
+            own = self._parameters
+            if [_identity(own[name] if name in own else getattr(self, name, None)) for name in names] == key:
+                return stacked
+        names = [f"{name}_l{layer}{suffix}" for suffix in self._suffixes() for name, t in
+                 self._direction_params(layer, suffix).items() if t is not None]
+        key = [_identity(getattr(self, name)) for name in names]
         with torch.no_grad():
             params = [self._gate_params(self._direction_params(layer, suffix)) for suffix in self._suffixes()]
+            w_ih_t = torch.stack([q[0] for q in params]).transpose(1, 2)
+            if params[0][2] is not None:
+                w_ih_t = torch.cat([w_ih_t, torch.stack([q[2] for q in params]).unsqueeze(1)], dim=1)  # type: ignore[misc]
             stacked = (
-                torch.stack([q[0] for q in params]).transpose(1, 2).contiguous(),
+                w_ih_t.contiguous(),
                 torch.stack([q[1] for q in params]).transpose(1, 2).contiguous(),
-                torch.stack([q[2] for q in params]) if params[0][2] is not None else None,  # type: ignore[misc]
+                None,
                 torch.stack([q[3] for q in params]) if params[0][3] is not None else None,  # type: ignore[misc]
             )
-        self._inference_cache[layer] = (key, stacked)
+        self._inference_cache[layer] = (names, key, stacked)
         return stacked
 
     def _run_directions(
-        self, x: Tensor, h0: Tensor, c0: Tensor, layer: int, pad: _Lengths | None
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """Every direction of one layer without gradients, through :func:`_loop_forward_directions`."""
+        self, x: Tensor, h0: Tensor, c0: Tensor, layer: int, pad: _Lengths | None, zero_state: bool = False
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Every direction of one layer without gradients, through :func:`_loop_forward_directions`: the
+        outputs of each direction (T, B, H) and the final states (D, B, H). Views by ``select``: an index
+        with slices costs several µs in Python, which counts on short texts."""
         w_ih_t, w_hh_t, bias, peep = self._inference_params(layer)
-        dirs = self.num_directions
+        dirs, n_in = self.num_directions, x.shape[2]
         with torch.no_grad():
-            xs = torch.stack([x, self._reverse(x, pad)]) if dirs == 2 else x.unsqueeze(0)
+            if dirs == 1 and w_ih_t.shape[1] == n_in:
+                xs = x.unsqueeze(0)
+            else:  # (D, T, B, E [+ 1]): the input, reversed for the second direction, and a 1 for the bias row
+                xs = x.new_empty(dirs, x.shape[0], x.shape[1], w_ih_t.shape[1])
+                xs.select(0, 0).narrow(2, 0, n_in).copy_(x)
+                if dirs == 2:
+                    xs.select(0, 1).narrow(2, 0, n_in).copy_(self._reverse(x, pad))
+                if w_ih_t.shape[1] > n_in:
+                    xs.narrow(3, n_in, 1).fill_(1.0)
             hs, cs, c_last = _loop_forward_directions(xs, w_ih_t, w_hh_t, bias, peep, h0, c0, self.coupled,
-                                                      keep_cells=pad is not None)
-        outs = [hs[:, 0]] + ([self._reverse(hs[:, 1], pad)] if dirs == 2 else [])
-        if pad is None:
-            return outs, list(hs[-1].unbind(0)), list(c_last.unbind(0))
-        assert cs is not None
-        index = pad.last.view(1, 1, -1, 1).expand(1, dirs, hs.shape[2], hs.shape[3])
-        return outs, list(hs.gather(0, index)[0].unbind(0)), list(cs.gather(0, index)[0].unbind(0))
+                                                      keep_cells=pad is not None, zero_state=zero_state)
+            outs = [hs.select(1, 0)] + ([self._reverse(hs.select(1, 1), pad)] if dirs == 2 else [])
+            if pad is None:
+                return outs, hs.select(0, -1), c_last
+            assert cs is not None
+            index = pad.last.view(1, 1, -1, 1).expand(1, dirs, hs.shape[2], hs.shape[3])
+            return outs, hs.gather(0, index).squeeze(0), cs.gather(0, index).squeeze(0)
 
     def _run_bptt(
         self,
