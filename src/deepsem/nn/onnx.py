@@ -185,8 +185,9 @@ def _onnx_torch_rnn_weights(rnn: nn.GRU | nn.RNN, p: dict[str, Tensor | None]) -
 
 def rnn(g: Graph, module: nn.Module, x: str, lengths: str) -> tuple[str, str]:
     """Run ``module`` (deepsem's LSTM, torch's GRU or RNN; batch first) over ``x`` ``(B, T, E)`` with ``lengths``
-    ``(B,)`` int64 (each >= 1): the last layer's outputs ``(B, T, D*H)`` (undefined past each length; callers
-    mask them) and its final states ``(D, B, H)`` at each sequence's own end."""
+    ``(B,)`` int64 (each >= 1): the last layer's outputs as the operator gives them, time-major ``(T, D, B, H)``
+    (undefined past each length: :func:`pool_steps` masks them), and its final states ``(D, B, H)`` at each
+    sequence's own end. The outputs stay time-major: pooling them there saves transposing the largest tensor."""
     if not isinstance(module, LSTM | nn.GRU | nn.RNN):
         raise TypeError(f"no ONNX form for the recurrent net {type(module).__name__}")
     if isinstance(module, nn.RNN) and module.nonlinearity != "tanh":
@@ -222,6 +223,25 @@ def rnn(g: Graph, module: nn.Module, x: str, lengths: str) -> tuple[str, str]:
                 op_type, n_out = "RNN", 2
         outs = g.op(op_type, layer_in, *inputs, outputs=n_out, **attributes)
         y, y_h = outs[0], outs[1]
-        # Y (T, D, B, H) -> (T, B, D*H), the next layer's input
-        layer_in = g.op("Reshape", g.op("Transpose", y, perm=[0, 2, 1, 3]), g.const([0, 0, -1]))
-    return g.op("Transpose", layer_in, perm=[1, 0, 2]), y_h
+        if layer + 1 < module.num_layers:  # Y (T, D, B, H) -> (T, B, D*H), the next layer's input
+            layer_in = g.op("Reshape", g.op("Transpose", y, perm=[0, 2, 1, 3]), g.const([0, 0, -1]))
+    return y, y_h
+
+
+def states_by_row(g: Graph, states: str) -> str:
+    """Final states ``(D, B, H)`` as rows ``(B, D*H)``, the directions side by side as torch concatenates them."""
+    return g.op("Reshape", g.op("Transpose", states, perm=[1, 0, 2]), g.const([0, -1]))
+
+
+def pool_steps(g: Graph, y: str, lengths: str, how: str) -> str:
+    """``"max"`` or ``"mean"`` over the steps inside each length of a recurrent operator's time-major output ``y``
+    ``(T, D, B, H)``: rows ``(B, D*H)``."""
+    inside = g.positions_mask(lengths, g.steps_of(y, axis=0))  # (B, T)
+    inside = g.op("Unsqueeze", g.op("Transpose", inside, perm=[1, 0]), g.const([1, 3]))  # (T, 1, B, 1)
+    if how == "max":
+        pooled = g.op("ReduceMax", g.op("Where", inside, y, g.const(np.float32(-np.inf))), axes=[0], keepdims=0)
+    else:
+        summed = g.op("ReduceSum", g.op("Mul", y, g.op("Cast", inside, to=1)), g.const([0]), keepdims=0)
+        count = g.op("Cast", g.op("Max", lengths, g.const(1, dtype=np.int64)), to=1)
+        pooled = g.op("Div", summed, g.op("Unsqueeze", count, g.const([0, 2])))  # (D, B, H) / (1, B, 1)
+    return states_by_row(g, pooled)

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from deepsem.nn.lstm import LSTM
+from deepsem.nn.onnx import pool_steps, states_by_row
 from deepsem.nn.onnx import rnn as onnx_rnn
 from deepsem.towers.registry import TensorSizes, TowerSpec, register, widths
 
@@ -178,19 +178,12 @@ class RecurrentTower(nn.Module):
     def onnx(self, g: Graph, ids: str, lengths: str) -> str:
         """This tower in ONNX operators (:mod:`deepsem.nn.onnx`): the same steps as :meth:`forward`."""
         x = g.op("Gather", g.const(self.embedding.weight, "embedding"), ids)
-        output, h_n = onnx_rnn(g, self.rnn, x, lengths)
+        output, h_n = onnx_rnn(g, self.rnn, x, lengths)  # (T, D, B, H) and (D, B, H)
         pooling, parts = self.config.pooling, []
-        if pooling in ("last", "last+max"):  # (D, B, H) -> (B, D*H)
-            parts.append(g.op("Reshape", g.op("Transpose", h_n, perm=[1, 0, 2]), g.const([0, -1])))
+        if pooling in ("last", "last+max"):
+            parts.append(states_by_row(g, h_n))
         if pooling in ("max", "last+max", "mean"):
-            mask = g.positions_mask(lengths, g.steps_of(ids))
-            if pooling == "mean":
-                kept = g.op("Mul", output, g.op("Unsqueeze", g.op("Cast", mask, to=1), g.const([2])))
-                count = g.op("Cast", g.op("Max", lengths, g.const(1, dtype=np.int64)), to=1)
-                parts.append(g.op("Div", g.op("ReduceSum", kept, g.const([1]), keepdims=0),
-                                  g.op("Unsqueeze", count, g.const([1]))))
-            else:
-                parts.append(g.masked_max(output, mask))
+            parts.append(pool_steps(g, output, lengths, "mean" if pooling == "mean" else "max"))
         pooled = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=-1)
         return g.op("Tanh", g.linear(pooled, self.proj))
 
