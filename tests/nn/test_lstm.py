@@ -521,6 +521,8 @@ def test_inference_results_are_ordinary_tensors(lengths: list[int] | None, bidir
     assert not any(t.is_inference() for t in (hs, h_last, c_last))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning",
+                            "ignore::torch.jit.TracerWarning")  # tracing is the point here; its warnings are known
 def test_inference_loop_traces_without_inference_mode() -> None:
     # Tracers and compilers (the ONNX exporters use them) get the loop without inference mode, and the trace
     # computes what the module does.
