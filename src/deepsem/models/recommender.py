@@ -118,7 +118,8 @@ class UserTower(nn.Module):
         ``x`` holds item rows ``(B, T)``, whose inputs are :meth:`ItemTower.inputs` of every item, a table."""
         with torch.no_grad():
             table = item_inputs.inputs(torch.arange(item_inputs.id_embedding.num_embeddings))
-        _, h_n = onnx_rnn(g, self.rnn, g.op("Gather", g.const(table, "item_inputs"), x), lengths)
+        steps = g.op("Gather", g.const(table, "item_inputs"), g.op("Transpose", x, perm=[1, 0]))  # (T, B, E)
+        _, h_n = onnx_rnn(g, self.rnn, steps, lengths, time_major=True)
         user = g.op("Squeeze", h_n, g.const([0]))  # one direction: (B, H) at each history's last item
         if features is not None:  # EmbeddingBag mean without the padding rows
             kept = g.op("Cast", g.op("Greater", features, g.const(0, dtype=np.int64)), to=1)

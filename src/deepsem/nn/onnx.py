@@ -183,8 +183,9 @@ def _onnx_torch_rnn_weights(rnn: nn.GRU | nn.RNN, p: dict[str, Tensor | None]) -
             torch.cat([_rows(b_ih, hidden, order), _rows(b_hh, hidden, order)]))
 
 
-def rnn(g: Graph, module: nn.Module, x: str, lengths: str) -> tuple[str, str]:
-    """Run ``module`` (deepsem's LSTM, torch's GRU or RNN; batch first) over ``x`` ``(B, T, E)`` with ``lengths``
+def rnn(g: Graph, module: nn.Module, x: str, lengths: str, time_major: bool = False) -> tuple[str, str]:
+    """Run ``module`` (deepsem's LSTM, torch's GRU or RNN; batch first) over ``x`` ``(B, T, E)`` (``(T, B, E)`` with
+    ``time_major``: gathering embeddings by transposed ids is cheaper than transposing them) with ``lengths``
     ``(B,)`` int64 (each >= 1): the last layer's outputs as the operator gives them, time-major ``(T, D, B, H)``
     (undefined past each length: :func:`pool_steps` masks them), and its final states ``(D, B, H)`` at each
     sequence's own end. The outputs stay time-major: pooling them there saves transposing the largest tensor."""
@@ -195,7 +196,7 @@ def rnn(g: Graph, module: nn.Module, x: str, lengths: str) -> tuple[str, str]:
     directions = 2 if module.bidirectional else 1
     hidden = module.hidden_size
     seq_lens = g.op("Cast", lengths, to=6)  # int32, as ONNX's recurrent operators take it
-    layer_in = g.op("Transpose", x, perm=[1, 0, 2])  # time-major (T, B, E)
+    layer_in = x if time_major else g.op("Transpose", x, perm=[1, 0, 2])  # time-major (T, B, E)
     y_h = ""
     for layer in range(module.num_layers):
         per_direction = [_direction_weights(module, layer, suffix)

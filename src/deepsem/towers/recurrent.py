@@ -177,8 +177,8 @@ class RecurrentTower(nn.Module):
 
     def onnx(self, g: Graph, ids: str, lengths: str) -> str:
         """This tower in ONNX operators (:mod:`deepsem.nn.onnx`): the same steps as :meth:`forward`."""
-        x = g.op("Gather", g.const(self.embedding.weight, "embedding"), ids)
-        output, h_n = onnx_rnn(g, self.rnn, x, lengths)  # (T, D, B, H) and (D, B, H)
+        x = g.op("Gather", g.const(self.embedding.weight, "embedding"), g.op("Transpose", ids, perm=[1, 0]))
+        output, h_n = onnx_rnn(g, self.rnn, x, lengths, time_major=True)  # (T, D, B, H) and (D, B, H)
         pooling, parts = self.config.pooling, []
         if pooling in ("last", "last+max"):
             parts.append(states_by_row(g, h_n))
