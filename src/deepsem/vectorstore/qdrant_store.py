@@ -45,7 +45,7 @@ def _qdrant() -> tuple[type[QdrantClient], Any]:
     try:
         from qdrant_client import QdrantClient
         from qdrant_client.http import models
-    except ImportError:  # pragma: no cover - the message when the extra is missing
+    except ImportError:  # the extra is not installed
         raise ImportError("the Qdrant store needs qdrant-client: pip install 'deepsem[qdrant]'") from None
     return QdrantClient, models
 
@@ -92,16 +92,19 @@ class QdrantStore:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if url is not None and path is not None:
             raise ValueError("give a Qdrant url or a local path, not both")
-        name = collection if collection is not None else f"deepsem-{uuid.uuid4().hex[:12]}"
-        if not _COLLECTION.fullmatch(name):
-            raise ValueError(f"collection name {name!r}: use letters, digits, '_', '-' and '.' (at most 255)")
         client = _connect(url, path, api_key)
-        _, models = _qdrant()
-        if client.collection_exists(name):
+        try:
+            name = _new_collection(client, collection, dim)
+        except ValueError:
             client.close()
-            raise ValueError(f"Qdrant already has a collection {name!r}; choose another name or load its store")
-        client.create_collection(name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.DOT))
+            raise
         return cls(client, name, dim, url=url, path=path)
+
+    def sibling(self, collection: str | None = None) -> QdrantStore:
+        """An empty store in a new collection on the same Qdrant connection and width (a rebuild fills one, then
+        :meth:`point_alias` moves readers onto it); it shares this store's client, so :meth:`close` only one."""
+        name = _new_collection(self.client, collection, self._dim)
+        return type(self)(self.client, name, self._dim, url=self.url, path=self.path)
 
     @property
     def dim(self) -> int:
@@ -228,6 +231,10 @@ class QdrantStore:
         self.client.update_collection_aliases(operations)
         return before
 
+    def drop(self) -> None:
+        """Delete this store's collection and every vector in it from Qdrant (an old one after a rebuild)."""
+        self.client.delete_collection(self.collection)
+
     def save(self, path: str | Path) -> None:
         """Write the descriptor (not the vectors: they stay in Qdrant) to ``path`` atomically. A local ``path``
         store records its directory relative to the descriptor's folder when it lies inside it (the pair can be
@@ -294,11 +301,26 @@ class QdrantStore:
 def _connect(url: str | None, path: str | Path | None, api_key: str | None) -> QdrantClient:
     QdrantClient, _ = _qdrant()
     if url is not None:
-        return QdrantClient(url=url, api_key=api_key)
+        # no version check: it runs in a background thread that warns at some later moment; load's first request
+        # (get_collection) reports an unreachable or unanswering server itself, as an error naming the descriptor
+        return QdrantClient(url=url, api_key=api_key, check_compatibility=False)
     if path is not None:
         Path(path).mkdir(parents=True, exist_ok=True)
         return QdrantClient(path=str(path))
     return QdrantClient(location=":memory:")
+
+
+def _new_collection(client: QdrantClient, collection: str | None, dim: int) -> str:
+    """Create the collection ``collection`` (default: a fresh ``deepsem-<hex>`` name) of ``dim``-wide vectors under
+    ``DOT``; returns its name. A bad or taken name is a ``ValueError``: an existing collection is never reused."""
+    _, models = _qdrant()
+    name = collection if collection is not None else f"deepsem-{uuid.uuid4().hex[:12]}"
+    if not _COLLECTION.fullmatch(name):
+        raise ValueError(f"collection name {name!r}: use letters, digits, '_', '-' and '.' (at most 255)")
+    if client.collection_exists(name):
+        raise ValueError(f"Qdrant already has a collection {name!r}; choose another name or load its store")
+    client.create_collection(name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.DOT))
+    return name
 
 
 def _filter(where: Mapping[str, Scalar | Sequence[Scalar]] | None) -> qmodels.Filter | None:
