@@ -246,6 +246,20 @@ def test_a_damaged_descriptor_is_refused_naming_file_and_field(data, tmp_path: P
         assert len(loaded) == 5
 
 
+def test_a_damaged_or_foreign_local_directory_is_refused(data, tmp_path: Path) -> None:
+    docs, ids, _ = data
+    with QdrantStore.create(DIM, path=tmp_path / "qdrant", collection="docs") as store:
+        store.add(docs[:5], ids[:5])
+        store.save(tmp_path / "store.json")
+    (tmp_path / "qdrant" / "meta.json").write_text('{"collections": {"docs": {"vectors": "x"}}}')
+    with pytest.raises(IndexFileError, match=r"store\.json: cannot open Qdrant at .*qdrant: "):
+        QdrantStore.load(tmp_path / "store.json")
+    (tmp_path / "qdrant" / "meta.json").unlink()
+    with pytest.raises(IndexFileError, match="not a Qdrant local storage directory"):
+        QdrantStore.load(tmp_path / "store.json")
+    assert not (tmp_path / "qdrant" / "meta.json").exists()  # nothing written into a directory it refused
+
+
 def test_an_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     target = tmp_path / "store.json"
     target.write_text(json.dumps({**GOOD, "path": None, "url": "http://127.0.0.1:9"}))  # nothing listens on 9

@@ -276,17 +276,18 @@ class QdrantStore:
         where = None if local is None else path.parent / local
         if where is not None and not where.is_dir():
             raise error(f"{path}: field 'path': the Qdrant directory {where} does not exist")
+        if where is not None and not (where / "meta.json").is_file():  # never open (and write in) any directory
+            raise error(f"{path}: field 'path': {where} is not a Qdrant local storage directory (no meta.json)")
         try:
             client = _connect(url, where, api_key or os.environ.get("QDRANT_API_KEY"))
-        except RuntimeError as exc:  # embedded local mode: another client holds the directory
-            raise error(f"{path}: cannot open Qdrant at {where}: {exc}") from None
+        except Exception as exc:  # local mode: another client holds the directory, or its files are damaged
+            raise error(f"{path}: cannot open Qdrant at {url or where}: {_cause(exc)}") from None
         try:
             info = client.get_collection(collection)
             params = info.config.params.vectors
         except Exception as exc:  # the network or the server answering: any failure is the same message
             client.close()
-            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise error(f"{path}: cannot read collection {collection!r} at {url or where}: {cause}") from None
+            raise error(f"{path}: cannot read collection {collection!r} at {url or where}: {_cause(exc)}") from None
         _, models = _qdrant()
         if not isinstance(params, models.VectorParams):
             client.close()
@@ -296,6 +297,12 @@ class QdrantStore:
             raise error(f"{path}: collection {collection!r} holds {params.size}-wide vectors under "
                         f"{params.distance}, the descriptor says {dim}-wide under Dot")
         return cls(client, collection, dim, url=url, path=where)
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _connect(url: str | None, path: str | Path | None, api_key: str | None) -> QdrantClient:
