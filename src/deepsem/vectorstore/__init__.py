@@ -1,14 +1,16 @@
 """Vector stores: where vectors are kept and searched by inner product.
 
-:class:`VectorStore` is the protocol; :data:`STORES` names the implementations. A new backend (Qdrant, ...) is one
-module here and one entry in :data:`STORES`.
+:class:`VectorStore` is the protocol; :data:`STORES` names the implementations. A new backend is one module here
+and one entry in :data:`STORES`. :class:`QdrantStore` needs the optional qdrant-client package only when a store is
+made or loaded (``import deepsem`` never needs it); it joins :data:`STORES` with the index integration.
 """
 
 from deepsem.vectorstore.base import VectorStore
 from deepsem.vectorstore.exact import ExactStore, exact_search
 from deepsem.vectorstore.faiss_store import FaissStore, default_search_params
+from deepsem.vectorstore.qdrant_store import QdrantStore
 
 #: Every store by name.
 STORES: dict[str, type[VectorStore]] = {"faiss": FaissStore, "exact": ExactStore}
 
-__all__ = ["STORES", "ExactStore", "FaissStore", "VectorStore", "default_search_params", "exact_search"]
+__all__ = ["STORES", "ExactStore", "FaissStore", "QdrantStore", "VectorStore", "default_search_params", "exact_search"]

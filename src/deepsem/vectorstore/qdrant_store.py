@@ -1,0 +1,353 @@
+"""The Qdrant store: vectors kept in a Qdrant collection, the only module of deepsem that calls qdrant-client.
+
+Qdrant is a vector database: a server or a cluster (``url``), or its embedded local mode inside this process
+(``path``: a directory, or neither for memory only). The store's data lives in Qdrant, not in deepsem's files:
+:meth:`QdrantStore.save` writes a small JSON descriptor (where Qdrant is, which collection, the width) and
+:meth:`QdrantStore.load` reconnects to it. Scores are Qdrant's ``DOT`` distance, the inner product Faiss and the
+exact store give (deepsem's vectors are L2-normalised, so it is their cosine). Point ids are deepsem's int64 ids;
+Qdrant takes unsigned ids only, so a negative id (``-1`` marks "no result" in every store) is refused.
+
+qdrant-client is an optional extra (``pip install deepsem[qdrant]``); it is imported when a store is made.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deepsem.errors import IndexFileError
+from deepsem.fileio import atomic_write_json, read_json
+from deepsem.vectorstore.base import pad_results
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
+    from qdrant_client.http import models as qmodels
+
+#: What a descriptor's ``format`` field says.
+FORMAT = "deepsem-qdrant-store"
+#: The descriptor layout this code writes and reads.
+VERSION = 1
+#: Points sent or fetched per request (bounds one request's size for a server).
+CHUNK = 1024
+#: A collection name Qdrant accepts and deepsem writes: letters, digits, ``_ - .``, at most 255 characters.
+_COLLECTION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}")
+#: Payload values a filter compares by equality.
+Scalar = str | int | bool
+
+
+def _qdrant() -> tuple[type[QdrantClient], Any]:
+    try:
+        from qdrant_client import QdrantClient
+        from qdrant_client.http import models
+    except ImportError:  # the extra is not installed
+        raise ImportError("the Qdrant store needs qdrant-client: pip install 'deepsem[qdrant]'") from None
+    return QdrantClient, models
+
+
+def _chunks(n: int) -> Iterator[slice]:
+    for start in range(0, n, CHUNK):
+        yield slice(start, min(start + CHUNK, n))
+
+
+def _point_ids(ids: np.ndarray) -> np.ndarray:
+    """``ids`` as a flat int64 array of point ids; a negative id (Qdrant ids are unsigned) is a ``ValueError``."""
+    keys = np.asarray(ids).reshape(-1)
+    if keys.size and keys.dtype.kind not in "iu":
+        raise ValueError(f"ids must be integers, not {keys.dtype}")
+    keys = keys.astype(np.int64)
+    if keys.size and keys.min() < 0:
+        raise ValueError(f"id {int(keys.min())} is negative: Qdrant point ids are unsigned (-1 means 'no result')")
+    return keys
+
+
+class QdrantStore:
+    """A :class:`~deepsem.vectorstore.base.VectorStore` on a Qdrant collection (``DOT`` distance).
+
+    The vectors (and any payload) are held by Qdrant, not by this object or its saved file: :meth:`save` writes a
+    descriptor of where they are, :meth:`load` reconnects. Make one with :meth:`create`; :meth:`close` releases the
+    client (embedded local mode locks its directory to one client at a time)."""
+
+    def __init__(self, client: QdrantClient, collection: str, dim: int, *, url: str | None = None,
+                 path: str | Path | None = None) -> None:
+        self.client = client
+        self.collection = collection
+        self._dim = dim
+        self.url = url
+        self.path = None if path is None else Path(path)
+
+    @classmethod
+    def create(cls, dim: int, *, url: str | None = None, path: str | Path | None = None,
+               collection: str | None = None, api_key: str | None = None) -> QdrantStore:
+        """An empty store in a new collection ``collection`` (default: a fresh ``deepsem-<hex>`` name) of
+        ``dim``-wide vectors under ``DOT`` distance: on the Qdrant server or cluster at ``url``, in embedded local
+        mode under the directory ``path``, or in memory when neither is given. An existing collection of that
+        name is a ``ValueError`` (never overwritten)."""
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if url is not None and path is not None:
+            raise ValueError("give a Qdrant url or a local path, not both")
+        client = _connect(url, path, api_key)
+        try:
+            name = _new_collection(client, collection, dim)
+        except ValueError:
+            client.close()
+            raise
+        return cls(client, name, dim, url=url, path=path)
+
+    def sibling(self, collection: str | None = None) -> QdrantStore:
+        """An empty store in a new collection on the same Qdrant connection and width (a rebuild fills one, then
+        :meth:`point_alias` moves readers onto it); it shares this store's client, so :meth:`close` only one."""
+        name = _new_collection(self.client, collection, self._dim)
+        return type(self)(self.client, name, self._dim, url=self.url, path=self.path)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def __len__(self) -> int:
+        return int(self.client.count(self.collection, exact=True).count)
+
+    def __enter__(self) -> QdrantStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the client (and, in embedded local mode, the lock on its directory)."""
+        self.client.close()
+
+    def _present(self, keys: np.ndarray) -> set[int]:
+        """Which of ``keys`` the collection holds."""
+        found: set[int] = set()
+        for part in _chunks(len(keys)):
+            records = self.client.retrieve(self.collection, keys[part].tolist(), with_payload=False,
+                                           with_vectors=False)
+            found.update(int(r.id) for r in records)
+        return found
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray,
+            payloads: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """Add ``(n, dim)`` finite ``vectors`` under ``ids`` (new to the store, distinct, >= 0); ``payloads``: one
+        JSON-able mapping of metadata per vector, what :meth:`search`'s ``filter`` matches."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        keys = _point_ids(ids)
+        if vectors.ndim != 2 or vectors.shape[1] != self._dim or len(vectors) != len(keys):
+            raise ValueError(f"{len(keys)} ids for vectors of shape {vectors.shape}; the store holds width {self._dim}")
+        if payloads is not None and len(payloads) != len(keys):
+            raise ValueError(f"{len(payloads)} payloads for {len(keys)} vectors")
+        if not np.isfinite(vectors).all():
+            raise ValueError("vectors hold NaN or infinite values")
+        if len(np.unique(keys)) != len(keys) or self._present(keys):
+            raise ValueError("ids must be new to the store and distinct")
+        _, models = _qdrant()
+        for part in _chunks(len(keys)):
+            batch = models.Batch(ids=keys[part].tolist(), vectors=vectors[part].tolist(),
+                                 payloads=None if payloads is None else [dict(p) for p in payloads[part]])
+            self.client.upsert(self.collection, points=batch, wait=True)
+
+    def search(self, queries: np.ndarray, k: int, *,
+               filter: Mapping[str, Scalar | Sequence[Scalar]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, ids)``, both ``(n_queries, k)``, best first, padded with -inf / -1. ``filter`` keeps the
+        points whose payload has every given field equal to the value (or to one of the values of a list)."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self._dim:
+            raise ValueError(f"queries of shape {queries.shape}; the store holds width {self._dim}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if not np.isfinite(queries).all():
+            raise ValueError("queries hold NaN or infinite values")
+        _, models = _qdrant()
+        where = _filter(filter)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        found = np.full((len(queries), k), -1, np.int64)
+        for part in _chunks(len(queries)):
+            requests = [models.QueryRequest(query=q.tolist(), limit=k, filter=where, with_payload=False,
+                                            with_vector=False) for q in queries[part]]
+            for row, response in enumerate(self.client.query_batch_points(self.collection, requests),
+                                           start=part.start):
+                hits = response.points
+                scores[row, : len(hits)] = [h.score for h in hits]
+                found[row, : len(hits)] = [int(h.id) for h in hits]
+        return pad_results(scores, found, k)
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids``, ``(n, dim)``, in the order asked; an absent id is a ``KeyError``."""
+        keys = _point_ids(ids)
+        stored: dict[int, list[float]] = {}
+        for part in _chunks(len(keys)):
+            for record in self.client.retrieve(self.collection, keys[part].tolist(), with_payload=False,
+                                               with_vectors=True):
+                vector = record.vector
+                if not isinstance(vector, list):  # a named or sparse vector: not a collection deepsem made
+                    raise IndexFileError(f"Qdrant collection {self.collection!r}: point {record.id} has no plain "
+                                         "vector")
+                stored[int(record.id)] = vector  # type: ignore[assignment]
+        try:
+            return np.array([stored[int(i)] for i in keys], np.float32).reshape(len(keys), self._dim)
+        except KeyError as exc:
+            raise KeyError(f"id {exc.args[0]} is not in the store") from None
+
+    def payloads(self, ids: np.ndarray) -> list[dict[str, Any]]:
+        """The payload stored with each of ``ids`` (``{}`` when none was given); an absent id is a ``KeyError``."""
+        keys = _point_ids(ids)
+        stored: dict[int, dict[str, Any]] = {}
+        for part in _chunks(len(keys)):
+            for record in self.client.retrieve(self.collection, keys[part].tolist(), with_payload=True):
+                stored[int(record.id)] = dict(record.payload or {})
+        try:
+            return [stored[int(i)] for i in keys]
+        except KeyError as exc:
+            raise KeyError(f"id {exc.args[0]} is not in the store") from None
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove the vectors of ``ids``; returns how many were there (absent or negative ids count nothing)."""
+        keys = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        keys = keys[keys >= 0]
+        present = sorted(self._present(keys))
+        _, models = _qdrant()
+        for start in range(0, len(present), CHUNK):
+            self.client.delete(self.collection, models.PointIdsList(points=present[start : start + CHUNK]),
+                               wait=True)
+        return len(present)
+
+    def point_alias(self, alias: str) -> str | None:
+        """Make ``alias`` name this store's collection, in one atomic Qdrant operation (what a rebuild does: fill a
+        new collection, then move the alias readers use). Returns the collection the alias named before, or None."""
+        if not _COLLECTION.fullmatch(alias):
+            raise ValueError(f"alias {alias!r}: use letters, digits, '_', '-' and '.' (at most 255)")
+        _, models = _qdrant()
+        before = {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}.get(alias)
+        operations: list[Any] = [] if before is None else [
+            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))]
+        operations.append(models.CreateAliasOperation(
+            create_alias=models.CreateAlias(collection_name=self.collection, alias_name=alias)))
+        self.client.update_collection_aliases(operations)
+        return before
+
+    def drop(self) -> None:
+        """Delete this store's collection and every vector in it from Qdrant (an old one after a rebuild)."""
+        self.client.delete_collection(self.collection)
+
+    def save(self, path: str | Path) -> None:
+        """Write the descriptor (not the vectors: they stay in Qdrant) to ``path`` atomically. A local ``path``
+        store records its directory relative to the descriptor's folder when it lies inside it (the pair can be
+        moved together). The API key is never written: :meth:`load` takes it, or reads ``QDRANT_API_KEY``."""
+        path = Path(path)
+        if self.url is None and self.path is None:
+            raise ValueError("an in-memory Qdrant store has nothing to reconnect to; create it with a url or a path")
+        local: str | None = None
+        if self.path is not None:
+            where, home = self.path.resolve(), path.parent.resolve()
+            local = str(where.relative_to(home)) if where.is_relative_to(home) else str(where)
+        atomic_write_json(path, {"format": FORMAT, "version": VERSION, "url": self.url, "path": local,
+                                 "collection": self.collection, "dim": self._dim})
+
+    @classmethod
+    def load(cls, path: str | Path, *, api_key: str | None = None,
+             error: type[Exception] = IndexFileError) -> QdrantStore:
+        """Reconnect to the store a descriptor :meth:`save` wrote, checked: a damaged or crafted file, an unreachable
+        Qdrant, a missing collection or one of another width or distance is an ``error`` naming the file and cause.
+        ``api_key`` (default: the ``QDRANT_API_KEY`` environment variable) is for a server that needs one."""
+        path = Path(path)
+        spec = read_json(path, error)
+        if not isinstance(spec, dict):
+            raise error(f"{path}: not a Qdrant store descriptor (a JSON object)")
+        if spec.get("format") != FORMAT:
+            raise error(f"{path}: field 'format' is {spec.get('format')!r}, not {FORMAT!r}")
+        if spec.get("version") != VERSION:
+            raise error(f"{path}: field 'version' is {spec.get('version')!r}; this deepsem reads version {VERSION}")
+        dim, collection, url, local = spec.get("dim"), spec.get("collection"), spec.get("url"), spec.get("path")
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= 65_536:
+            raise error(f"{path}: field 'dim' is {dim!r}, not a width from 1 to 65536")
+        if not isinstance(collection, str) or not _COLLECTION.fullmatch(collection):
+            raise error(f"{path}: field 'collection' is {collection!r}, not a Qdrant collection name")
+        for field, value in (("url", url), ("path", local)):
+            if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+                raise error(f"{path}: field {field!r} is {value!r}, not a non-empty string or null")
+        if (url is None) == (local is None):
+            raise error(f"{path}: exactly one of the fields 'url' and 'path' must be set")
+        where = None if local is None else path.parent / local
+        if where is not None and not where.is_dir():
+            raise error(f"{path}: field 'path': the Qdrant directory {where} does not exist")
+        if where is not None and not (where / "meta.json").is_file():  # never open (and write in) any directory
+            raise error(f"{path}: field 'path': {where} is not a Qdrant local storage directory (no meta.json)")
+        try:
+            client = _connect(url, where, api_key or os.environ.get("QDRANT_API_KEY"))
+        except Exception as exc:  # local mode: another client holds the directory, or its files are damaged
+            raise error(f"{path}: cannot open Qdrant at {url or where}: {_cause(exc)}") from None
+        try:
+            info = client.get_collection(collection)
+            params = info.config.params.vectors
+        except Exception as exc:  # the network or the server answering: any failure is the same message
+            client.close()
+            raise error(f"{path}: cannot read collection {collection!r} at {url or where}: {_cause(exc)}") from None
+        _, models = _qdrant()
+        if not isinstance(params, models.VectorParams):
+            client.close()
+            raise error(f"{path}: collection {collection!r} has named vectors, not the single vector deepsem writes")
+        if params.size != dim or params.distance != models.Distance.DOT:
+            client.close()
+            raise error(f"{path}: collection {collection!r} holds {params.size}-wide vectors under "
+                        f"{params.distance}, the descriptor says {dim}-wide under Dot")
+        return cls(client, collection, dim, url=url, path=where)
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _connect(url: str | None, path: str | Path | None, api_key: str | None) -> QdrantClient:
+    QdrantClient, _ = _qdrant()
+    if url is not None:
+        # no version check: it runs in a background thread that warns at some later moment; load's first request
+        # (get_collection) reports an unreachable or unanswering server itself, as an error naming the descriptor
+        return QdrantClient(url=url, api_key=api_key, check_compatibility=False)
+    if path is not None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        return QdrantClient(path=str(path))
+    return QdrantClient(location=":memory:")
+
+
+def _new_collection(client: QdrantClient, collection: str | None, dim: int) -> str:
+    """Create the collection ``collection`` (default: a fresh ``deepsem-<hex>`` name) of ``dim``-wide vectors under
+    ``DOT``; returns its name. A bad or taken name is a ``ValueError``: an existing collection is never reused."""
+    _, models = _qdrant()
+    name = collection if collection is not None else f"deepsem-{uuid.uuid4().hex[:12]}"
+    if not _COLLECTION.fullmatch(name):
+        raise ValueError(f"collection name {name!r}: use letters, digits, '_', '-' and '.' (at most 255)")
+    if client.collection_exists(name):
+        raise ValueError(f"Qdrant already has a collection {name!r}; choose another name or load its store")
+    client.create_collection(name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.DOT))
+    return name
+
+
+def _filter(where: Mapping[str, Scalar | Sequence[Scalar]] | None) -> qmodels.Filter | None:
+    """A Qdrant filter of payload equalities: ``{"lang": "en", "tag": ["a", "b"]}`` keeps points whose ``lang``
+    is "en" and whose ``tag`` is "a" or "b"."""
+    if not where:
+        return None
+    _, models = _qdrant()
+    must = []
+    for key, value in where.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"filter field {key!r}: a payload field name")
+        if isinstance(value, str | int | bool):
+            match: Any = models.MatchValue(value=value)
+        elif isinstance(value, Sequence) and value and all(isinstance(v, str | int | bool) for v in value):
+            match = models.MatchAny(any=list(value))
+        else:
+            raise ValueError(f"filter field {key!r}: {value!r} is not a string, integer, boolean or list of them")
+        must.append(models.FieldCondition(key=key, match=match))
+    return models.Filter(must=must)
+
+
+__all__ = ["QdrantStore"]
