@@ -39,7 +39,7 @@ def _reference(queries: np.ndarray, docs: np.ndarray, ids: np.ndarray, k: int) -
 
 
 def test_both_stores_are_vector_stores_and_registered() -> None:
-    assert set(STORES) == {"faiss", "exact"}
+    assert set(STORES) == {"faiss", "exact", "qdrant"}  # qdrant: tests/vectorstore/test_qdrant_store.py
     for store in (FaissStore.create(DIM), FaissStore.create(DIM, id_map=False), ExactStore(DIM)):
         assert isinstance(store, VectorStore)
         assert store.dim == DIM and len(store) == 0

@@ -2,7 +2,7 @@
 
 :class:`VectorStore` is the protocol; :data:`STORES` names the implementations. A new backend is one module here
 and one entry in :data:`STORES`. :class:`QdrantStore` needs the optional qdrant-client package only when a store is
-made or loaded (``import deepsem`` never needs it); it joins :data:`STORES` with the index integration.
+made or loaded (``import deepsem`` never needs it).
 """
 
 from deepsem.vectorstore.base import VectorStore
@@ -11,6 +11,6 @@ from deepsem.vectorstore.faiss_store import FaissStore, default_search_params
 from deepsem.vectorstore.qdrant_store import QdrantStore
 
 #: Every store by name.
-STORES: dict[str, type[VectorStore]] = {"faiss": FaissStore, "exact": ExactStore}
+STORES: dict[str, type[VectorStore]] = {"faiss": FaissStore, "exact": ExactStore, "qdrant": QdrantStore}
 
 __all__ = ["STORES", "ExactStore", "FaissStore", "QdrantStore", "VectorStore", "default_search_params", "exact_search"]

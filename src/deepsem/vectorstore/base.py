@@ -1,7 +1,7 @@
 """The :class:`VectorStore` protocol: where vectors live, keyed by integer ids, searched by inner product.
 
 A store is what an :class:`~deepsem.index.Index` or a recommender's item index talks to; nothing above
-:mod:`deepsem.vectorstore` calls a vector library itself. A new backend (Qdrant, ...) is one module with a class
+:mod:`deepsem.vectorstore` calls a vector library itself. A new backend (Milvus, ...) is one module with a class
 that has these members, plus one entry in :data:`deepsem.vectorstore.STORES`.
 """
 
