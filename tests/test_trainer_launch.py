@@ -1,5 +1,6 @@
-"""A multi-process launch without a process group (`torchrun --nproc-per-node 2 -m deepsem train ...` today) is
-refused before anything is written: each process would otherwise take itself for rank 0 and write the same files."""
+"""A multi-process launch whose environment cannot start a process group (WORLD_SIZE > 1 without torchrun's RANK,
+MASTER_ADDR, MASTER_PORT) is refused before anything is written: each process would otherwise take itself for rank 0
+and write the same files. (A complete launch trains: see test_trainer_ddp.py.)"""
 
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ def test_one_process_is_rank_0_of_1(monkeypatch: pytest.MonkeyPatch, world: str 
 def test_several_processes_without_a_process_group_are_refused(monkeypatch: pytest.MonkeyPatch,
                                                                tmp_path: Path) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
     with pytest.raises(ConfigError, match="WORLD_SIZE=2"):
         distributed_rank()
     data = write_tsv(tmp_path / "pairs.tsv", make_pairs(64, 1))
-    with pytest.raises(ConfigError, match="one process"):
+    with pytest.raises(ConfigError, match="RANK, MASTER_ADDR, MASTER_PORT are missing"):
         deepsem.train(data, tmp_path / "out", model=TINY_MODEL, training={"epochs": 1}, progress=False)
     assert not (tmp_path / "out").exists()

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,57 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank`` (dropout, sampling): the base seed on rank 0, so one process trains as before;
+    another, repeatable one on each other rank."""
+    return seed if rank == 0 else (seed + 1_000_003 * rank) % 2**63
+
+
+def shard(batch: Any, rank: int, world_size: int) -> Any:
+    """Rank ``rank``'s contiguous part of a global batch (an array, tensor or list of rows): ``len(batch)`` split in
+    ``world_size`` parts whose sizes differ by at most one, the first ranks taking the larger ones."""
+    if world_size == 1:
+        return batch
+    if not isinstance(batch, np.ndarray | Tensor | list | tuple):
+        raise TypeError(f"a distributed run splits each batch by rows; got a {type(batch).__name__}")
+    n = len(batch)
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return batch[start : start + base + (rank < extra)]
+
+
+#: How long a collective waits for the other ranks before the run fails (a killed rank ends the run, not a hang).
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=10)
+
+
+def init_distributed(device: str | torch.device | None = None) -> bool:
+    """Start the process group a launcher (``torchrun``) describes in the environment (``WORLD_SIZE`` > 1, ``RANK``,
+    ``MASTER_ADDR``, ``MASTER_PORT``): gloo on the CPU, nccl on CUDA (each process on GPU ``LOCAL_RANK``). True when
+    this call started it (the caller destroys it at the end); False for one process or a group already started.
+    An incomplete or inconsistent environment is a :class:`ConfigError`, raised before anything is written."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return False
+    world = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    if not world.isdigit():
+        raise ConfigError(f"WORLD_SIZE={world!r} is not a number of processes")
+    if int(world) <= 1:
+        return False
+    env = {k: os.environ.get(k, "").strip() for k in ("RANK", "MASTER_ADDR", "MASTER_PORT")}
+    missing = [k for k, v in env.items() if not v]
+    if missing or not torch.distributed.is_available():
+        raise ConfigError(f"launched as {world} processes (WORLD_SIZE={world}) but {', '.join(missing) or 'torch'}"
+                          f"{' is' if len(missing) == 1 else ' are'} missing to start the process group: launch with "
+                          "torchrun (which sets RANK, MASTER_ADDR and MASTER_PORT), or with one process")
+    if not env["RANK"].isdigit() or int(env["RANK"]) >= int(world):
+        raise ConfigError(f"RANK={env['RANK']} is not a rank of a world of {world} processes (WORLD_SIZE)")
+    cuda = torch.device(device if device is not None else "cpu").type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0") or 0))
+    torch.distributed.init_process_group("nccl" if cuda else "gloo", rank=int(env["RANK"]), world_size=int(world),
+                                         timeout=PROCESS_GROUP_TIMEOUT)
+    return True
 
 
 def seed_everything(seed: int) -> None:
@@ -352,17 +404,16 @@ def finish_run(result: TrainResult, info: dict[str, Any], out: Path, run_dir: Pa
 
 def distributed_rank() -> tuple[int, int]:
     """``(rank, world_size)`` of this process: from ``torch.distributed`` when a process group is initialised,
-    else ``(0, 1)``. A launcher's ``WORLD_SIZE`` above 1 without a process group (``torchrun --nproc-per-node 2 -m
-    deepsem train ...`` today: deepsem starts none) is a :class:`ConfigError`: every process would take itself for
-    rank 0, train alone and write the same run and model directories."""
+    else ``(0, 1)``. A launcher's ``WORLD_SIZE`` above 1 without a process group (:func:`run_training` starts one,
+    see :func:`init_distributed`) is a :class:`ConfigError`: every process would take itself for rank 0, train alone
+    and write the same run and model directories."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     world = os.environ.get("WORLD_SIZE", "1").strip() or "1"
     if world.isdigit() and int(world) > 1:
         raise ConfigError(f"launched as {world} processes (WORLD_SIZE={world}) but no torch.distributed process "
-                          "group is initialised: deepsem's commands train in one process; launch one process "
-                          "(torchrun --nproc-per-node 1), or initialise the process group before calling the "
-                          "Python API")
+                          "group is initialised: initialise it (deepsem.trainer.init_distributed) before calling "
+                          "the Python API, or launch one process")
     return 0, 1
 
 
@@ -403,7 +454,9 @@ class Trainer:
         model's weights under the model's own names), else ``loss``.
     device: where the module and each batch go (``"cpu"``, ``"cuda"``, ``"cuda:1"``...). Evaluation and
         ``on_best`` see the model on the CPU, where the task wrappers compute.
-    rank, world_size: this process's place in a distributed run (default: :func:`distributed_rank`). Only rank 0
+    rank, world_size: this process's place in a distributed run (default: :func:`distributed_rank`). Every rank
+        builds the same global batches (``config.batch_size`` is the global batch size) and takes its contiguous part
+        (:func:`shard`); dropout and ``rngs`` are seeded per rank (:func:`rank_seed`). Only rank 0
         writes checkpoints, ``metrics.jsonl``, ``training.png`` and calls ``on_best``; every rank evaluates, so all
         stop at the same step. With an initialised process group the loss is wrapped in
         ``DistributedDataParallel``.
@@ -646,13 +699,17 @@ class Trainer:
         cfg = self.config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        seed_everything(cfg.seed)
+        seed_everything(rank_seed(cfg.seed, self.rank))
         if resume and self.load_checkpoint():
             print(f"resumed from {self.checkpoint_dir} at step {self.state['global_step']}")
         elif resume and self.writes:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         elif self.writes:
             discard_run(self.run_dir, tokenizer=False)
+        if self.rank > 0:  # its own sampled negatives: from the base seed, its rank and the step it starts at
+            for i, name in enumerate(sorted(self.rngs)):
+                fresh = np.random.default_rng([cfg.seed, self.rank, i, self.state["global_step"]])
+                self.rngs[name].bit_generator.state = fresh.bit_generator.state
         self.loss.train()
         stopped = "finished"
         start = time.perf_counter() - self.state["seconds"]
@@ -679,6 +736,7 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(self.state["global_step"], self.total_steps, cfg.warmup,
                                                      cfg.schedule, time_fraction)
+                batch = shard(batch, self.rank, self.world_size)
                 examples += self.batch_size_of(batch)
                 if self.collate is not None:
                     batch = self.collate(batch)
@@ -839,12 +897,28 @@ def run_training(
     tokenizer — a name is learnt from ``texts()`` and saved in the run directory, or reused from there when the run
     resumes; a given tokenizer is used as is; ``None``: the task has none — then ``build(tokenizer)`` after seeding
     torch, the :class:`Trainer` with the plan, the best model saved to ``out`` on each improvement, and
-    :func:`finish_run`. Rank 0 alone writes; another rank returns its model as trained, unsaved.
+    :func:`finish_run`. Rank 0 alone writes; another rank returns its model as trained, unsaved. Launched by
+    ``torchrun`` with several processes, it starts the process group first (:func:`init_distributed`) and destroys
+    it at the end; each rank then trains on its part of every global batch of ``config.batch_size`` rows.
     """
     started = time.perf_counter() if started is None else started
     if config.threads:
         torch.set_num_threads(config.threads)
-    out = Path(out)
+    group = init_distributed(device)  # under torchrun: the process group, destroyed when the run ends
+    try:
+        return _run_training(config, Path(out), fingerprint, build, run_dir, tokenizer, tokenizer_options, texts,
+                             resume, progress, device, started)
+    finally:
+        if group:
+            torch.distributed.destroy_process_group()
+
+
+def _run_training(config: TrainConfig, out: Path, fingerprint: dict[str, Any], build: Callable[[Any], TrainingPlan],
+                  run_dir: str | os.PathLike[str] | None, tokenizer: str | Tokenizer | None,
+                  tokenizer_options: dict[str, Any] | None, texts: Callable[[], Iterable[str]] | None, resume: bool,
+                  progress: bool | None, device: str | torch.device | None,
+                  started: float) -> tuple[Any, TrainResult]:
+    """:func:`run_training` once the process group (if any) is started."""
     run_dir = Path(run_dir) if run_dir is not None else out / "training"
     rank, world_size = distributed_rank()
     writes = rank == 0
