@@ -455,10 +455,10 @@ class Trainer:
     device: where the module and each batch go (``"cpu"``, ``"cuda"``, ``"cuda:1"``...). Evaluation and
         ``on_best`` see the model on the CPU, where the task wrappers compute.
     rank, world_size: this process's place in a distributed run (default: :func:`distributed_rank`). Every rank
-        builds the same global batches (``config.batch_size`` is the global batch size) and takes its contiguous part
-        (:func:`shard`); dropout and ``rngs`` are seeded per rank (:func:`rank_seed`). Only rank 0
-        writes checkpoints, ``metrics.jsonl``, ``training.png`` and calls ``on_best``; every rank evaluates, so all
-        stop at the same step. With an initialised process group the loss is wrapped in
+        builds the same global batches (``config.batch_size`` is the global batch size) and, under a process group,
+        takes its contiguous part (:func:`shard`), dropout and ``rngs`` seeded per rank (:func:`rank_seed`). Only
+        rank 0 writes checkpoints, ``metrics.jsonl``, ``training.png`` and calls ``on_best``; every rank evaluates,
+        so all stop at the same step. With an initialised process group the loss is wrapped in
         ``DistributedDataParallel``.
     """
 
@@ -505,6 +505,10 @@ class Trainer:
         self.loss.to(self.device)
         self.model.to(self.device)
         self.forward: Callable[[Any], Tensor] = step if step is not None else self.loss
+        #: each rank trains on its part of every batch: with a process group of this world size (a ``rank`` and
+        #: ``world_size`` given without one only decide who writes, each process then taking whole batches)
+        self.sharded = (self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+                        and torch.distributed.get_world_size() == self.world_size)
         if step is None and torch.distributed.is_available() and torch.distributed.is_initialized():
             ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
             # a batch may leave a parameter out (gamma under the hinge loss, the bias without a pointwise term)
@@ -699,14 +703,14 @@ class Trainer:
         cfg = self.config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        seed_everything(rank_seed(cfg.seed, self.rank))
+        seed_everything(rank_seed(cfg.seed, self.rank if self.sharded else 0))
         if resume and self.load_checkpoint():
             print(f"resumed from {self.checkpoint_dir} at step {self.state['global_step']}")
         elif resume and self.writes:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         elif self.writes:
             discard_run(self.run_dir, tokenizer=False)
-        if self.rank > 0:  # its own sampled negatives: from the base seed, its rank and the step it starts at
+        if self.sharded and self.rank > 0:  # own sampled negatives: from the base seed, the rank, the step it starts
             for i, name in enumerate(sorted(self.rngs)):
                 fresh = np.random.default_rng([cfg.seed, self.rank, i, self.state["global_step"]])
                 self.rngs[name].bit_generator.state = fresh.bit_generator.state
@@ -736,7 +740,8 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(self.state["global_step"], self.total_steps, cfg.warmup,
                                                      cfg.schedule, time_fraction)
-                batch = shard(batch, self.rank, self.world_size)
+                if self.sharded:
+                    batch = shard(batch, self.rank, self.world_size)
                 examples += self.batch_size_of(batch)
                 if self.collate is not None:
                     batch = self.collate(batch)
