@@ -98,3 +98,40 @@ def test_two_gloo_ranks_train_what_one_process_trains_on_the_same_global_batches
         torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=1e-4, msg=name)
         moved += 0 if name.startswith("log_gamma") else 1
     assert moved and deepsem.load(tmp_path / "ddp").encode("银行卡").shape == (16,)
+
+
+def _dying_rank(rank: int, port: int, data: str, out: str) -> None:
+    """Rank 1 dies in its second step; rank 0 writes what ended its run."""
+    import traceback
+
+    import deepsem
+    from deepsem.losses import matching
+
+    torch.set_num_threads(1)
+    os.environ.update({"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    if rank == 1:
+        forward, calls = matching.MatchingLoss.forward, [0]
+
+        def dying(self: matching.MatchingLoss, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            calls[0] += 1
+            if calls[0] == 2:
+                os._exit(3)
+            return forward(self, batch)
+
+        matching.MatchingLoss.forward = dying  # type: ignore[method-assign]
+    try:
+        deepsem.train(data, out, model=MODEL, training=TRAINING, progress=False)
+    except RuntimeError:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "rank0-error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+
+
+def test_a_killed_rank_ends_the_run_with_a_clear_message(tmp_path: Path) -> None:
+    data = write_tsv(tmp_path / "pairs.tsv", make_pairs(64, 3))
+    context = mp.spawn(_dying_rank, args=(_free_port(), str(data), str(tmp_path / "run")), nprocs=2, join=False)
+    for process in context.processes:  # not a hang: both end (the bound is far above the seconds it takes)
+        process.join(120)
+    assert [p.exitcode for p in context.processes] == [0, 3]
+    message = (tmp_path / "run" / "rank0-error.txt").read_text(encoding="utf-8")
+    assert "deepsem: rank 0 of 2 stopped: a collective failed" in message

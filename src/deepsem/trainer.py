@@ -913,6 +913,13 @@ def run_training(
     try:
         return _run_training(config, Path(out), fingerprint, build, run_dir, tokenizer, tokenizer_options, texts,
                              resume, progress, device, started)
+    except RuntimeError as error:  # gloo/nccl report a lost peer as a RuntimeError: say what it means here
+        if group:
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            error.add_note(f"deepsem: rank {rank} of {world} stopped: a collective failed, most likely because "
+                           "another rank stopped or crashed (its own log says why); the run can resume from its "
+                           "last checkpoint")
+        raise
     finally:
         if group:
             torch.distributed.destroy_process_group()
