@@ -14,8 +14,9 @@ import torch.multiprocessing as mp
 from conftest import make_pairs, write_tsv
 from safetensors.torch import load_file
 
+from deepsem.config import TrainConfig
 from deepsem.errors import ConfigError
-from deepsem.trainer import init_distributed, rank_seed, shard
+from deepsem.trainer import init_distributed, rank_seed, run_fingerprint, shard
 
 MODEL = {"tower": {"embedding_dim": 16, "hidden_size": 12, "output_dim": 16, "dropout": 0.0,
                    "embedding_dropout": 0.0}}
@@ -61,6 +62,13 @@ def test_one_process_starts_no_group(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert init_distributed() is False
     assert not torch.distributed.is_initialized()
+
+
+def test_the_gather_flag_enters_the_fingerprint_only_when_off() -> None:
+    """Checkpoints written before the flag existed (gathering is the default) still resume."""
+    default = run_fingerprint(TrainConfig())["training"]
+    assert "gather_negatives" not in default
+    assert run_fingerprint(TrainConfig(gather_negatives=False))["training"] == {**default, "gather_negatives": False}
 
 
 def _free_port() -> int:

@@ -241,6 +241,8 @@ class TrainConfig(_Config):
     threads: int | None = None
     length_buckets: bool = True  # batches of similar lengths (shuffled); a recurrent tower runs fewer pad steps
     precision: str = "fp32"  # "bf16": forward and loss under bf16 autocast; weights and optimiser state stay fp32
+    #: under DDP, in-batch negatives from every rank's documents (the global batch); False: each rank's local batch
+    gather_negatives: bool = True
 
     def validate(self, where: str | None = None) -> None:
         w = where or "training"

@@ -171,6 +171,8 @@ def run_fingerprint(config: TrainConfig, **parts: Any) -> dict[str, Any]:
     training = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_SETTINGS}
     if training.get("precision") == "fp32":  # the default, as every run before the field: their checkpoints resume
         del training["precision"]
+    if training.get("gather_negatives") is True:  # likewise
+        del training["gather_negatives"]
     return json.loads(json.dumps({"training": training, **parts}, sort_keys=True, default=str))
 
 

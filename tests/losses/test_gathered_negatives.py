@@ -195,6 +195,9 @@ def test_without_gathering_each_rank_sees_its_local_batch(ranks: list[dict[str, 
     assert np.mean([r["off_loss"] for r in ranks]) != pytest.approx(whole, rel=1e-3)
 
 
-def test_a_single_process_never_gathers() -> None:
+def test_a_single_process_never_gathers_and_the_config_sets_the_default() -> None:
     assert _loss(CONFIGS["softmax-both"])._group() is None
     assert copy.deepcopy(_loss(CONFIGS["softmax-both"])).gather
+    model = _loss(CONFIGS["softmax-both"]).model
+    assert MatchingLoss(model, TrainConfig(gather_negatives=False)).gather is False
+    assert MatchingLoss(model, TrainConfig(gather_negatives=False), gather=True).gather is True

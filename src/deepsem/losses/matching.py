@@ -25,15 +25,16 @@ class MatchingLoss(nn.Module):
     documents (the order of dropout's random draws).
 
     Under a process group of more than one rank (DDP, each rank holding its slice of the global batch) and with
-    ``gather`` (the default), the in-batch negatives are those of the whole global batch: see :class:`_Gathered`.
-    ``gather=False``: each rank scores its queries against its local documents only (and takes local means).
+    ``gather``, the in-batch negatives are those of the whole global batch: see :class:`_Gathered`.
+    ``gather=False``: each rank scores its queries against its local documents only (and takes local means);
+    default: ``config.gather_negatives``.
     """
 
-    def __init__(self, model: TwoTowerModel, config: TrainConfig, gather: bool = True) -> None:
+    def __init__(self, model: TwoTowerModel, config: TrainConfig, gather: bool | None = None) -> None:
         super().__init__()
         self.model = model
         self.config = config
-        self.gather = gather
+        self.gather = config.gather_negatives if gather is None else gather
 
     def _group(self) -> _Gathered | None:
         """The gathering helper when this forward runs on one of several ranks with gathering on, else None."""
