@@ -143,3 +143,18 @@ def test_a_killed_rank_ends_the_run_with_a_clear_message(tmp_path: Path) -> None
     assert [p.exitcode for p in context.processes] == [0, 3]
     message = (tmp_path / "run" / "rank0-error.txt").read_text(encoding="utf-8")
     assert "deepsem: rank 0 of 2 stopped: a collective failed" in message
+
+
+def test_the_cli_flag_reaches_the_run(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from deepsem.cli import app
+
+    data = write_tsv(tmp_path / "pairs.tsv", make_pairs(32, 4))
+    result = CliRunner().invoke(app, ["train", str(data), "--out", str(tmp_path / "m"), "--epochs", "1",
+                                      "--embedding-dim", "8", "--hidden", "8", "--dim", "8", "--batch-size", "16",
+                                      "--threads", "1", "--no-progress", "--no-gather-negatives"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["training"]["gather_negatives"] is False
