@@ -188,6 +188,7 @@ class _Gathered:
         return [int(x) for x in out]
 
     def total(self, n: int) -> int:
+        """The sum of every rank's ``n`` (counted on the device the backend takes: CPU for gloo, GPU for nccl)."""
         return sum(self.sizes(n, torch.device("cpu") if dist.get_backend() == "gloo" else _cuda()))
 
     def rescale(self, mean: Tensor, n: int, total: int | None = None) -> Tensor:
