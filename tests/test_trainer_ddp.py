@@ -3,6 +3,7 @@ started from a launcher's environment, and a two-process gloo run that ends wher
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -106,6 +107,11 @@ def test_two_gloo_ranks_train_what_one_process_trains_on_the_same_global_batches
         torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=1e-4, msg=name)
         moved += 0 if name.startswith("log_gamma") else 1
     assert moved and deepsem.load(tmp_path / "ddp").encode("银行卡").shape == (16,)
+    # the logged training loss is the global batch's (all-reduced over the ranks), not rank 0's share of it
+    curves = [[json.loads(line)["train_loss"] for line in (tmp_path / run / "training" / "metrics.jsonl")
+               .read_text().splitlines() if "train_loss" in json.loads(line)] for run in ("ddp", "one")]
+    assert curves[0] and len(curves[0]) == len(curves[1])
+    np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4)
 
 
 def _dying_rank(rank: int, port: int, data: str, out: str) -> None:

@@ -750,6 +750,10 @@ class Trainer:
                 with autocast(cfg.precision, self.device):  # fp32: no autocast at all
                     loss = self.forward(to_device(batch, self.device))
                 value = float(loss.detach())
+                if self.sharded:  # rank r holds its share of the global loss (W/N per row): every rank logs, and
+                    total = loss.detach().reshape(1).to(torch.float32)  # judges divergence on, the global one
+                    torch.distributed.all_reduce(total)
+                    value = float(total) / self.world_size
                 if not math.isfinite(value):  # checked before the optimiser step: the weights stay finite
                     raise self._diverged(f"the loss became {value}")
                 self.optimizer.zero_grad(set_to_none=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -99,7 +100,8 @@ def train(
                          "unclicked results, a question's wrong candidates).")] = Negatives.in_batch,
     num_negatives: Annotated[int, typer.Option(help="K random negatives per query.", min=0)] = 4,
     epochs: Epochs = 5,
-    batch_size: Annotated[int, typer.Option(help="Pairs per step.", min=1)] = 128,
+    batch_size: Annotated[int, typer.Option(help="Pairs per step (the global batch: torchrun's processes split it).",
+                                            min=1)] = 128,
     lr: LearningRate = 3e-3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.", callback=not_negative)] = 0.01,
     schedule: Annotated[str, typer.Option(help="linear, cosine or constant decay after warm-up.")] = "linear",
@@ -157,6 +159,8 @@ def train(
         clicks=clicks, impressions=int(impressions) if impressions and impressions.isdigit() else impressions,
         resume=resume, progress=progress, pretrained=pretrained, freeze_embeddings=freeze_embeddings, device=device,
     )
+    if os.environ.get("RANK", "0").strip() not in ("", "0"):  # torchrun: rank 0 reports, as only it writes
+        return
     typer.echo(f"stopped: {result.stopped} after {result.steps} steps ({result.seconds:.0f} s)")
     if "dev_metrics" in model.info:
         typer.echo("best dev: " + ", ".join(f"{k} {v:.4f}" for k, v in model.info["dev_metrics"].items()))

@@ -198,7 +198,10 @@ class PairCollate:
         batch = {"q_ids": q_ids, "q_len": q_len, "d_ids": d_ids, "d_len": d_len,
                  "labels": torch.from_numpy(pairs.labels[idx]), "positive": torch.from_numpy(positive),
                  "same": torch.from_numpy(b_pos[:, None] == b_rows[None, :]),
-                 "same_q": torch.from_numpy(a_pos[:, None] == a_pos[None, :])}
+                 "same_q": torch.from_numpy(a_pos[:, None] == a_pos[None, :]),
+                 # the texts' rows in the table: how ranks that gather documents tell the same text apart exactly
+                 "q_rows": torch.from_numpy(np.asarray(a_rows, np.int64)),
+                 "d_rows": torch.from_numpy(np.asarray(b_rows, np.int64))}
         if self.num_negatives and len(positive):
             sampled_rows = sample_negatives(a_pos, self.num_negatives, self.rng, self.doc_pool, self.own)
             batch["s_ids"], batch["s_len"] = self.table.batch(sampled_rows.reshape(-1))
