@@ -4,48 +4,24 @@ use here is one ``error:`` line with exit code 2 before any data is read, and ``
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
+from training_commands import COMMANDS, fake_train, training_input
 from typer.testing import CliRunner
 
 from deepsem.cli import app
 
 runner = CliRunner()
 
-#: command, the library function it calls (module, name)
-COMMANDS = [
-    (["train"], "deepsem.tasks.matching", "train"),
-    (["classify", "train"], "deepsem.tasks.classification", "train_classifier"),
-    (["recommend", "train"], "deepsem.tasks.recommendation", "train_recommender"),
-]
-
-
-def _inputs(tmp_path: Path) -> Path:
-    """One file every training command accepts: three tab-separated columns (text, text / label, number)."""
-    data = tmp_path / "data.tsv"
-    data.write_text("".join(f"u{i % 3}\tthing {i}\t{i}\n" for i in range(12)), encoding="utf-8")
-    return data
-
-
-def _fake_train(calls: list[dict[str, Any]]) -> Any:
-    def fake(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        calls.append(kwargs)
-        model = SimpleNamespace(info={}, labels=["a", "b"])
-        return model, SimpleNamespace(stopped="epochs", steps=1, seconds=0.0)
-
-    return fake
-
-
 @pytest.mark.parametrize(("command", "module", "name"), COMMANDS)
 @pytest.mark.parametrize("given", [None, "cpu"])
 def test_device_reaches_the_library(command: list[str], module: str, name: str, given: str | None,
                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(f"{module}.{name}", _fake_train(calls))
-    args = [*command, str(_inputs(tmp_path)), "--out", str(tmp_path / "out"), "--no-progress"]
+    monkeypatch.setattr(f"{module}.{name}", fake_train(calls))
+    args = [*command, str(training_input(tmp_path)), "--out", str(tmp_path / "out"), "--no-progress"]
     result = runner.invoke(app, args + (["--device", given] if given else []))
     assert result.exit_code == 0, result.output
     assert len(calls) == 1 and calls[0]["device"] == "cpu"
@@ -53,10 +29,10 @@ def test_device_reaches_the_library(command: list[str], module: str, name: str, 
 
 def test_device_names_reach_the_library_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr("deepsem.tasks.matching.train", _fake_train(calls))
+    monkeypatch.setattr("deepsem.tasks.matching.train", fake_train(calls))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    result = runner.invoke(app, ["train", str(_inputs(tmp_path)), "--out", str(tmp_path / "o"), "--device",
+    result = runner.invoke(app, ["train", str(training_input(tmp_path)), "--out", str(tmp_path / "o"), "--device",
                                  "cuda:1"])
     assert result.exit_code == 0, result.output
     assert calls[0]["device"] == "cuda:1"
@@ -70,11 +46,11 @@ def test_unusable_device_is_one_error_line_before_any_data_is_read(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(f"{module}.{name}", _fake_train(calls))
+    monkeypatch.setattr(f"{module}.{name}", fake_train(calls))
     if command[0] == "recommend":  # the recommender's data is read by the CLI: make reading it fail loudly
         monkeypatch.setattr("deepsem.data.interactions.read_interactions",
                             lambda *a, **k: pytest.fail("data read before the device was checked"))
-    args = [*command, str(_inputs(tmp_path)), "--out", str(tmp_path / "out"), "--device", device]
+    args = [*command, str(training_input(tmp_path)), "--out", str(tmp_path / "out"), "--device", device]
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
@@ -85,7 +61,7 @@ def test_unusable_device_is_one_error_line_before_any_data_is_read(
 def test_cuda_index_past_the_devices_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    result = runner.invoke(app, ["train", str(_inputs(tmp_path)), "--out", str(tmp_path / "o"), "--device",
+    result = runner.invoke(app, ["train", str(training_input(tmp_path)), "--out", str(tmp_path / "o"), "--device",
                                  "cuda:1"])
     assert result.exit_code == 2 and "1 CUDA devices" in result.output
 

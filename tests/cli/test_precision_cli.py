@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+from training_commands import COMMANDS, fake_train, training_input
 from typer.testing import CliRunner
 
 import deepsem
@@ -24,28 +24,6 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "model_dirs_v1"
 FIXTURE_TEXTS = ["怎么还款", "如何还钱", "借款额度", "hello world", "我爱北京天安门", "good day"]
 needs_bf16 = pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
 
-#: command, the library function it calls (module, name), how the training settings reach it
-COMMANDS = [
-    (["train"], "deepsem.tasks.matching", "train"),
-    (["classify", "train"], "deepsem.tasks.classification", "train_classifier"),
-    (["recommend", "train"], "deepsem.tasks.recommendation", "train_recommender"),
-]
-
-
-def _inputs(tmp_path: Path) -> Path:
-    data = tmp_path / "data.tsv"
-    data.write_text("".join(f"u{i % 3}\tthing {i}\t{i}\n" for i in range(12)), encoding="utf-8")
-    return data
-
-
-def _fake_train(calls: list[dict[str, Any]]) -> Any:
-    def fake(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        calls.append(kwargs)
-        return SimpleNamespace(info={}, labels=["a", "b"]), SimpleNamespace(stopped="epochs", steps=1, seconds=0.0)
-
-    return fake
-
-
 def _precision_of(training: Any) -> str:
     return training["precision"] if isinstance(training, dict) else training.precision
 
@@ -56,8 +34,8 @@ def _precision_of(training: Any) -> str:
 def test_precision_reaches_the_training_settings(command: list[str], module: str, name: str, given: str | None,
                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(f"{module}.{name}", _fake_train(calls))
-    args = [*command, str(_inputs(tmp_path)), "--out", str(tmp_path / "out"), "--no-progress"]
+    monkeypatch.setattr(f"{module}.{name}", fake_train(calls))
+    args = [*command, str(training_input(tmp_path)), "--out", str(tmp_path / "out"), "--no-progress"]
     result = runner.invoke(app, args + (["--precision", given] if given else []))
     assert result.exit_code == 0, result.output
     assert len(calls) == 1 and _precision_of(calls[0]["training"]) == (given or "fp32")
@@ -68,16 +46,16 @@ def test_no_native_bf16_is_one_error_line_before_any_data_is_read(
         command: list[str], module: str, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision_module, "_cpu_bf16", lambda: False)
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(f"{module}.{name}", _fake_train(calls))
+    monkeypatch.setattr(f"{module}.{name}", fake_train(calls))
     monkeypatch.setattr("deepsem.data.interactions.read_interactions",
                         lambda *a, **k: pytest.fail("data read before the precision was checked"))
-    result = runner.invoke(app, [*command, str(_inputs(tmp_path)), "--out", str(tmp_path / "o"), "--precision",
+    result = runner.invoke(app, [*command, str(training_input(tmp_path)), "--out", str(tmp_path / "o"), "--precision",
                                  "bf16"])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert lines == ["error: --precision bf16 on cpu: this CPU has neither AVX512-BF16 nor AMX; use --precision fp32"]
     assert not calls
-    result = runner.invoke(app, [*command, str(_inputs(tmp_path)), "--out", str(tmp_path / "o"), "--precision",
+    result = runner.invoke(app, [*command, str(training_input(tmp_path)), "--out", str(tmp_path / "o"), "--precision",
                                  "fp16"])
     assert result.exit_code == 2 and "--precision" in result.output and "fp16" in result.output
 
