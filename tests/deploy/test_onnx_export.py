@@ -139,3 +139,19 @@ def test_cli_export(tmp_path: Path):
     bad = CliRunner().invoke(app, ["export", "--model", str(FIXTURES / "two_tower"), "--out", str(tmp_path),
                                    "--format", "onnx"])
     assert bad.exit_code != 0 and "is a folder" in bad.output
+
+
+def test_export_never_replaces_a_file_unasked(tmp_path: Path):
+    held = deepsem.load(FIXTURES / "two_tower")
+    mine = tmp_path / "m.vocab.txt"  # a file of the user's, where the vocabulary would go
+    mine.write_text("keep me", encoding="utf-8")
+    with pytest.raises(FileExistsError, match=r"m\.vocab\.txt"):
+        export_onnx(held, tmp_path / "m.onnx")
+    assert mine.read_text(encoding="utf-8") == "keep me"
+    assert not (tmp_path / "m.onnx").exists()  # refused before anything is written
+    args = ["export", "--model", str(FIXTURES / "two_tower"), "--out", str(tmp_path / "m.onnx")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "already there" in result.output and "--overwrite" in result.output
+    assert mine.read_text(encoding="utf-8") == "keep me"
+    written = export_onnx(held, tmp_path / "m.onnx", overwrite=True)
+    assert mine in written and mine.read_text(encoding="utf-8").splitlines()[0] == "[PAD]"

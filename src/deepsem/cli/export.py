@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from deepsem.cli.errors import fail
 from deepsem.cli.options import existing_dir, out_file
 
 
@@ -28,6 +29,8 @@ def export(
     format: Annotated[Format, typer.Option(help="Output format.")] = Format.onnx,
     quantize: Annotated[Quantize | None, typer.Option(help="int8: onnxruntime's dynamic quantisation (int8 "
                         "weights, activations quantised on the fly).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace files already at --out and beside it (refused "
+                         "otherwise, before anything is written).")] = False,
 ) -> None:
     """Export the towers as ONNX (ids and lengths in, the final normalised vector out), check them against the
     PyTorch model on random inputs, and print what was written."""
@@ -35,7 +38,10 @@ def export(
     from deepsem.tasks import load
 
     held = load(model)
-    written = export_onnx(held, out, quantize=None if quantize is None else quantize.value)
+    try:
+        written = export_onnx(held, out, quantize=None if quantize is None else quantize.value, overwrite=overwrite)
+    except FileExistsError as exc:
+        fail(f"{exc} (--overwrite replaces them)")
     for path in written:
         typer.echo(f"wrote {path}")
     for part, (max_diff, min_cosine) in check_export(held, out).items():

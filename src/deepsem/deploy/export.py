@@ -26,6 +26,7 @@ the embedding tables and the recurrent operators as int8, activations quantised 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -187,18 +188,25 @@ def part_path(out: Path, part: str, first: str) -> Path:
     return out if part == first else out.with_name(f"{out.stem}.{part}{out.suffix or '.onnx'}")
 
 
-def export_onnx(held: Any, out: str | os.PathLike[str], quantize: str | None = None) -> list[Path]:
+def _write_model(path: Path, model: Any) -> Path:
+    return atomic_write_bytes(path, model.SerializeToString())
+
+
+def export_onnx(held: Any, out: str | os.PathLike[str], quantize: str | None = None, *,
+                overwrite: bool = False) -> list[Path]:
     """Write every part of ``held`` (a loaded model) as ONNX to ``out`` and beside it (see the module docstring),
-    each file atomically; returns the paths written."""
+    each file atomically; returns the paths written. A file already there is a :class:`FileExistsError` naming it,
+    before anything is written, unless ``overwrite``."""
     if quantize is not None and quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)} or None, got {quantize!r}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     models = onnx_models(held)
     if quantize == "int8":
         models = {part: quantize_int8(m) for part, m in models.items()}
     first = next(iter(models))
-    written = [atomic_write_bytes(part_path(out, part, first), m.SerializeToString()) for part, m in models.items()]
+    writes: dict[Path, Callable[[Path], Path]] = {}  # every file, then checked, then written
+    for part, model in models.items():
+        writes[part_path(out, part, first)] = functools.partial(_write_model, model=model)
     tokenizer = getattr(held, "tokenizer", None)
     if tokenizer is not None:
         try:
@@ -206,14 +214,18 @@ def export_onnx(held: Any, out: str | os.PathLike[str], quantize: str | None = N
         except NotImplementedError:
             hf = None
         if hf is not None:
-            written.append(atomic_write_text(out.with_name(f"{out.stem}.tokenizer.json"), hf.to_str()))
+            writes[out.with_name(f"{out.stem}.tokenizer.json")] = lambda p: atomic_write_text(p, hf.to_str())
         vocab = "".join(tokenizer.id_to_token(i).replace("\n", " ") + "\n" for i in range(tokenizer.vocab_size))
-        written.append(atomic_write_text(out.with_name(f"{out.stem}.vocab.txt"), vocab))
+        writes[out.with_name(f"{out.stem}.vocab.txt")] = lambda p: atomic_write_text(p, vocab)
     if hasattr(held, "item_vectors") and hasattr(held, "catalogue"):
         vectors = np.ascontiguousarray(held.item_vectors(), dtype=np.float32)
-        written.append(atomic_write_npy(out.with_name(f"{out.stem}.items.npy"), vectors))
-        written.append(atomic_write_json(out.with_name(f"{out.stem}.items.json"), list(held.catalogue.ids)))
-    return written
+        writes[out.with_name(f"{out.stem}.items.npy")] = lambda p: atomic_write_npy(p, vectors)
+        writes[out.with_name(f"{out.stem}.items.json")] = lambda p: atomic_write_json(p, list(held.catalogue.ids))
+    existing = [str(path) for path in writes if path.exists() or path.is_symlink()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)}: already there; export elsewhere, or overwrite on purpose")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return [write(path) for path, write in writes.items()]
 
 
 def random_inputs(net: torch.nn.Module, batch: int = 32, steps: int = 24, seed: int = 0) -> dict[str, np.ndarray]:
