@@ -237,6 +237,7 @@ class TrainConfig(_Config):
     patience: int = 3  # dev evaluations without improvement before stopping
     checkpoint_every: int = 500
     max_minutes: float | None = None
+    max_steps: int | None = None  # stop after this many optimiser steps (None: off); e.g. a benchmark's fixed budget
     time_schedule: bool = True  # with max_minutes: the LR schedule runs on max(step, time) progress
     threads: int | None = None
     length_buckets: bool = True  # batches of similar lengths (shuffled); a recurrent tower runs fewer pad steps
@@ -263,8 +264,18 @@ class TrainConfig(_Config):
             _positive(w, "eval_every", self.eval_every)
         if self.max_minutes is not None:
             _positive(w, "max_minutes", self.max_minutes)
+        if self.max_steps is not None:
+            _positive(w, "max_steps", self.max_steps)
         if self.negatives in ("random", "both", "labelled") and self.num_negatives < 1:
             raise ConfigError(f"{w}: negatives={self.negatives!r} needs num_negatives >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, less ``max_steps`` when unset: the settings (and so the run fingerprints and saved
+        configs) of every run without a step budget stay as they were before the field, and resume."""
+        out = super().to_dict()
+        if out.get("max_steps") is None:
+            del out["max_steps"]
+        return out
 
 
 @dataclass

@@ -485,6 +485,7 @@ class Trainer:
         device: str | torch.device | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        per_rank_batches: bool = False,
     ) -> None:
         if batches is None:
             raise TypeError("Trainer needs batches(epoch, rng)")
@@ -493,6 +494,7 @@ class Trainer:
         self.model = model if model is not None else owned if isinstance(owned, nn.Module) else loss
         self.config, self.run_dir = config, Path(run_dir)
         self.step_fn, self.batches, self.steps_per_epoch, self.collate = step, batches, steps_per_epoch, collate
+        self.per_rank_batches = per_rank_batches  # batches(...) already yields this rank's own: never shard them
         self.evaluate, self.metric, self.on_best = evaluate, metric, on_best
         self.batch_size_of, self.progress = batch_size_of, progress
         self.fingerprint = fingerprint if fingerprint is not None else run_fingerprint(config)
@@ -742,7 +744,7 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(self.state["global_step"], self.total_steps, cfg.warmup,
                                                      cfg.schedule, time_fraction)
-                if self.sharded:
+                if self.sharded and not self.per_rank_batches:
                     batch = shard(batch, self.rank, self.world_size)
                 examples += self.batch_size_of(batch)
                 if self.collate is not None:
@@ -783,6 +785,12 @@ class Trainer:
                 elif gs % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if done:
+                    break
+                if cfg.max_steps is not None and gs >= cfg.max_steps:  # the step budget: the same step on every rank
+                    if self.state["step_in_epoch"] != self.steps_per_epoch and gs % eval_every:
+                        self._run_eval(epoch + self.state["step_in_epoch"] / self.steps_per_epoch,
+                                       running / max(1, n_loss))
+                    stopped, done = "max-steps", True
                     break
                 if cfg.max_minutes is not None and self.state["seconds"] > cfg.max_minutes * 60:
                     if self.state["step_in_epoch"] != self.steps_per_epoch:
@@ -885,6 +893,9 @@ class TrainingPlan:
     collate: Callable[[Any], Any] | None = None
     evaluate: Callable[[], dict[str, float]] | None = None
     rngs: dict[str, np.random.Generator] = field(default_factory=dict)
+    #: ``batches`` yields each rank's own local batches (a stream reading the rank's part of the shards): the
+    #: trainer does not split them again; every rank must yield ``steps_per_epoch`` of them
+    per_rank_batches: bool = False
 
 
 def run_training(
@@ -961,7 +972,7 @@ def _run_training(config: TrainConfig, out: Path, fingerprint: dict[str, Any], b
     trainer = Trainer(plan.loss, config, run_dir, batches=plan.batches, steps_per_epoch=plan.steps_per_epoch,
                       collate=plan.collate, evaluate=plan.evaluate, metric=plan.metric, on_best=on_best,
                       progress=progress, fingerprint=fingerprint, rngs=plan.rngs, device=device, rank=rank,
-                      world_size=world_size)
+                      world_size=world_size, per_rank_batches=plan.per_rank_batches)
     result = trainer.fit(resume=resume)
     if not writes:
         plan.loss.to("cpu")

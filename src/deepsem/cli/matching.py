@@ -22,6 +22,7 @@ from deepsem.cli.options import (
     LearningRate,
     Loss,
     MaxLength,
+    MaxSteps,
     MinCount,
     Negatives,
     OnnxFile,
@@ -31,14 +32,17 @@ from deepsem.cli.options import (
     PrecisionName,
     Progress,
     Resume,
+    ShuffleBuffer,
     Side,
     SkipBadRows,
     Threads,
     TokenizerName,
+    VocabSample,
     above_zero,
     backend_kwargs,
     check_precision,
     data_file,
+    data_file_or_shards,
     existing_dir,
     not_negative,
     out_dir,
@@ -50,8 +54,9 @@ from deepsem.cli.options import (
 
 
 def train(
-    data: Annotated[Path, typer.Argument(help="Training pairs: TSV/CSV/JSONL/Parquet with text_a, text_b[, label].",
-                                         callback=data_file)],
+    data: Annotated[Path, typer.Argument(help="Training pairs: TSV/CSV/JSONL/Parquet with text_a, text_b[, label]; "
+                                         "a folder or a quoted glob of such shards is streamed, not loaded.",
+                                         callback=data_file_or_shards)],
     out: Annotated[Path, typer.Option(help="Model directory to write (config.json, tokenizer, weights).",
                                       callback=out_dir)],
     dev: Annotated[Path | None, typer.Option(help="Dev pairs: chooses the best epoch and the threshold.",
@@ -61,7 +66,8 @@ def train(
     skip_bad_rows: SkipBadRows = False,
     clicks: Annotated[bool, typer.Option(help="DATA (and --dev) are click logs: --columns name query,doc,clicks "
                       "('-' for clicks: each row is one click); rows are summed per (query, doc); clicked "
-                      "pairs are positives, shown-but-unclicked pairs (with --impressions) negatives.")] = False,
+                      "pairs are positives, shown-but-unclicked pairs (with --impressions) negatives. Streamed "
+                      "shards are taken as summed upstream: one row per (query, doc).")] = False,
     impressions: Annotated[str | None, typer.Option(help="Impressions column of a click log (index or name).")
                            ] = None,
     tokenizer: Annotated[TokenizerName | None, typer.Option(help="char: Chinese characters + whole Latin words; "
@@ -115,6 +121,7 @@ def train(
     max_minutes: Annotated[float | None, typer.Option(help="Stop training after this many minutes; the learning "
                            "rate decay then follows the elapsed time when that ends training first.",
                            callback=above_zero)] = None,
+    max_steps: MaxSteps = None,
     seed: Annotated[int, typer.Option(help="Random seed (data order, initialisation, dropout).")] = 13,
     threads: Threads = None,
     length_buckets: Annotated[bool, typer.Option(help="Batches of pairs of similar lengths, in shuffled order: a "
@@ -125,6 +132,8 @@ def train(
     progress: Progress = None,
     device: Device = "cpu",
     precision: Precision = PrecisionName.fp32,
+    shuffle_buffer: ShuffleBuffer = 100_000,
+    vocab_sample: VocabSample = None,
 ) -> None:
     """Train an LSTM-DSSM two-tower model on text pairs and save the best model directory.
 
@@ -147,7 +156,8 @@ def train(
                             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                             schedule=schedule, clip_norm=clip_norm or None, clip_value=clip_value or None,
                             patience=patience,
-                            eval_every=eval_every, max_minutes=max_minutes, seed=seed, threads=threads,
+                            eval_every=eval_every, max_minutes=max_minutes, max_steps=max_steps, seed=seed,
+                            threads=threads,
                             length_buckets=length_buckets, precision=precision_name,
                             gather_negatives=gather_negatives)
     train_cfg.validate()
@@ -158,6 +168,7 @@ def train(
         model=model_cfg, training=train_cfg, columns=pair_columns(columns), skip_bad_rows=skip_bad_rows,
         clicks=clicks, impressions=int(impressions) if impressions and impressions.isdigit() else impressions,
         resume=resume, progress=progress, pretrained=pretrained, freeze_embeddings=freeze_embeddings, device=device,
+        shuffle_buffer=shuffle_buffer, vocab_sample=vocab_sample,
     )
     if os.environ.get("RANK", "0").strip() not in ("", "0"):  # torchrun: rank 0 reports, as only it writes
         return

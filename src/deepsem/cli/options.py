@@ -107,6 +107,21 @@ def data_file(value: Path | None) -> Path | None:
     return None if value is None else _regular(value, "file")
 
 
+def data_file_or_shards(value: Path) -> Path:
+    """Training input: a regular file (read into memory as before), or a directory or glob pattern of shards
+    (streamed); a directory without shards or a pattern matching no file is refused here, in one line."""
+    from deepsem.data.errors import DataError
+    from deepsem.data.stream import find_shards, is_sharded
+
+    if not is_sharded(value):
+        return _regular(value, "file")
+    try:
+        find_shards(value)
+    except DataError as exc:
+        raise typer.BadParameter(f"{value}: {exc.problem}") from None
+    return value
+
+
 def data_files(value: list[Path] | None) -> list[Path] | None:
     return None if value is None else [_regular(v, "file") for v in value]
 
@@ -196,6 +211,12 @@ Progress = Annotated[bool | None, typer.Option(help=PROGRESS_HELP)]
 Resume = Annotated[bool, typer.Option(help=RESUME_HELP)]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Threads = Annotated[int | None, typer.Option(help="Torch CPU threads.", min=1)]
+ShuffleBuffer = Annotated[int, typer.Option(help="Streamed shards (DATA a folder or glob): pairs held in the "
+                          "shuffle buffer (memory grows with it).", min=1)]
+VocabSample = Annotated[int | None, typer.Option(help="Streamed shards: learn the vocabulary from the first N pairs "
+                        "(default: one pass over all of them).", min=1)]
+MaxSteps = Annotated[int | None, typer.Option(help="Stop after this many optimiser steps (default: no limit).",
+                                              min=1)]
 SkipBadRows = Annotated[bool, typer.Option(help="Skip malformed rows (counted) instead of stopping.")]
 IndexDir = Annotated[Path, typer.Option(help="Index directory.")]
 MinCount = Annotated[int, typer.Option(help="Drop tokens seen fewer times in the training text.", min=1)]

@@ -6,7 +6,7 @@ This is what ``deepsem train`` and ``deepsem evaluate`` run, and what :func:`dee
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -18,6 +18,15 @@ from deepsem.data.batches import PairCollate, PairSet, TextTable, encode_texts, 
 from deepsem.data.errors import DataError
 from deepsem.data.pairs import TextPairs, as_pairs, clicks_to_pairs
 from deepsem.data.precision import HasPrecision, check_precision
+from deepsem.data.stream import (
+    DEFAULT_SHUFFLE_BUFFER,
+    PairStream,
+    StreamCollate,
+    find_shards,
+    is_sharded,
+    shard_fingerprint,
+    shard_root,
+)
 from deepsem.deploy.runtime import Backend, run_batches
 from deepsem.evaluation.pairs import (
     RANKING_METRICS,
@@ -37,6 +46,7 @@ from deepsem.trainer import (
     TrainingPlan,
     TrainResult,
     data_fingerprint,
+    distributed_rank,
     renamed_argument,
     run_fingerprint,
     run_training,
@@ -174,6 +184,8 @@ def train(
     device: str | torch.device | None = None,
     train_data: str | Path | TextPairs | None = None,
     dev_data: str | Path | TextPairs | None = None,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    vocab_sample: int | None = None,
 ) -> tuple[SemanticModel, TrainResult]:
     """Train a two-tower model on pairs and save the best model (by dev score) to ``out``.
 
@@ -193,6 +205,13 @@ def train(
     other data or settings it raises :class:`~deepsem.errors.ResumeMismatchError` (``resume=False`` starts
     over, discarding the earlier run's checkpoint and tokenizer). ``progress``: a progress bar; None shows it
     only when stderr is a terminal. ``device``: where to train (default the CPU; e.g. ``"cuda"``).
+
+    ``data`` a directory or a glob pattern of shards (TSV/CSV/JSONL/Parquet, mixed): they are streamed, never held
+    in memory (:mod:`deepsem.data.stream`): a shuffle buffer of ``shuffle_buffer`` pairs, length buckets inside
+    it, tokenisation per batch, the vocabulary learnt in one pass over the shards (over the first
+    ``vocab_sample`` pairs when given); under torchrun each rank reads its own part. A streamed click log
+    (``clicks=True``) is taken as aggregated upstream, one row per (query, doc): clicked rows are positives,
+    shown-but-unclicked rows (with ``impressions``) negatives. ``negatives="labelled"`` needs in-memory data.
     """
     t0 = time.perf_counter()
     data = renamed_argument("train", "data", data, "train_data", train_data)
@@ -201,6 +220,14 @@ def train(
         raise TypeError("train() missing required argument: 'out'")
     cfg = training_config(training)
     check_precision(cfg.precision, device or "cpu")  # before any data is read
+    if is_sharded(data):
+        assert isinstance(data, str | Path)
+        return _train_stream(
+            data, out, dev, cfg, t0, tokenizer=tokenizer, tokenizer_options=tokenizer_options, model=model,
+            columns=columns, skip_bad_rows=skip_bad_rows, label_map=label_map, clicks=clicks, impressions=impressions,
+            run_dir=run_dir, resume=resume, progress=progress, pretrained=pretrained,
+            freeze_embeddings=freeze_embeddings, dev_metric=dev_metric, device=device, shuffle_buffer=shuffle_buffer,
+            vocab_sample=vocab_sample)
     train_pairs = as_pairs(data, columns, skip_bad_rows, label_map, clicks, impressions, binary=True)
     dev_pairs = as_pairs(dev, columns, skip_bad_rows, label_map, clicks, impressions) if dev is not None else None
     if not len(train_pairs.text_a):
@@ -223,22 +250,7 @@ def train(
                   else np.ones(len(train_pairs.text_a), np.float32))
         pairs = PairSet.from_texts(table, train_pairs.text_a, train_pairs.text_b, labels)
         semantic = SemanticModel(net, tok)
-        labelled_dev = dev_pairs is not None and dev_pairs.is_labelled
-        metric = dev_metric or ("accuracy" if labelled_dev else "mrr@10")
-        ranking = metric in RANKING_METRICS and labelled_dev
-        pair_keys = ("accuracy", "f1", "roc_auc", "spearman")
-        if dev_pairs is not None and metric not in (RANKING_METRICS + pair_keys if labelled_dev else ("mrr@10",)):
-            raise ValueError(f"dev_metric {metric!r} does not apply to "
-                             f"{'labelled' if labelled_dev else 'positive-only'} dev pairs")
-
-        def evaluate() -> dict[str, float]:
-            assert dev_pairs is not None
-            if ranking:
-                return {**evaluate_ranking(semantic, dev_pairs), **evaluate_pairs(semantic, dev_pairs)}
-            if labelled_dev:
-                return evaluate_pairs(semantic, dev_pairs)
-            return evaluate_translation(semantic, dev_pairs)
-
+        metric, evaluate = _dev_evaluation(semantic, dev_pairs, dev_metric)
         info: dict[str, Any] = {"training": cfg.to_dict(), "train_pairs": len(pairs)}
         if pretrained is not None:
             info["pretrained"] = load_pretrained(net, tok, pretrained, freeze_embeddings)
@@ -257,13 +269,115 @@ def train(
             wrapper=semantic, loss=MatchingLoss(net, cfg), collate=collate,
             batches=lambda epoch, rng: pairs.batches(cfg.batch_size, rng, by_length=cfg.length_buckets),
             steps_per_epoch=(len(pairs) + cfg.batch_size - 1) // cfg.batch_size,
-            evaluate=evaluate if dev_pairs is not None else None, metric=metric, info=info, record_best=record_best,
+            evaluate=evaluate, metric=metric, info=info, record_best=record_best,
             rngs={"negatives": negatives_rng},  # random negatives resume where they stopped
         )
 
     return run_training(cfg, out, fingerprint, build, run_dir=run_dir, tokenizer=tokenizer,
                         tokenizer_options=tokenizer_options, texts=lambda: _iter_texts(train_pairs), resume=resume,
                         progress=progress, device=device, started=t0)
+
+
+def _train_stream(data: str | Path, out: str | Path, dev: str | Path | TextPairs | None, cfg: TrainConfig,
+                  started: float, *, tokenizer: str | Tokenizer, tokenizer_options: dict[str, Any] | None,
+                  model: ModelConfig | dict[str, Any] | None, columns: Sequence[int | str | None],
+                  skip_bad_rows: bool, label_map: Any, clicks: bool, impressions: int | str | None,
+                  run_dir: str | Path | None, resume: bool, progress: bool | None, pretrained: str | Path | None,
+                  freeze_embeddings: bool, dev_metric: str | None, device: str | torch.device | None,
+                  shuffle_buffer: int, vocab_sample: int | None) -> tuple[SemanticModel, TrainResult]:
+    """:func:`train` of a directory or glob of shards, streamed (see :mod:`deepsem.data.stream`)."""
+    if cfg.negatives == "labelled":
+        raise ValueError("negatives='labelled' groups each query's label-0 documents over the whole data, which "
+                         "needs it in memory: stream shards with in-batch, random or both negatives")
+    if vocab_sample is not None and vocab_sample < 1:
+        raise ValueError(f"vocab_sample must be >= 1 pairs, got {vocab_sample}")
+    shards = find_shards(data)
+    stream = PairStream(shards, columns=columns, skip_bad_rows=skip_bad_rows, label_map=label_map, clicks=clicks,
+                        impressions=impressions)
+    dev_pairs = as_pairs(dev, columns, skip_bad_rows, label_map, clicks, impressions) if dev is not None else None
+    rank, world = distributed_rank()
+    local_batch = cfg.batch_size // world
+    if local_batch < 1:
+        raise ValueError(f"batch_size {cfg.batch_size} is smaller than the {world} processes that split it")
+    if shuffle_buffer < local_batch:
+        raise ValueError(f"shuffle_buffer ({shuffle_buffer} pairs) must hold at least one batch ({local_batch})")
+    mcfg = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model or {}, "model")
+    model_settings = mcfg.to_dict()
+    model_settings.pop("threshold", None)
+    model_settings["tower"].pop("vocab_size", None)
+    mapping = label_map if label_map is None or isinstance(label_map, dict) else getattr(label_map, "__qualname__",
+                                                                                          repr(label_map))
+    fingerprint = run_fingerprint(
+        cfg,
+        **{"training data": data_fingerprint(shard_fingerprint(shards, shard_root(data)), list(columns), clicks,
+                                             impressions, mapping, skip_bad_rows),
+           "dev data": None if dev_pairs is None else data_fingerprint(dev_pairs.text_a, dev_pairs.text_b,
+                                                                       dev_pairs.labels)},
+        tokenizer=tokenizer_fingerprint(tokenizer, tokenizer_options), model=model_settings,
+        task={"pretrained": None if pretrained is None else str(pretrained), "freeze_embeddings": freeze_embeddings,
+              "dev_metric": dev_metric, "stream": {"shuffle_buffer": shuffle_buffer, "vocab_sample": vocab_sample}})
+
+    def build(tok: Tokenizer) -> TrainingPlan:
+        mcfg.tower.vocab_size = tok.vocab_size
+        mcfg.tower.validate()
+        check_tokenizer_fits(mcfg.tower.encoder, tok)
+        net = TwoTowerModel(mcfg)
+        semantic = SemanticModel(net, tok)
+        metric, evaluate = _dev_evaluation(semantic, dev_pairs, dev_metric)
+        steps = stream.steps_per_epoch(local_batch, world)
+        info: dict[str, Any] = {"training": cfg.to_dict(), "train_pairs": sum(stream.row_counts()),
+                                "train_shards": len(shards)}
+        if pretrained is not None:
+            info["pretrained"] = load_pretrained(net, tok, pretrained, freeze_embeddings)
+
+        def record_best(metrics: dict[str, float]) -> None:
+            if "threshold" in metrics:
+                net.config.threshold = float(metrics["threshold"])
+            info["dev_metrics"] = metrics
+            semantic.info = info
+
+        negatives_rng = np.random.default_rng([cfg.seed, 7])
+        sampled = cfg.loss in SOFTMAX_LOSSES and cfg.negatives in ("random", "both")
+        return TrainingPlan(
+            wrapper=semantic, loss=MatchingLoss(net, cfg),
+            collate=StreamCollate(tok, negatives_rng, cfg.num_negatives if sampled else 0),
+            batches=lambda epoch, rng: stream.batches(epoch, batch_size=local_batch, seed=cfg.seed, steps=steps,
+                                                      rank=rank, world=world, shuffle_buffer=shuffle_buffer,
+                                                      by_length=cfg.length_buckets),
+            steps_per_epoch=steps, evaluate=evaluate, metric=metric, info=info, record_best=record_best,
+            rngs={"negatives": negatives_rng}, per_rank_batches=True,
+        )
+
+    result = run_training(cfg, out, fingerprint, build, run_dir=run_dir, tokenizer=tokenizer,
+                          tokenizer_options=tokenizer_options, texts=lambda: stream.texts(vocab_sample),
+                          resume=resume, progress=progress, device=device, started=started)
+    if stream.report.count:
+        print(f"{data}: {stream.report}")
+    return result
+
+
+def _dev_evaluation(semantic: SemanticModel, dev_pairs: TextPairs | None, dev_metric: str | None
+                    ) -> tuple[str, Callable[[], dict[str, float]] | None]:
+    """The dev metric that picks the best model and the function computing it (None without dev pairs)."""
+    labelled_dev = dev_pairs is not None and dev_pairs.is_labelled
+    metric = dev_metric or ("accuracy" if labelled_dev else "mrr@10")
+    ranking = metric in RANKING_METRICS and labelled_dev
+    pair_keys = ("accuracy", "f1", "roc_auc", "spearman")
+    if dev_pairs is not None and metric not in (RANKING_METRICS + pair_keys if labelled_dev else ("mrr@10",)):
+        raise ValueError(f"dev_metric {metric!r} does not apply to "
+                         f"{'labelled' if labelled_dev else 'positive-only'} dev pairs")
+    if dev_pairs is None:
+        return metric, None
+    pairs = dev_pairs
+
+    def evaluate() -> dict[str, float]:
+        if ranking:
+            return {**evaluate_ranking(semantic, pairs), **evaluate_pairs(semantic, pairs)}
+        if labelled_dev:
+            return evaluate_pairs(semantic, pairs)
+        return evaluate_translation(semantic, pairs)
+
+    return metric, evaluate
 
 
 def _pair_fingerprint(cfg: TrainConfig, mcfg: ModelConfig, train_pairs: TextPairs, dev_pairs: TextPairs | None,
