@@ -233,7 +233,7 @@ class PairStream:
 
     ``columns``, ``skip_bad_rows``, ``label_map`` as for :func:`deepsem.data.readers.iter_pairs`; with ``clicks``
     the shards are click logs aggregated upstream (``columns``: query, doc, clicks; ``impressions``), see
-    :func:`iter_click_rows`. ``report`` counts the rows skipped (``skip_bad_rows``) over every pass.
+    :func:`iter_click_rows`. ``report``: the rows skipped (``skip_bad_rows``) by the latest pass.
     """
 
     def __init__(self, shards: Sequence[Path], *, columns: Sequence[Column | None] = (0, 1, 2),
@@ -266,7 +266,9 @@ class PairStream:
 
     def rows(self, order: Sequence[int] | None = None, rank: int = 0, world: int = 1,
              by_row: bool = False) -> Iterator[tuple[str, str, float]]:
-        """Pairs of the shards ``order`` (default: all, sorted), every ``world``-th one from ``rank`` if ``by_row``."""
+        """Pairs of the shards ``order`` (default: all, sorted), every ``world``-th one from ``rank`` if ``by_row``.
+        :attr:`report` starts again with each pass: it counts the rows skipped by the latest one."""
+        self.report = SkipReport()
         for index in range(len(self.shards)) if order is None else order:
             if not by_row or world == 1:
                 yield from self.shard_rows(index)

@@ -1,0 +1,139 @@
+"""``deepsem train DIR``: training streamed from shards, end to end (CLI and Python), resume, budgets and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import TINY_MODEL, make_pairs, write_tsv
+from typer.testing import CliRunner
+
+import deepsem
+from deepsem import trainer as train_module
+from deepsem.cli import app
+from deepsem.config import TrainConfig
+from deepsem.errors import ConfigError
+
+TRAINING = {"epochs": 2, "batch_size": 32, "lr": 1e-2, "checkpoint_every": 5, "threads": 1}
+
+
+def _shard_dir(folder: Path, n: int = 300, seed: int = 1) -> Path:
+    """Two Parquet shards and a TSV shard of the synthetic topic pairs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = make_pairs(n, seed)
+    for k in range(3):
+        part = rows[k::3]
+        if k < 2:
+            pq.write_table(pa.table({"text_a": [r[0] for r in part], "text_b": [r[1] for r in part],
+                                     "label": [r[2] for r in part]}), folder / f"part-{k}.parquet")
+        else:
+            write_tsv(folder / f"part-{k}.tsv", part)
+    return folder
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "training" / "checkpoint" / "model.safetensors"))
+
+
+def test_deepsem_train_on_a_folder_of_parquet_and_tsv_shards(tmp_path: Path, pair_files):
+    shards = _shard_dir(tmp_path / "shards", 600)
+    out = tmp_path / "m"
+    result = CliRunner().invoke(app, [
+        "train", str(shards), "--out", str(out), "--dev", str(pair_files[1]), "--epochs", "3", "--batch-size", "32",
+        "--embedding-dim", "16", "--hidden", "24", "--dim", "16", "--lr", "0.01", "--threads", "1",
+        "--shuffle-buffer", "128", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "stopped: finished after 57 steps" in result.output  # 3 epochs of ceil(600 / 32) = 19 batches
+    model = deepsem.load(out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["train_shards"] == 3 and config["train_pairs"] == 600
+    assert config["dev_metrics"]["accuracy"] > 0.8  # it learnt the topics from the stream
+    assert model.similarity("银行卡余额", "账户余额") > model.similarity("银行卡余额", "天气晴朗")
+
+
+def test_a_killed_streamed_run_resumes_to_the_weights_of_an_unbroken_one(tmp_path: Path, monkeypatch):
+    shards = _shard_dir(tmp_path / "shards", 300)  # 10 batches an epoch
+    kw = {"model": TINY_MODEL, "training": {**TRAINING, "negatives": "both", "num_negatives": 2},
+          "progress": False, "shuffle_buffer": 96}
+    _, unbroken = deepsem.train(str(shards / "*"), tmp_path / "a", **kw)
+    assert unbroken.steps == 20
+
+    class Killed(Exception):
+        pass
+
+    real_fit = train_module.Trainer.fit
+    calls = {"n": 0}
+
+    def killed_at_step_13(self, resume=True):
+        forward = self.forward
+
+        def wrapped(batch):
+            calls["n"] += 1
+            if calls["n"] == 13:  # mid second epoch, after the checkpoint at step 10
+                raise Killed
+            return forward(batch)
+
+        self.forward = wrapped
+        return real_fit(self, resume)
+
+    monkeypatch.setattr(train_module.Trainer, "fit", killed_at_step_13)
+    with pytest.raises(Killed):
+        deepsem.train(str(shards / "*"), tmp_path / "b", **kw)
+    state = json.loads((tmp_path / "b" / "training" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["global_step"] == 10
+    monkeypatch.setattr(train_module.Trainer, "fit", real_fit)
+    _, resumed = deepsem.train(str(shards / "*"), tmp_path / "b", **kw)
+    assert resumed.steps == 20
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_max_steps_stops_a_run(tmp_path: Path):
+    shards = _shard_dir(tmp_path / "shards", 300)
+    _, result = deepsem.train(shards, tmp_path / "m", model=TINY_MODEL, training={**TRAINING, "max_steps": 7},
+                              progress=False)
+    assert result.steps == 7 and result.stopped == "max-steps"
+
+
+def test_max_steps_validates_and_stays_out_of_old_configs():
+    with pytest.raises(ConfigError, match="max_steps"):
+        TrainConfig(max_steps=0).validate()
+    assert "max_steps" not in TrainConfig().to_dict()  # fingerprints and saved configs of earlier runs unchanged
+    assert TrainConfig.from_dict({"max_steps": 5}).to_dict()["max_steps"] == 5
+
+
+def test_a_streamed_run_with_changed_shards_is_not_resumed(tmp_path: Path):
+    shards = _shard_dir(tmp_path / "shards", 150)
+    kw = {"model": TINY_MODEL, "training": {**TRAINING, "epochs": 1}, "progress": False}
+    deepsem.train(shards, tmp_path / "m", **kw)
+    write_tsv(shards / "part-2.tsv", make_pairs(50, 9))
+    with pytest.raises(deepsem.errors.ResumeMismatchError, match="training data differs"):
+        deepsem.train(shards, tmp_path / "m", **kw)
+
+
+def test_streaming_errors_are_one_clear_line(tmp_path: Path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(tmp_path / "nothing-*.parquet"), "--out", str(tmp_path / "m")])
+    assert result.exit_code != 0 and "matches no file" in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["train", str(tmp_path / "empty"), "--out", str(tmp_path / "m")])
+    assert result.exit_code != 0 and "no readable shards" in result.output
+    shards = _shard_dir(tmp_path / "shards", 60)
+    with pytest.raises(ValueError, match="labelled"):
+        deepsem.train(shards, tmp_path / "m", model=TINY_MODEL, training={**TRAINING, "negatives": "labelled"},
+                      progress=False)
+    with (shards / "part-2.tsv").open("a") as fh:
+        fh.write("好\t坏\tabc\n")
+    result = runner.invoke(app, ["train", str(shards), "--out", str(tmp_path / "m2"), "--epochs", "1",
+                                 "--hidden", "8", "--embedding-dim", "8", "--dim", "8", "--no-progress"])
+    assert result.exit_code != 0 and "part-2.tsv, line 21, field 'label'" in result.output
+    result = runner.invoke(app, ["train", str(shards), "--out", str(tmp_path / "m3"), "--epochs", "1",
+                                 "--hidden", "8", "--embedding-dim", "8", "--dim", "8", "--no-progress",
+                                 "--skip-bad-rows"])
+    assert result.exit_code == 0 and "skipped 1 bad row" in result.output
