@@ -90,7 +90,7 @@ def test_an_epoch_yields_every_row_exactly_once(tmp_path: Path):
 
 
 def test_every_rank_runs_the_same_steps_from_its_own_rows(tmp_path: Path):
-    paths, everything = _shards(tmp_path, [50, 20, 41])
+    paths, _ = _shards(tmp_path, [50, 20, 41])
     stream = PairStream(paths)
     steps = stream.steps_per_epoch(8, world=2)
     assert steps == min(-(-stream.rank_rows(r, 2) // 8) for r in range(2))

@@ -137,3 +137,48 @@ def test_streaming_errors_are_one_clear_line(tmp_path: Path):
                                  "--hidden", "8", "--embedding-dim", "8", "--dim", "8", "--no-progress",
                                  "--skip-bad-rows"])
     assert result.exit_code == 0 and "skipped 1 bad row" in result.output
+
+
+def _stream_rank(rank: int, port: int, data: str, out: str, seen: str) -> None:
+    """One process of ``torchrun --nproc-per-node 2 -m deepsem train DIR``: records the pairs it trains on."""
+    import os
+
+    from deepsem.data import stream
+
+    torch.set_num_threads(1)
+    os.environ.update({"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    real = stream.StreamCollate.__call__
+    batches: list[list[list[str]]] = []
+
+    def recording(self, batch):
+        batches.append([list(pair) for pair in zip(batch.text_a, batch.text_b, strict=True)])
+        return real(self, batch)
+
+    stream.StreamCollate.__call__ = recording  # type: ignore[method-assign]
+    deepsem.train(data, out, model=TINY_MODEL, training={**TRAINING, "epochs": 1, "batch_size": 16},
+                  progress=False, shuffle_buffer=64)
+    Path(seen, f"rank{rank}.json").write_text(json.dumps(batches))
+
+
+def test_two_gloo_ranks_stream_disjoint_parts_for_the_same_number_of_steps(tmp_path: Path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from deepsem.data.stream import PairStream, find_shards, rank_part
+
+    shards = _shard_dir(tmp_path / "shards", 150)  # 3 shards of 50: rank 0 reads shards 0 and 2, rank 1 shard 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    mp.spawn(_stream_rank, args=(port, str(shards), str(tmp_path / "m"), str(tmp_path)), nprocs=2, join=True)
+    stream = PairStream(find_shards(shards))
+    steps = stream.steps_per_epoch(8, world=2)
+    assert steps == 7  # min(ceil(100 / 8), ceil(50 / 8)): every rank runs the smaller part's count
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [len(b) for b in seen] == [steps, steps] and all(len(batch) == 8 for b in seen for batch in b[:-1])
+    for rank in range(2):
+        own = {(a, b) for a, b, _ in stream.rows(*rank_part(3, rank, 2)[:1], rank, 2)}
+        assert {(a, b) for batch in seen[rank] for a, b in batch} <= own
+    assert deepsem.load(tmp_path / "m").encode("银行卡").shape == (16,)

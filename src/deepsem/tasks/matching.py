@@ -295,12 +295,8 @@ def _train_stream(data: str | Path, out: str | Path, dev: str | Path | TextPairs
     stream = PairStream(shards, columns=columns, skip_bad_rows=skip_bad_rows, label_map=label_map, clicks=clicks,
                         impressions=impressions)
     dev_pairs = as_pairs(dev, columns, skip_bad_rows, label_map, clicks, impressions) if dev is not None else None
-    rank, world = distributed_rank()
-    local_batch = cfg.batch_size // world
-    if local_batch < 1:
-        raise ValueError(f"batch_size {cfg.batch_size} is smaller than the {world} processes that split it")
-    if shuffle_buffer < local_batch:
-        raise ValueError(f"shuffle_buffer ({shuffle_buffer} pairs) must hold at least one batch ({local_batch})")
+    if shuffle_buffer < cfg.batch_size:
+        raise ValueError(f"shuffle_buffer ({shuffle_buffer} pairs) must hold at least one batch ({cfg.batch_size})")
     mcfg = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model or {}, "model")
     model_settings = mcfg.to_dict()
     model_settings.pop("threshold", None)
@@ -318,6 +314,10 @@ def _train_stream(data: str | Path, out: str | Path, dev: str | Path | TextPairs
               "dev_metric": dev_metric, "stream": {"shuffle_buffer": shuffle_buffer, "vocab_sample": vocab_sample}})
 
     def build(tok: Tokenizer) -> TrainingPlan:
+        rank, world = distributed_rank()  # the process group (under torchrun) is started by now
+        local_batch = cfg.batch_size // world
+        if local_batch < 1:
+            raise ValueError(f"batch_size {cfg.batch_size} is smaller than the {world} processes that split it")
         mcfg.tower.vocab_size = tok.vocab_size
         mcfg.tower.validate()
         check_tokenizer_fits(mcfg.tower.encoder, tok)
