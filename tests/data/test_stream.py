@@ -20,7 +20,9 @@ from deepsem.data.stream import (
     PairBatch,
     PairStream,
     StreamCollate,
+    TokenCache,
     _shuffled_batches,
+    background,
     count_rows,
     find_shards,
     is_sharded,
@@ -241,3 +243,44 @@ def test_row_counts_and_the_fingerprint(tmp_path: Path):
     assert shard_fingerprint(paths, tmp_path) == first
     _write(paths[1], _rows(9, 100))  # same size, other texts
     assert shard_fingerprint(paths, tmp_path)[1][2] != first[1][2]
+
+
+def test_prefetching_and_token_cache_change_nothing_but_when_batches_are_made(tmp_path: Path):
+    paths, _ = _shards(tmp_path, [90, 70])
+    stream = PairStream(paths)
+    tok = build_tokenizer("char", stream.texts())
+    kw = {"batch_size": 16, "seed": 4, "steps": 12, "shuffle_buffer": 48}
+    plain = list(stream.batches(1, **kw))
+    ahead = list(stream.batches(1, prepare=TokenCache(tok, size=20), prefetch=3, **kw))
+    assert [(b.text_a, b.text_b, b.labels.tolist()) for b in ahead] == \
+        [(b.text_a, b.text_b, b.labels.tolist()) for b in plain]
+    for b in ahead:  # the cache (forgotten every 20 texts here) gives the tokenizer's own ids
+        assert b.ids_a == tok.encode_batch(b.text_a) and b.ids_b == tok.encode_batch(b.text_b)
+    collate = StreamCollate(tok, np.random.default_rng(0))
+    for p, a in zip(plain, ahead, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(collate(p).values(), collate(a).values(), strict=True))
+
+
+def test_the_background_thread_hands_over_errors_and_stops_when_closed():
+    def failing():
+        yield 1
+        raise DataError("x.tsv", 3, "label", "bad")
+
+    with pytest.raises(DataError, match="line 3"):
+        list(background(failing(), 2))
+    made = []
+
+    def endless():
+        n = 0
+        while True:
+            made.append(n)
+            yield n
+            n += 1
+
+    it = background(endless(), 2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # the thread, blocked on the full queue, sees the stop and ends (close waits for it)
+    import threading
+
+    assert not any(t.name == "deepsem-stream" and t.is_alive() for t in threading.enumerate())
+    assert len(made) <= 3 + 2 + 1  # never more than the queue's depth ahead (and one waiting to go in)

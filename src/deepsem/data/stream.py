@@ -34,10 +34,12 @@ import gzip
 import hashlib
 import lzma
 import os
-from collections.abc import Callable, Iterator, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -62,6 +64,7 @@ __all__ = [
     "PairBatch",
     "PairStream",
     "StreamCollate",
+    "TokenCache",
     "find_shards",
     "is_sharded",
     "rank_part",
@@ -74,6 +77,7 @@ DEFAULT_SHUFFLE_BUFFER = 100_000
 SHARD_SUFFIXES = (".tsv", ".txt", ".tab", ".csv", ".jsonl", ".json", ".ndjson", ".parquet", ".pq")
 _COMPRESSED: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _FINGERPRINT_BYTES = 1 << 20
+_T = TypeVar("_T")
 
 
 # -- shards ----------------------------------------------------------------------------------------------------
@@ -101,7 +105,7 @@ def find_shards(source: str | os.PathLike[str]) -> list[Path]:
         found = [p for p in path.rglob("*") if p.is_file() and _is_shard_name(p)
                  and not any(part.startswith(".") for part in p.relative_to(path).parts)]
         if not found:
-            raise DataError(text, None, None, "no readable shards in this directory (files ending .tsv, .csv, "
+            raise DataError(text, None, None, "is a directory with no readable shards (files ending .tsv, .csv, "
                             ".jsonl, .parquet, optionally .gz/.bz2/.xz)", unit="file")
     else:
         found = [Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file()]
@@ -223,6 +227,9 @@ class PairBatch:
     text_b: list[str]
     labels: np.ndarray
     pool: list[str] = field(default_factory=list)
+    #: token ids of both sides when tokenised ahead (:class:`TokenCache`), else None: the collate tokenises
+    ids_a: list[list[int]] | None = None
+    ids_b: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.text_a)
@@ -306,10 +313,23 @@ class PairStream:
         return max(1, min(-(-self.rank_rows(r, world) // batch_size) for r in range(world)))
 
     def batches(self, epoch: int, *, batch_size: int, seed: int, steps: int, rank: int = 0, world: int = 1,
-                shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, by_length: bool = True,
-                bucket_batches: int = 50, stats: dict[str, int] | None = None) -> Iterator[PairBatch]:
+                shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, by_length: bool = True, bucket_batches: int = 50,
+                stats: dict[str, int] | None = None, prepare: Callable[[PairBatch], PairBatch] | None = None,
+                prefetch: int = 0) -> Iterator[PairBatch]:
         """Exactly ``steps`` batches of ``batch_size`` pairs (the last of a pass may be smaller) of rank ``rank``'s
-        part, drawn from ``(seed, epoch, rank, world)`` only. ``stats['held']``: the most pairs held at once."""
+        part, drawn from ``(seed, epoch, rank, world)`` only. ``stats['held']``: the most pairs the buffer held at
+        once. ``prepare`` (e.g. a :class:`TokenCache`) is applied to each batch; with ``prefetch`` > 0 reading,
+        shuffling and ``prepare`` run in a background thread up to that many batches ahead of the consumer (the
+        same batches in the same order: only the time they are made differs)."""
+        made = self._batches(epoch, batch_size, seed, steps, rank, world, shuffle_buffer, by_length, bucket_batches,
+                             stats)
+        if prepare is not None:
+            made = map(prepare, made)
+        return background(made, prefetch) if prefetch > 0 else made
+
+    def _batches(self, epoch: int, batch_size: int, seed: int, steps: int, rank: int, world: int,
+                 shuffle_buffer: int, by_length: bool, bucket_batches: int,
+                 stats: dict[str, int] | None) -> Iterator[PairBatch]:
         if batch_size < 1 or shuffle_buffer < batch_size:
             raise ValueError(f"the shuffle buffer ({shuffle_buffer} pairs) must hold at least one batch "
                              f"({batch_size} pairs)")
@@ -377,6 +397,77 @@ def _cut(rows: list[tuple[str, str, float]], rng: np.random.Generator, batch_siz
                                                                                count=len(part)), pool)
 
 
+# -- ahead of the trainer ---------------------------------------------------------------------------------------
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def background(items: Iterable[_T], depth: int) -> Iterator[_T]:
+    """``items``, made by a background thread at most ``depth`` ahead (a bounded queue): the data side (reading,
+    tokenising; Python that mostly waits on the GIL) overlaps the training step (torch, which releases it). An
+    exception there is raised here; closing this generator stops the thread."""
+    box: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as error:  # handed to the consumer, which raises it
+            put(_Failed(error))
+
+    thread = threading.Thread(target=work, name="deepsem-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = box.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+class TokenCache:
+    """Token ids of a batch's texts, kept for up to ``size`` distinct texts (then forgotten all at once: the memory
+    stays bounded). A click log repeats its popular queries and documents: they are tokenised once, not per row."""
+
+    def __init__(self, tokenizer: Tokenizer, size: int = 200_000) -> None:
+        self.tokenizer, self.size = tokenizer, size
+        self._ids: dict[str, list[int]] = {}
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        cache = self._ids
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            if len(cache) + len(missing) > self.size:
+                cache.clear()
+            cache.update(zip(missing, self.tokenizer.encode_batch(missing), strict=True))
+        return [cache[t] for t in texts]
+
+    def __call__(self, batch: PairBatch) -> PairBatch:
+        batch.ids_a, batch.ids_b = self.encode(batch.text_a), self.encode(batch.text_b)
+        return batch
+
+
 # -- collate ---------------------------------------------------------------------------------------------------
 def _pad(ids: list[list[int]]) -> tuple[Tensor, Tensor]:
     lengths = np.fromiter((len(x) for x in ids), np.int64, count=len(ids))
@@ -399,8 +490,8 @@ class StreamCollate:
         index: dict[str, int] = {}
         a_keys = np.fromiter((index.setdefault(t, len(index)) for t in batch.text_a), np.int64, count=len(batch))
         b_keys = np.fromiter((index.setdefault(t, len(index)) for t in batch.text_b), np.int64, count=len(batch))
-        q_ids, q_len = _pad(self.tokenizer.encode_batch(batch.text_a))
-        d_ids, d_len = _pad(self.tokenizer.encode_batch(batch.text_b))
+        q_ids, q_len = _pad(batch.ids_a if batch.ids_a is not None else self.tokenizer.encode_batch(batch.text_a))
+        d_ids, d_len = _pad(batch.ids_b if batch.ids_b is not None else self.tokenizer.encode_batch(batch.text_b))
         positive = np.flatnonzero(batch.labels > 0.5)
         a_pos, b_pos = a_keys[positive], b_keys[positive]
         out = {"q_ids": q_ids, "q_len": q_len, "d_ids": d_ids, "d_len": d_len,

@@ -22,6 +22,7 @@ from deepsem.data.stream import (
     DEFAULT_SHUFFLE_BUFFER,
     PairStream,
     StreamCollate,
+    TokenCache,
     find_shards,
     is_sharded,
     shard_fingerprint,
@@ -278,6 +279,10 @@ def train(
                         progress=progress, device=device, started=t0)
 
 
+#: Batches a stream prepares (reads, shuffles, tokenises) in a background thread ahead of the training step.
+STREAM_PREFETCH = 8
+
+
 def _train_stream(data: str | Path, out: str | Path, dev: str | Path | TextPairs | None, cfg: TrainConfig,
                   started: float, *, tokenizer: str | Tokenizer, tokenizer_options: dict[str, Any] | None,
                   model: ModelConfig | dict[str, Any] | None, columns: Sequence[int | str | None],
@@ -343,7 +348,8 @@ def _train_stream(data: str | Path, out: str | Path, dev: str | Path | TextPairs
             collate=StreamCollate(tok, negatives_rng, cfg.num_negatives if sampled else 0),
             batches=lambda epoch, rng: stream.batches(epoch, batch_size=local_batch, seed=cfg.seed, steps=steps,
                                                       rank=rank, world=world, shuffle_buffer=shuffle_buffer,
-                                                      by_length=cfg.length_buckets),
+                                                      by_length=cfg.length_buckets, prepare=TokenCache(tok),
+                                                      prefetch=STREAM_PREFETCH),
             steps_per_epoch=steps, evaluate=evaluate, metric=metric, info=info, record_best=record_best,
             rngs={"negatives": negatives_rng}, per_rank_batches=True,
         )
