@@ -128,6 +128,17 @@ def _two_ranks_then_one(rank: int, root: Path) -> dict[str, Any]:
     return {"steps": result.steps, "stopped": result.stopped}
 
 
+def _apart(rank: int, root: Path) -> dict[str, Any]:
+    """Rank 0 finds the checkpoint of the run one process started (see the fixture); rank 1, as on a node that
+    does not share the run directory, finds none (it is told not to resume)."""
+    try:
+        deepsem.train(root / "pairs.tsv", root / "one-then-two", model=MODEL, training=TRAINING, progress=False,
+                      resume=rank == 0)
+    except ConfigError as error:
+        return {"refused": str(error)}
+    return {"refused": None}
+
+
 def _one_then_two_ranks(rank: int, root: Path) -> dict[str, Any]:
     """The rest of a run one process started (see the fixture): resumed by two ranks."""
     _, result = deepsem.train(root / "pairs.tsv", root / "one-then-two", model=MODEL, training=TRAINING,
@@ -137,7 +148,7 @@ def _one_then_two_ranks(rank: int, root: Path) -> dict[str, Any]:
 
 SCENARIOS: dict[str, Callable[[int, Path], dict[str, Any]]] = {
     "clocks": _clocks_disagree, "early": _verdicts_disagree, "short": _short_batch,
-    "two-then-one": _two_ranks_then_one, "one-then-two": _one_then_two_ranks,
+    "two-then-one": _two_ranks_then_one, "apart": _apart, "one-then-two": _one_then_two_ranks,
 }
 
 
@@ -251,6 +262,13 @@ def test_a_run_resumes_with_another_number_of_processes(runs: Path, run: str) ->
     # not a tolerance that anything meets: the 7 steps after step 5 moved the weights by far more
     at_5 = load_file(str(runs / "clocks" / "final-rank0.safetensors"))
     assert max(float((value - at_5[name]).abs().max()) for name, value in unbroken.items()) > 100 * RESUME_TOLERANCE
+
+
+def test_ranks_that_would_start_at_different_steps_are_refused_on_every_rank(runs: Path) -> None:
+    seen = _seen(runs, "apart")
+    for doc in seen:
+        assert doc["refused"] is not None and "rank 0: step 5, rank 1: step 0" in doc["refused"]
+        assert "every node reads" in doc["refused"]
 
 
 # -- a batch size below the number of processes ------------------------------------------------------------------

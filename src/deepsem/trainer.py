@@ -700,6 +700,21 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
+    def _check_same_start(self) -> None:
+        """Every rank starts at the step rank 0 starts at (one all-gather before the first step). A rank that found
+        no checkpoint where rank 0 resumed (a run directory that is not on a filesystem every node reads) would
+        train other weights and other steps: a :class:`ConfigError` on every rank instead, naming each one's step."""
+        device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        mine = torch.tensor([int(self.state["global_step"])], dtype=torch.int64, device=device)
+        steps = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        torch.distributed.all_gather(steps, mine)
+        starts = [int(step) for step in steps]
+        if len(set(starts)) > 1:
+            raise ConfigError(f"{self.run_dir}: the processes start at different steps ("
+                              + ", ".join(f"rank {r}: step {s}" for r, s in enumerate(starts))
+                              + "): each must read the run's checkpoint, so the run directory (--out) must be one "
+                                "that every node reads (a shared filesystem)")
+
     def _agree(self, loss: Tensor, elapsed: float) -> tuple[float, float, bool]:
         """What every rank must judge alike after a step's forward, agreed in the one all-reduce each step makes
         anyway (no extra collective): the global batch's loss (each rank holds its share), the elapsed seconds
@@ -779,6 +794,8 @@ class Trainer:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         elif self.writes:
             discard_run(self.run_dir, tokenizer=False)
+        if self.sharded:
+            self._check_same_start()
         if self.sharded and self.rank > 0:  # own sampled negatives: from the base seed, the rank, the step it starts
             for i, name in enumerate(sorted(self.rngs)):
                 fresh = np.random.default_rng([cfg.seed, self.rank, i, self.state["global_step"]])
