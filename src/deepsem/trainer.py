@@ -789,7 +789,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         seed_everything(rank_seed(cfg.seed, self.rank if self.sharded else 0))
         if resume and self.load_checkpoint():
-            print(f"resumed from {self.checkpoint_dir} at step {self.state['global_step']}")
+            if self.writes:  # rank 0 reports for all
+                print(f"resumed from {self.checkpoint_dir} at step {self.state['global_step']}")
         elif resume and self.writes:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         elif self.writes:
