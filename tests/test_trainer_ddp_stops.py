@@ -146,9 +146,27 @@ def _one_then_two_ranks(rank: int, root: Path) -> dict[str, Any]:
     return {"steps": result.steps, "stopped": result.stopped}
 
 
+def _step_function(rank: int, root: Path) -> dict[str, Any]:
+    """The older Trainer form (a step function computing the loss) under a process group of two."""
+    from deepsem.config import TrainConfig
+    from deepsem.trainer import Trainer
+
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        model = torch.nn.Linear(2, 1)
+        Trainer(model, TrainConfig(batch_size=4), root / "step", step=lambda batch: model(batch).sum(),
+                batches=lambda epoch, rng: iter([]), steps_per_epoch=1)
+    except ValueError as error:
+        return {"refused": str(error)}
+    finally:
+        torch.distributed.destroy_process_group()
+    return {"refused": None}
+
+
 SCENARIOS: dict[str, Callable[[int, Path], dict[str, Any]]] = {
     "clocks": _clocks_disagree, "early": _verdicts_disagree, "short": _short_batch,
     "two-then-one": _two_ranks_then_one, "apart": _apart, "one-then-two": _one_then_two_ranks,
+    "step-function": _step_function,
 }
 
 
@@ -269,6 +287,12 @@ def test_ranks_that_would_start_at_different_steps_are_refused_on_every_rank(run
     for doc in seen:
         assert doc["refused"] is not None and "rank 0: step 5, rank 1: step 0" in doc["refused"]
         assert "every node reads" in doc["refused"]
+
+
+def test_a_step_function_is_refused_under_a_process_group(runs: Path) -> None:
+    """Nothing would average its gradients across the ranks (only the loss module is wrapped in DDP)."""
+    for doc in _seen(runs, "step-function"):
+        assert doc["refused"] is not None and "gradients are not averaged" in doc["refused"]
 
 
 # -- a batch size below the number of processes ------------------------------------------------------------------
