@@ -471,7 +471,7 @@ class Trainer:
     on_best: called with the metrics whenever the dev metric improves (e.g. save the model directory); rank 0 only.
     batch_size_of: number of examples in a batch (before ``collate``), for the examples/s display.
     progress: show a progress bar; None (the default): only when stderr is a terminal, so a run logging to
-        a file writes no per-step lines.
+        a file writes no per-step lines. Rank 0 alone shows it.
     fingerprint: what the run depends on (see :func:`run_fingerprint`); stored in each checkpoint, and a
         checkpoint with another one is not resumed. Default: the training settings.
     rngs: numpy generators the collate or step draws from (e.g. random negatives); saved in each checkpoint and
@@ -809,7 +809,7 @@ class Trainer:
         start = clock() - self.state["seconds"]
         bar = None
         show = self.progress if self.progress is not None else sys.stderr.isatty()
-        if show:
+        if show and self.writes:  # one bar for the run: rank 0's
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self.state["global_step"], unit="step", dynamic_ncols=True)
