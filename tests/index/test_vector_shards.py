@@ -218,7 +218,7 @@ def test_errors_name_the_file(trained_model_dir: Path, other_model_dir: Path, co
     with pytest.raises(IndexFileError, match=r"b\.tsv: changed since it was encoded"):
         Index.build(trained_model_dir, root, tmp_path / "i", vectors=single)
     (root / "b.tsv").unlink()
-    with pytest.raises(IndexFileError, match="'b.tsv' is missing"):
+    with pytest.raises(IndexFileError, match=r"'b\.tsv' is missing"):
         Index.build(trained_model_dir, root, tmp_path / "i", vectors=single)
     # documents given as a list are checked id by id against the shards
     with pytest.raises(IndexFileError, match=r"\.ids\.jsonl: row 1 is document 'a0', the corpus has '0'"):

@@ -40,6 +40,7 @@ FORMAT = "deepsem.vector-shards"
 MANIFEST = "manifest.json"
 SHARDS_DIR = "shards"
 _PART = re.compile(r"manifest\.part-([0-9]+)-of-([0-9]+)\.json")
+_OWN_FILE = re.compile(rf"{SHARDS_DIR}/[A-Za-z0-9_-][A-Za-z0-9._-]*")  # what _file_names makes: no "..", no "/"
 #: The settings two runs must share to write into the same folder (what the vectors depend on).
 _IDENTITY = ("model", "side", "dim", "dtype", "id_field", "text_field")
 
@@ -188,8 +189,11 @@ def _prepare(out: Path, path: Path, head: dict[str, Any], split: Split, overwrit
     for other in others:
         meta = _read_manifest(other)
         same_split = meta.get("parts") == split.parts
-        if (other == merged and meta.get("merged") and same_split) or (overwrite and not same_split):
-            other.unlink(missing_ok=True)  # a merge of the parts this run changes, or what --overwrite replaces
+        if other == merged and meta.get("merged") and same_split:
+            other.unlink(missing_ok=True)  # a merge of the parts this run changes: read the parts again
+            continue
+        if overwrite and not same_split:
+            _remove(out, other, meta)
             continue
         if overwrite:
             continue  # another part of this split: its own run starts it over
@@ -202,15 +206,24 @@ def _prepare(out: Path, path: Path, head: dict[str, Any], split: Split, overwrit
         return {}
     meta = _read_manifest(path)
     if overwrite:
-        for entry in meta.get("shards", []):
-            for key in ("vectors", "ids"):
-                if isinstance(entry.get(key), str):
-                    (out / entry[key]).unlink(missing_ok=True)
-        path.unlink()
-        say(f"{path}: --overwrite: starting this part over")
+        _remove(out, path, meta)
+        say(f"{path}: --overwrite: starting {'this part' if split.parts > 1 else 'it'} over")
         return {}
+    if meta.get("parts") != split.parts:  # a merge of parts, then a run of the whole corpus in one process
+        raise ConfigError(f"{path}: this folder holds vectors encoded in {meta.get('parts')} parts, this run is one "
+                          "process; give another --out, or --overwrite to start over")
     _check_identity(path, meta, head)
     return {e["name"]: e for e in meta.get("shards", []) if isinstance(e, dict) and isinstance(e.get("name"), str)}
+
+
+def _remove(out: Path, path: Path, meta: dict[str, Any]) -> None:
+    """Remove a manifest and the vector and ids files it lists (``--overwrite``)."""
+    for entry in meta.get("shards", []):
+        for key in ("vectors", "ids"):
+            name = entry.get(key) if isinstance(entry, dict) else None
+            if isinstance(name, str) and _OWN_FILE.fullmatch(name):
+                (out / name).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
 
 
 def _check_identity(path: Path, meta: dict[str, Any], head: dict[str, Any]) -> None:
@@ -440,6 +453,13 @@ class VectorShards:
         self.directory, self.meta = directory, meta
         self.dim = int(meta["dim"])
         self.entries: list[dict[str, Any]] = meta["shards"]
+        for entry in self.entries:
+            for key in ("vectors", "ids"):
+                if not isinstance(entry.get(key), str) or not _OWN_FILE.fullmatch(entry[key]):
+                    raise IndexFileError(f"{directory}: the manifest's {key} file of input {entry.get('name')!r} "
+                                         f"is {entry.get(key)!r}, not a file deepsem encode writes")
+            if not isinstance(entry.get("rows"), int):
+                raise IndexFileError(f"{directory}: the manifest gives no row count for input {entry.get('name')!r}")
         self.files = [directory / str(e["vectors"]) for e in self.entries]
         self.arrays: list[np.ndarray] = []
         for entry, file in zip(self.entries, self.files, strict=True):
