@@ -130,3 +130,16 @@ def test_mistakes_are_one_line(trained_model_dir: Path, corpus: Path, tmp_path: 
     empty.mkdir()
     line = error_line(runner.invoke(app, ["encode", "--model", str(other_dir), str(empty), "--out", str(out)]))
     assert "is a folder with no corpus files" in line
+
+
+def test_onnx_backend_and_precision_are_kept_apart(trained_model_dir: Path, corpus: Path, tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    torch_out, onnx_out = tmp_path / "torch", tmp_path / "onnx"
+    base = ["encode", "--model", str(trained_model_dir), str(corpus)]
+    assert runner.invoke(app, [*base, "--out", str(torch_out)]).exit_code == 0
+    result = runner.invoke(app, [*base, "--out", str(onnx_out), "--backend", "onnx"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(read_shards(onnx_out), read_shards(torch_out), atol=1e-5)
+    assert json.loads((onnx_out / "manifest.json").read_text())["model"]["backend"] == "onnx"
+    line = error_line(runner.invoke(app, [*base, "--out", str(onnx_out)]))  # torch vectors into an onnx run
+    assert "another model" in line and "backend 'onnx' then, 'torch' now" in line

@@ -231,13 +231,18 @@ def _check_identity(path: Path, meta: dict[str, Any], head: dict[str, Any]) -> N
         if meta.get(key) != head[key]:
             old, new = meta.get(key), head[key]
             if key == "model":
-                what = [k for k in new if k != "path" and old.get(k) != new[k]] if isinstance(old, dict) else []
-                detail = f"{', '.join(what) or 'model'} differ" + (f" (was {old.get('path')})"
-                                                                    if isinstance(old, dict) else "")
-                raise ConfigError(f"{path}: these vectors were made by another model ({detail}); vectors of two "
-                                  "models cannot be mixed: give another --out, or --overwrite to start over")
+                old = old if isinstance(old, dict) else {}
+                what = [f"{k} {_short(old.get(k))} then, {_short(new[k])} now" for k in new
+                        if k != "path" and old.get(k) != new[k]]
+                raise ConfigError(f"{path}: these vectors were made by another model ({old.get('path')}: "
+                                  f"{'; '.join(what)}); vectors of two models cannot be mixed: give another --out, "
+                                  "or --overwrite to start over")
             raise ConfigError(f"{path}: these vectors were made with {key} {old!r}, this run has {new!r}; give "
                               "another --out, or --overwrite to start over")
+
+
+def _short(value: Any) -> str:
+    return repr(value[:12] + "...") if isinstance(value, str) and len(value) > 16 else repr(value)
 
 
 def _pending(shard: CorpusShard) -> dict[str, Any]:
