@@ -88,14 +88,14 @@ def main() -> None:
     parser.add_argument("--parts", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--factory", default="HNSW32")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets")
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--scratch", type=Path, default=Path("/work/scratch/encshards"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    texts = sentences(args.data)
+    texts = sentences(args.data_dir)
     if not texts:
-        raise SystemExit(f"no sentences found under {args.data}")
+        raise SystemExit(f"no sentences found under {args.data_dir}")
     scratch = args.scratch
     shutil.rmtree(scratch, ignore_errors=True)
     corpus = scratch / "corpus"

@@ -223,3 +223,15 @@ def test_errors_name_the_file(trained_model_dir: Path, other_model_dir: Path, co
     # documents given as a list are checked id by id against the shards
     with pytest.raises(IndexFileError, match=r"\.ids\.jsonl: row 1 is document 'a0', the corpus has '0'"):
         Index.build(trained_model_dir, ["银行"] * 18, tmp_path / "i", vectors=single)
+
+
+def test_an_empty_shard_is_a_shard_of_no_rows(trained_model_dir: Path, corpus, tmp_path: Path):
+    root, docs = corpus
+    (root / "b2.tsv").write_text("id\ttext\n", encoding="utf-8")  # a header and no document
+    out = tmp_path / "out"
+    assert encode_shards(trained_model_dir, root, out).rows == len(docs)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(e["name"], e["rows"]) for e in manifest["shards"]][2] == ("b2.tsv", 0)
+    built = Index.build(trained_model_dir, root, tmp_path / "i", vectors=out)
+    hit = built.search(docs[-1][1], k=1)[0][0]  # the last shard's vectors sit at their documents' rows
+    assert len(built) == len(docs) and hit.text == docs[-1][1] and hit.score == pytest.approx(1.0, abs=1e-4)
