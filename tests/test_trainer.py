@@ -342,3 +342,15 @@ def test_training_on_cuda_gives_what_the_cpu_gives(tmp_path: Path):
         assert torch.allclose(value, gpu_model.state_dict()[name].cpu(), atol=1e-4), name
     again, _ = make_loss_trainer(tmp_path / "gpu", device="cuda", dropout=0.0)
     assert again.load_checkpoint() and again.state["global_step"] == 24
+
+
+def test_max_steps_stops_the_run_and_the_schedule_decays_over_it(tmp_path: Path):
+    """A step budget is the run's length: it stops at that step, with the linear schedule at its end (as in a run of
+    that many steps), not part way down the schedule of all the epochs."""
+    trainer, _ = make_trainer(tmp_path / "budget", epochs=5, max_steps=4, warmup=0.0)
+    result = trainer.fit()
+    assert (result.steps, result.stopped, trainer.total_steps) == (4, "max-steps", 4)
+    last_lr = trainer.optimizer.param_groups[0]["lr"]  # set for the 4th step: 1/4 of the way above zero
+    assert last_lr == pytest.approx(0.05 * 1 / 4)
+    full, _ = make_trainer(tmp_path / "epochs", epochs=5, warmup=0.0)
+    assert full.total_steps == 40

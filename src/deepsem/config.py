@@ -237,7 +237,7 @@ class TrainConfig(_Config):
     patience: int = 3  # dev evaluations without improvement before stopping
     checkpoint_every: int = 500
     max_minutes: float | None = None
-    max_steps: int | None = None  # stop after this many optimiser steps (None: off); e.g. a benchmark's fixed budget
+    max_steps: int | None = None  # stop after this many steps, the LR schedule fitted to them (None: epochs decide)
     time_schedule: bool = True  # with max_minutes: the LR schedule runs on max(step, time) progress
     threads: int | None = None
     length_buckets: bool = True  # batches of similar lengths (shuffled); a recurrent tower runs fewer pad steps

@@ -563,7 +563,10 @@ class Trainer:
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr,
         )
+        #: the run's length: the learning-rate schedule decays over it (``max_steps`` shortens it, as a budget does)
         self.total_steps = config.epochs * steps_per_epoch
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
         self.state: dict[str, Any] = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "best": None,
                                       "best_step": None, "bad_evals": 0, "seconds": 0.0, "history": []}
 

@@ -261,7 +261,8 @@ ShuffleBuffer = Annotated[int, typer.Option(help="Streamed shards (DATA a folder
                           "shuffle buffer (memory grows with it).", min=1)]
 VocabSample = Annotated[int | None, typer.Option(help="Streamed shards: learn the vocabulary from the first N pairs "
                         "(default: one pass over all of them).", min=1)]
-MaxSteps = Annotated[int | None, typer.Option(help="Stop after this many optimiser steps (default: no limit).",
+MaxSteps = Annotated[int | None, typer.Option(help="Stop after this many steps; the learning-rate schedule decays over them "
+                                              "(default: the epochs decide).",
                                               min=1)]
 SkipBadRows = Annotated[bool, typer.Option(help="Skip malformed rows (counted) instead of stopping.")]
 IndexDir = Annotated[Path, typer.Option(help="Index directory.")]
