@@ -253,6 +253,22 @@ class QdrantStore:
         self.client.update_collection_aliases(operations)
         return before
 
+    def aliased(self, alias: str) -> str | None:
+        """The collection the Qdrant alias ``alias`` names now (None: no such alias)."""
+        return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}.get(alias)
+
+    def retire(self, alias: str, also: Sequence[str] = ()) -> list[str]:
+        """Make ``alias`` name this store's collection (:meth:`point_alias`), then drop the alias's other
+        collections: every ``ALIAS-<12 hex>`` one (the names a rebuild gives; older versions, or leftovers of a
+        killed writer) and the collections ``also`` names. Returns the names dropped."""
+        self.point_alias(alias)
+        family = re.compile(re.escape(alias) + r"-[0-9a-f]{12}")
+        names = {c.name for c in self.client.get_collections().collections}
+        old = sorted(n for n in names if n != self.collection and (family.fullmatch(n) or n in also))
+        for name in old:
+            self.client.delete_collection(name)
+        return old
+
     def drop(self) -> None:
         """Delete this store's collection and every vector in it from Qdrant (an old one after a rebuild)."""
         self.client.delete_collection(self.collection)
