@@ -272,3 +272,27 @@ def test_cli_build_search_stats_and_the_service(corpus, pair, trained_model_dir:
                 assert all(h["metadata"]["lang"] == "zh" for h in g) or "filter" not in body or \
                     body["filter"] == {"score": 0.5}
     served.close()
+
+
+def test_a_failed_add_takes_its_points_back_and_the_next_add_works(trained_model_dir: Path, tmp_path: Path,
+                                                                    qdata: Path) -> None:
+    texts = list(dict.fromkeys(t for a, b, _ in make_pairs(100, 8) for t in (a, b)))
+    index = Index.build(trained_model_dir, [Document(f"d{i}", t) for i, t in enumerate(texts[:50])], tmp_path / "i",
+                        qdrant=QdrantTarget(path=qdata))
+    more = [Document(f"n{i}", t, {"new": True}) for i, t in enumerate(texts[50:60])]
+
+    def boom(step: str) -> None:
+        if step == "add: documents stored":  # the points are in the collection, the version is not published
+            raise RuntimeError("killed")
+
+    vi._fault_hook = boom
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            index.add(more)
+    finally:
+        vi._fault_hook = None
+    assert len(index.vectors) == 50 and len(index) == 50  # the unpublished points were taken back
+    index.vectors.add(np.zeros((1, index.meta["dim"]), np.float32) + 0.1, np.array([50]))  # as a killed add leaves
+    assert index.add(more) == 10 and len(index.vectors) == 60  # the stale point under row 50 was replaced
+    assert index.search(texts[55], k=1, filter={"new": True})[0][0].id == "n5"
+    index.close()
