@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("qdrant_client")
 
-from deepsem.errors import IndexFileError
+from deepsem.errors import ConfigError, IndexFileError
 from deepsem.vectorstore import ExactStore, FaissStore, QdrantStore, VectorStore
 
 DIM = 16
@@ -272,6 +272,8 @@ def test_an_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     target.write_text(json.dumps({**GOOD, "path": None, "url": "http://127.0.0.1:9"}))  # nothing listens on 9
     with pytest.raises(IndexFileError, match=r"cannot read collection 'docs' at http"):
         QdrantStore.load(target)
+    with pytest.raises(ConfigError, match=r"cannot create a collection in Qdrant at http://127\.0\.0\.1:9: "):
+        QdrantStore.create(DIM, url="http://127.0.0.1:9")
 
 
 PAYLOADS = [{"x": 1}, {"x": 1.0}, {"x": True}, {"x": "1"}, {"x": [1, 2]}, {"x": False}, {"x": 0}, {}, {"x": None},

@@ -12,6 +12,8 @@ qdrant-client is an optional extra (``pip install deepsem[qdrant]``); it is impo
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import math
 import os
 import re
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deepsem.errors import IndexFileError
+from deepsem.errors import ConfigError, IndexFileError
 from deepsem.fileio import atomic_write_json, read_json
 from deepsem.vectorstore.base import pad_results
 
@@ -99,7 +101,7 @@ class QdrantStore:
         """An empty store in a new collection ``collection`` (default: a fresh ``deepsem-<hex>`` name) of
         ``dim``-wide vectors under ``DOT`` distance: on the Qdrant server or cluster at ``url``, in embedded local
         mode under the directory ``path``, or in memory when neither is given. An existing collection of that
-        name is a ``ValueError`` (never overwritten)."""
+        name is a ``ValueError`` (never overwritten); an unreachable server a ``ConfigError``."""
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if url is not None and path is not None:
@@ -110,6 +112,9 @@ class QdrantStore:
         except ValueError:
             _release(client)
             raise
+        except Exception as exc:  # the network or the server answering: one message saying where and why
+            _release(client)
+            raise ConfigError(f"cannot create a collection in Qdrant at {url or path}: {_cause(exc)}") from None
         return cls(client, name, dim, url=url, path=path)
 
     def sibling(self, collection: str | None = None) -> QdrantStore:
@@ -368,6 +373,19 @@ def _connect(url: str | None, path: str | Path | None, api_key: str | None) -> Q
     with _LOCAL_LOCK:
         _USERS[id(client)] = [client, 1]
     return client
+
+
+@atexit.register
+def _close_all() -> None:
+    """Close the clients still open when the interpreter exits (qdrant-client's own ``__del__`` would run too late,
+    during shutdown, and print an ignored exception)."""
+    with _LOCAL_LOCK:
+        open_clients = [users[0] for users in _USERS.values()]
+        _USERS.clear()
+        _LOCAL.clear()
+    for client in open_clients:
+        with contextlib.suppress(Exception):
+            client.close()
 
 
 def _retain(client: QdrantClient) -> None:
