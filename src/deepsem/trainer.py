@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -109,6 +109,30 @@ def init_distributed(device: str | torch.device | None = None) -> bool:
     torch.distributed.init_process_group("nccl" if cuda else "gloo", rank=int(env["RANK"]), world_size=int(world),
                                          timeout=PROCESS_GROUP_TIMEOUT)
     return True
+
+
+def launched_world_size() -> int:
+    """The number of processes this one trains with: the process group's size once started, else the launcher's
+    ``WORLD_SIZE`` (1 when unset or unreadable: :func:`init_distributed` reports that)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_world_size())
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    return int(world) if world.isdigit() and int(world) > 0 else 1
+
+
+def check_world_size(config: TrainConfig, world_size: int | None = None) -> None:
+    """Every rank needs at least one row of each global batch: a batch size below the number of processes
+    (default :func:`launched_world_size`) is a :class:`ConfigError`, raised before any data is read."""
+    world = launched_world_size() if world_size is None else world_size
+    if world > 1 and config.batch_size < world:
+        raise ConfigError(f"batch size {config.batch_size} (--batch-size, the global batch) is smaller than the "
+                          f"{world} processes training it (WORLD_SIZE={world}): each process needs at least one row "
+                          f"of every batch; use a batch size of {world} or more, or fewer processes")
+
+
+def clock() -> float:
+    """Seconds on the monotonic clock the training loop's time budget runs on (each process reads its own)."""
+    return time.perf_counter()
 
 
 def seed_everything(seed: int) -> None:
@@ -447,7 +471,7 @@ class Trainer:
     on_best: called with the metrics whenever the dev metric improves (e.g. save the model directory); rank 0 only.
     batch_size_of: number of examples in a batch (before ``collate``), for the examples/s display.
     progress: show a progress bar; None (the default): only when stderr is a terminal, so a run logging to
-        a file writes no per-step lines.
+        a file writes no per-step lines. Rank 0 alone shows it.
     fingerprint: what the run depends on (see :func:`run_fingerprint`); stored in each checkpoint, and a
         checkpoint with another one is not resumed. Default: the training settings.
     rngs: numpy generators the collate or step draws from (e.g. random negatives); saved in each checkpoint and
@@ -459,9 +483,15 @@ class Trainer:
     rank, world_size: this process's place in a distributed run (default: :func:`distributed_rank`). Every rank
         builds the same global batches (``config.batch_size`` is the global batch size) and, under a process group,
         takes its contiguous part (:func:`shard`), dropout and ``rngs`` seeded per rank (:func:`rank_seed`). Only
-        rank 0 writes checkpoints, ``metrics.jsonl``, ``training.png`` and calls ``on_best``; every rank evaluates,
-        so all stop at the same step. With an initialised process group the loss is wrapped in
-        ``DistributedDataParallel``.
+        rank 0 writes checkpoints, ``metrics.jsonl``, ``training.png`` and calls ``on_best``. With an initialised
+        process group the loss is wrapped in ``DistributedDataParallel``, and every decision is taken once for all
+        ranks, so none waits for a collective the others left: the loss and the time budget in each step's
+        all-reduce, the dev metrics (rank 0 evaluates) broadcast for early stopping. A batch with fewer rows than
+        ranks (``config.batch_size`` below the world size is a :class:`ConfigError`; an epoch's short last batch)
+        is dropped under a process group, keeping its place as a step that trains nothing. Global steps count
+        global batches at any world size, so a run resumes from its checkpoint with another number of processes
+        and continues with the same batches; sampled negatives (``rngs``) and dropout of ranks above 0 are then
+        seeded from the base seed, the rank and the step the run resumes at.
     """
 
     def __init__(
@@ -511,6 +541,12 @@ class Trainer:
         #: ``world_size`` given without one only decide who writes, each process then taking whole batches)
         self.sharded = (self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
                         and torch.distributed.get_world_size() == self.world_size)
+        if self.sharded:
+            check_world_size(config, self.world_size)
+            if step is not None:  # nothing would average the ranks' gradients: their weights would drift apart
+                raise ValueError("a step function does not train under a process group (its gradients are not "
+                                 "averaged across the ranks): pass the loss module, whose forward(batch) returns the "
+                                 "loss, and the trainer wraps it in DistributedDataParallel")
         if step is None and torch.distributed.is_available() and torch.distributed.is_initialized():
             ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
             # a batch may leave a parameter out (gamma under the hinge loss, the bias without a pointwise term)
@@ -664,17 +700,63 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
+    def _check_same_start(self) -> None:
+        """Every rank starts at the step rank 0 starts at (one all-gather before the first step). A rank that found
+        no checkpoint where rank 0 resumed (a run directory that is not on a filesystem every node reads) would
+        train other weights and other steps: a :class:`ConfigError` on every rank instead, naming each one's step."""
+        device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        mine = torch.tensor([int(self.state["global_step"])], dtype=torch.int64, device=device)
+        steps = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        torch.distributed.all_gather(steps, mine)
+        starts = [int(step) for step in steps]
+        if len(set(starts)) > 1:
+            raise ConfigError(f"{self.run_dir}: the processes start at different steps ("
+                              + ", ".join(f"rank {r}: step {s}" for r, s in enumerate(starts))
+                              + "): each must read the run's checkpoint, so the run directory (--out) must be one "
+                                "that every node reads (a shared filesystem)")
+
+    def _agree(self, loss: Tensor, elapsed: float) -> tuple[float, float, bool]:
+        """What every rank must judge alike after a step's forward, agreed in the one all-reduce each step makes
+        anyway (no extra collective): the global batch's loss (each rank holds its share), the elapsed seconds
+        (rank 0's clock: the schedule's time fraction, so every rank sets the same learning rate) and whether the
+        time budget is spent (by any rank's clock: then all stop after this step). One process: its own loss and
+        clock. Any other stop that a rank would judge from its own state belongs here, as one more vote."""
+        limit = self.config.max_minutes
+        vote = limit is not None and elapsed > limit * 60
+        if not self.sharded:
+            return float(loss.detach()), elapsed, vote
+        packet = torch.stack([loss.detach().reshape(()).to(torch.float64),
+                              torch.tensor(float(vote), dtype=torch.float64, device=loss.device),
+                              torch.tensor(elapsed if self.rank == 0 else 0.0, dtype=torch.float64,
+                                           device=loss.device)])
+        torch.distributed.all_reduce(packet)  # rank r holds its share of the global loss (W/N per row)
+        total, votes, seconds = packet.tolist()
+        return total / self.world_size, seconds, votes > 0
+
     def _run_eval(self, epoch_float: float, train_loss: float) -> bool:
-        """Evaluate on dev, keep the best; return True when early stopping says stop."""
+        """Evaluate on dev, keep the best; return True when early stopping says stop.
+
+        Under a process group rank 0 alone evaluates (the others wait at the broadcast: an evaluation must end
+        within :data:`PROCESS_GROUP_TIMEOUT`) and broadcasts the metrics: every rank then holds the same best and
+        count of evaluations without improvement, and takes the same decision at the same step."""
         record: dict[str, Any] = {"step": self.state["global_step"], "epoch": round(epoch_float, 3),
                                   "train_loss": round(train_loss, 5), "seconds": round(self.state["seconds"], 1)}
         stop = False
         if self.evaluate is not None:
-            was_training = self.model.training
-            self.model.eval()
-            with self._on_cpu():
-                metrics = self.evaluate()
-                self.model.train(was_training)
+            evaluates = self.writes or not self.sharded
+            on_cpu: AbstractContextManager[None] = self._on_cpu() if evaluates else nullcontext()
+            with on_cpu:
+                metrics: dict[str, float] | None = None
+                if evaluates:
+                    was_training = self.model.training
+                    self.model.eval()
+                    metrics = self.evaluate()
+                    self.model.train(was_training)
+                if self.sharded:
+                    box = [metrics]
+                    torch.distributed.broadcast_object_list(box, src=0)
+                    metrics = box[0]
+                assert metrics is not None
                 record.update({f"dev_{k}": v for k, v in metrics.items()})
                 value = metrics[self.metric]
                 if self.state["best"] is None or value > self.state["best"]:
@@ -707,21 +789,27 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         seed_everything(rank_seed(cfg.seed, self.rank if self.sharded else 0))
         if resume and self.load_checkpoint():
-            print(f"resumed from {self.checkpoint_dir} at step {self.state['global_step']}")
+            if self.writes:  # rank 0 reports for all
+                print(f"resumed from {self.checkpoint_dir} at step {self.state['global_step']}")
         elif resume and self.writes:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         elif self.writes:
             discard_run(self.run_dir, tokenizer=False)
+        if self.sharded:
+            self._check_same_start()
         if self.sharded and self.rank > 0:  # own sampled negatives: from the base seed, the rank, the step it starts
             for i, name in enumerate(sorted(self.rngs)):
                 fresh = np.random.default_rng([cfg.seed, self.rank, i, self.state["global_step"]])
                 self.rngs[name].bit_generator.state = fresh.bit_generator.state
+            if self.resumed_from is not None:  # the checkpoint holds rank 0's torch RNG: this rank's own dropout
+                torch.manual_seed(int(np.random.SeedSequence([cfg.seed, self.rank, self.resumed_from])
+                                      .generate_state(1, np.uint64)[0]) % 2**63)
         self.loss.train()
         stopped = "finished"
-        start = time.perf_counter() - self.state["seconds"]
+        start = clock() - self.state["seconds"]
         bar = None
         show = self.progress if self.progress is not None else sys.stderr.isatty()
-        if show:
+        if show and self.writes:  # one bar for the run: rank 0's
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self.state["global_step"], unit="step", dynamic_ncols=True)
@@ -736,43 +824,43 @@ class Trainer:
             for i, batch in enumerate(self.batches(epoch, rng)):
                 if i < self.state["step_in_epoch"]:
                     continue  # replaying the order of a resumed epoch
-                time_fraction = 0.0
-                if cfg.time_schedule and cfg.max_minutes:
-                    time_fraction = (time.perf_counter() - start) / (cfg.max_minutes * 60)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(self.state["global_step"], self.total_steps, cfg.warmup,
-                                                     cfg.schedule, time_fraction)
-                if self.sharded:
-                    batch = shard(batch, self.rank, self.world_size)
-                examples += self.batch_size_of(batch)
-                if self.collate is not None:
-                    batch = self.collate(batch)
-                with autocast(cfg.precision, self.device):  # fp32: no autocast at all
-                    loss = self.forward(to_device(batch, self.device))
-                value = float(loss.detach())
-                if self.sharded:  # rank r holds its share of the global loss (W/N per row): every rank logs, and
-                    total = loss.detach().reshape(1).to(torch.float32)  # judges divergence on, the global one
-                    torch.distributed.all_reduce(total)
-                    value = float(total) / self.world_size
-                if not math.isfinite(value):  # checked before the optimiser step: the weights stay finite
-                    raise self._diverged(f"the loss became {value}")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = clip_gradients(self.optimized_parameters(), cfg.clip_norm, cfg.clip_value)
-                if not math.isfinite(norm):
-                    raise self._diverged(f"the gradient norm became {norm} (loss {value:.6g})")
-                self.optimizer.step()
-                running += value
-                n_loss += 1
-                epoch_loss += value
-                epoch_n += 1
+                # under a process group a batch with fewer rows than ranks (an epoch's short last batch) would leave
+                # a rank without a row: it is dropped but keeps its place, a step that trains nothing, on every rank
+                # alike, so steps, the schedule and resume positions are the same at any world size
+                time_up = False
+                if not (self.sharded and self.batch_size_of(batch) < self.world_size):
+                    if self.sharded:
+                        batch = shard(batch, self.rank, self.world_size)
+                    examples += self.batch_size_of(batch)
+                    if self.collate is not None:
+                        batch = self.collate(batch)
+                    with autocast(cfg.precision, self.device):  # fp32: no autocast at all
+                        loss = self.forward(to_device(batch, self.device))
+                    value, elapsed, time_up = self._agree(loss, clock() - start)
+                    if not math.isfinite(value):  # checked before the optimiser step: the weights stay finite
+                        raise self._diverged(f"the loss became {value}")
+                    time_fraction = elapsed / (cfg.max_minutes * 60) if cfg.time_schedule and cfg.max_minutes else 0.0
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = cfg.lr * lr_factor(self.state["global_step"], self.total_steps, cfg.warmup,
+                                                         cfg.schedule, time_fraction)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    # DDP hands every rank the same averaged gradients, so the norm, and this verdict, agree
+                    norm = clip_gradients(self.optimized_parameters(), cfg.clip_norm, cfg.clip_value)
+                    if not math.isfinite(norm):
+                        raise self._diverged(f"the gradient norm became {norm} (loss {value:.6g})")
+                    self.optimizer.step()
+                    running += value
+                    n_loss += 1
+                    epoch_loss += value
+                    epoch_n += 1
                 self.state["global_step"] += 1
                 self.state["step_in_epoch"] = i + 1
-                self.state["seconds"] = time.perf_counter() - start
+                self.state["seconds"] = clock() - start
                 if bar is not None:
                     rate = examples / max(1e-9, time.perf_counter() - t_examples)
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{running / n_loss:.4f}", ex_s=f"{rate:.0f}")
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{running / max(1, n_loss):.4f}", ex_s=f"{rate:.0f}")
                 gs = self.state["global_step"]
                 if gs % eval_every == 0 or self.state["step_in_epoch"] == self.steps_per_epoch:
                     if self._run_eval(epoch + self.state["step_in_epoch"] / self.steps_per_epoch,
@@ -784,7 +872,7 @@ class Trainer:
                     self.save_checkpoint()
                 if done:
                     break
-                if cfg.max_minutes is not None and self.state["seconds"] > cfg.max_minutes * 60:
+                if time_up:  # agreed by every rank in this step's all-reduce: all stop here, at the same step
                     if self.state["step_in_epoch"] != self.steps_per_epoch:
                         self._run_eval(epoch + self.state["step_in_epoch"] / self.steps_per_epoch,
                                        running / max(1, n_loss))
@@ -799,7 +887,7 @@ class Trainer:
         if self.evaluate is None and self.on_best is not None and self.writes:
             with self._on_cpu():
                 self.on_best({})
-        self.state["seconds"] = time.perf_counter() - start
+        self.state["seconds"] = clock() - start
         self.save_checkpoint()
         if self.writes:
             self.plot()
@@ -845,10 +933,12 @@ class Trainer:
 # -- the setup every task shares ----------------------------------------------------------------------------
 def training_config(training: TrainConfig | dict[str, Any] | None,
                     defaults: dict[str, Any] | None = None) -> TrainConfig:
-    """The run's :class:`TrainConfig`: as given, or read from a dict over the task's ``defaults``."""
-    if isinstance(training, TrainConfig):
-        return training
-    return TrainConfig.from_dict({**(defaults or {}), **(training or {})}, "training")
+    """The run's :class:`TrainConfig`: as given, or read from a dict over the task's ``defaults``; checked against
+    the number of processes launched (:func:`check_world_size`)."""
+    config = (training if isinstance(training, TrainConfig)
+              else TrainConfig.from_dict({**(defaults or {}), **(training or {})}, "training"))
+    check_world_size(config)  # every task reads its settings here, before its data: a launch that cannot work ends
+    return config
 
 
 def renamed_argument(function: str, new: str, value: Any, old: str, old_value: Any) -> Any:
@@ -917,6 +1007,7 @@ def run_training(
         torch.set_num_threads(config.threads)
     group = init_distributed(device)  # under torchrun: the process group, destroyed when the run ends
     try:
+        check_world_size(config)
         return _run_training(config, Path(out), fingerprint, build, run_dir, tokenizer, tokenizer_options, texts,
                              resume, progress, device, started)
     except RuntimeError as error:  # gloo/nccl report a lost peer as a RuntimeError: say what it means here

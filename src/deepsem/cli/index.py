@@ -23,8 +23,10 @@ from deepsem.cli.options import (
     Progress,
     backend_kwargs,
     check_precision,
+    corpus_source,
     data_file,
     out_dir,
+    vectors_source,
 )
 
 
@@ -50,7 +52,9 @@ def load_index(path: Path, **backend: Any) -> Index:
 def index_build(
     model: Annotated[Path, typer.Option(help="Model directory whose document tower encodes the corpus.")],
     corpus: Annotated[Path, typer.Option(help="Documents: JSONL ({id, text, ...metadata}), TSV/CSV with a "
-                      "header (id, text, ...), or a text file with one document per line.", callback=data_file)],
+                      "header (id, text, ...), Parquet, or a text file with one document per line; or a corpus in "
+                      "shards: a folder or a quoted glob pattern of such files, read in sorted order.",
+                      callback=corpus_source)],
     index: Annotated[Path, typer.Option(help="Index directory to write (replaced atomically).",
                                         callback=out_dir)],
     factory: Annotated[str, typer.Option(help="Faiss factory string: Flat (exact), HNSW32, IVF4096,Flat, "
@@ -64,8 +68,9 @@ def index_build(
                              "'efSearch=256' (HNSW) or 'nprobe=64' (IVF); default efSearch=128 / nprobe=32.")
                              ] = None,
     vectors: Annotated[Path | None, typer.Option(help="Precomputed document vectors (.npy from `deepsem encode "
-                       "--side doc`, one row per document in corpus order): skips encoding.",
-                       callback=data_file)] = None,
+                       "--side doc`, one row per document in corpus order), or the folder `deepsem encode` wrote "
+                       "for a corpus in shards (or its manifest): skips encoding; checked against the corpus.",
+                       callback=vectors_source)] = None,
     lexical: Annotated[bool, typer.Option(help="Also build a BM25 index (CJK characters, Latin words) for "
                        "lexical and hybrid search; hybrid becomes the index's default mode.")] = False,
     hybrid_weight: Annotated[float, typer.Option(help="The cosine's share of the hybrid score (the rest is "

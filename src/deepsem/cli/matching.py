@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -42,10 +42,10 @@ from deepsem.cli.options import (
     existing_dir,
     not_negative,
     out_dir,
-    out_file,
     pair_columns,
-    text_file_or_stdin,
+    split_spec,
     text_lines,
+    texts_or_shards,
 )
 
 
@@ -213,22 +213,90 @@ def evaluate(
 
 def encode(
     model: Annotated[Path, typer.Option(help="Model directory.")],
-    out: Annotated[Path, typer.Option(help="Where to write the vectors (.npy, float32, one row per text).",
-                                      callback=out_file)],
-    texts: Annotated[Path | None, typer.Argument(help="A text file, one text per line; stdin when absent or '-'.",
-                                                 callback=text_file_or_stdin)] = None,
-    side: Annotated[Side, typer.Option(help="Tower to use: query or doc.")] = Side.query,
+    out: Annotated[Path, typer.Option(help="Where to write the vectors (.npy, float32, one row per text); for a "
+                                      "corpus in shards, a folder: a vector file per shard and a manifest.")],
+    texts: Annotated[list[Path] | None, typer.Argument(help="A text file, one text per line; stdin when absent or "
+                     "'-'. Or a corpus in shards: a folder, a quoted glob pattern or several files (JSONL, TSV/CSV "
+                     "with a header, Parquet, or one text per line; as index build --corpus reads them).",
+                     callback=texts_or_shards, show_default=False)] = None,
+    side: Annotated[Side | None, typer.Option(help="Tower to use: query or doc (default: query; doc for a corpus "
+                    "in shards).", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.", min=1)] = 512,
     chunk: Annotated[int, typer.Option(help="Texts read and encoded at a time (bounds memory).", min=1)] = 100_000,
     backend: Backend = BackendName.torch,
     onnx: OnnxFile = None,
     precision: EncodePrecision = PrecisionName.fp32,
+    shard: Annotated[str | None, typer.Option(help="Encode part I of N of a corpus in shards (I from 0): input "
+                     "file j is part j % N's; each part writes its own manifest.part-I-of-N.json into --out. "
+                     "Default: RANK/WORLD_SIZE when a launcher (torchrun) sets them, else the whole corpus.",
+                     metavar="I/N", callback=split_spec)] = None,
+    merge_manifest: Annotated[bool, typer.Option(help="Check that every part in --out is there and finished and "
+                              "merge their manifests into manifest.json (index build also reads the parts).")
+                              ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start over in --out (a corpus in shards): this part's vectors "
+                         "and manifest are replaced; otherwise finished shards of unchanged files are skipped and "
+                         "another model's vectors are refused.")] = False,
+    id_field: Annotated[str, typer.Option(help="Column / key holding a document's id (a corpus in shards).")
+                        ] = "id",
+    text_field: Annotated[str, typer.Option(help="Column / key holding a document's text (a corpus in shards).")
+                          ] = "text",
+    progress: Progress = None,
 ) -> None:
-    """Encode texts (one per line) into L2-normalised vectors saved as a .npy file."""
+    """Encode texts (one per line) into L2-normalised vectors saved as a .npy file; a corpus in shards into a
+    folder of vector shards and a manifest, resumable shard by shard, split over machines with --shard I/N."""
     from deepsem.fileio import atomic_write_npy
+    from deepsem.index.corpus import is_sharded
     from deepsem.tasks import load
 
+    sharded = merge_manifest or shard is not None or (texts is not None and len(texts) > 1) or (
+        texts is not None and str(texts[0]) != "-" and is_sharded(texts[0]))
+    if sharded:
+        _encode_shards(model, out, texts, side, batch_size, chunk, backend, onnx, precision, shard, merge_manifest,
+                       overwrite, id_field, text_field, progress)
+        return
+    if out.is_dir():
+        raise typer.BadParameter(f"{out}: is a folder; give a file name", param_hint="'--out'")
+    source = texts[0] if texts else None
     semantic = load(model, check_precision(precision), **backend_kwargs(backend, onnx))
-    vectors = semantic.encode_stream(text_lines(texts), chunk=chunk, batch_size=batch_size, side=side.value)
+    vectors = semantic.encode_stream(text_lines(source), chunk=chunk, batch_size=batch_size,
+                                     side=(side or Side.query).value)
     atomic_write_npy(out, vectors)
     typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {out}", err=True)
+
+
+def _encode_shards(model: Path, out: Path, texts: list[Path] | None, side: Side | None, batch_size: int, chunk: int,
+                   backend: Any, onnx: Path | None, precision: Any, shard: str | None, merge_manifest: bool,
+                   overwrite: bool, id_field: str, text_field: str, progress: bool | None) -> None:
+    """``deepsem encode`` of a corpus in shards (or ``--merge-manifest``): the work is :mod:`deepsem.index.shards`."""
+    from deepsem.index.shards import Split, encode_shards, model_identity, write_merged_manifest
+    from deepsem.progress import progress_enabled
+    from deepsem.tasks import load
+
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out}: is a file; give a folder for the vector shards (it is created if "
+                                 "missing)", param_hint="'--out'")
+    if merge_manifest:
+        if texts:
+            fail("--merge-manifest reads the manifest parts in --out: give no input files")
+        written = write_merged_manifest(out)
+        merged = json.loads(written.read_text(encoding="utf-8"))
+        digest = model_identity(load(model))["weights_digest"]
+        if merged["model"].get("weights_digest") != digest:
+            written.unlink()
+            fail(f"{out}: the vectors were made by another model than {model} ({merged['model'].get('path')})")
+        rows = sum(int(e["rows"]) for e in merged["shards"])
+        typer.echo(f"merged {merged['parts']} parts: {len(merged['shards'])} shards, {rows:,} vectors -> {written}",
+                   err=True)
+        return
+    if not texts or str(texts[0]) == "-":
+        fail("a corpus in shards is read from files: give a folder, a glob pattern or several files (not stdin)")
+    split = Split.parse(shard) if shard is not None else Split.from_env() or Split()
+    say = lambda text: typer.echo(text, err=True)  # noqa: E731
+    corpus: Any = texts if len(texts) > 1 else texts[0]
+    report = encode_shards(model, corpus, out, side=(side or Side.doc).value, split=split, batch_size=batch_size,
+                           chunk=chunk, id_field=id_field, text_field=text_field, overwrite=overwrite,
+                           progress=progress_enabled(progress), log=say, precision=check_precision(precision),
+                           **backend_kwargs(backend, onnx))
+    part = f" (part {split.part} of {split.parts})" if split.parts > 1 else ""
+    say(f"encoded {report.encoded} shards, skipped {report.skipped} already done{part}: {report.rows:,} vectors "
+        f"-> {report.manifest}")

@@ -116,6 +116,52 @@ def text_file_or_stdin(value: Path | None) -> Path | None:
     return value if value is None or str(value) == "-" else _regular(value, "file")
 
 
+def corpus_source(value: Path | None) -> Path | None:
+    """A corpus: a regular file, or a folder / glob pattern of corpus files (shards) that holds at least one."""
+    from deepsem.data.errors import DataError
+    from deepsem.index.corpus import corpus_shards, is_sharded
+
+    if value is None or not is_sharded(value):
+        return data_file(value)
+    try:
+        corpus_shards(value)
+    except DataError as exc:
+        raise typer.BadParameter(f"{value}: {exc.problem}") from None
+    return value
+
+
+def texts_or_shards(value: list[Path] | None) -> list[Path] | None:
+    """``deepsem encode``'s input: nothing or ``-`` (stdin), a text file, or a corpus in shards (a folder, a glob
+    pattern, several files) that holds at least one file."""
+    if not value:
+        return None
+    if len(value) == 1:
+        one = value[0]
+        return value if str(one) == "-" else [p for p in [corpus_source(one)] if p is not None]
+    for v in value:
+        _regular(v, "file")
+    return value
+
+
+def vectors_source(value: Path | None) -> Path | None:
+    """``index build --vectors``: a .npy file, or a folder (or manifest file) of vector shards."""
+    return value if value is None or value.is_dir() else data_file(value)
+
+
+def split_spec(value: str | None) -> str | None:
+    """``--shard I/N``: part I (from 0) of N."""
+    if value is None:
+        return None
+    from deepsem.errors import ConfigError
+    from deepsem.index.shards import Split
+
+    try:
+        Split.parse(value)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 def data_file_or_dir(value: Path) -> Path:
     """An input that may be a folder (a MovieLens folder) or a regular file."""
     return value if value.is_dir() else _regular(value, "file or folder")

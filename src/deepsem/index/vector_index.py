@@ -65,8 +65,9 @@ from deepsem.fileio import (
     regular_file,
     sha256_file,
 )
-from deepsem.index.corpus import Document, iter_corpus
+from deepsem.index.corpus import Document, corpus_shards, is_sharded, read_corpus
 from deepsem.index.lexical import LexicalIndex
+from deepsem.index.shards import VectorShards, is_vector_shards
 from deepsem.index.store import DocStore, check_regular
 from deepsem.tasks import load as load_model
 from deepsem.vectorstore.exact import exact_search
@@ -228,8 +229,12 @@ class Index:
         ("efSearch=128" for HNSW, "nprobe=32" for IVF by default: :func:`default_search_params`).
         ``vectors`` (an array or a ``.npy`` file, one row per document, in corpus order, made by this model's
         document tower, e.g. with ``deepsem encode --side doc``) skips the encoding; NaN or infinite values
-        are refused. ``lexical`` also builds a BM25 index of the documents, for ``mode="lexical"`` and
-        ``"hybrid"`` searches (then the default); ``hybrid_weight`` is the cosine's share of the hybrid score.
+        are refused. ``vectors`` may also be the folder (or a manifest) ``deepsem encode`` wrote for a corpus in
+        shards: read shard by shard, memory-mapped, each checked against the corpus (files, sizes, row counts,
+        ids) and the model. ``corpus`` may be a folder or glob pattern of corpus files (read in
+        :func:`~deepsem.index.corpus.corpus_shards` order).
+        ``lexical`` also builds a BM25 index of the documents, for ``mode="lexical"`` and ``"hybrid"`` searches
+        (then the default); ``hybrid_weight`` is the cosine's share of the hybrid score.
         ``directory`` must be new, empty or an index (whose versions are replaced); another writer of the
         same index is waited for up to ``lock_timeout`` seconds. ``qdrant``: keep the vectors in a Qdrant
         collection there instead of a Faiss file (``factory`` and ``search_params`` are then not used); the
@@ -244,18 +249,24 @@ class Index:
         semantic = text_encoder(model)
         source = str(corpus) if isinstance(corpus, str | Path) else None
         docs: Iterable[Document | str] = (
-            iter_corpus(corpus, id_field=id_field, text_field=text_field, skip_bad_rows=skip_bad_rows)
+            read_corpus(corpus, id_field=id_field, text_field=text_field, skip_bad_rows=skip_bad_rows)
             if isinstance(corpus, str | Path) else corpus
         )
+        checked: np.ndarray | VectorShards | None = None
         if vectors is not None:
-            vectors = _checked_vectors(vectors, semantic.dim)
+            checked = _checked_vectors(vectors, semantic.dim)
+            if isinstance(checked, VectorShards):  # a corpus in shards: each vector checked against its document
+                checked.check_model(semantic, semantic.dim)
+                if isinstance(corpus, str | Path) and is_sharded(corpus):
+                    checked.check_corpus(corpus_shards(corpus))
+                docs = checked.aligned(docs)
         _check_target(directory)
         directory.mkdir(parents=True, exist_ok=True)
 
         def fill(work: Path, make_store: Callable[[int], Vectors] | None = None) -> None:
             _build_version(work, semantic, docs, factory, model_name=str(model) if isinstance(model, str | Path)
                            else "the model", source=source, id_field=id_field, batch_size=batch_size,
-                           chunk=chunk, train_size=train_size, vectors=vectors, search_params=search_params,
+                           chunk=chunk, train_size=train_size, vectors=checked, search_params=search_params,
                            progress=progress, lexical=lexical, hybrid_weight=hybrid_weight, make_store=make_store)
 
         if qdrant is None:
@@ -695,10 +706,17 @@ def _check_finite(vectors: np.ndarray, batch: list[Document], model: Path | str,
                              f"(id {batch[j].id!r}): its weights are damaged; nothing was indexed")
 
 
-def _checked_vectors(vectors: np.ndarray | str | Path, dim: int) -> np.ndarray:
+def _checked_vectors(vectors: np.ndarray | str | Path, dim: int) -> np.ndarray | VectorShards:
     """Precomputed document vectors, checked: a 2-D array of real numbers, ``dim`` wide, all finite. A file is
-    read as ``.npy`` without pickle (memory-mapped, so a crafted header cannot make it allocate)."""
+    read as ``.npy`` without pickle (memory-mapped, so a crafted header cannot make it allocate). A folder (or
+    manifest) of vector shards is opened as :class:`VectorShards` (files, shapes and dim checked here; values as
+    they are read)."""
     where = "vectors"
+    if isinstance(vectors, str | Path) and is_vector_shards(vectors):
+        shards = VectorShards.open(vectors)
+        if shards.dim != dim:
+            raise IndexFileError(f"{vectors}: vectors of dim {shards.dim} do not fit the model's dimension {dim}")
+        return shards
     if isinstance(vectors, str | Path):
         where = str(vectors)
         try:
@@ -727,7 +745,7 @@ def _checked_vectors(vectors: np.ndarray | str | Path, dim: int) -> np.ndarray:
 def _build_version(work: Path, semantic: IndexedModel, docs: Iterable[Document | str], factory: str, *,
                    model_name: str = "the model", source: str | None = None, id_field: str = "id",
                    batch_size: int = 512, chunk: int = 50_000, train_size: int = 100_000,
-                   vectors: np.ndarray | None = None, search_params: str | None = None,
+                   vectors: np.ndarray | VectorShards | None = None, search_params: str | None = None,
                    progress: bool = False, lexical: bool = False, hybrid_weight: float = 0.5,
                    make_store: Callable[[int], Vectors] | None = None) -> None:
     """Write a complete index version of ``docs`` into the folder ``work`` (not yet published). ``make_store``:

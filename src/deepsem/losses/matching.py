@@ -205,7 +205,9 @@ class _Gathered:
         sizes = self.sizes(x.shape[0], x.device)
         width = max(sizes)
         padded = torch.cat([x, x.new_zeros((width - x.shape[0], *x.shape[1:]))]) if width > x.shape[0] else x
-        parts = list(all_gather(padded.contiguous()))
+        # the group named at each call: all_gather's default is the group of the first run in this process, which a
+        # later run (a new process group, e.g. a second train() call) would no longer find
+        parts = list(all_gather(padded.contiguous(), group=dist.group.WORLD))
         parts[self.rank] = x
         return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)]), sum(sizes[: self.rank])
 
