@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("qdrant_client")
 
-from deepsem.errors import IndexFileError
+from deepsem.errors import ConfigError, IndexFileError
 from deepsem.vectorstore import ExactStore, FaissStore, QdrantStore, VectorStore
 
 DIM = 16
@@ -197,9 +197,16 @@ def test_save_load_round_trip_on_a_local_directory(data, tmp_path: Path) -> None
     spec = json.loads((home / "store.json").read_text())
     assert spec["path"] == "qdrant" and spec["url"] is None and spec["collection"] == "docs" and spec["dim"] == DIM
     answer = store.search(queries, 8)
-    with pytest.raises(IndexFileError, match="already accessed by another instance"):
-        QdrantStore.load(home / "store.json")  # embedded mode: one client per directory
+    code = ("import sys; from deepsem.vectorstore import QdrantStore\n"
+            "try:\n    QdrantStore.load(sys.argv[1])\nexcept Exception as exc:\n    print(exc)")
+    other = subprocess.run([sys.executable, "-c", code, str(home / "store.json")], capture_output=True, text=True,
+                           timeout=120)
+    assert "already accessed by another instance" in other.stdout  # embedded mode: one process per directory
+    with QdrantStore.load(home / "store.json") as again:  # this process: the stores share one client
+        assert again.client is store.client and len(again) == 200
+    assert len(store) == 200  # closing the other store left the shared client open
     store.close()
+    store.close()  # twice is harmless
     shutil.move(home, tmp_path / "moved")  # the descriptor and its directory travel together
     with QdrantStore.load(tmp_path / "moved" / "store.json") as loaded:
         assert isinstance(loaded, VectorStore) and len(loaded) == 200 and loaded.dim == DIM
@@ -265,3 +272,28 @@ def test_an_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     target.write_text(json.dumps({**GOOD, "path": None, "url": "http://127.0.0.1:9"}))  # nothing listens on 9
     with pytest.raises(IndexFileError, match=r"cannot read collection 'docs' at http"):
         QdrantStore.load(target)
+    with pytest.raises(ConfigError, match=r"cannot create a collection in Qdrant at http://127\.0\.0\.1:9: "):
+        QdrantStore.create(DIM, url="http://127.0.0.1:9")
+
+
+PAYLOADS = [{"x": 1}, {"x": 1.0}, {"x": True}, {"x": "1"}, {"x": [1, 2]}, {"x": False}, {"x": 0}, {}, {"x": None},
+            {"x": 2.5}, {"x": "a", "y": "b"}, {"x": ["a"]}, {"x.y": "a"}, {"x": {"y": 1}}, {"x": 0.0}, {"x": 2**60}]
+
+
+@pytest.mark.parametrize("value", [1, 1.0, True, False, 0, "1", "a", 2.5, 2**60, None, [1, 2]])
+def test_an_equality_filter_keeps_what_python_equality_keeps(value) -> None:
+    from deepsem.vectorstore.qdrant_store import exact_condition
+
+    rng = np.random.default_rng(3)
+    with QdrantStore.create(DIM) as store:
+        store.add(_unit(rng, len(PAYLOADS)), np.arange(len(PAYLOADS)), payloads=PAYLOADS)
+        _, found = store.search(_unit(rng, 1), len(PAYLOADS), equal={"x": value})
+    kept = {int(i) for i in found[0] if i >= 0}
+    python = {i for i, p in enumerate(PAYLOADS) if "x" in p and p["x"] == value}
+    assert python <= kept  # never a point Python keeps left out
+    lists = {i for i, p in enumerate(PAYLOADS) if isinstance(p.get("x"), list | dict)}
+    if exact_condition("x", value):  # evaluated by Qdrant: only list payloads holding the value may be extra
+        assert kept - python <= lists
+    else:  # not sent to Qdrant: nothing filtered
+        assert len(kept) == len(PAYLOADS)
+    assert not exact_condition("x.y", "a") and not exact_condition("x", float("nan"))

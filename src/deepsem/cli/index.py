@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -27,6 +28,14 @@ from deepsem.cli.options import (
     out_dir,
     vectors_source,
 )
+
+
+class StoreName(enum.StrEnum):
+    """Where an index keeps its vectors (the encoder's engine is ``--backend``, another option)."""
+
+    faiss = "faiss"
+    qdrant = "qdrant"
+
 
 index_app = typer.Typer(help="Build and change a vector index (Faiss + document store + model).",
                         no_args_is_help=True)
@@ -69,24 +78,55 @@ def index_build(
     progress: Progress = None,
     backend: Backend = BackendName.torch,
     onnx: OnnxFile = None,
+    store: Annotated[StoreName | None, typer.Option(help="Where the vectors live: faiss (a file in the index "
+                     "directory) or qdrant (a Qdrant collection; needs --qdrant-url or --qdrant-path). Default: "
+                     "qdrant when one of those is given, else faiss.", case_sensitive=False)] = None,
+    qdrant_url: Annotated[str | None, typer.Option(help="A Qdrant server or cluster, e.g. http://localhost:6333, "
+                          "for the vectors. Its API key, if it needs one, is read from the environment variable "
+                          "QDRANT_API_KEY (never from the command line).")] = None,
+    qdrant_path: Annotated[Path | None, typer.Option(help="A directory for Qdrant's embedded local mode (no "
+                           "server; one process at a time; for small corpora and tests).")] = None,
+    collection: Annotated[str | None, typer.Option(help="The Qdrant alias that names the index's live collection "
+                          "(each build makes a new collection ALIAS-<12 hex> and moves the alias onto it); default "
+                          "deepsem-<index directory name>.")] = None,
 ) -> None:
     """Encode every document of a corpus and index the vectors."""
     import time
 
-    from deepsem.index import Index
+    from deepsem.index import Index, QdrantTarget
     from deepsem.progress import progress_enabled
     from deepsem.tasks import load
 
+    qdrant = _qdrant_target(store, qdrant_url, qdrant_path, collection, factory, search_params)
     t0 = time.perf_counter()
     how = backend_kwargs(backend, onnx)
     encoder = model if how["backend"] == "torch" else load(model, **how)
     # the library reads the .npy itself (memory-mapped, no pickle) and checks its shape, dtype and values
     built = Index.build(encoder, corpus, index, factory, id_field=id_field, text_field=text_field,
                         skip_bad_rows=skip_bad_rows, vectors=vectors, search_params=search_params,
-                        progress=progress_enabled(progress), lexical=lexical, hybrid_weight=hybrid_weight)
-    typer.echo(f"indexed {len(built):,} documents with {factory} in {time.perf_counter() - t0:.1f} s -> {index}")
+                        progress=progress_enabled(progress), lexical=lexical, hybrid_weight=hybrid_weight,
+                        qdrant=None if qdrant is None else QdrantTarget(**qdrant))
+    where = factory if qdrant is None else f"Qdrant collection {built.stats()['qdrant']['collection']}"
+    typer.echo(f"indexed {len(built):,} documents with {where} in {time.perf_counter() - t0:.1f} s -> {index}")
     if check_recall:
         typer.echo(f"recall@10 against exact search: {built.check_recall(k=10):.4f}")
+
+
+def _qdrant_target(store: StoreName | None, url: str | None, path: Path | None, collection: str | None,
+                   factory: str, search_params: str | None) -> dict[str, Any] | None:
+    """The Qdrant target the build options name (None: a Faiss index), checked; a contradiction is a usage error."""
+    qdrant_options = url is not None or path is not None or collection is not None
+    if store is None:
+        store = StoreName.qdrant if url is not None or path is not None else StoreName.faiss
+    if store is StoreName.faiss:
+        if qdrant_options:
+            fail("--qdrant-url, --qdrant-path and --collection are for --store qdrant")
+        return None
+    if (url is None) == (path is None):
+        fail("--store qdrant needs --qdrant-url URL (a server or cluster) or --qdrant-path DIR (embedded), one of them")
+    if factory != "Flat" or search_params is not None:
+        fail("--factory and --search-params are Faiss settings; Qdrant indexes its collection itself")
+    return {"url": url, "path": path, "alias": collection}
 
 
 @index_app.command("add")

@@ -110,6 +110,12 @@ class DocStore:
                 (json.dumps(list(ids)),))
         return cur.rowcount
 
+    def live_rows(self, ids: Sequence[str]) -> list[int]:
+        """The rows of the live documents among ``ids``."""
+        found = self.db.execute("SELECT row FROM docs WHERE deleted = 0 AND id IN (SELECT value FROM json_each(?))",
+                                (json.dumps(list(ids)),))
+        return [int(r) for (r,) in found]
+
     def deleted_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM docs WHERE deleted = 1").fetchone()[0])
 

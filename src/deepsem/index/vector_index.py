@@ -20,6 +20,14 @@ nothing else in the directory is ever touched: a version folder is recognised by
 or more digits) and its contents (only the files above). ``build`` refuses a non-empty directory that is not
 an index.
 
+With a Qdrant target (``Index.build(..., qdrant=QdrantTarget(url=...))``, ``deepsem index build --qdrant-url``)
+the vectors live in a Qdrant collection instead of ``index.faiss``: the version holds ``vectors.qdrant.json``
+(where Qdrant is and which collection) and each document's metadata is its point's payload, so filters are
+evaluated by Qdrant. Every build or rebuild fills a new collection ``ALIAS-<12 hex>``, publishes the version,
+then moves the Qdrant alias ``ALIAS`` onto it in one atomic request (what ``CURRENT`` is for deepsem readers, the
+alias is for anything reading Qdrant directly) and drops the older collections of that alias. ``add`` writes the
+new points into the live collection, ``delete`` removes them from it.
+
 A search encodes the queries with that model only: the checksum is verified on load. The model is any text encoder
 a model directory holds (loaded through the task registry, :func:`deepsem.tasks.load`); the vectors live in a
 :class:`~deepsem.vectorstore.FaissStore`, so nothing here calls Faiss.
@@ -64,6 +72,7 @@ from deepsem.index.store import DocStore, check_regular
 from deepsem.tasks import load as load_model
 from deepsem.vectorstore.exact import exact_search
 from deepsem.vectorstore.faiss_store import FaissStore, default_search_params, faiss_cause
+from deepsem.vectorstore.qdrant_store import QdrantStore, exact_condition
 
 if TYPE_CHECKING:
     from deepsem.evaluation.pairs import TextEncoder
@@ -86,8 +95,14 @@ _VERSION_NAME = re.compile(r"v[0-9]{6,}")
 _WORK_NAME = re.compile(r"\.work-[0-9]+-[0-9a-f]{8}")
 _CURRENT_TMP = re.compile(r"\.CURRENT\..+\.tmp")
 _VERSION_ENTRIES = {"index.faiss", "docs.sqlite", "index.json", "model", "lexical", "docs.sqlite-journal",
-                    "docs.sqlite-wal", "docs.sqlite-shm"}
-_VERSION_TMP = re.compile(r"\.(index\.faiss|index\.json)\..+\.tmp")
+                    "docs.sqlite-wal", "docs.sqlite-shm", "vectors.qdrant.json"}
+_VERSION_TMP = re.compile(r"\.(index\.faiss|index\.json|vectors\.qdrant\.json)\..+\.tmp")
+#: The file of a version that says where its vectors are, by vector store.
+VECTOR_FILES = {"faiss": "index.faiss", "qdrant": "vectors.qdrant.json"}
+#: What index.json's ``factory`` says for an index whose vectors are in Qdrant (exact search in embedded mode,
+#: the server's HNSW otherwise).
+QDRANT_FACTORY = "qdrant"
+_ALIAS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,200}")
 #: Test hook: called with a short description after every step of a write (fault-injection tests kill the
 #: process there); None in normal use.
 _fault_hook: Callable[[str], None] | None = None
@@ -110,6 +125,39 @@ class Hit:
 
 
 _cause = faiss_cause
+#: Where an index's vectors may be: a Faiss file of the version, or a Qdrant collection.
+Vectors = FaissStore | QdrantStore
+
+
+@dataclass(frozen=True)
+class QdrantTarget:
+    """Where :meth:`Index.build` puts the vectors in Qdrant: the server or cluster at ``url`` (with ``api_key``,
+    default the ``QDRANT_API_KEY`` environment variable), or Qdrant's embedded local mode in the directory
+    ``path`` (one process at a time). ``alias``: the Qdrant alias naming the index's live collection (default:
+    ``deepsem-`` and the index directory's name)."""
+
+    url: str | None = None
+    path: str | Path | None = None
+    alias: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.path is None):
+            raise ValueError("a Qdrant target needs a url (a server or cluster) or a path (embedded local mode), "
+                             "not both")
+        if self.alias is not None and not _ALIAS.fullmatch(self.alias):
+            raise ValueError(f"Qdrant alias {self.alias!r}: use letters, digits, '_', '-' and '.' (at most 201)")
+
+    def alias_for(self, directory: Path) -> str:
+        """The alias: the one given, else ``deepsem-`` and the index directory's name (other characters as ``_``)."""
+        if self.alias is not None:
+            return self.alias
+        return "deepsem-" + (re.sub(r"[^A-Za-z0-9_.\-]", "_", directory.resolve().name)[:180] or "index")
+
+    def new_store(self, dim: int, alias: str) -> QdrantStore:
+        """An empty collection ``ALIAS-<12 hex>`` for a new version of the index."""
+        return QdrantStore.create(dim, url=self.url, path=self.path, collection=f"{alias}-{secrets.token_hex(6)}",
+                                  api_key=self.api_key or os.environ.get("QDRANT_API_KEY"))
 
 
 def text_encoder(model: str | Path | IndexedModel, **backend: Any) -> IndexedModel:
@@ -127,7 +175,7 @@ def text_encoder(model: str | Path | IndexedModel, **backend: Any) -> IndexedMod
 class Index:
     """Build with :meth:`build`, open with :meth:`load`, query with :meth:`search`."""
 
-    def __init__(self, directory: Path, version: str, model: IndexedModel, vectors: FaissStore, store: DocStore,
+    def __init__(self, directory: Path, version: str, model: IndexedModel, vectors: Vectors, store: DocStore,
                  meta: dict[str, Any], lexical: LexicalIndex | None = None) -> None:
         self.directory, self.version, self.model = directory, version, model
         self.vectors, self.store, self.meta = vectors, store, meta
@@ -136,8 +184,19 @@ class Index:
 
     @property
     def faiss_index(self) -> Any:
-        """The raw Faiss index under :attr:`vectors` (kept for code that reached into it)."""
-        return self.vectors.index
+        """The raw Faiss index under :attr:`vectors` (kept for code that reached into it; None in Qdrant)."""
+        return getattr(self.vectors, "index", None)
+
+    @property
+    def in_qdrant(self) -> bool:
+        """Whether the vectors are in a Qdrant collection (else a Faiss file of the version)."""
+        return isinstance(self.vectors, QdrantStore)
+
+    def close(self) -> None:
+        """Close the document store and release the Qdrant client (a no-op for Faiss's in-memory index)."""
+        self.store.close()
+        if isinstance(self.vectors, QdrantStore):
+            self.vectors.close()
 
     # -- building -----------------------------------------------------------------------------------------
     @classmethod
@@ -160,6 +219,7 @@ class Index:
         lexical: bool = False,
         hybrid_weight: float = 0.5,
         lock_timeout: float = LOCK_TIMEOUT,
+        qdrant: QdrantTarget | None = None,
     ) -> Index:
         """Encode every document of ``corpus`` with ``model``'s document tower and index the vectors.
 
@@ -176,8 +236,13 @@ class Index:
         ``lexical`` also builds a BM25 index of the documents, for ``mode="lexical"`` and ``"hybrid"`` searches
         (then the default); ``hybrid_weight`` is the cosine's share of the hybrid score.
         ``directory`` must be new, empty or an index (whose versions are replaced); another writer of the
-        same index is waited for up to ``lock_timeout`` seconds.
+        same index is waited for up to ``lock_timeout`` seconds. ``qdrant``: keep the vectors in a Qdrant
+        collection there instead of a Faiss file (``factory`` and ``search_params`` are then not used); the
+        documents' metadata become the points' payloads.
         """
+        if qdrant is not None and (factory != "Flat" or search_params is not None):
+            raise ValueError("factory and search_params are Faiss settings: an index whose vectors are in Qdrant "
+                             "takes neither")
         if not 0.0 <= hybrid_weight <= 1.0:
             raise ValueError(f"hybrid_weight must be in [0, 1], got {hybrid_weight}")
         directory = Path(directory)
@@ -198,13 +263,17 @@ class Index:
         _check_target(directory)
         directory.mkdir(parents=True, exist_ok=True)
 
-        def fill(work: Path) -> None:
+        def fill(work: Path, make_store: Callable[[int], Vectors] | None = None) -> None:
             _build_version(work, semantic, docs, factory, model_name=str(model) if isinstance(model, str | Path)
                            else "the model", source=source, id_field=id_field, batch_size=batch_size,
                            chunk=chunk, train_size=train_size, vectors=checked, search_params=search_params,
-                           progress=progress, lexical=lexical, hybrid_weight=hybrid_weight)
+                           progress=progress, lexical=lexical, hybrid_weight=hybrid_weight, make_store=make_store)
 
-        _write(directory, lock_timeout, fill)
+        if qdrant is None:
+            _write(directory, lock_timeout, fill)
+        else:
+            alias = qdrant.alias_for(directory)
+            _write_collection(directory, lock_timeout, alias, lambda dim: qdrant.new_store(dim, alias), fill)
         return cls.load(directory, **getattr(semantic, "backend_options", {}))
 
     # -- loading --------------------------------------------------------------------------------------------
@@ -270,18 +339,27 @@ class Index:
         if model.dim != meta["dim"]:
             raise IndexFileError(f"{work / 'index.json'}: field 'dim' is {meta['dim']}, the model's vectors "
                                  f"have {model.dim}")
-        index = _read_faiss(work / "index.faiss", meta["dim"])
-        if meta.get("search_params"):
-            try:
-                index.set_search_params(meta["search_params"])
-            except ValueError as exc:
-                raise IndexFileError(f"{work / 'index.json'}: field 'search_params' {meta['search_params']!r}: "
-                                     f"{exc}") from None
-        store = DocStore.open_existing(work / "docs.sqlite")
+        index: Vectors
+        if meta.get("store") == "qdrant":
+            index = _read_qdrant(work / VECTOR_FILES["qdrant"], meta["dim"])
+        else:
+            index = _read_faiss(work / "index.faiss", meta["dim"])
+            if meta.get("search_params"):
+                try:
+                    index.set_search_params(meta["search_params"])
+                except ValueError as exc:
+                    raise IndexFileError(f"{work / 'index.json'}: field 'search_params' "
+                                         f"{meta['search_params']!r}: {exc}") from None
         try:
-            lexical = LexicalIndex.load(work / "lexical") if meta.get("lexical") else None
+            store = DocStore.open_existing(work / "docs.sqlite")
+            try:
+                lexical = LexicalIndex.load(work / "lexical") if meta.get("lexical") else None
+            except BaseException:
+                store.close()
+                raise
         except BaseException:
-            store.close()
+            if isinstance(index, QdrantStore):
+                index.close()
             raise
         return cls(directory, version, model, index, store, meta, lexical)
 
@@ -293,10 +371,23 @@ class Index:
         return str(self.meta["factory"])
 
     # -- searching -----------------------------------------------------------------------------------------
-    def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Raw search: scores and document rows ``(n, k)``; rows are -1 where fewer than k exist."""
-        k = max(1, min(k, len(self.vectors)))
-        return self.vectors.search(vectors, k)
+    def search_vectors(self, vectors: np.ndarray, k: int, *, equal: dict[str, Any] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw search: scores and document rows ``(n, k)``; rows are -1 where fewer than k exist. ``equal``
+        (Qdrant only): metadata equalities Qdrant evaluates (:func:`~deepsem.vectorstore.qdrant_store.
+        equality_filter`). A Qdrant collection a writer dropped after publishing a newer version is followed:
+        the index reloads that version and searches again."""
+        if not isinstance(self.vectors, QdrantStore):
+            k = max(1, min(k, len(self.vectors)))
+            return self.vectors.search(vectors, k)
+        k = max(1, min(k, int(self.meta["documents"])))  # every point has a row; no count request per search
+        try:
+            return self.vectors.search(vectors, k, equal=equal)
+        except Exception:
+            if Index.current_version(self.directory) == self.version:
+                raise
+        self._reopen()  # a rebuild published a new version and dropped this one's collection
+        return self.search_vectors(vectors, k, equal=equal)
 
     def search(self, queries: str | Sequence[str], k: int = 10, filter: dict[str, Any] | None = None,
                mode: str | None = None, hybrid_weight: float | None = None) -> list[list[Hit]]:
@@ -344,10 +435,14 @@ class Index:
         fetch = k + self._deleted
         if filter:
             fetch = max(fetch * 20, 1000)
+        pushed: dict[str, Any] | None = None
+        if mode == "dense" and self.in_qdrant:  # Qdrant filters; deleted documents have no points
+            pushed = {key: value for key, value in (filter or {}).items() if exact_condition(key, value)}
+            fetch = k if len(pushed) == len(filter or {}) else max(k * 20, 1000)
         if mode == "dense":
             if vectors is None:
                 raise ValueError("dense search needs the query vectors")
-            dense_scores, dense_rows = self.search_vectors(vectors, fetch)
+            dense_scores, dense_rows = self.search_vectors(vectors, fetch, equal=pushed)
             scores, rows = list(dense_scores), list(dense_rows)
         else:
             if texts is None or (vectors is None and mode == "hybrid"):
@@ -423,7 +518,8 @@ class Index:
         k = min(k, len(rows))
         _, exact_pos = exact_search(queries, vectors, k)
         exact_rows = rows[exact_pos]
-        _, approx_rows = self.vectors.search_native(queries, k)
+        native = self.vectors.search_native if isinstance(self.vectors, FaissStore) else self.vectors.search
+        _, approx_rows = native(queries, k)
         hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx_rows, exact_rows, strict=True))
         return hits / (len(queries) * k)
 
@@ -442,6 +538,7 @@ class Index:
         of the index's current version (another writer's additions are kept). ``source`` (the file the
         documents come from) is named in errors."""
         added = 0
+        points: list[np.ndarray] = []  # rows written into the live Qdrant collection
 
         def fill(work: Path) -> None:
             nonlocal added
@@ -449,7 +546,8 @@ class Index:
             _copy_version(self.directory / self.version, work)
             store = DocStore(work / "docs.sqlite")
             try:
-                index = _read_faiss(work / "index.faiss", int(self.meta["dim"]))
+                index = self.vectors if isinstance(self.vectors, QdrantStore) else \
+                    _read_faiss(work / "index.faiss", int(self.meta["dim"]))
                 seen: dict[str, int] = {}
                 for batch in _batches(docs, 50_000):
                     _check_unique(batch, seen, added, source)
@@ -458,7 +556,10 @@ class Index:
                               [d.metadata for d in batch])
                     vectors = self.model.encode([d.text for d in batch], side="doc")
                     _check_finite(vectors, batch, self.directory / self.version / "model", added)
-                    index.add(vectors, rows)
+                    if isinstance(index, QdrantStore):
+                        index.remove(rows)  # points a killed add left under these unpublished rows
+                        points.append(rows)
+                    _add_vectors(index, vectors, rows, batch)
                     added += len(batch)
                 _step("add: documents stored")
                 if self.lexical is not None:  # BM25 statistics cover the whole corpus: rebuilt over the live ones
@@ -470,13 +571,28 @@ class Index:
             meta = {**self.meta, "documents": int(self.meta["documents"]) + added}
             _write_version(work, index, self.model, meta, copy_model=False)
 
-        _write(self.directory, lock_timeout, fill)
+        before = self.version
+        try:
+            _write(self.directory, lock_timeout, fill)
+        except BaseException:
+            if points and isinstance(self.vectors, QdrantStore) and self._published() == before:
+                with contextlib.suppress(Exception):  # the next add removes them too
+                    self.vectors.remove(np.concatenate(points))
+            raise
         self._reopen()
         return added
+
+    def _published(self) -> str | None:
+        """The version CURRENT names now (None when it cannot be read)."""
+        try:
+            return Index.current_version(self.directory)
+        except (IndexFileError, FileNotFoundError):
+            return None
 
     def delete(self, ids: Sequence[str], *, lock_timeout: float = LOCK_TIMEOUT) -> int:
         """Delete documents by id (they stop appearing at once; :meth:`rebuild` reclaims the space)."""
         removed = 0
+        rows: list[int] = []
 
         def fill(work: Path) -> None:
             nonlocal removed
@@ -484,27 +600,42 @@ class Index:
             _copy_version(self.directory / self.version, work)
             store = DocStore(work / "docs.sqlite")
             try:
+                rows.extend(store.live_rows(list(ids)))
                 removed = store.delete(list(ids))
             finally:
                 store.close()
             _step("delete: documents marked")
 
-        _write(self.directory, lock_timeout, fill)
+        def drop_points() -> None:  # published: the points of the deleted documents leave the collection
+            if isinstance(self.vectors, QdrantStore) and rows:
+                self.vectors.remove(np.asarray(rows, np.int64))
+                _step("delete: points removed")
+
+        _write(self.directory, lock_timeout, fill, published=drop_points)
         self._reopen()
         return removed
 
     def rebuild(self, factory: str | None = None, *, lock_timeout: float = LOCK_TIMEOUT) -> Index:
         """Re-encode the live documents into a fresh index (optionally with another factory)."""
 
-        def fill(work: Path) -> None:
+        if factory is not None and self.in_qdrant:
+            raise ValueError("factory is a Faiss setting: this index's vectors are in Qdrant")
+
+        def fill(work: Path, make_store: Callable[[int], Vectors] | None = None) -> None:
             self._refresh()
             docs = [Document(i, t, m) for batch in self.store.iter_live() for _, i, t, m in batch]
             lexical = self.meta.get("lexical") or {}
             _build_version(work, self.model, docs, factory or self.factory, model_name=str(self.directory),
                            search_params=None if factory else self.meta.get("search_params"),
-                           lexical=bool(lexical), hybrid_weight=lexical.get("hybrid_weight", 0.5))
+                           lexical=bool(lexical), hybrid_weight=lexical.get("hybrid_weight", 0.5),
+                           make_store=make_store)
 
-        _write(self.directory, lock_timeout, fill)
+        if isinstance(self.vectors, QdrantStore):
+            live, alias = self.vectors, str(self.meta["qdrant"]["alias"])
+            _write_collection(self.directory, lock_timeout, alias,
+                              lambda dim: live.sibling(f"{alias}-{secrets.token_hex(6)}"), fill)
+        else:
+            _write(self.directory, lock_timeout, fill)
         self._reopen()
         return self
 
@@ -514,9 +645,12 @@ class Index:
             self._reopen()
 
     def _reopen(self) -> None:
+        old = self.vectors
         self.store.close()
         fresh = Index.load(self.directory, **self.load_options)
         self.__dict__.update(fresh.__dict__)
+        if isinstance(old, QdrantStore):  # the new version's store holds its own share of the client
+            old.close()
 
     @property
     def load_options(self) -> dict[str, Any]:
@@ -524,9 +658,13 @@ class Index:
         return dict(getattr(self.model, "backend_options", {}))
 
     def stats(self) -> dict[str, Any]:
-        return {"documents": len(self.store), "deleted": self.store.deleted_count(), "factory": self.factory,
-                "dim": self.meta["dim"], "version": self.version, "lexical": self.lexical is not None,
-                "default_mode": self.resolve_mode(None)}
+        stats = {"documents": len(self.store), "deleted": self.store.deleted_count(), "factory": self.factory,
+                 "dim": self.meta["dim"], "version": self.version, "lexical": self.lexical is not None,
+                 "default_mode": self.resolve_mode(None)}
+        if isinstance(self.vectors, QdrantStore):
+            stats["qdrant"] = {"where": self.vectors.url or str(self.vectors.path),
+                               "alias": self.meta["qdrant"]["alias"], "collection": self.vectors.collection}
+        return stats
 
 
 def _check_queries(queries: Sequence[str]) -> None:
@@ -608,10 +746,15 @@ def _build_version(work: Path, semantic: IndexedModel, docs: Iterable[Document |
                    model_name: str = "the model", source: str | None = None, id_field: str = "id",
                    batch_size: int = 512, chunk: int = 50_000, train_size: int = 100_000,
                    vectors: np.ndarray | VectorShards | None = None, search_params: str | None = None,
-                   progress: bool = False, lexical: bool = False, hybrid_weight: float = 0.5) -> None:
-    """Write a complete index version of ``docs`` into the folder ``work`` (not yet published)."""
-    params = default_search_params(factory) if search_params is None else search_params
-    index = FaissStore.create(semantic.dim, factory, params)
+                   progress: bool = False, lexical: bool = False, hybrid_weight: float = 0.5,
+                   make_store: Callable[[int], Vectors] | None = None) -> None:
+    """Write a complete index version of ``docs`` into the folder ``work`` (not yet published). ``make_store``:
+    the empty vector store of that width to fill (a new Qdrant collection), else a Faiss ``factory`` one."""
+    params: str | None = default_search_params(factory) if search_params is None else search_params
+    index = FaissStore.create(semantic.dim, factory, params or "") if make_store is None else \
+        make_store(semantic.dim)
+    if isinstance(index, QdrantStore):
+        factory, params = QDRANT_FACTORY, None
     store = DocStore(work / "docs.sqlite")
     pending: list[np.ndarray] = []
     pending_rows: list[np.ndarray] = []
@@ -630,16 +773,16 @@ def _build_version(work: Path, semantic: IndexedModel, docs: Iterable[Document |
                 _check_finite(batch_vectors, batch, model_name, row)
             store.add(rows.tolist(), [d.id for d in batch], [d.text for d in batch], [d.metadata for d in batch])
             row += len(batch)
-            if index.needs_training:  # hold vectors until there are enough to train on
+            if isinstance(index, FaissStore) and index.needs_training:  # hold vectors until enough to train on
                 pending.append(batch_vectors)
                 pending_rows.append(rows)
                 if sum(len(p) for p in pending) >= train_size:
                     _train_and_flush(index, pending, pending_rows)
             else:
-                index.add(batch_vectors, rows)
+                _add_vectors(index, batch_vectors, rows, batch)
             if progress:
                 print(f"indexed {row:,} documents ({row / (time.perf_counter() - t0):.0f}/s)", flush=True)
-        if pending:
+        if pending and isinstance(index, FaissStore):
             _train_and_flush(index, pending, pending_rows)
         if row == 0:
             if source is not None:
@@ -648,8 +791,10 @@ def _build_version(work: Path, semantic: IndexedModel, docs: Iterable[Document |
         if vectors is not None and len(vectors) != row:
             raise IndexFileError(f"{len(vectors)} vectors given for {row} documents")
         _step("build: documents stored")
-        meta = {"format": FORMAT, "version": 1, "factory": factory, "dim": semantic.dim, "documents": row,
-                "search_params": params}
+        meta: dict[str, Any] = {"format": FORMAT, "version": 1, "factory": factory, "dim": semantic.dim,
+                                "documents": row, "search_params": params}
+        if isinstance(index, QdrantStore):  # the collection is ALIAS-<12 hex>
+            meta["store"], meta["qdrant"] = "qdrant", {"alias": index.collection[:-13]}
         if lexical:
             _lexical_from_store(store).save(work / "lexical")
             meta["lexical"] = {"hybrid_weight": hybrid_weight}
@@ -667,6 +812,14 @@ def _lexical_from_store(store: DocStore) -> LexicalIndex:
         rows += [r for r, _, _, _ in batch]
         texts += [t for _, _, t, _ in batch]
     return LexicalIndex.build(rows, texts)
+
+
+def _add_vectors(index: Vectors, vectors: np.ndarray, rows: np.ndarray, batch: list[Document]) -> None:
+    """Add a batch's vectors under their rows; into Qdrant with each document's metadata as the payload."""
+    if isinstance(index, QdrantStore):
+        index.add(vectors, rows, payloads=[d.metadata for d in batch])
+    else:
+        index.add(vectors, rows)
 
 
 def _train_and_flush(index: FaissStore, pending: list[np.ndarray], pending_rows: list[np.ndarray]) -> None:
@@ -695,6 +848,14 @@ def _read_meta(path: Path) -> dict[str, Any]:
         if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
             wanted = "a non-negative integer" if kind is int else "a string"
             raise IndexFileError(f"{path}: field {key!r} must be {wanted}, got {repr(value)[:100]}")
+    kind = meta.get("store", "faiss")
+    if kind not in VECTOR_FILES:
+        raise IndexFileError(f"{path}: field 'store' is {repr(kind)[:100]}, not one of {', '.join(VECTOR_FILES)}")
+    if kind == "qdrant":
+        spec = meta.get("qdrant")
+        alias = spec.get("alias") if isinstance(spec, dict) else None
+        if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
+            raise IndexFileError(f"{path}: field 'qdrant.alias' must be a Qdrant alias name, got {repr(alias)[:100]}")
     lexical = meta.get("lexical")
     if lexical:
         weight = lexical.get("hybrid_weight") if isinstance(lexical, dict) else None
@@ -711,6 +872,71 @@ def _read_faiss(path: Path, dim: int) -> FaissStore:
     if store.dim != dim:
         raise IndexFileError(f"{path}: vectors of dimension {store.dim}, index.json says {dim}")
     return store
+
+
+def _read_qdrant(path: Path, dim: int) -> QdrantStore:
+    """The Qdrant store a version's descriptor names, reconnected and checked (an :class:`IndexFileError` naming
+    the file and the cause otherwise: an unreachable server, a missing collection, another width)."""
+    check_regular(path, "Qdrant store descriptor")
+    try:
+        store = QdrantStore.load(path, error=IndexFileError)
+    except ImportError as exc:
+        raise IndexFileError(f"{path}: this index's vectors are in Qdrant: {exc}") from None
+    if store.dim != dim:
+        store.close()
+        raise IndexFileError(f"{path}: vectors of dimension {store.dim}, index.json says {dim}")
+    return store
+
+
+def _current_qdrant(directory: Path) -> dict[str, str] | None:
+    """The alias and collection of the index's current version when its vectors are in Qdrant, else None."""
+    try:
+        work = directory / Index.current_version(directory)
+        meta = _read_meta(work / "index.json")
+        if meta.get("store") != "qdrant":
+            return None
+        collection = read_json(work / VECTOR_FILES["qdrant"], IndexFileError).get("collection")
+    except (FileNotFoundError, IndexFileError, AttributeError):
+        return None
+    return {"alias": str(meta["qdrant"]["alias"]), "collection": str(collection)}
+
+
+def _write_collection(directory: Path, lock_timeout: float, alias: str, new_store: Callable[[int], QdrantStore],
+                      fill: Callable[[Path, Callable[[int], Vectors]], None]) -> None:
+    """:func:`_write` of a version whose vectors go into a new Qdrant collection: ``fill`` makes it with the
+    store factory it is given. After the version is published the alias moves onto the new collection and the
+    older ones are dropped; a write that fails before that drops the new collection. An alias that exists and
+    is not this index's (its current version's alias) is refused: it belongs to another index."""
+    made: list[QdrantStore] = []
+    previous: dict[str, str] | None = None
+    published = False
+
+    def make(dim: int) -> Vectors:
+        nonlocal previous
+        previous = _current_qdrant(directory)  # under the lock
+        store = new_store(dim)
+        made.append(store)
+        owner = store.aliased(alias)
+        if owner is not None and (previous is None or previous["alias"] != alias):
+            raise IndexFileError(f"{directory}: the Qdrant alias {alias!r} already names the collection {owner!r}, "
+                                 "of another index; choose another name (--collection)")
+        return store
+
+    def switch() -> None:
+        nonlocal published
+        published = True
+        also = [previous["collection"]] if previous is not None else []
+        made[-1].retire(alias, also)
+        _step("qdrant: alias switched, old collections dropped")
+
+    try:
+        _write(directory, lock_timeout, lambda work: fill(work, make), published=switch)
+    finally:
+        for store in made:
+            if not published:
+                with contextlib.suppress(Exception):
+                    store.drop()
+            store.close()
 
 
 # -- writing a version ------------------------------------------------------------------------------------------
@@ -820,9 +1046,11 @@ def _clean(directory: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _write(directory: Path, lock_timeout: float, fill: Callable[[Path], None]) -> str:
+def _write(directory: Path, lock_timeout: float, fill: Callable[[Path], None],
+           published: Callable[[], None] | None = None) -> str:
     """Under the lock: clean up, let ``fill`` write a whole version into a fresh work folder of this writer's own,
-    publish it; on any failure remove that work folder (and only it). Returns the new version's name."""
+    publish it, then call ``published`` (still under the lock); on any failure remove that work folder (and only
+    it). Returns the new version's name."""
     with _write_lock(directory, lock_timeout):
         _clean(directory)
         work = directory / f".work-{os.getpid()}-{secrets.token_hex(4)}"
@@ -830,7 +1058,10 @@ def _write(directory: Path, lock_timeout: float, fill: Callable[[Path], None]) -
         _step("work folder made")
         try:
             fill(work)
-            return _publish(directory, work)
+            version = _publish(directory, work)
+            if published is not None:
+                published()
+            return version
         finally:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
@@ -862,14 +1093,15 @@ def _copy_version(src: Path, dst: Path) -> None:
         _step(f"copied {item.name}")
 
 
-def _write_version(work: Path, index: FaissStore, model: IndexedModel, meta: dict[str, Any], copy_model: bool = True
+def _write_version(work: Path, index: Vectors, model: IndexedModel, meta: dict[str, Any], copy_model: bool = True
                    ) -> None:
     if copy_model:
         model.save(work / "model")
         _step("model saved")
     meta = {**meta, "model_sha256": sha256_file(work / "model" / "model.safetensors")}
-    index.save(work / "index.faiss")
-    _step("index.faiss written")
+    name = VECTOR_FILES["qdrant" if isinstance(index, QdrantStore) else "faiss"]
+    index.save(work / name)
+    _step(f"{name} written")
     atomic_write_json(work / "index.json", meta)
     _step("index.json written")
 

@@ -12,8 +12,12 @@ qdrant-client is an optional extra (``pip install deepsem[qdrant]``); it is impo
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import math
 import os
 import re
+import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deepsem.errors import IndexFileError
+from deepsem.errors import ConfigError, IndexFileError
 from deepsem.fileio import atomic_write_json, read_json
 from deepsem.vectorstore.base import pad_results
 
@@ -39,6 +43,16 @@ CHUNK = 1024
 _COLLECTION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}")
 #: Payload values a filter compares by equality.
 Scalar = str | int | bool
+#: A payload field name :func:`equality_filter` passes to Qdrant as is (no ``.`` or ``[]``: Qdrant reads those as
+#: a path into nested payload, where deepsem's metadata keys are flat).
+_PLAIN_KEY = re.compile(r"[\w\-]{1,256}")
+#: The largest integer a Qdrant range compares exactly (a float64 mantissa).
+_EXACT_INT = 2**53
+#: Embedded local mode: one client per directory and process, shared by every store on it (Qdrant locks the
+#: directory to one client): directory -> client; and every client's users: id -> [client, stores using it].
+_LOCAL: dict[Path, QdrantClient] = {}
+_USERS: dict[int, list[Any]] = {}
+_LOCAL_LOCK = threading.Lock()
 
 
 def _qdrant() -> tuple[type[QdrantClient], Any]:
@@ -87,7 +101,7 @@ class QdrantStore:
         """An empty store in a new collection ``collection`` (default: a fresh ``deepsem-<hex>`` name) of
         ``dim``-wide vectors under ``DOT`` distance: on the Qdrant server or cluster at ``url``, in embedded local
         mode under the directory ``path``, or in memory when neither is given. An existing collection of that
-        name is a ``ValueError`` (never overwritten)."""
+        name is a ``ValueError`` (never overwritten); an unreachable server a ``ConfigError``."""
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if url is not None and path is not None:
@@ -96,14 +110,18 @@ class QdrantStore:
         try:
             name = _new_collection(client, collection, dim)
         except ValueError:
-            client.close()
+            _release(client)
             raise
+        except Exception as exc:  # the network or the server answering: one message saying where and why
+            _release(client)
+            raise ConfigError(f"cannot create a collection in Qdrant at {url or path}: {_cause(exc)}") from None
         return cls(client, name, dim, url=url, path=path)
 
     def sibling(self, collection: str | None = None) -> QdrantStore:
         """An empty store in a new collection on the same Qdrant connection and width (a rebuild fills one, then
-        :meth:`point_alias` moves readers onto it); it shares this store's client, so :meth:`close` only one."""
+        :meth:`point_alias` moves readers onto it); it shares this store's client (each store is closed)."""
         name = _new_collection(self.client, collection, self._dim)
+        _retain(self.client)
         return type(self)(self.client, name, self._dim, url=self.url, path=self.path)
 
     @property
@@ -120,8 +138,12 @@ class QdrantStore:
         self.close()
 
     def close(self) -> None:
-        """Release the client (and, in embedded local mode, the lock on its directory)."""
-        self.client.close()
+        """Release the client (in embedded local mode, the lock on its directory once no store of this process
+        uses it). Closing twice is harmless."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        _release(self.client)
 
     def _present(self, keys: np.ndarray) -> set[int]:
         """Which of ``keys`` the collection holds."""
@@ -153,9 +175,12 @@ class QdrantStore:
             self.client.upsert(self.collection, points=batch, wait=True)
 
     def search(self, queries: np.ndarray, k: int, *,
-               filter: Mapping[str, Scalar | Sequence[Scalar]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               filter: Mapping[str, Scalar | Sequence[Scalar]] | None = None,
+               equal: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, ids)``, both ``(n_queries, k)``, best first, padded with -inf / -1. ``filter`` keeps the
-        points whose payload has every given field equal to the value (or to one of the values of a list)."""
+        points whose payload has every given field equal to the value (or to one of the values of a list).
+        ``equal`` keeps, as Python compares JSON values (``1 == 1.0 == True``), the points whose payload field
+        equals the value, for every field :func:`exact_condition` takes (see there); Qdrant evaluates both."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self._dim:
             raise ValueError(f"queries of shape {queries.shape}; the store holds width {self._dim}")
@@ -165,6 +190,8 @@ class QdrantStore:
             raise ValueError("queries hold NaN or infinite values")
         _, models = _qdrant()
         where = _filter(filter)
+        if equal:
+            where = _and(where, equality_filter(equal))
         scores = np.full((len(queries), k), -np.inf, np.float32)
         found = np.full((len(queries), k), -1, np.int64)
         for part in _chunks(len(queries)):
@@ -231,6 +258,22 @@ class QdrantStore:
         self.client.update_collection_aliases(operations)
         return before
 
+    def aliased(self, alias: str) -> str | None:
+        """The collection the Qdrant alias ``alias`` names now (None: no such alias)."""
+        return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}.get(alias)
+
+    def retire(self, alias: str, also: Sequence[str] = ()) -> list[str]:
+        """Make ``alias`` name this store's collection (:meth:`point_alias`), then drop the alias's other
+        collections: every ``ALIAS-<12 hex>`` one (the names a rebuild gives; older versions, or leftovers of a
+        killed writer) and the collections ``also`` names. Returns the names dropped."""
+        self.point_alias(alias)
+        family = re.compile(re.escape(alias) + r"-[0-9a-f]{12}")
+        names = {c.name for c in self.client.get_collections().collections}
+        old = sorted(n for n in names if n != self.collection and (family.fullmatch(n) or n in also))
+        for name in old:
+            self.client.delete_collection(name)
+        return old
+
     def drop(self) -> None:
         """Delete this store's collection and every vector in it from Qdrant (an old one after a rebuild)."""
         self.client.delete_collection(self.collection)
@@ -286,14 +329,14 @@ class QdrantStore:
             info = client.get_collection(collection)
             params = info.config.params.vectors
         except Exception as exc:  # the network or the server answering: any failure is the same message
-            client.close()
+            _release(client)
             raise error(f"{path}: cannot read collection {collection!r} at {url or where}: {_cause(exc)}") from None
         _, models = _qdrant()
         if not isinstance(params, models.VectorParams):
-            client.close()
+            _release(client)
             raise error(f"{path}: collection {collection!r} has named vectors, not the single vector deepsem writes")
         if params.size != dim or params.distance != models.Distance.DOT:
-            client.close()
+            _release(client)
             raise error(f"{path}: collection {collection!r} holds {params.size}-wide vectors under "
                         f"{params.distance}, the descriptor says {dim}-wide under Dot")
         return cls(client, collection, dim, url=url, path=where)
@@ -306,15 +349,64 @@ def _cause(exc: BaseException) -> str:
 
 
 def _connect(url: str | None, path: str | Path | None, api_key: str | None) -> QdrantClient:
+    """A client for the server at ``url``, the embedded local directory ``path`` (shared by every store of this
+    process on it: Qdrant lets one client hold a directory) or memory; :func:`_release` it when done."""
     QdrantClient, _ = _qdrant()
     if url is not None:
         # no version check: it runs in a background thread that warns at some later moment; load's first request
         # (get_collection) reports an unreachable or unanswering server itself, as an error naming the descriptor
-        return QdrantClient(url=url, api_key=api_key, check_compatibility=False)
-    if path is not None:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        return QdrantClient(path=str(path))
-    return QdrantClient(location=":memory:")
+        client = QdrantClient(url=url, api_key=api_key, check_compatibility=False)
+    elif path is not None:
+        where = Path(path).resolve()
+        with _LOCAL_LOCK:
+            shared = _LOCAL.get(where)
+            if shared is not None:
+                _USERS[id(shared)][1] += 1
+                return shared
+            where.mkdir(parents=True, exist_ok=True)
+            client = QdrantClient(path=str(where))
+            _LOCAL[where] = client
+            _USERS[id(client)] = [client, 1]
+            return client
+    else:
+        client = QdrantClient(location=":memory:")
+    with _LOCAL_LOCK:
+        _USERS[id(client)] = [client, 1]
+    return client
+
+
+@atexit.register
+def _close_all() -> None:
+    """Close the clients still open when the interpreter exits (qdrant-client's own ``__del__`` would run too late,
+    during shutdown, and print an ignored exception)."""
+    with _LOCAL_LOCK:
+        open_clients = [users[0] for users in _USERS.values()]
+        _USERS.clear()
+        _LOCAL.clear()
+    for client in open_clients:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def _retain(client: QdrantClient) -> None:
+    """One more store uses ``client`` (a sibling collection on the same connection)."""
+    with _LOCAL_LOCK:
+        _USERS.setdefault(id(client), [client, 0])[1] += 1
+
+
+def _release(client: QdrantClient) -> None:
+    """A store is done with ``client``: close it when no other store of this process uses it."""
+    with _LOCAL_LOCK:
+        users = _USERS.get(id(client))
+        if users is not None and users[0] is client:
+            users[1] -= 1
+            if users[1] > 0:
+                return
+            del _USERS[id(client)]
+        for where, shared in list(_LOCAL.items()):
+            if shared is client:
+                del _LOCAL[where]
+    client.close()
 
 
 def _new_collection(client: QdrantClient, collection: str | None, dim: int) -> str:
@@ -328,6 +420,48 @@ def _new_collection(client: QdrantClient, collection: str | None, dim: int) -> s
         raise ValueError(f"Qdrant already has a collection {name!r}; choose another name or load its store")
     client.create_collection(name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.DOT))
     return name
+
+
+def exact_condition(key: object, value: object) -> bool:
+    """Whether :func:`equality_filter` sends "payload field ``key`` == ``value``" to Qdrant: a plain field name
+    (letters, digits, ``_`` and ``-``: Qdrant reads ``.`` and ``[]`` as a path into nested payload) and a string,
+    a boolean, an integer of at most 2**53 in size or a finite float. Qdrant then keeps every point Python's
+    ``==`` keeps; it also keeps a point whose field is a list holding the value (Qdrant matches any element), so
+    a caller that needs Python's answer exactly checks the payloads it gets back."""
+    if not isinstance(key, str) or not _PLAIN_KEY.fullmatch(key):
+        return False
+    if isinstance(value, str | bool):
+        return True
+    if isinstance(value, int):
+        return abs(value) <= _EXACT_INT
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def equality_filter(equal: Mapping[str, Any]) -> qmodels.Filter | None:
+    """A Qdrant filter keeping the points whose payload has every field of ``equal`` equal to its value as Python
+    compares JSON values: ``True == 1 == 1.0``, ``"1" != 1``. Fields :func:`exact_condition` refuses are left
+    out (the filter keeps more; the caller checks those itself)."""
+    _, models = _qdrant()
+    must: list[Any] = []
+    for key, value in equal.items():
+        if not exact_condition(key, value):
+            continue
+        if isinstance(value, str):
+            must.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
+            continue
+        number = float(value)  # a bool is the number 0 or 1 to Python's ==
+        either: list[Any] = [models.FieldCondition(key=key, range=models.Range(gte=number, lte=number))]
+        if number in (0.0, 1.0):
+            either.append(models.FieldCondition(key=key, match=models.MatchValue(value=bool(number))))
+        must.append(either[0] if len(either) == 1 else models.Filter(should=either))
+    return models.Filter(must=must) if must else None
+
+
+def _and(first: qmodels.Filter | None, second: qmodels.Filter | None) -> qmodels.Filter | None:
+    if first is None or second is None:
+        return first or second
+    _, models = _qdrant()
+    return models.Filter(must=[first, second])
 
 
 def _filter(where: Mapping[str, Scalar | Sequence[Scalar]] | None) -> qmodels.Filter | None:
@@ -350,4 +484,4 @@ def _filter(where: Mapping[str, Scalar | Sequence[Scalar]] | None) -> qmodels.Fi
     return models.Filter(must=must)
 
 
-__all__ = ["QdrantStore"]
+__all__ = ["QdrantStore", "equality_filter", "exact_condition"]
