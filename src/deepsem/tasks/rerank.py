@@ -169,7 +169,9 @@ class CrossEncoder(HasPrecision):
 
 # -- evaluation ----------------------------------------------------------------------------------------------
 def has_candidate_lists(pairs: TextPairs) -> bool:
-    """True when some text_a has at least two labelled candidates, one of them relevant (answer selection)."""
+    """True when labelled ``pairs`` are mostly candidate lists (answer selection, re-ranking): at least half of them
+    share their text_a with another pair, and some text_a has a relevant candidate among several. Pair sets where a
+    few texts recur by chance (BQ, LCQMC) are not."""
     if pairs.labels is None:
         return False
     counts: dict[str, list[int]] = {}
@@ -177,7 +179,8 @@ def has_candidate_lists(pairs: TextPairs) -> bool:
         seen = counts.setdefault(a, [0, 0])
         seen[0] += 1
         seen[1] += int(y > 0.5)
-    return any(n >= 2 and pos >= 1 for n, pos in counts.values())
+    in_lists = sum(n for n, _ in counts.values() if n >= 2)
+    return 2 * in_lists >= len(pairs.text_a) and any(n >= 2 and pos >= 1 for n, pos in counts.values())
 
 
 def ranking_metrics(pairs: TextPairs, scores: np.ndarray) -> dict[str, float]:
