@@ -66,6 +66,11 @@ def _pad(ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(matrix), torch.from_numpy(lengths)
 
 
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    """The sigmoid of ``logits``, computed in float64 (no overflow warning), as float32."""
+    return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+
 class CrossEncoder(HasPrecision):
     """A trained cross-encoder with its tokenizer: relevance probabilities of (query, document) pairs.
 
@@ -141,7 +146,7 @@ class CrossEncoder(HasPrecision):
             raise ValueError("score takes a list of (query, document) pairs")
         encode = self.tokenizer.encode_batch
         logits = self.logits_of_ids(encode([p[0] for p in pairs]), encode([p[1] for p in pairs]), batch_size)
-        return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+        return _probabilities(logits)
 
     def similarity(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         """:meth:`score` of aligned lists (query side a, document side b), as the two-tower models' evaluators ask."""
@@ -156,8 +161,8 @@ class CrossEncoder(HasPrecision):
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         ids = self.tokenizer.encode_batch([query])[0]
-        probs = 1.0 / (1.0 + np.exp(-self.logits_of_ids([ids] * len(docs), self.tokenizer.encode_batch(list(docs)),
-                                                          batch_size).astype(np.float64)))
+        probs = _probabilities(self.logits_of_ids([ids] * len(docs), self.tokenizer.encode_batch(list(docs)),
+                                                  batch_size))
         order = np.argsort(-probs, kind="stable")[:top_k]
         return [(int(i), float(probs[i])) for i in order]
 
