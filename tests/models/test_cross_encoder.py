@@ -102,3 +102,13 @@ def test_config_is_validated_and_round_trips() -> None:
         CrossEncoderConfig.from_dict({"dropout": 1.0})
     with pytest.raises(ConfigError, match="too large"):
         CrossEncoderConfig.from_dict({"vocab_size": 40_000_000, "embedding_dim": 16_000})
+
+
+def test_one_query_against_many_documents_equals_the_query_repeated() -> None:
+    model = tiny()
+    q = torch.tensor([[3, 4, 5, 0]])
+    d = torch.tensor([[6, 7, 0, 0, 0], [8, 9, 10, 11, 12], [2, 0, 0, 0, 0]])
+    d_len = torch.tensor([2, 5, 1])
+    shared = model(q, torch.tensor([3]), d, d_len)
+    repeated = model(q.expand(3, -1), torch.tensor([3, 3, 3]), d, d_len)
+    torch.testing.assert_close(shared, repeated, atol=1e-6, rtol=1e-6)

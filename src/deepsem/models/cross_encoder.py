@@ -42,7 +42,8 @@ def mean_max(x: Tensor, mask: Tensor) -> Tensor:
 
 class CrossEncoderModel(nn.Module):
     """``forward(q_ids (B, Tq), q_lengths (B,), d_ids (B, Td), d_lengths (B,)) -> logits (B,)``; ids right-padded
-    with 0. A length below 1 is read as 1 (the pad token), so every text has a step to attend to."""
+    with 0. A length below 1 is read as 1 (the pad token), so every text has a step to attend to. One query
+    (``q_ids`` (1, Tq)) against B documents is encoded once and shared by every pair (re-ranking)."""
 
     def __init__(self, config: CrossEncoderConfig) -> None:
         super().__init__()
@@ -73,6 +74,8 @@ class CrossEncoderModel(nn.Module):
         q_len, d_len = q_len.clamp(min=1), d_len.clamp(min=1)
         q_mask, d_mask = step_mask(q_len, q.shape[1]), step_mask(d_len, d.shape[1])
         a, b = self._both(self.encoder, q, q_len, d, d_len)
+        if a.shape[0] != b.shape[0]:  # one query for every document: its encoding is shared
+            a, q_len, q_mask = a.expand(b.shape[0], -1, -1), q_len.expand(b.shape[0]), q_mask.expand(b.shape[0], -1)
         a_tilde, b_tilde = soft_align(a, b, q_mask, d_mask)
         m_a = self.projection(self.dropout(torch.cat([a, a_tilde, a - a_tilde, a * a_tilde], -1)))
         m_b = self.projection(self.dropout(torch.cat([b, b_tilde, b - b_tilde, b * b_tilde], -1)))

@@ -118,11 +118,16 @@ class CrossEncoder(HasPrecision):
     def logits_of_ids(self, q_ids: Sequence[Sequence[int]], d_ids: Sequence[Sequence[int]],
                       batch_size: int = 256) -> np.ndarray:
         """Logits ``(N,)`` float32 of aligned token ids, batched by length (the longer text of each pair) under
-        ``torch.inference_mode``; the model's training mode is restored after."""
-        out = np.zeros(len(q_ids), np.float32)
-        if not len(q_ids):
+        ``torch.inference_mode``; the model's training mode is restored after. One query (``q_ids`` of length 1)
+        goes with every document and is encoded once."""
+        one = len(q_ids) == 1 and len(d_ids) != 1
+        out = np.zeros(len(d_ids), np.float32)
+        if not len(d_ids):
             return out
-        width = np.fromiter((max(len(a), len(b)) for a, b in zip(q_ids, d_ids, strict=True)), np.int64, len(q_ids))
+        if not one and len(q_ids) != len(d_ids):
+            raise ValueError(f"{len(q_ids)} queries for {len(d_ids)} documents")
+        width = np.fromiter((max(len(q_ids[0 if one else i]), len(b)) for i, b in enumerate(d_ids)), np.int64,
+                            len(d_ids))
         order = np.argsort(width, kind="stable")
         was_training = self.model.training
         self.model.eval()
@@ -130,7 +135,7 @@ class CrossEncoder(HasPrecision):
             with torch.inference_mode():
                 for start in range(0, len(order), batch_size):
                     rows = order[start : start + batch_size]
-                    q, q_len = _pad([q_ids[r] for r in rows])
+                    q, q_len = _pad([q_ids[0]] if one else [q_ids[r] for r in rows])
                     d, d_len = _pad([d_ids[r] for r in rows])
                     with autocast(self.precision):  # fp32: no autocast at all
                         out[rows] = self.model(q, q_len, d, d_len).float().numpy()
@@ -161,8 +166,7 @@ class CrossEncoder(HasPrecision):
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         ids = self.tokenizer.encode_batch([query])[0]
-        probs = _probabilities(self.logits_of_ids([ids] * len(docs), self.tokenizer.encode_batch(list(docs)),
-                                                  batch_size))
+        probs = _probabilities(self.logits_of_ids([ids], self.tokenizer.encode_batch(list(docs)), batch_size))
         order = np.argsort(-probs, kind="stable")[:top_k]
         return [(int(i), float(probs[i])) for i in order]
 
