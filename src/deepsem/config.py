@@ -403,3 +403,48 @@ class RecommenderConfig(_Config):
                                 output_dim=e)
             sizes += title.tensor_sizes("title tower (n_title_tokens + 1 rows): ")
         return sizes
+
+
+@dataclass
+class CrossEncoderConfig(_Config):
+    """An ESIM cross-encoder (Chen et al., 2017; see :mod:`deepsem.models.cross_encoder`) that reads a query and a
+    document together and gives one relevance logit.
+
+    Token embedding (``embedding_dim``) -> a BiLSTM (``encoder``, any recurrent tower cell; ``hidden_size`` per
+    direction) over each text -> soft alignment both ways -> [a; ã; a-ã; a*ã] -> a ReLU projection to
+    ``hidden_size`` -> a composition BiLSTM -> mean and max pooling of both texts -> an MLP of ``hidden_size`` tanh
+    units -> the logit. ``threshold``: the probability from which a pair is predicted relevant (chosen on dev data;
+    below 0 or above 1 when every dev pair was best called relevant, or irrelevant).
+    """
+
+    encoder: str = "lstm-peephole"
+    vocab_size: int = 2
+    embedding_dim: int = 128
+    hidden_size: int = 96
+    dropout: float = 0.2
+    embedding_dropout: float = 0.1
+    orthogonal_init: bool = True
+    threshold: float | None = None
+
+    def validate(self, where: str | None = None) -> None:
+        w = where or "cross_encoder"
+        _choice(w, "encoder", self.encoder, RECURRENT_ENCODERS)
+        for name in ("vocab_size", "embedding_dim", "hidden_size"):
+            _positive(w, name, getattr(self, name))
+        _at_most(w, "vocab_size", self.vocab_size, MAX_ROWS, "MAX_ROWS")
+        for name in ("embedding_dim", "hidden_size"):
+            _at_most(w, name, getattr(self, name), MAX_WIDTH, "MAX_WIDTH")
+        for name in ("dropout", "embedding_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{w}: field {name!r} must be in [0, 1), got {value}")
+        _check_sizes(w, self.tensor_sizes())
+
+    def tensor_sizes(self) -> list[tuple[str, int]]:
+        """(name, elements) of the weight matrices: embedding, both BiLSTMs, projection and MLP."""
+        v, e, h = self.vocab_size, self.embedding_dim, self.hidden_size
+        return [(f"vocab_size x embedding_dim ({v:,} x {e:,})", v * e),
+                *recurrent_sizes(self.encoder, e, h, 1, 2, "encoder: "),
+                (f"8 hidden_size x hidden_size ({8 * h:,} x {h:,})", 8 * h * h),
+                *recurrent_sizes(self.encoder, h, h, 1, 2, "composition: "),
+                (f"8 hidden_size x hidden_size ({8 * h:,} x {h:,})", 8 * h * h)]

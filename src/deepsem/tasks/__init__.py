@@ -6,6 +6,7 @@ task (config.json)  module            the model a user holds; train / evaluate
 ``two-tower``       matching          :class:`SemanticModel`; :func:`train`, :func:`evaluate_pairs` (ranking, retrieval)
 ``classifier``      classification    :class:`Classifier`; :func:`train_classifier`, :func:`evaluate_classifier`
 ``recommender``     recommendation    :class:`Recommender`; :func:`train_recommender`, :func:`evaluate_recommender`
+``rerank``          rerank            :class:`CrossEncoder`; :func:`train_rerank`, :func:`evaluate_rerank`
 ==================  ================  ========================================================================
 
 Every ``train_X`` takes ``(data, out, dev=None, *, ...)`` (the recommender validates on the leave-last-out part of
@@ -29,16 +30,18 @@ from deepsem.tasks import classification  # isort: split
 
 from deepsem.tasks import recommendation  # isort: split
 
+from deepsem.tasks import rerank  # isort: split
+
 from deepsem.tasks.registry import TASKS, Task, model_fields, register
 
-__all__ = ["TASKS", "Task", "classification", "load", "matching", "recommendation", "register"]
+__all__ = ["TASKS", "Task", "classification", "load", "matching", "recommendation", "register", "rerank"]
 
 
 def load(directory: str | Path, precision: str = "fp32", *, backend: str = "torch",
          onnx: str | Path | None = None) -> Any:
     """Load any model directory deepsem wrote: ``config.json``'s ``task`` picks the :class:`Task` whose wrapper
-    loads it (a :class:`~deepsem.tasks.matching.SemanticModel`, :class:`~deepsem.tasks.classification.Classifier`
-    or :class:`~deepsem.tasks.recommendation.Recommender`).
+    loads it (a :class:`~deepsem.tasks.matching.SemanticModel`, :class:`~deepsem.tasks.classification.Classifier`,
+    :class:`~deepsem.tasks.recommendation.Recommender` or :class:`~deepsem.tasks.rerank.CrossEncoder`).
 
     ``precision`` ``bf16``: it encodes / predicts under bf16 autocast (:mod:`deepsem.data.precision`; refused on a
     CPU without native bf16, before anything is read). ``backend="onnx"`` answers through onnxruntime (the ``onnx``

@@ -1,0 +1,105 @@
+"""What a cross-encoder re-ranking stage costs: ``CrossEncoder.rank`` of one query x N candidates (p50 / p99 latency
+per query) and bulk ``score`` throughput (pairs/s), on real BQ texts.
+
+    python bench/rerank.py                                   # full scale: 500 queries x 50 candidates, 2 threads
+    python bench/rerank.py --model runs/rerank-bq            # a trained model (else untrained weights, same cost)
+    python bench/rerank.py --queries 20 --bulk 1000          # a quick check
+
+The issue's target: re-ranking 50 candidates adds <= 5 ms p50 per query on a 2-core CPU. Speed does not depend on
+the weights, so without ``--model`` a model of the default size (:class:`deepsem.config.CrossEncoderConfig`, or
+``--hidden`` / ``--embedding-dim``) is built with a character tokenizer learnt from the data. Queries are the
+data's text_a, candidates drawn at random from its text_b (seeded). Run it with the machine to itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import deepsem
+from deepsem.config import CrossEncoderConfig
+from deepsem.data.pairs import as_pairs
+from deepsem.models.cross_encoder import CrossEncoderModel
+from deepsem.tasks.rerank import CrossEncoder
+from deepsem.text import build_tokenizer
+
+
+def model_for(args: argparse.Namespace, texts: list[str]) -> CrossEncoder:
+    if args.model is not None:
+        loaded = deepsem.load(args.model)
+        if not isinstance(loaded, CrossEncoder):
+            raise SystemExit(f"{args.model}: not a cross-encoder")
+        return loaded
+    tokenizer = build_tokenizer("char", texts, min_count=1, max_length=args.max_length)
+    config = CrossEncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=args.hidden,
+                                embedding_dim=args.embedding_dim)
+    torch.manual_seed(0)
+    return CrossEncoder(CrossEncoderModel(config), tokenizer)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    pairs = as_pairs(args.data)
+    queries, docs = list(dict.fromkeys(pairs.text_a)), list(dict.fromkeys(pairs.text_b))
+    model = model_for(args, queries + docs)
+    rng = np.random.default_rng(args.seed)
+    chosen = rng.choice(len(queries), size=min(args.queries + args.warmup, len(queries)), replace=False)
+    latencies = []
+    for n, q in enumerate(chosen):
+        candidates = [docs[j] for j in rng.choice(len(docs), size=args.candidates, replace=False)]
+        t0 = time.perf_counter()
+        model.rank(queries[q], candidates)
+        if n >= args.warmup:
+            latencies.append(time.perf_counter() - t0)
+    ms = np.asarray(latencies) * 1000
+    bulk = [(pairs.text_a[i % len(pairs.text_a)], pairs.text_b[i % len(pairs.text_b)]) for i in range(args.bulk)]
+    model.score(bulk[: min(256, len(bulk))])  # warm-up
+    t0 = time.perf_counter()
+    model.score(bulk, batch_size=256)
+    bulk_seconds = time.perf_counter() - t0
+    c = model.model.config
+    return {
+        "model": str(args.model) if args.model else "untrained", "encoder": c.encoder, "hidden_size": c.hidden_size,
+        "embedding_dim": c.embedding_dim, "parameters": sum(p.numel() for p in model.model.parameters()),
+        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "queries": len(latencies), "candidates": args.candidates,
+        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+        "rerank_pairs_per_s": round(args.candidates * len(ms) / (ms.sum() / 1000), 1),
+        "bulk_pairs": len(bulk), "bulk_pairs_per_s": round(len(bulk) / bulk_seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/bq/dev.tsv"))
+    parser.add_argument("--model", type=Path, default=None, help="a cross-encoder model directory")
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--candidates", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--bulk", type=int, default=10_000, help="pairs scored in bulk for throughput")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=CrossEncoderConfig.hidden_size)
+    parser.add_argument("--embedding-dim", type=int, default=CrossEncoderConfig.embedding_dim)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = parser.parse_args()
+    result = run(args)
+    print(f"{'what':<28}value")
+    for key, value in result.items():
+        print(f"{key:<28}{value}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

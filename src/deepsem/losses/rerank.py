@@ -1,0 +1,34 @@
+"""The cross-encoder's objectives, as a module that owns the model (so DDP can wrap it).
+
+Labelled pairs (0/1): BCE on each pair's logit. Positive-only pairs: each query's positive and ``k`` documents of
+other pairs of the batch form one candidate list, scored with a softmax over the list (cross-entropy with the
+positive first) — the two-tower models' softmax loss over sampled negatives, made into pairs. A listwise softmax
+rather than BCE on 1:k pairs: it needs no class weight for the 1:k imbalance and trains what a re-ranker does
+(order one query's candidates); sampled rather than every in-batch document: a cross-encoder pays for each pair.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from deepsem.models.cross_encoder import CrossEncoderModel
+
+
+class RerankLoss(nn.Module):
+    """``forward(batch)``: a dict of ``q_ids``, ``q_lengths``, ``d_ids``, ``d_lengths`` and either ``targets``
+    ``(B,)`` 0/1 (BCE), or ``valid`` ``(Q, 1 + k)`` (the rows are Q candidate lists of 1 + k pairs, the positive
+    first; False marks a negative that is not one, e.g. the positive's own text; listwise softmax)."""
+
+    def __init__(self, model: CrossEncoderModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        logits = self.model(batch["q_ids"], batch["q_lengths"], batch["d_ids"], batch["d_lengths"]).float()
+        if "targets" in batch:
+            return F.binary_cross_entropy_with_logits(logits, batch["targets"].float())
+        valid = batch["valid"]
+        lists = logits.view(valid.shape).masked_fill(~valid, float("-inf"))
+        return F.cross_entropy(lists, torch.zeros(valid.shape[0], dtype=torch.long, device=lists.device))

@@ -1,0 +1,88 @@
+"""ESIM (Chen et al., 2017, "Enhanced LSTM for Natural Language Inference"): a cross-encoder that reads a query and
+a document together and gives one relevance logit per pair.
+
+Both texts: token embedding -> a BiLSTM (the recurrent towers' cells, :mod:`deepsem.nn.lstm`). Soft alignment:
+``e = a b^T``; each query step reads the document steps weighted by a softmax of its row (document padding masked),
+each document step the query steps (query padding masked). Enhancement ``[a; ã; a - ã; a * ã]``, a ReLU projection,
+a composition BiLSTM, mean and max pooling over each text's real steps, then an MLP (tanh) to the logit.
+
+The query and the document play different parts in nothing but their order in the pooled vector ``[q; d]``: swapping
+them may change the score (the MLP is not symmetric), as it does in the paper's premise / hypothesis.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from deepsem.config import CrossEncoderConfig
+from deepsem.towers.recurrent import build_rnn, run_rnn
+
+
+def step_mask(lengths: Tensor, steps: int) -> Tensor:
+    """``(B, T)`` True at each row's real steps."""
+    return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def soft_align(a: Tensor, b: Tensor, mask_a: Tensor, mask_b: Tensor) -> tuple[Tensor, Tensor]:
+    """ESIM's soft alignment of ``a`` ``(B, Ta, D)`` and ``b`` ``(B, Tb, D)``: ``ã`` ``(B, Ta, D)``, each step of a as
+    the attention-weighted sum of b's real steps, and ``b̃`` ``(B, Tb, D)`` the other way round."""
+    e = torch.bmm(a, b.transpose(1, 2))  # (B, Ta, Tb)
+    a_tilde = torch.bmm(e.masked_fill(~mask_b[:, None, :], float("-inf")).softmax(2), b)
+    b_tilde = torch.bmm(e.masked_fill(~mask_a[:, :, None], float("-inf")).softmax(1).transpose(1, 2), a)
+    return a_tilde, b_tilde
+
+
+def mean_max(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean and max of ``x`` ``(B, T, D)`` over the real steps of ``mask`` -> ``(B, 2D)``."""
+    m = mask.unsqueeze(-1)
+    mean = (x * m).sum(1) / m.sum(1).clamp(min=1).to(x.dtype)
+    return torch.cat([mean, x.masked_fill(~m, float("-inf")).amax(1)], dim=-1)
+
+
+class CrossEncoderModel(nn.Module):
+    """``forward(q_ids (B, Tq), q_lengths (B,), d_ids (B, Td), d_lengths (B,)) -> logits (B,)``; ids right-padded
+    with 0. A length below 1 is read as 1 (the pad token), so every text has a step to attend to. One query
+    (``q_ids`` (1, Tq)) against B documents is encoded once and shared by every pair (re-ranking)."""
+
+    def __init__(self, config: CrossEncoderConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        h = c.hidden_size
+        self.embedding = nn.Embedding(c.vocab_size, c.embedding_dim, padding_idx=0)
+        nn.init.normal_(self.embedding.weight, std=c.embedding_dim**-0.5)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+        self.embedding_dropout = nn.Dropout(c.embedding_dropout)
+        self.encoder = build_rnn(c.encoder, c.embedding_dim, h, 1, True, 0.0, c.orthogonal_init)
+        self.projection = nn.Sequential(nn.Linear(8 * h, h), nn.ReLU())
+        self.composition = build_rnn(c.encoder, h, h, 1, True, 0.0, c.orthogonal_init)
+        self.dropout = nn.Dropout(c.dropout)
+        self.mlp = nn.Sequential(nn.Linear(8 * h, h), nn.Tanh(), nn.Dropout(c.dropout), nn.Linear(h, 1))
+
+    def _both(self, rnn: nn.Module, q: Tensor, q_len: Tensor, d: Tensor, d_len: Tensor) -> tuple[Tensor, Tensor]:
+        """``rnn`` over the queries and the documents as one batch (one recurrent loop, not two)."""
+        steps = max(q.shape[1], d.shape[1])
+        x = torch.cat([nn.functional.pad(q, (0, 0, 0, steps - q.shape[1])),
+                       nn.functional.pad(d, (0, 0, 0, steps - d.shape[1]))])
+        out, _ = run_rnn(rnn, x, torch.cat([q_len, d_len]))
+        out = out.to(q.dtype)
+        return out[: q.shape[0], : q.shape[1]], out[q.shape[0] :, : d.shape[1]]
+
+    def interact(self, q: Tensor, q_len: Tensor, d: Tensor, d_len: Tensor) -> Tensor:
+        """The logits of embedded queries ``(B, Tq, E)`` and documents ``(B, Td, E)`` (everything after the lookup)."""
+        q_len, d_len = q_len.clamp(min=1), d_len.clamp(min=1)
+        q_mask, d_mask = step_mask(q_len, q.shape[1]), step_mask(d_len, d.shape[1])
+        a, b = self._both(self.encoder, q, q_len, d, d_len)
+        if a.shape[0] != b.shape[0]:  # one query for every document: its encoding is shared
+            a, q_len, q_mask = a.expand(b.shape[0], -1, -1), q_len.expand(b.shape[0]), q_mask.expand(b.shape[0], -1)
+        a_tilde, b_tilde = soft_align(a, b, q_mask, d_mask)
+        m_a = self.projection(self.dropout(torch.cat([a, a_tilde, a - a_tilde, a * a_tilde], -1)))
+        m_b = self.projection(self.dropout(torch.cat([b, b_tilde, b - b_tilde, b * b_tilde], -1)))
+        v_a, v_b = self._both(self.composition, m_a, q_len, m_b, d_len)
+        pooled = torch.cat([mean_max(v_a, q_mask), mean_max(v_b, d_mask)], -1)
+        return self.mlp(self.dropout(pooled)).squeeze(-1)
+
+    def forward(self, q_ids: Tensor, q_lengths: Tensor, d_ids: Tensor, d_lengths: Tensor) -> Tensor:
+        embed = self.embedding_dropout
+        return self.interact(embed(self.embedding(q_ids)), q_lengths, embed(self.embedding(d_ids)), d_lengths)

@@ -1,0 +1,392 @@
+"""Re-ranking with a cross-encoder: train an ESIM model on pairs, score pairs, rank a query's candidates.
+
+    ce, result = train_rerank("bq/train.tsv", "runs/rerank-bq", dev="bq/dev.tsv", training={"max_minutes": 20})
+    ce.score([("怎么还款", "如何还钱"), ("怎么还款", "开户要带什么")])   # relevance probabilities, (2,)
+    ce.rank("怎么还款", ["开户要带什么", "如何还钱"])                  # [(1, 0.93), (0, 0.04)]
+    ce = deepsem.load("runs/rerank-bq")                                 # a CrossEncoder: config.json says "rerank"
+
+The pair files are those of ``deepsem train`` (text_a, text_b[, label]; TSV/CSV/JSONL/Parquet). Labelled pairs
+(0/1) train with BCE on each pair's logit; positive-only pairs with a softmax over each query's positive and
+``num_negatives`` documents of other pairs of the batch (:mod:`deepsem.losses.rerank` says why).
+The model directory holds ``config.json`` (``"task": "rerank"``, the :class:`~deepsem.config.CrossEncoderConfig`
+under ``cross_encoder``), the tokenizer files and ``model.safetensors``; never a pickle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from deepsem.config import CrossEncoderConfig, TrainConfig
+from deepsem.data.batches import length_batches
+from deepsem.data.errors import DataError
+from deepsem.data.pairs import TextPairs, as_pairs
+from deepsem.data.precision import HasPrecision, autocast, check_precision
+from deepsem.errors import ConfigError
+from deepsem.evaluation.pairs import RANKING_METRICS
+from deepsem.losses.rerank import RerankLoss
+from deepsem.metrics import pair_metrics, retrieval_metrics
+from deepsem.modeldir import TokenizerSize, read_model_dir, save_model_dir
+from deepsem.models.cross_encoder import CrossEncoderModel
+from deepsem.tasks.registry import Task, model_fields, register
+from deepsem.text import Tokenizer
+from deepsem.trainer import (
+    TrainingPlan,
+    TrainResult,
+    data_fingerprint,
+    run_fingerprint,
+    run_training,
+    tokenizer_fingerprint,
+    training_config,
+)
+
+__all__ = ["CrossEncoder", "candidate_lists", "evaluate_rerank", "ranking_metrics", "train_rerank"]
+
+#: ``config.json`` fields written by :meth:`CrossEncoder.save` itself (not taken from ``info``).
+_RESERVED = ("deepsem_version", "task", "cross_encoder")
+#: Pair metrics of labelled data a dev metric may name.
+PAIR_METRICS = ("accuracy", "f1", "roc_auc")
+#: Documents of other pairs put beside each positive when positive-only pairs are ranked (dev, evaluate).
+LIST_NEGATIVES = 9
+
+
+def _pad(ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """Right-padded ids ``(N, T)`` int64 and lengths ``(N,)`` (T at least 1)."""
+    lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
+    width = max(int(lengths.max()) if len(ids) else 1, 1)
+    matrix = np.zeros((len(ids), width), np.int64)
+    for r, row in enumerate(ids):
+        matrix[r, : len(row)] = row
+    return torch.from_numpy(matrix), torch.from_numpy(lengths)
+
+
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    """The sigmoid of ``logits``, computed in float64 (no overflow warning), as float32."""
+    return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+
+class CrossEncoder(HasPrecision):
+    """A trained cross-encoder with its tokenizer: relevance probabilities of (query, document) pairs.
+
+    >>> ce = deepsem.load("runs/rerank-bq")                                # doctest: +SKIP
+    >>> ce.score([("怎么还款", "如何还钱")])                                # doctest: +SKIP
+    array([0.93], dtype=float32)
+    """
+
+    def __init__(self, model: CrossEncoderModel, tokenizer: Tokenizer, info: dict[str, Any] | None = None,
+                 precision: str = "fp32") -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.info = dict(info or {})
+        self.precision = precision
+
+    @property
+    def threshold(self) -> float | None:
+        """The probability from which a pair is predicted relevant (chosen on dev data at training time)."""
+        return self.model.config.threshold
+
+    # -- files ---------------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write the model directory (:func:`deepsem.modeldir.save_model_dir`; ``config.json`` last)."""
+        extra = {k: v for k, v in self.info.items() if k not in _RESERVED}
+        return save_model_dir(directory, self.model, self.tokenizer, extra, task="rerank", tasks=model_fields())
+
+    @classmethod
+    def load(cls, directory: str | Path, precision: str = "fp32") -> CrossEncoder:
+        """Rebuild from a model directory (:func:`deepsem.modeldir.read_model_dir`: every file checked)."""
+        read = read_model_dir(
+            directory, "rerank", "a cross-encoder", tasks=model_fields(),
+            parse=lambda data, where: CrossEncoderConfig.from_dict(data, where=where), build=CrossEncoderModel,
+            tokenizer=lambda c: TokenizerSize(c.vocab_size, f"cross_encoder.vocab_size is {c.vocab_size}"))
+        assert read.tokenizer is not None
+        info = {k: v for k, v in read.config.items() if k not in _RESERVED}
+        return cls(read.model, read.tokenizer, info, precision)
+
+    def use_backend(self, backend: str, onnx: str | Path | None = None) -> CrossEncoder:
+        """Only the torch backend: a cross-encoder has no ONNX export yet."""
+        if backend != "torch" or onnx is not None:
+            raise ConfigError("a cross-encoder (task rerank) runs on the torch backend only; it has no ONNX export")
+        return self
+
+    # -- scoring -------------------------------------------------------------------------------------------
+    def logits_of_ids(self, q_ids: Sequence[Sequence[int]], d_ids: Sequence[Sequence[int]],
+                      batch_size: int = 256) -> np.ndarray:
+        """Logits ``(N,)`` float32 of aligned token ids, batched by length (the longer text of each pair) under
+        ``torch.inference_mode``; the model's training mode is restored after. One query (``q_ids`` of length 1)
+        goes with every document and is encoded once."""
+        one = len(q_ids) == 1 and len(d_ids) != 1
+        out = np.zeros(len(d_ids), np.float32)
+        if not len(d_ids):
+            return out
+        if not one and len(q_ids) != len(d_ids):
+            raise ValueError(f"{len(q_ids)} queries for {len(d_ids)} documents")
+        width = np.fromiter((max(len(q_ids[0 if one else i]), len(b)) for i, b in enumerate(d_ids)), np.int64,
+                            len(d_ids))
+        order = np.argsort(width, kind="stable")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(order), batch_size):
+                    rows = order[start : start + batch_size]
+                    q, q_len = _pad([q_ids[0]] if one else [q_ids[r] for r in rows])
+                    d, d_len = _pad([d_ids[r] for r in rows])
+                    with autocast(self.precision):  # fp32: no autocast at all
+                        out[rows] = self.model(q, q_len, d, d_len).float().numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 256) -> np.ndarray:
+        """Relevance probabilities ``(N,)`` float32 of (query, document) pairs. The order matters: the model was
+        trained with queries first, and swapping the two texts may change the score."""
+        pairs = list(pairs)
+        if any(not isinstance(p, tuple | list) or len(p) != 2 for p in pairs):
+            raise ValueError("score takes a list of (query, document) pairs")
+        encode = self.tokenizer.encode_batch
+        logits = self.logits_of_ids(encode([p[0] for p in pairs]), encode([p[1] for p in pairs]), batch_size)
+        return _probabilities(logits)
+
+    def similarity(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        """:meth:`score` of aligned lists (query side a, document side b), as the two-tower models' evaluators ask."""
+        if isinstance(a, str) or isinstance(b, str) or len(a) != len(b):
+            raise ValueError("similarity takes two lists of the same length")
+        return self.score(list(zip(a, b, strict=True)))
+
+    def rank(self, query: str, docs: Sequence[str], top_k: int | None = None,
+             batch_size: int = 256) -> list[tuple[int, float]]:
+        """``docs`` re-ranked for ``query``: ``(position in docs, probability)``, most relevant first (ties keep
+        their order); the best ``top_k`` only when given."""
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        ids = self.tokenizer.encode_batch([query])[0]
+        probs = _probabilities(self.logits_of_ids([ids], self.tokenizer.encode_batch(list(docs)), batch_size))
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        return [(int(i), float(probs[i])) for i in order]
+
+    def __repr__(self) -> str:
+        c = self.model.config
+        return (f"CrossEncoder(encoder={c.encoder!r}, tokenizer={self.tokenizer.name!r}, vocab={c.vocab_size}, "
+                f"hidden={c.hidden_size})")
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------
+def has_candidate_lists(pairs: TextPairs) -> bool:
+    """True when labelled ``pairs`` are mostly candidate lists (answer selection, re-ranking): at least half of them
+    share their text_a with another pair, and some text_a has a relevant candidate among several. Pair sets where a
+    few texts recur by chance (BQ, LCQMC) are not."""
+    if pairs.labels is None:
+        return False
+    counts: dict[str, list[int]] = {}
+    for a, y in zip(pairs.text_a, pairs.labels, strict=True):
+        seen = counts.setdefault(a, [0, 0])
+        seen[0] += 1
+        seen[1] += int(y > 0.5)
+    in_lists = sum(n for n, _ in counts.values() if n >= 2)
+    return 2 * in_lists >= len(pairs.text_a) and any(n >= 2 and pos >= 1 for n, pos in counts.values())
+
+
+def ranking_metrics(pairs: TextPairs, scores: np.ndarray) -> dict[str, float]:
+    """MAP, MRR, NDCG@3/5/10 of the candidate lists of labelled ``pairs`` (the pairs sharing a text_a) ranked by
+    ``scores``, over the queries with a relevant candidate, as
+    :func:`deepsem.evaluation.pairs.evaluate_ranking` scores a two-tower model; ``queries``: how many."""
+    assert pairs.labels is not None
+    run: dict[str, dict[str, float]] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    qid_of: dict[str, str] = {}
+    for i, (a, label) in enumerate(zip(pairs.text_a, pairs.labels, strict=True)):
+        qid = qid_of.setdefault(a, f"q{len(qid_of)}")
+        run.setdefault(qid, {})[str(i)] = float(scores[i])
+        if label > 0.5:
+            qrels.setdefault(qid, {})[str(i)] = 1
+    if not qrels:
+        raise ValueError("ranking evaluation needs at least one query with a relevant candidate")
+    metrics = retrieval_metrics(run, qrels, ks=(3, 5, 10))
+    return {**{key: metrics[key] for key in RANKING_METRICS}, "queries": float(len(qrels))}
+
+
+def candidate_lists(pairs: TextPairs, negatives: int = LIST_NEGATIVES, seed: int = 0) -> TextPairs:
+    """Positive-only pairs as labelled candidate lists: each distinct text_a with its documents (relevant) and
+    ``negatives`` other documents of the set drawn at random (``seed``; not relevant unless paired with it)."""
+    docs = list(dict.fromkeys(pairs.text_b))
+    positives: dict[str, set[str]] = {}
+    for a, b in zip(pairs.text_a, pairs.text_b, strict=True):
+        positives.setdefault(a, set()).add(b)
+    rng = np.random.default_rng(seed)
+    text_a: list[str] = []
+    text_b: list[str] = []
+    labels: list[float] = []
+    for a, relevant in positives.items():
+        picked = rng.choice(len(docs), size=min(len(docs), negatives + len(relevant)), replace=False)
+        others = [docs[j] for j in picked if docs[j] not in relevant][:negatives]
+        for b, y in [*((b, 1.0) for b in sorted(relevant)), *((b, 0.0) for b in others)]:
+            text_a.append(a)
+            text_b.append(b)
+            labels.append(y)
+    return TextPairs(text_a, text_b, np.asarray(labels, np.float32))
+
+
+def _metrics(model: CrossEncoder, pairs: TextPairs, threshold: float | None) -> dict[str, float]:
+    """Pair metrics of labelled pairs (and ranking metrics when they hold candidate lists); positive-only pairs:
+    ranking metrics of :func:`candidate_lists`."""
+    if pairs.labels is None or not pairs.is_labelled:
+        if pairs.labels is not None and not (pairs.labels > 0.5).any():
+            raise ValueError("no relevant pair to evaluate")
+        lists = candidate_lists(pairs)
+        return ranking_metrics(lists, model.similarity(lists.text_a, lists.text_b))
+    scores = model.similarity(pairs.text_a, pairs.text_b)
+    out = pair_metrics(scores, pairs.labels, threshold=threshold)
+    if has_candidate_lists(pairs):
+        out.update(ranking_metrics(pairs, scores))
+    return out
+
+
+def evaluate_rerank(model: CrossEncoder, data: str | Path | TextPairs, *, threshold: float | None = None,
+                    columns: Sequence[int | str | None] = (0, 1, 2), skip_bad_rows: bool = False,
+                    label_map: Any = None) -> dict[str, float]:
+    """Score ``model`` on pairs (a file or :class:`TextPairs`): accuracy and F1 at ``threshold`` (default the one
+    chosen on dev data at training time; without one, chosen on these pairs: optimistic), ROC-AUC and Spearman;
+    MAP, MRR and NDCG@3/5/10 when the pairs hold candidate lists (several per text_a). Positive-only pairs: the
+    ranking metrics of each text_a's documents among :data:`LIST_NEGATIVES` others of the set."""
+    pairs = as_pairs(data, columns, skip_bad_rows, label_map)
+    if not pairs.text_a:
+        raise ValueError("no pairs to evaluate")
+    t0 = time.perf_counter()
+    out = _metrics(model, pairs, threshold if threshold is not None else model.threshold)
+    out["pairs_per_second"] = round(len(pairs.text_a) / max(time.perf_counter() - t0, 1e-9), 1)
+    return out
+
+
+# -- training ---------------------------------------------------------------------------------------------------
+def train_rerank(
+    data: str | Path | TextPairs,
+    out: str | Path,
+    dev: str | Path | TextPairs | None = None,
+    *,
+    tokenizer: str | Tokenizer = "char",
+    tokenizer_options: dict[str, Any] | None = None,
+    model: CrossEncoderConfig | dict[str, Any] | None = None,
+    training: TrainConfig | dict[str, Any] | None = None,
+    columns: Sequence[int | str | None] = (0, 1, 2),
+    skip_bad_rows: bool = False,
+    label_map: Any = None,
+    dev_metric: str | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[CrossEncoder, TrainResult]:
+    """Train a cross-encoder on pairs and save the best model (by dev score) to ``out``.
+
+    ``data``/``dev``: pair files (see :func:`~deepsem.data.pairs.as_pairs`) or :class:`TextPairs`. Labelled
+    (0/1) training pairs: BCE, ``training.batch_size`` pairs a step. Positive-only: ``batch_size`` queries a step,
+    each with its document and ``training.num_negatives`` documents of other pairs of the batch, a softmax over the
+    list. Dev metric: accuracy at the threshold chosen on dev (saved as ``config.threshold``) for labelled dev
+    pairs, MRR of :func:`candidate_lists` for positive-only ones; ``dev_metric`` picks another (``f1``,
+    ``roc_auc``, or a ranking metric when dev holds candidate lists: ``map``, ``mrr``, ``ndcg@3``...). The
+    training config's two-tower fields (loss, negatives, margin...) other than ``num_negatives`` are not used.
+    Checkpoints, resume, early stopping, ``max_minutes``: as :func:`deepsem.train`.
+    """
+    t0 = time.perf_counter()
+    cfg = training_config(training)
+    check_precision(cfg.precision, device or "cpu")  # before any data is read
+    train_pairs = as_pairs(data, columns, skip_bad_rows, label_map, binary=True)
+    dev_pairs = as_pairs(dev, columns, skip_bad_rows, label_map) if dev is not None else None
+    source = str(data) if isinstance(data, str | Path) else "training pairs"
+    if not train_pairs.text_a:
+        raise DataError(source, None, None, "no training pairs")
+    labelled = train_pairs.is_labelled
+    if train_pairs.labels is not None and not (train_pairs.labels > 0.5).any():
+        raise DataError(source, None, "label", "every pair is labelled 0: a re-ranker needs relevant pairs")
+    if not labelled and cfg.num_negatives < 1:
+        raise ConfigError("positive-only pairs train against num_negatives >= 1 documents of other pairs")
+    mcfg = model if isinstance(model, CrossEncoderConfig) else CrossEncoderConfig.from_dict(model or {},
+                                                                                           "cross_encoder")
+    dev_labelled = dev_pairs is not None and dev_pairs.is_labelled
+    dev_lists = dev_pairs is not None and (not dev_labelled or has_candidate_lists(dev_pairs))
+    metric = dev_metric or ("accuracy" if dev_labelled else "mrr")
+    allowed = (PAIR_METRICS if dev_labelled else ()) + (RANKING_METRICS if dev_lists else ())
+    if dev_pairs is not None and metric not in allowed:
+        raise ValueError(f"dev_metric {metric!r} does not apply to these dev pairs; expected one of "
+                         f"{', '.join(allowed)}")
+    settings = mcfg.to_dict()
+    settings.pop("threshold", None)  # chosen on dev during the run
+    settings.pop("vocab_size", None)  # set from the tokenizer
+    fingerprint = run_fingerprint(
+        cfg, **{"training data": data_fingerprint(train_pairs.text_a, train_pairs.text_b, train_pairs.labels),
+                "dev data": None if dev_pairs is None else data_fingerprint(dev_pairs.text_a, dev_pairs.text_b,
+                                                                            dev_pairs.labels)},
+        tokenizer=tokenizer_fingerprint(tokenizer, tokenizer_options), model=settings,
+        task={"rerank": "labelled" if labelled else "listwise", "dev_metric": metric})
+
+    def build(tok: Tokenizer) -> TrainingPlan:
+        mcfg.vocab_size = tok.vocab_size
+        mcfg.validate()
+        net = CrossEncoderModel(mcfg)
+        ce = CrossEncoder(net, tok)
+        unique = list(dict.fromkeys([*train_pairs.text_a, *train_pairs.text_b]))
+        key = {t: i for i, t in enumerate(unique)}
+        table = tok.encode_batch(unique)
+        a_key = np.fromiter((key[t] for t in train_pairs.text_a), np.int64, len(train_pairs.text_a))
+        b_key = np.fromiter((key[t] for t in train_pairs.text_b), np.int64, len(train_pairs.text_b))
+        size = np.fromiter((len(x) for x in table), np.int64, len(table))
+        lengths = np.maximum(size[a_key], size[b_key])
+        targets = None if not labelled else torch.from_numpy(np.asarray(train_pairs.labels, np.float32) > 0.5)
+        negatives_rng = np.random.default_rng([cfg.seed, 11])
+        k = cfg.num_negatives
+
+        def pad_pairs(qk: np.ndarray, dk: np.ndarray) -> dict[str, Tensor]:
+            q, q_len = _pad([table[i] for i in qk])
+            d, d_len = _pad([table[i] for i in dk])
+            return {"q_ids": q, "q_lengths": q_len, "d_ids": d, "d_lengths": d_len}
+
+        def collate(rows: np.ndarray) -> dict[str, Tensor]:
+            if targets is not None:
+                return {**pad_pairs(a_key[rows], b_key[rows]), "targets": targets[rows].float()}
+            n = len(rows)
+            others = negatives_rng.integers(0, max(n - 1, 1), size=(n, k))
+            others += others >= np.arange(n)[:, None]  # any other row of the batch, never the query's own
+            docs = np.concatenate([b_key[rows][:, None], b_key[rows][np.minimum(others, n - 1)]], axis=1)
+            valid = np.concatenate([np.ones((n, 1), bool), (docs[:, 1:] != docs[:, :1]) & (n > 1)], axis=1)
+            batch = pad_pairs(np.repeat(a_key[rows], k + 1), docs.reshape(-1))
+            return {**batch, "valid": torch.from_numpy(valid)}
+
+        def evaluate() -> dict[str, float]:
+            assert dev_pairs is not None
+            return _metrics(ce, dev_pairs, None)
+
+        info: dict[str, Any] = {"training": cfg.to_dict(), "train_pairs": len(train_pairs.text_a),
+                                "objective": "bce" if labelled else f"listwise, {k} in-batch negatives"}
+
+        def record_best(metrics: dict[str, float]) -> None:
+            if "threshold" in metrics:
+                net.config.threshold = float(metrics["threshold"])
+            if metrics:
+                info["dev_metrics"] = metrics
+            ce.info = dict(info)
+
+        return TrainingPlan(
+            wrapper=ce, loss=RerankLoss(net), collate=collate,
+            batches=lambda epoch, rng: length_batches(lengths, cfg.batch_size, rng, 50 if cfg.length_buckets else 1),
+            steps_per_epoch=(len(lengths) + cfg.batch_size - 1) // cfg.batch_size,
+            evaluate=evaluate if dev_pairs is not None else None, metric=metric, info=info, record_best=record_best,
+            rngs={"negatives": negatives_rng},
+        )
+
+    def texts() -> Iterator[str]:
+        yield from train_pairs.text_a
+        yield from train_pairs.text_b
+
+    return run_training(cfg, out, fingerprint, build, run_dir=run_dir, tokenizer=tokenizer,
+                        tokenizer_options=tokenizer_options, texts=texts, resume=resume, progress=progress,
+                        device=device, started=t0)
+
+
+register(Task(name="rerank", model_field="cross_encoder", wrapper=CrossEncoder, train=train_rerank,
+              evaluate=evaluate_rerank, cli_group="rerank", summary="re-ranking with an ESIM cross-encoder"))

@@ -1,0 +1,78 @@
+"""`deepsem rerank train | evaluate | predict` through Typer's test runner: the round trip file -> model -> scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from conftest import make_pairs, write_tsv
+from typer.testing import CliRunner
+
+import deepsem
+from deepsem.cli import app
+
+runner = CliRunner()
+TINY = ["--embedding-dim", "12", "--hidden", "12", "--batch-size", "32", "--lr", "0.01", "--no-progress"]
+
+
+def test_train_evaluate_predict_round_trip(tmp_path: Path) -> None:
+    train, dev = write_tsv(tmp_path / "train.tsv", make_pairs(160, 1)), write_tsv(tmp_path / "dev.tsv",
+                                                                                   make_pairs(60, 2))
+    out = tmp_path / "m"
+    result = runner.invoke(app, ["rerank", "train", str(train), "--dev", str(dev), "--out", str(out),
+                                 "--epochs", "1", *TINY])
+    assert result.exit_code == 0, result.output
+    assert "best dev: accuracy" in result.output
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["task"] == "rerank" and config["cross_encoder"]["hidden_size"] == 12
+
+    result = runner.invoke(app, ["rerank", "evaluate", "--model", str(out), str(dev), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert {"accuracy", "f1", "roc_auc"} <= set(metrics)
+    assert metrics["accuracy"] == config["dev_metrics"]["accuracy"]  # the dev threshold travels with the model
+
+    rows = make_pairs(5, 3)
+    pairs_file = tmp_path / "pairs.tsv"
+    pairs_file.write_text("".join(f"{a}\t{b}\n" for a, b, _ in rows), encoding="utf-8")
+    result = runner.invoke(app, ["rerank", "predict", "--model", str(out), str(pairs_file)])
+    assert result.exit_code == 0, result.output
+    printed = np.asarray([float(x) for x in result.output.split()])
+    expected = deepsem.load(out).score([(a, b) for a, b, _ in rows])
+    np.testing.assert_allclose(printed, expected, atol=1e-6)
+
+    result = runner.invoke(app, ["rerank", "predict", "--model", str(out)], input=f"{rows[0][0]}\t{rows[0][1]}\n")
+    assert result.exit_code == 0 and float(result.output) == round(float(expected[0]), 6)
+    result = runner.invoke(app, ["rerank", "predict", "--model", str(out)], input="only one field\n")
+    assert result.exit_code == 2 and "stdin, line 1: expected query<TAB>document" in result.output
+
+
+def test_evaluate_reports_ranking_metrics_of_candidate_lists(tmp_path: Path) -> None:
+    lists = tmp_path / "lists.tsv"
+    rows = [(a, b, y) for a, _, _ in make_pairs(6, 4) for b, _, y in make_pairs(4, 5)]
+    write_tsv(lists, rows)
+    train = write_tsv(tmp_path / "train.tsv", make_pairs(64, 1))
+    out = tmp_path / "m"
+    assert runner.invoke(app, ["rerank", "train", str(train), "--out", str(out), "--epochs", "1", *TINY]
+                         ).exit_code == 0
+    result = runner.invoke(app, ["rerank", "evaluate", "--model", str(out), str(lists)])
+    assert result.exit_code == 0, result.output
+    for key in ("accuracy", "roc_auc", "map", "mrr", "ndcg@10", "queries"):
+        assert key in result.output
+
+
+def test_a_model_of_another_task_is_refused(tmp_path: Path) -> None:
+    fixture = Path(__file__).parent.parent / "fixtures" / "model_dirs_v1" / "classifier"
+    pairs = tmp_path / "p.tsv"
+    pairs.write_text("a\tb\n", encoding="utf-8")
+    result = runner.invoke(app, ["rerank", "predict", "--model", str(fixture), str(pairs)])
+    assert result.exit_code == 2 and "not a cross-encoder" in result.output
+
+
+def test_help_lists_the_commands_and_options() -> None:
+    result = runner.invoke(app, ["rerank", "--help"])
+    assert result.exit_code == 0 and all(c in result.output for c in ("train", "evaluate", "predict"))
+    out = runner.invoke(app, ["rerank", "train", "--help"], env={"COLUMNS": "200"}).output
+    for option in ("--dev", "--encoder", "--hidden", "--num-negatives", "--max-minutes", "--dev-metric"):
+        assert option in out

@@ -1,0 +1,145 @@
+"""The rerank task: a tiny training run learns a task only a model reading both texts can, the model directory
+round trip, deepsem.load, score / rank, evaluation and the listwise objective."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+import deepsem
+from deepsem.data.pairs import TextPairs
+from deepsem.metrics import mrr_at_k
+from deepsem.tasks.rerank import CrossEncoder, candidate_lists, evaluate_rerank, ranking_metrics, train_rerank
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "model_dirs_v1"
+GROUPS = ["甲乙丙丁戊己庚辛", "子丑寅卯辰巳午未"]
+TINY = {"hidden_size": 16, "embedding_dim": 16}
+
+
+def xor_pairs(n: int, seed: int) -> TextPairs:
+    """Relevant when query and document come from the same group of characters: neither text alone says anything
+    of the label (each group is half the queries and half the documents), so a model must read both together."""
+    rng = random.Random(seed)
+
+    def text(group: int, lo: int, hi: int) -> str:
+        return "".join(rng.choice(GROUPS[group]) for _ in range(rng.randint(lo, hi)))
+
+    a, b, y = [], [], []
+    for _ in range(n):
+        gq, gd = rng.randrange(2), rng.randrange(2)
+        a.append(text(gq, 2, 4))
+        b.append(text(gd, 3, 8))
+        y.append(float(gq == gd))
+    return TextPairs(a, b, np.asarray(y, np.float32))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[CrossEncoder, Path]:
+    out = tmp_path_factory.mktemp("rerank") / "model"
+    model, _ = train_rerank(xor_pairs(240, 1), out, xor_pairs(80, 2), model=TINY,
+                            training={"epochs": 3, "batch_size": 16, "lr": 1e-2}, progress=False)
+    return model, out
+
+
+def test_training_learns_a_task_that_needs_both_texts(trained: tuple[CrossEncoder, Path]) -> None:
+    model, _ = trained
+    held_out = xor_pairs(200, 3)
+    metrics = evaluate_rerank(model, held_out)
+    assert metrics["accuracy"] >= 0.9  # chance is 0.5
+    assert metrics["roc_auc"] >= 0.95
+    assert model.threshold == pytest.approx(model.info["dev_metrics"]["threshold"])  # chosen on dev, saved
+
+
+def test_save_load_round_trip_gives_identical_scores(trained: tuple[CrossEncoder, Path], tmp_path: Path) -> None:
+    model, out = trained
+    pairs = list(zip(xor_pairs(40, 4).text_a, xor_pairs(40, 4).text_b, strict=True))
+    loaded = deepsem.load(out)
+    assert type(loaded) is CrossEncoder
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["task"] == "rerank"
+    np.testing.assert_array_equal(loaded.score(pairs), model.score(pairs))
+    again = CrossEncoder.load(loaded.save(tmp_path / "copy"))
+    np.testing.assert_array_equal(again.score(pairs), model.score(pairs))
+    assert again.threshold == model.threshold
+
+
+@pytest.mark.parametrize("folder", ["two_tower", "classifier", "recommender"])
+def test_older_model_directories_of_other_tasks_still_load(folder: str) -> None:
+    assert not isinstance(deepsem.load(FIXTURES / folder), CrossEncoder)
+
+
+def test_score_does_not_depend_on_batching_and_rank_orders_by_it(trained: tuple[CrossEncoder, Path]) -> None:
+    model, _ = trained
+    data = xor_pairs(20, 5)
+    pairs = list(zip(data.text_a, data.text_b, strict=True))
+    one_by_one = np.concatenate([model.score([p], batch_size=1) for p in pairs])
+    np.testing.assert_allclose(model.score(pairs, batch_size=7), one_by_one, atol=1e-6)
+    assert model.score([]).shape == (0,)
+    query, docs = data.text_a[0], data.text_b
+    ranked = model.rank(query, docs)
+    expected = model.score([(query, d) for d in docs])
+    assert sorted(i for i, _ in ranked) == list(range(len(docs)))
+    assert [s for _, s in ranked] == sorted(expected.tolist(), reverse=True)
+    np.testing.assert_allclose([s for _, s in ranked], expected[[i for i, _ in ranked]], atol=1e-6)
+    assert model.rank(query, docs, top_k=3) == ranked[:3]
+
+
+def test_ranking_metrics_agree_with_the_metrics_module() -> None:
+    pairs = TextPairs(["q", "q", "q", "r", "r"], ["a", "b", "c", "d", "e"], np.asarray([0, 1, 0, 1, 0], np.float32))
+    scores = np.asarray([0.9, 0.5, 0.1, 0.2, 0.8])
+    out = ranking_metrics(pairs, scores)
+    assert out["mrr"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+    run = {"q": {"a": 0.9, "b": 0.5, "c": 0.1}, "r": {"d": 0.2, "e": 0.8}}
+    assert out["mrr"] == pytest.approx(mrr_at_k(run, {"q": {"b": 1}, "r": {"d": 1}}, k=None))
+    assert ranking_metrics(pairs, pairs.labels)["map"] == 1.0  # type: ignore[arg-type]
+
+
+def test_candidate_lists_of_positive_pairs() -> None:
+    pairs = TextPairs([f"q{i}" for i in range(20)], [f"d{i}" for i in range(20)])
+    lists = candidate_lists(pairs, negatives=4, seed=1)
+    assert lists.labels is not None and len(lists.text_a) == 20 * 5
+    for i in range(20):
+        rows = [j for j, a in enumerate(lists.text_a) if a == f"q{i}"]
+        assert [lists.text_b[j] for j in rows if lists.labels[j] == 1] == [f"d{i}"]
+        assert len({lists.text_b[j] for j in rows}) == 5
+
+
+def test_positive_only_pairs_train_with_the_listwise_loss(tmp_path: Path) -> None:
+    data = xor_pairs(200, 6)
+    keep = data.labels == 1  # type: ignore[comparison-overlap]
+    positives = TextPairs([a for a, k in zip(data.text_a, keep, strict=True) if k],
+                          [b for b, k in zip(data.text_b, keep, strict=True) if k])
+    model, result = train_rerank(positives, tmp_path / "m", positives, model=TINY,
+                                 training={"epochs": 1, "batch_size": 16, "num_negatives": 3}, progress=False)
+    assert model.info["objective"].startswith("listwise")
+    assert set(model.info["dev_metrics"]) >= {"mrr", "map", "ndcg@10"}
+    assert np.isfinite(result.best_metric if result.best_metric is not None else 0.0)
+
+
+def test_listwise_loss_is_cross_entropy_over_the_valid_candidates() -> None:
+    from deepsem.losses.rerank import RerankLoss
+
+    class Fixed(torch.nn.Module):
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([2.0, 1.0, 5.0, 0.5, 0.0, 3.0])
+
+    loss = RerankLoss(Fixed())  # type: ignore[arg-type]
+    empty = torch.zeros(6, 1, dtype=torch.long)
+    batch = {"q_ids": empty, "q_lengths": empty[:, 0], "d_ids": empty, "d_lengths": empty[:, 0]}
+    valid = torch.tensor([[True, True, False], [True, True, True]])  # the 5.0 is the query's own document
+    got = loss({**batch, "valid": valid})
+    want = (-F.log_softmax(torch.tensor([2.0, 1.0]), 0)[0] - F.log_softmax(torch.tensor([0.5, 0.0, 3.0]), 0)[0]) / 2
+    torch.testing.assert_close(got, want)
+    bce = loss({**batch, "targets": torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])})
+    torch.testing.assert_close(bce, F.binary_cross_entropy_with_logits(
+        torch.tensor([2.0, 1.0, 5.0, 0.5, 0.0, 3.0]), torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])))
+
+
+def test_an_onnx_backend_is_refused(trained: tuple[CrossEncoder, Path]) -> None:
+    with pytest.raises(deepsem.errors.ConfigError, match="torch backend only"):
+        deepsem.load(trained[1], backend="onnx")
