@@ -20,11 +20,13 @@ from deepsem.tasks import load
 from deepsem.tasks.classification import Classifier, evaluate_classifier, train_classifier
 from deepsem.tasks.matching import SemanticModel, TextPairs, evaluate_pairs, evaluate_ranking, evaluate_retrieval, train
 from deepsem.tasks.recommendation import Recommender, evaluate_recommender, train_recommender
+from deepsem.tasks.rerank import CrossEncoder, evaluate_rerank, train_rerank
 from deepsem.version import __version__
 
 __all__ = [
     "Classifier",
     "ClassifierConfig",
+    "CrossEncoder",
     "Index",
     "ModelConfig",
     "Recommender",
@@ -38,9 +40,11 @@ __all__ = [
     "evaluate_pairs",
     "evaluate_ranking",
     "evaluate_recommender",
+    "evaluate_rerank",
     "evaluate_retrieval",
     "load",
     "train",
     "train_classifier",
     "train_recommender",
+    "train_rerank",
 ]

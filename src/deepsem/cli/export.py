@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from deepsem.cli.errors import fail
-from deepsem.cli.options import existing_dir, out_file
+from deepsem.cli.options import existing_dir, out_file, vector_model
 
 
 class Format(StrEnum):
@@ -37,7 +37,7 @@ def export(
     from deepsem.deploy.export import check_export, export_onnx
     from deepsem.tasks import load
 
-    held = load(model)
+    held = vector_model(load(model), model, "be exported as towers")
     try:
         written = export_onnx(held, out, quantize=None if quantize is None else quantize.value, overwrite=overwrite)
     except FileExistsError as exc:

@@ -50,6 +50,7 @@ from deepsem.cli.options import (
     split_spec,
     text_lines,
     texts_or_shards,
+    vector_model,
 )
 
 
@@ -205,6 +206,7 @@ def evaluate(
         fail("give either DATA (pairs) or --retrieval DIR")
     semantic = load(model, check_precision(precision), **backend_kwargs(backend, onnx))
     if retrieval is not None:
+        vector_model(semantic, model, "retrieve from a corpus")
         rs = read_retrieval(retrieval, split=split)
         metrics = evaluate_retrieval(semantic, rs.queries, rs.corpus, rs.qrels, ks=(1, 10, 100))
     else:
@@ -268,7 +270,8 @@ def encode(
     if out.is_dir():
         raise typer.BadParameter(f"{out}: is a folder; give a file name", param_hint="'--out'")
     source = texts[0] if texts else None
-    semantic = load(model, check_precision(precision), **backend_kwargs(backend, onnx))
+    semantic = vector_model(load(model, check_precision(precision), **backend_kwargs(backend, onnx)), model,
+                            "encode texts")
     vectors = semantic.encode_stream(text_lines(source), chunk=chunk, batch_size=batch_size,
                                      side=(side or Side.query).value)
     atomic_write_npy(out, vectors)

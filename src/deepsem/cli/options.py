@@ -261,9 +261,8 @@ ShuffleBuffer = Annotated[int, typer.Option(help="Streamed shards (DATA a folder
                           "shuffle buffer (memory grows with it).", min=1)]
 VocabSample = Annotated[int | None, typer.Option(help="Streamed shards: learn the vocabulary from the first N pairs "
                         "(default: one pass over all of them).", min=1)]
-MaxSteps = Annotated[int | None, typer.Option(help="Stop after this many steps; the learning-rate schedule decays over them "
-                                              "(default: the epochs decide).",
-                                              min=1)]
+MaxSteps = Annotated[int | None, typer.Option(help="Stop after this many steps; the learning-rate schedule decays "
+                                              "over them (default: the epochs decide).", min=1)]
 SkipBadRows = Annotated[bool, typer.Option(help="Skip malformed rows (counted) instead of stopping.")]
 IndexDir = Annotated[Path, typer.Option(help="Index directory.")]
 MinCount = Annotated[int, typer.Option(help="Drop tokens seen fewer times in the training text.", min=1)]
@@ -370,6 +369,17 @@ def guard_limits(max_body_bytes: int, body_timeout: float, max_in_flight: int, h
 def column_spec(spec: str) -> int | str:
     """"0" / "-1" -> a column position, anything else -> a header name."""
     return int(spec) if spec.lstrip("-").isdigit() else spec
+
+
+def vector_model(loaded: Any, model: Path, what: str) -> Any:
+    """``loaded`` when it makes vectors; a cross-encoder (``deepsem rerank``) scores pairs and has none: exit 2
+    saying so, instead of failing deep inside ``what``."""
+    from deepsem.tasks.rerank import CrossEncoder
+
+    if isinstance(loaded, CrossEncoder):
+        fail(f"{model}: a cross-encoder (rerank) model scores pairs of texts and makes no vectors, so it cannot "
+             f"{what}; use it with 'deepsem rerank evaluate|predict'")
+    return loaded
 
 
 def load_task(model: Path, kind: type, wrong: str) -> Any:

@@ -32,6 +32,7 @@ from deepsem.cli.options import (
     check_precision,
     guard_limits,
     not_negative,
+    vector_model,
 )
 
 
@@ -82,7 +83,7 @@ def serve(
     auth = api_key_kwargs(api_key)
     how = {"precision": check_precision(precision), **backend_kwargs(backend, onnx)}
     idx = load_index(index, **how) if index is not None else None
-    loaded = load(model, **how) if model is not None else None
+    loaded = vector_model(load(model, **how), model, "be served") if model is not None else None
     from deepsem.tasks.classification import Classifier
     from deepsem.tasks.recommendation import Recommender
 

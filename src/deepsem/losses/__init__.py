@@ -5,7 +5,9 @@ model runs inside the wrapped forward, which is what triggers the gradient all-r
 - :class:`MatchingLoss` (``matching.py``): the two-tower pair objectives — pointwise, softmax with in-batch /
   random / both / labelled negatives, hinge, symmetric;
 - :class:`ClassificationLoss` (``classification.py``): cross-entropy or multi-label BCE, class weights, smoothing;
-- :class:`NextItemLoss` (``recommendation.py``): next-item softmax over full / in-batch / sampled candidates, log-Q.
+- :class:`NextItemLoss` (``recommendation.py``): next-item softmax over full / in-batch / sampled candidates, log-Q;
+- :class:`RerankLoss` (``rerank.py``): the cross-encoder's BCE on labelled pairs, or a softmax over each query's
+  positive and documents of other pairs.
 
 The kernels they share (``functional.py``) are plain functions of scores and targets. A new objective is a new
 module here holding its model and computing its loss from the batch its task's collate function builds.
@@ -22,11 +24,13 @@ from deepsem.losses.functional import (
 )
 from deepsem.losses.matching import MatchingLoss
 from deepsem.losses.recommendation import NextItemLoss
+from deepsem.losses.rerank import RerankLoss
 
 __all__ = [
     "ClassificationLoss",
     "MatchingLoss",
     "NextItemLoss",
+    "RerankLoss",
     "candidate_softmax_loss",
     "classification_loss",
     "hinge_loss",
