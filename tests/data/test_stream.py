@@ -284,3 +284,28 @@ def test_the_background_thread_hands_over_errors_and_stops_when_closed():
 
     assert not any(t.name == "deepsem-stream" and t.is_alive() for t in threading.enumerate())
     assert len(made) <= 3 + 2 + 1  # never more than the queue's depth ahead (and one waiting to go in)
+
+
+def test_tokenised_windows_sort_by_token_count_and_carry_the_tokenizers_ids(tmp_path: Path):
+    """Latin words are one token each, CJK characters one each: character counts mis-sort such a mix, token counts
+    (what a batch is padded to) do not; the batches still hold every row once, with the tokenizer's own ids."""
+    rows = [(("word " * (i % 9 + 1)).strip() if i % 2 else "字" * (i % 9 + 1), "答" * (i % 5 + 1), 1.0)
+            for i in range(640)]
+    path = _write(tmp_path / "mixed.tsv", rows)
+    stream = PairStream([path])
+    tok = build_tokenizer("char", stream.texts())
+    kw = {"batch_size": 32, "seed": 3, "steps": 20, "shuffle_buffer": 640}
+
+    def token_spread(batches: list) -> float:
+        return float(np.mean([np.ptp([max(len(a), len(b)) for a, b in zip(tok.encode_batch(bt.text_a),
+                                                                          tok.encode_batch(bt.text_b), strict=True)])
+                              for bt in batches]))
+
+    by_chars = list(stream.batches(0, **kw))
+    by_tokens = list(stream.batches(0, tokens=TokenCache(tok, size=50), **kw))
+    # the same window sorted by token count only mixes two neighbouring lengths where a group ends
+    assert token_spread(by_tokens) <= 1 and token_spread(by_chars) > 3 * token_spread(by_tokens)
+    assert sorted(r for b in by_tokens for r in zip(b.text_a, b.text_b, strict=True)) == \
+        sorted(r for b in by_chars for r in zip(b.text_a, b.text_b, strict=True))
+    for b in by_tokens:
+        assert b.ids_a == tok.encode_batch(b.text_a) and b.ids_b == tok.encode_batch(b.text_b)

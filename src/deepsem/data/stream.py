@@ -12,7 +12,7 @@ already trained on):
   together are the whole data;
 * its shards are read in an order drawn per epoch; the pairs pass through a shuffle buffer of ``shuffle_buffer``
   pairs (a pair leaves at a random place when a new one comes in);
-* the pairs leaving it are grouped into windows of ``bucket_batches`` batches, sorted by the character length of
+* the pairs leaving it are grouped into windows of ``bucket_batches`` batches, sorted by the token count of
   the longer text (length buckets: a recurrent tower runs fewer padding steps), cut into batches and the batches
   shuffled. The buffer and the window together never hold more than ``shuffle_buffer`` pairs.
 
@@ -315,21 +315,23 @@ class PairStream:
     def batches(self, epoch: int, *, batch_size: int, seed: int, steps: int, rank: int = 0, world: int = 1,
                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, by_length: bool = True, bucket_batches: int = 50,
                 stats: dict[str, int] | None = None, prepare: Callable[[PairBatch], PairBatch] | None = None,
-                prefetch: int = 0) -> Iterator[PairBatch]:
+                prefetch: int = 0, tokens: TokenCache | None = None) -> Iterator[PairBatch]:
         """Exactly ``steps`` batches of ``batch_size`` pairs (the last of a pass may be smaller) of rank ``rank``'s
         part, drawn from ``(seed, epoch, rank, world)`` only. ``stats['held']``: the most pairs the buffer held at
         once. ``prepare`` (e.g. a :class:`TokenCache`) is applied to each batch; with ``prefetch`` > 0 reading,
         shuffling and ``prepare`` run in a background thread up to that many batches ahead of the consumer (the
-        same batches in the same order: only the time they are made differs)."""
+        same batches in the same order: only the time they are made differs). ``tokens``: each window is tokenised
+        (through this cache) before it is sorted, so length buckets sort by token count, the padding a recurrent
+        tower pays for, and the batches carry their ids; without it they sort by character count."""
         made = self._batches(epoch, batch_size, seed, steps, rank, world, shuffle_buffer, by_length, bucket_batches,
-                             stats)
+                             stats, tokens)
         if prepare is not None:
             made = map(prepare, made)
         return background(made, prefetch) if prefetch > 0 else made
 
     def _batches(self, epoch: int, batch_size: int, seed: int, steps: int, rank: int, world: int,
                  shuffle_buffer: int, by_length: bool, bucket_batches: int,
-                 stats: dict[str, int] | None) -> Iterator[PairBatch]:
+                 stats: dict[str, int] | None, tokens: TokenCache | None = None) -> Iterator[PairBatch]:
         if batch_size < 1 or shuffle_buffer < batch_size:
             raise ValueError(f"the shuffle buffer ({shuffle_buffer} pairs) must hold at least one batch "
                              f"({batch_size} pairs)")
@@ -344,7 +346,7 @@ class PairStream:
             order = [indices[k] for k in rng.permutation(len(indices))]
             before = made
             for batch in _shuffled_batches(self.rows(order, rank, world, by_row), rng, batch_size, window, capacity,
-                                           by_length, stats):
+                                           by_length, stats, tokens):
                 yield batch
                 made += 1
                 if made == steps:
@@ -355,7 +357,8 @@ class PairStream:
 
 
 def _shuffled_batches(rows: Iterator[tuple[str, str, float]], rng: np.random.Generator, batch_size: int,
-                      window: int, capacity: int, by_length: bool, stats: dict[str, int]) -> Iterator[PairBatch]:
+                      window: int, capacity: int, by_length: bool, stats: dict[str, int],
+                      tokens: TokenCache | None = None) -> Iterator[PairBatch]:
     """Rows through a shuffle buffer of ``capacity`` into windows of ``window`` pairs, each cut into batches."""
     buffer: list[tuple[str, str, float]] = []
     out: list[tuple[str, str, float]] = []
@@ -374,27 +377,39 @@ def _shuffled_batches(rows: Iterator[tuple[str, str, float]], rng: np.random.Gen
             out.append(row)
             if len(out) == window:
                 stats["held"] = max(stats["held"], len(buffer) + len(out))
-                yield from _cut(out, rng, batch_size, by_length)
+                yield from _cut(out, rng, batch_size, by_length, tokens)
                 out = []
     stats["held"] = max(stats["held"], len(buffer) + len(out))
     rest = out + [buffer[j] for j in rng.permutation(len(buffer))]
     buffer, out = [], []
     for start in range(0, len(rest), window):
-        yield from _cut(rest[start : start + window], rng, batch_size, by_length)
+        yield from _cut(rest[start : start + window], rng, batch_size, by_length, tokens)
 
 
 def _cut(rows: list[tuple[str, str, float]], rng: np.random.Generator, batch_size: int,
-         by_length: bool) -> Iterator[PairBatch]:
-    """A window of rows sorted by length (``by_length``), cut into batches, the batches in random order."""
+         by_length: bool, tokens: TokenCache | None = None) -> Iterator[PairBatch]:
+    """A window of rows sorted by length (``by_length``: the longer side's token count when ``tokens`` tokenises
+    the window, else its character count), cut into batches, the batches in random order."""
+    ids_a = ids_b = None
+    if tokens is not None:
+        ids_a, ids_b = tokens.encode([r[0] for r in rows]), tokens.encode([r[1] for r in rows])
     if by_length:
-        lengths = np.fromiter((max(len(a), len(b)) for a, b, _ in rows), np.int64, count=len(rows))
-        rows = [rows[j] for j in np.argsort(lengths, kind="stable")]
+        if ids_a is not None and ids_b is not None:
+            lengths = np.fromiter(map(max, map(len, ids_a), map(len, ids_b)), np.int64, count=len(rows))
+        else:
+            lengths = np.fromiter((max(len(a), len(b)) for a, b, _ in rows), np.int64, count=len(rows))
+        order = np.argsort(lengths, kind="stable").tolist()
+        rows = [rows[j] for j in order]
+        if ids_a is not None and ids_b is not None:
+            ids_a, ids_b = [ids_a[j] for j in order], [ids_b[j] for j in order]
     pool = list(dict.fromkeys(b for _, b, y in rows if y > 0.5)) or list(dict.fromkeys(b for _, b, _ in rows))
     starts = list(range(0, len(rows), batch_size))
     for s in rng.permutation(len(starts)):
-        part = rows[starts[s] : starts[s] + batch_size]
+        lo, hi = starts[s], starts[s] + batch_size
+        part = rows[lo:hi]
         yield PairBatch([r[0] for r in part], [r[1] for r in part], np.fromiter((r[2] for r in part), np.float32,
-                                                                               count=len(part)), pool)
+                                                                               count=len(part)), pool,
+                        None if ids_a is None else ids_a[lo:hi], None if ids_b is None else ids_b[lo:hi])
 
 
 # -- ahead of the trainer ---------------------------------------------------------------------------------------

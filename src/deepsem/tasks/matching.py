@@ -348,7 +348,7 @@ def _train_stream(data: str | Path, out: str | Path, dev: str | Path | TextPairs
             collate=StreamCollate(tok, negatives_rng, cfg.num_negatives if sampled else 0),
             batches=lambda epoch, rng: stream.batches(epoch, batch_size=local_batch, seed=cfg.seed, steps=steps,
                                                       rank=rank, world=world, shuffle_buffer=shuffle_buffer,
-                                                      by_length=cfg.length_buckets, prepare=TokenCache(tok),
+                                                      by_length=cfg.length_buckets, tokens=TokenCache(tok),
                                                       prefetch=STREAM_PREFETCH),
             steps_per_epoch=steps, evaluate=evaluate, metric=metric, info=info, record_best=record_best,
             rngs={"negatives": negatives_rng}, per_rank_batches=True,
