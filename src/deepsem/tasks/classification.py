@@ -11,7 +11,8 @@ header name). Labels are strings (numbers are read as their text: ``3`` and ``"3
 multi-label data one field holds several labels split on ``label_sep`` (or a JSON list), and an empty
 field means "none of the labels". Bad rows (empty text, undecodable bytes, a missing column, an unknown
 label in dev/test data) raise :class:`~deepsem.data.errors.DataError` naming the file, line and field, or
-are skipped and counted with ``skip_bad_rows=True``.
+are skipped and counted with ``skip_bad_rows=True``. A directory or glob of such files is streamed (see
+:func:`train_classifier`).
 
 The model directory holds ``config.json`` (``"task": "classifier"``, the labels, the
 :class:`~deepsem.config.ClassifierConfig`), the tokenizer files and ``model.safetensors``; never a pickle.
