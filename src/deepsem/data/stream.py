@@ -24,6 +24,10 @@ Click logs that do not fit in memory cannot be summed per (query, doc) here: a s
 aggregated upstream, one row per (query, doc) with its clicks (and impressions). A row clicked at least
 ``min_clicks`` times is a positive; with impressions, a row shown but never clicked a negative; other rows are left
 out: :func:`deepsem.data.pairs.clicks_to_pairs`' rule, row by row.
+
+``deepsem classify train DIR`` streams labelled texts the same way (:class:`LabelledStream`: the same split,
+buffer, windows and step count over rows of ``(text, labels)``); its one pass learns the label set with its counts
+beside the vocabulary.
 """
 
 from __future__ import annotations
