@@ -560,8 +560,7 @@ def _train_stream(data: str | os.PathLike[str], out: str | os.PathLike[str],
     tower_settings.pop("vocab_size", None)  # set from the tokenizer
     shown_weights = class_weights if class_weights is None or isinstance(class_weights, str) else dict(class_weights)
     fingerprint = run_fingerprint(
-        cfg, **{"training data": data_fingerprint(shard_fingerprint(shards, shard_root(data)),
-                                                  {k: v for k, v in options.items()}),
+        cfg, **{"training data": data_fingerprint(shard_fingerprint(shards, shard_root(data)), dict(options)),
                 "dev data": None if dev_data is None else data_fingerprint(dev_data.texts, dev_data.labels)},
         tokenizer=tokenizer_fingerprint(tokenizer, tokenizer_options), tower=tower_settings,
         task={**{k: v for k, v in head.items() if k != "dropout"}, "class_weights": shown_weights,
