@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,6 +20,7 @@ from deepsem.cli.options import (
     Epochs,
     LearningRate,
     MaxLength,
+    MaxSteps,
     MinCount,
     Patience,
     Pooling,
@@ -27,13 +29,16 @@ from deepsem.cli.options import (
     Progress,
     Resume,
     Seed,
+    ShuffleBuffer,
     SkipBadRows,
     Threads,
     TokenizerName,
+    VocabSample,
     above_zero,
     check_precision,
     column_spec,
     data_file,
+    data_file_or_shards,
     load_task,
     not_negative,
     out_dir,
@@ -73,8 +78,9 @@ def _load_classifier(model: Path) -> Classifier:
 
 @classify_app.command("train")
 def classify_train(
-    data: Annotated[Path, typer.Argument(help="Training texts with labels: TSV/CSV/JSONL/Parquet.",
-                                         callback=data_file)],
+    data: Annotated[Path, typer.Argument(help="Training texts with labels: TSV/CSV/JSONL/Parquet; a folder or glob "
+                                         "of shards is streamed (see --shuffle-buffer).",
+                                         callback=data_file_or_shards)],
     out: Annotated[Path, typer.Option(help="Model directory to write (config.json, tokenizer, weights).",
                                       callback=out_dir)],
     dev: Annotated[Path | None, typer.Option(help="Dev texts: choose the best epoch, stop early.",
@@ -114,6 +120,7 @@ def classify_train(
     patience: Patience = 3,
     max_minutes: Annotated[float | None, typer.Option(help="Stop training after this many minutes.",
                                                       callback=above_zero)] = None,
+    max_steps: MaxSteps = None,
     clip_norm: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).",
                                              callback=not_negative)] = 1.0,
     seed: Seed = 13,
@@ -123,6 +130,8 @@ def classify_train(
     progress: Progress = None,
     device: Device = "cpu",
     precision: Precision = PrecisionName.fp32,
+    shuffle_buffer: ShuffleBuffer = 100_000,
+    vocab_sample: VocabSample = None,
 ) -> None:
     """Train a text classifier (any tower -> linear layer) and save the best model directory."""
     from deepsem.config import TowerConfig, TrainConfig
@@ -137,7 +146,8 @@ def classify_train(
                         dropout=dropout, embedding_dropout=dropout)
     tower.validate()
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, clip_norm=clip_norm or None,
-                            patience=patience, max_minutes=max_minutes, seed=seed, threads=threads,
+                            patience=patience, max_minutes=max_minutes, max_steps=max_steps, seed=seed,
+                            threads=threads,
                             precision=precision_name)
     train_cfg.validate()
     clf, result = train_classifier(
@@ -147,7 +157,10 @@ def classify_train(
         label_col=column_spec(label_col), label_sep=label_sep, header=header, skip_bad_rows=skip_bad_rows,
         resume=resume, ngram_buckets=ngram_buckets, ngram_order=ngram_order,
         progress=progress, device=device,  # progress None (auto) through to the trainer
+        shuffle_buffer=shuffle_buffer, vocab_sample=vocab_sample,
     )
+    if os.environ.get("RANK", "0").strip() not in ("", "0"):  # torchrun: rank 0 reports, as only it writes
+        return
     typer.echo(f"{len(clf.labels)} labels; stopped: {result.stopped} after {result.steps} steps "
                f"({result.seconds:.0f} s)")
     if "dev_metrics" in clf.info:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ import numpy as np
 from deepsem.data.errors import DataError, SkipReport
 from deepsem.data.readers import Column, detect_format, iter_records, sniff_labelled_header
 
-__all__ = ["LabelledTexts", "as_labelled", "read_labelled", "sort_labels"]
+__all__ = ["LabelledTexts", "as_labelled", "iter_labelled", "read_labelled", "sort_labels"]
 
 
 class LabelledTexts:
@@ -94,7 +94,7 @@ def _label_values(value: Any, multi_label: bool, label_sep: str) -> tuple[str, .
     return tuple(dict.fromkeys(out))
 
 
-def read_labelled(
+def iter_labelled(
     path: str | os.PathLike[str],
     *,
     text_col: Column = 0,
@@ -106,23 +106,14 @@ def read_labelled(
     header: bool | None = None,
     skip_bad_rows: bool = False,
     encoding: str = "utf-8",
-) -> LabelledTexts:
-    """Read a file of labelled texts (TSV/CSV/JSONL/Parquet; see :mod:`deepsem.data.readers`).
-
-    ``labels``: the labels a model knows; a row with any other label is a bad row (dev and test files).
-    ``header=None``: the first TSV/CSV line is a header when a column is given by name, or, with columns given by
-    position, when it holds column names such as ``text`` / ``label`` (see
-    :func:`deepsem.data.readers.sniff_labelled_header`; the decision is logged). ``True`` / ``False`` decide.
-    Bad rows raise :class:`DataError` naming file, line and field, or with ``skip_bad_rows`` are skipped and
-    counted in ``.skipped``.
-    """
+    report: SkipReport | None = None,
+) -> Iterator[tuple[str, tuple[str, ...], int]]:
+    """``(text, labels, line)`` of a file of labelled texts, row by row, checked as :func:`read_labelled` does
+    (which collects them): one row held at a time, what a stream of shards reads. Skipped rows go to ``report``."""
     spath = os.fspath(path)
     unit = "row" if detect_format(spath, fmt) == "parquet" else "line"
     known = set(labels) if labels is not None else None
-    report = SkipReport()
-    texts: list[str] = []
-    rows: list[tuple[str, ...]] = []
-    lines: list[int] = []
+    report = report if report is not None else SkipReport()
     columns = {"text": text_col, "label": label_col}
     if (header is None and isinstance(text_col, int) and isinstance(label_col, int)
             and detect_format(spath, fmt) in ("tsv", "csv")):
@@ -152,9 +143,42 @@ def read_labelled(
                 raise
             report.add(e)
             continue
+        yield text, row, rec.line
+
+
+def read_labelled(
+    path: str | os.PathLike[str],
+    *,
+    text_col: Column = 0,
+    label_col: Column = 1,
+    multi_label: bool = False,
+    label_sep: str = ",",
+    labels: Sequence[str] | None = None,
+    fmt: str | None = None,
+    header: bool | None = None,
+    skip_bad_rows: bool = False,
+    encoding: str = "utf-8",
+) -> LabelledTexts:
+    """Read a file of labelled texts (TSV/CSV/JSONL/Parquet; see :mod:`deepsem.data.readers`).
+
+    ``labels``: the labels a model knows; a row with any other label is a bad row (dev and test files).
+    ``header=None``: the first TSV/CSV line is a header when a column is given by name, or, with columns given by
+    position, when it holds column names such as ``text`` / ``label`` (see
+    :func:`deepsem.data.readers.sniff_labelled_header`; the decision is logged). ``True`` / ``False`` decide.
+    Bad rows raise :class:`DataError` naming file, line and field, or with ``skip_bad_rows`` are skipped and
+    counted in ``.skipped``.
+    """
+    spath = os.fspath(path)
+    report = SkipReport()
+    texts: list[str] = []
+    rows: list[tuple[str, ...]] = []
+    lines: list[int] = []
+    for text, row, line in iter_labelled(path, text_col=text_col, label_col=label_col, multi_label=multi_label,
+                                         label_sep=label_sep, labels=labels, fmt=fmt, header=header,
+                                         skip_bad_rows=skip_bad_rows, encoding=encoding, report=report):
         texts.append(text)
         rows.append(row)
-        lines.append(rec.line)
+        lines.append(line)
     return LabelledTexts(texts, rows, lines=lines, source=spath, skipped=report)
 
 

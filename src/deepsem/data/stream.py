@@ -24,6 +24,10 @@ Click logs that do not fit in memory cannot be summed per (query, doc) here: a s
 aggregated upstream, one row per (query, doc) with its clicks (and impressions). A row clicked at least
 ``min_clicks`` times is a positive; with impressions, a row shown but never clicked a negative; other rows are left
 out: :func:`deepsem.data.pairs.clicks_to_pairs`' rule, row by row.
+
+``deepsem classify train DIR`` streams labelled texts the same way (:class:`LabelledStream`: the same split,
+buffer, windows and step count over rows of ``(text, labels)``); its one pass learns the label set with its counts
+beside the vocabulary.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import lzma
 import os
 import queue
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +51,7 @@ import torch
 from torch import Tensor
 
 from deepsem.data.errors import DataError, SkipReport
+from deepsem.data.labelled import iter_labelled, sort_labels
 from deepsem.data.readers import (
     Column,
     Record,
@@ -61,9 +67,12 @@ from deepsem.text import Tokenizer
 
 __all__ = [
     "DEFAULT_SHUFFLE_BUFFER",
+    "LabelledStream",
     "PairBatch",
     "PairStream",
+    "ShardStream",
     "StreamCollate",
+    "TextBatch",
     "TokenCache",
     "find_shards",
     "is_sharded",
@@ -235,7 +244,52 @@ class PairBatch:
         return len(self.text_a)
 
 
-class PairStream:
+class ShardStream:
+    """What every stream of shards shares: the rows of a list of shards (``shard_rows``, in the subclass), a rank's
+    part of them, and the steps per epoch from row counts."""
+
+    shards: list[Path]
+    report: SkipReport
+    _counts: list[int] | None
+
+    def shard_rows(self, index: int) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def rows(self, order: Sequence[int] | None = None, rank: int = 0, world: int = 1,
+             by_row: bool = False) -> Iterator[Any]:
+        """Rows of the shards ``order`` (default: all, sorted), every ``world``-th one from ``rank`` if ``by_row``.
+        :attr:`report` starts again with each pass: it counts the rows skipped by the latest one."""
+        self.report = SkipReport()
+        for index in range(len(self.shards)) if order is None else order:
+            if not by_row or world == 1:
+                yield from self.shard_rows(index)
+                continue
+            for j, row in enumerate(self.shard_rows(index)):
+                if j % world == rank:
+                    yield row
+
+    def row_counts(self) -> list[int]:
+        """Rows per shard (:func:`count_rows`), counted once."""
+        if self._counts is None:
+            self._counts = [count_rows(p) for p in self.shards]
+        return self._counts
+
+    def rank_rows(self, rank: int, world: int) -> int:
+        """Rows in rank ``rank``'s part, from :meth:`row_counts`."""
+        indices, by_row = rank_part(len(self.shards), rank, world)
+        counts = self.row_counts()
+        if by_row:
+            return sum(max(0, -(-(counts[i] - rank) // world)) for i in indices)
+        return sum(counts[i] for i in indices)
+
+    def steps_per_epoch(self, batch_size: int, world: int = 1) -> int:
+        """Batches per epoch on every rank: the fewest any rank's part fills (``batch_size`` is per rank), so that
+        every rank runs the same number of steps; computed alike on every rank, without communication."""
+        return max(1, min(-(-self.rank_rows(r, world) // batch_size) for r in range(world)))
+
+
+
+class PairStream(ShardStream):
     """Pairs of a list of shards, read again on every pass: see the module's docstring.
 
     ``columns``, ``skip_bad_rows``, ``label_map`` as for :func:`deepsem.data.readers.iter_pairs`; with ``clicks``
@@ -271,19 +325,6 @@ class PairStream:
                               binary=True):
             yield row.text_a, row.text_b, row.label
 
-    def rows(self, order: Sequence[int] | None = None, rank: int = 0, world: int = 1,
-             by_row: bool = False) -> Iterator[tuple[str, str, float]]:
-        """Pairs of the shards ``order`` (default: all, sorted), every ``world``-th one from ``rank`` if ``by_row``.
-        :attr:`report` starts again with each pass: it counts the rows skipped by the latest one."""
-        self.report = SkipReport()
-        for index in range(len(self.shards)) if order is None else order:
-            if not by_row or world == 1:
-                yield from self.shard_rows(index)
-                continue
-            for j, row in enumerate(self.shard_rows(index)):
-                if j % world == rank:
-                    yield row
-
     def texts(self, limit: int | None = None) -> Iterator[str]:
         """Both texts of every pair (of the first ``limit`` pairs), in shard order: what a vocabulary is learnt
         from, one pass, one pair held at a time."""
@@ -292,25 +333,6 @@ class PairStream:
                 return
             yield a
             yield b
-
-    def row_counts(self) -> list[int]:
-        """Rows per shard (:func:`count_rows`), counted once."""
-        if self._counts is None:
-            self._counts = [count_rows(p) for p in self.shards]
-        return self._counts
-
-    def rank_rows(self, rank: int, world: int) -> int:
-        """Rows in rank ``rank``'s part, from :meth:`row_counts`."""
-        indices, by_row = rank_part(len(self.shards), rank, world)
-        counts = self.row_counts()
-        if by_row:
-            return sum(max(0, -(-(counts[i] - rank) // world)) for i in indices)
-        return sum(counts[i] for i in indices)
-
-    def steps_per_epoch(self, batch_size: int, world: int = 1) -> int:
-        """Batches per epoch on every rank: the fewest any rank's part fills (``batch_size`` is per rank), so that
-        every rank runs the same number of steps; computed alike on every rank, without communication."""
-        return max(1, min(-(-self.rank_rows(r, world) // batch_size) for r in range(world)))
 
     def batches(self, epoch: int, *, batch_size: int, seed: int, steps: int, rank: int = 0, world: int = 1,
                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, by_length: bool = True, bucket_batches: int = 50,
@@ -360,8 +382,17 @@ def _shuffled_batches(rows: Iterator[tuple[str, str, float]], rng: np.random.Gen
                       window: int, capacity: int, by_length: bool, stats: dict[str, int],
                       tokens: TokenCache | None = None) -> Iterator[PairBatch]:
     """Rows through a shuffle buffer of ``capacity`` into windows of ``window`` pairs, each cut into batches."""
-    buffer: list[tuple[str, str, float]] = []
-    out: list[tuple[str, str, float]] = []
+    for part in _shuffled_windows(rows, rng, window, capacity, stats):
+        yield from _cut(part, rng, batch_size, by_length, tokens)
+
+
+def _shuffled_windows(rows: Iterator[_T], rng: np.random.Generator, window: int, capacity: int,
+                      stats: dict[str, int]) -> Iterator[list[_T]]:
+    """Rows through a shuffle buffer of ``capacity`` (a row leaves at a random place when a new one comes in), in
+    windows of ``window`` rows; at the end the buffer's rest, shuffled. Lazy: the consumer's draws from ``rng``
+    between two windows come in the same order as if it were one loop."""
+    buffer: list[_T] = []
+    out: list[_T] = []
     draws = np.empty(0, np.int64)
     k = 0
     for row in rows:
@@ -377,13 +408,13 @@ def _shuffled_batches(rows: Iterator[tuple[str, str, float]], rng: np.random.Gen
             out.append(row)
             if len(out) == window:
                 stats["held"] = max(stats["held"], len(buffer) + len(out))
-                yield from _cut(out, rng, batch_size, by_length, tokens)
+                yield out
                 out = []
     stats["held"] = max(stats["held"], len(buffer) + len(out))
     rest = out + [buffer[j] for j in rng.permutation(len(buffer))]
     buffer, out = [], []
     for start in range(0, len(rest), window):
-        yield from _cut(rest[start : start + window], rng, batch_size, by_length, tokens)
+        yield rest[start : start + window]
 
 
 def _cut(rows: list[tuple[str, str, float]], rng: np.random.Generator, batch_size: int,
@@ -410,6 +441,137 @@ def _cut(rows: list[tuple[str, str, float]], rng: np.random.Generator, batch_siz
         yield PairBatch([r[0] for r in part], [r[1] for r in part], np.fromiter((r[2] for r in part), np.float32,
                                                                                count=len(part)), pool,
                         None if ids_a is None else ids_a[lo:hi], None if ids_b is None else ids_b[lo:hi])
+
+
+# -- labelled texts (classification) ------------------------------------------------------------------------------
+@dataclass
+class TextBatch:
+    """One batch of a :class:`LabelledStream`: texts, their targets (label ids ``(B,)`` int64, or a 0/1 matrix
+    ``(B, L)`` float32 for multi-label data) and their token ids when the window was tokenised ahead."""
+
+    texts: list[str]
+    targets: np.ndarray
+    ids: list[list[int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+class LabelledStream(ShardStream):
+    """Labelled texts of a list of shards (``deepsem classify train DIR``), read again on every pass, split, shuffled
+    and bucketed as :class:`PairStream` (see the module's docstring).
+
+    The options are :func:`deepsem.data.labelled.read_labelled`'s. :meth:`scan` is the one pass that learns the
+    label set with its counts (always over every row) while it hands the texts to the vocabulary; :attr:`labels`
+    is then the label set in :func:`sort_labels` order, which :meth:`batches` turns labels into targets with.
+    """
+
+    def __init__(self, shards: Sequence[Path], *, text_col: Column = 0, label_col: Column = 1,
+                 multi_label: bool = False, label_sep: str = ",", fmt: str | None = None, header: bool | None = None,
+                 skip_bad_rows: bool = False) -> None:
+        if not shards:
+            raise ValueError("a stream needs at least one shard")
+        self.shards = list(shards)
+        self.options: dict[str, Any] = {"text_col": text_col, "label_col": label_col, "multi_label": multi_label,
+                                        "label_sep": label_sep, "fmt": fmt, "header": header,
+                                        "skip_bad_rows": skip_bad_rows}
+        self.multi_label = multi_label
+        self.report = SkipReport()
+        self._counts = None
+        #: rows per label (multi-label: rows holding it) and rows read, from the latest complete :meth:`scan`
+        self.label_counts: Counter[str] = Counter()
+        self.examples = 0
+        self.scanned = False
+
+    @property
+    def labels(self) -> list[str]:
+        """The label set learnt by :meth:`scan` (a pass is made first if none was)."""
+        if not self.scanned:
+            for _ in self.scan(0):
+                pass
+        return sort_labels(set(self.label_counts))
+
+    def shard_rows(self, index: int) -> Iterator[tuple[str, tuple[str, ...]]]:
+        """``(text, labels)`` of shard ``index``, checked as :func:`read_labelled` checks a file."""
+        for text, row, _ in iter_labelled(self.shards[index], report=self.report, **self.options):
+            yield text, row
+
+    def scan(self, limit: int | None = None) -> Iterator[str]:
+        """One pass over every row: counts the labels (all of them, whatever ``limit``) and yields the texts of the
+        first ``limit`` rows (all with None): what the vocabulary is learnt from. The counts are kept once the
+        pass is complete."""
+        counts: Counter[str] = Counter()
+        n = 0
+        for text, row in self.rows():
+            counts.update(row)
+            if limit is None or n < limit:
+                yield text
+            n += 1
+        self.label_counts, self.examples, self.scanned = counts, n, True
+
+    def targets(self, rows: Sequence[tuple[str, tuple[str, ...]]], index: dict[str, int]) -> np.ndarray:
+        """Label ids ``(N,)`` int64, or a 0/1 matrix ``(N, L)`` float32 for multi-label data."""
+        if self.multi_label:
+            out = np.zeros((len(rows), len(index)), np.float32)
+            for r, (_, row) in enumerate(rows):
+                out[r, [index[y] for y in row]] = 1.0
+            return out
+        return np.fromiter((index[row[0]] for _, row in rows), np.int64, count=len(rows))
+
+    def batches(self, epoch: int, *, batch_size: int, seed: int, steps: int, rank: int = 0, world: int = 1,
+                shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, by_length: bool = True, bucket_batches: int = 50,
+                stats: dict[str, int] | None = None, prefetch: int = 0,
+                tokens: TokenCache | None = None) -> Iterator[TextBatch]:
+        """Exactly ``steps`` batches of ``batch_size`` texts of rank ``rank``'s part, drawn from ``(seed, epoch,
+        rank, world)`` only, as :meth:`PairStream.batches` (``tokens``: windows sorted by token count, batches
+        carrying their ids; ``prefetch``: made in a background thread)."""
+        made = self._batches(epoch, batch_size, seed, steps, rank, world, shuffle_buffer, by_length, bucket_batches,
+                             stats, tokens)
+        return background(made, prefetch) if prefetch > 0 else made
+
+    def _batches(self, epoch: int, batch_size: int, seed: int, steps: int, rank: int, world: int,
+                 shuffle_buffer: int, by_length: bool, bucket_batches: int, stats: dict[str, int] | None,
+                 tokens: TokenCache | None) -> Iterator[TextBatch]:
+        if batch_size < 1 or shuffle_buffer < batch_size:
+            raise ValueError(f"the shuffle buffer ({shuffle_buffer} texts) must hold at least one batch "
+                             f"({batch_size} texts)")
+        index = {y: i for i, y in enumerate(self.labels)}
+        rng = np.random.default_rng([seed, epoch, rank, world, 0x5EED])
+        indices, by_row = rank_part(len(self.shards), rank, world)
+        window = batch_size * max(1, min(bucket_batches, (shuffle_buffer // 2) // batch_size))
+        capacity = shuffle_buffer - window
+        stats = stats if stats is not None else {}
+        stats.setdefault("held", 0)
+        made = 0
+        while made < steps:
+            order = [indices[k] for k in rng.permutation(len(indices))]
+            before = made
+            for part in _shuffled_windows(self.rows(order, rank, world, by_row), rng, window, capacity, stats):
+                for batch in self._cut(part, rng, batch_size, by_length, tokens, index):
+                    yield batch
+                    made += 1
+                    if made == steps:
+                        return
+            if made == before:
+                raise DataError(self.shards[indices[0]] if len(indices) == 1 else os.path.dirname(self.shards[0]),
+                                None, None, f"no labelled texts in the part of rank {rank} of {world}", unit="file")
+
+    def _cut(self, rows: list[tuple[str, tuple[str, ...]]], rng: np.random.Generator, batch_size: int,
+             by_length: bool, tokens: TokenCache | None, index: dict[str, int]) -> Iterator[TextBatch]:
+        """A window sorted by length (token count with ``tokens``, else characters), cut into batches, shuffled."""
+        ids = tokens.encode([r[0] for r in rows]) if tokens is not None else None
+        if by_length:
+            lengths = np.fromiter(map(len, ids) if ids is not None else (len(r[0]) for r in rows), np.int64,
+                                  count=len(rows))
+            order = np.argsort(lengths, kind="stable").tolist()
+            rows = [rows[j] for j in order]
+            if ids is not None:
+                ids = [ids[j] for j in order]
+        targets = self.targets(rows, index)
+        starts = list(range(0, len(rows), batch_size))
+        for s in rng.permutation(len(starts)):
+            lo, hi = starts[s], starts[s] + batch_size
+            yield TextBatch([r[0] for r in rows[lo:hi]], targets[lo:hi], None if ids is None else ids[lo:hi])
 
 
 # -- ahead of the trainer ---------------------------------------------------------------------------------------

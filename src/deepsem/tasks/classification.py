@@ -11,7 +11,8 @@ header name). Labels are strings (numbers are read as their text: ``3`` and ``"3
 multi-label data one field holds several labels split on ``label_sep`` (or a JSON list), and an empty
 field means "none of the labels". Bad rows (empty text, undecodable bytes, a missing column, an unknown
 label in dev/test data) raise :class:`~deepsem.data.errors.DataError` naming the file, line and field, or
-are skipped and counted with ``skip_bad_rows=True``.
+are skipped and counted with ``skip_bad_rows=True``. A directory or glob of such files is streamed (see
+:func:`train_classifier`).
 
 The model directory holds ``config.json`` (``"task": "classifier"``, the labels, the
 :class:`~deepsem.config.ClassifierConfig`), the tokenizer files and ``model.safetensors``; never a pickle.
@@ -23,7 +24,8 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
@@ -37,6 +39,16 @@ from deepsem.data.errors import DataError
 from deepsem.data.labelled import LabelledTexts, as_labelled, read_labelled, sort_labels
 from deepsem.data.precision import HasPrecision, autocast, check_precision
 from deepsem.data.readers import Column
+from deepsem.data.stream import (
+    DEFAULT_SHUFFLE_BUFFER,
+    LabelledStream,
+    TextBatch,
+    TokenCache,
+    find_shards,
+    is_sharded,
+    shard_fingerprint,
+    shard_root,
+)
 from deepsem.deploy.runtime import Backend, run_batches
 from deepsem.errors import ConfigError
 from deepsem.evaluation.classification import classification_metrics, plot_confusion
@@ -54,6 +66,7 @@ from deepsem.trainer import (
     TrainingPlan,
     TrainResult,
     data_fingerprint,
+    distributed_rank,
     renamed_argument,
     run_fingerprint,
     run_training,
@@ -336,6 +349,53 @@ def _check_tokenizer_fits(encoder: str, tokenizer: Tokenizer) -> None:
                          f"not {tokenizer.name!r}")
 
 
+@dataclass
+class _DataSide:
+    """How a plan reads its training data: the collate, the batches of an epoch and their number."""
+
+    collate: Callable[[Any], dict[str, Tensor]]
+    batches: Callable[[int, np.random.Generator], Iterator[Any]]
+    steps_per_epoch: int
+    per_rank_batches: bool = False
+
+
+def _plan(tok: Tokenizer, tcfg: TowerConfig, labels: list[str], head: dict[str, Any],
+          dev_data: LabelledTexts | None, weights: np.ndarray | None, label_smoothing: float, info: dict[str, Any],
+          data_side: Callable[[], _DataSide]) -> TrainingPlan:
+    """The training plan of a classifier (the model built first, then ``data_side`` tokenises or streams the data):
+    what the in-memory and the streamed paths share."""
+    tcfg.vocab_size = tok.vocab_size
+    _check_tokenizer_fits(tcfg.encoder, tok)
+    multi_label = bool(head["multi_label"])
+    ccfg = ClassifierConfig(tower=tcfg, num_labels=len(labels), **head)
+    ccfg.validate()
+    net = TextClassifier(ccfg)
+    clf = Classifier(net, tok, labels)
+    side = data_side()
+
+    dev_targets = _targets(dev_data, labels, multi_label) if dev_data is not None else None
+    dev_ids = tok.encode_batch(dev_data.texts) if dev_data is not None else []
+
+    def evaluate() -> dict[str, float]:
+        assert dev_targets is not None
+        scores = classification_metrics(dev_targets, clf._proba_of_ids(dev_ids), labels,
+                                        multi_label=multi_label, threshold=ccfg.threshold)
+        return {k: scores[k] for k in ("accuracy", "macro_f1", "micro_f1")}
+
+    def record_best(metrics: dict[str, float]) -> None:
+        if metrics:
+            info["dev_metrics"] = metrics
+        clf.info = dict(info)
+
+    loss = ClassificationLoss(net, weights=torch.from_numpy(weights) if weights is not None else None,
+                              label_smoothing=label_smoothing)
+    return TrainingPlan(
+        wrapper=clf, loss=loss, collate=side.collate, batches=side.batches, steps_per_epoch=side.steps_per_epoch,
+        evaluate=evaluate if dev_data is not None else None, metric="micro_f1" if multi_label else "accuracy",
+        info=info, record_best=record_best, per_rank_batches=side.per_rank_batches,
+    )
+
+
 def train_classifier(
     data: str | os.PathLike[str] | LabelledTexts | None = None,
     out: str | os.PathLike[str] | None = None,
@@ -362,6 +422,8 @@ def train_classifier(
     resume: bool = True,
     progress: bool | None = None,
     device: str | torch.device | None = None,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    vocab_sample: int | None = None,
     train: str | os.PathLike[str] | LabelledTexts | None = None,
 ) -> tuple[Classifier, TrainResult]:
     """Train a text classifier and save the best model (by dev accuracy; multi-label: micro-F1) to ``out``.
@@ -382,6 +444,12 @@ def train_classifier(
     ones it raises :class:`~deepsem.errors.ResumeMismatchError` (``resume=False`` starts over). ``progress``:
     a progress bar; None shows it only when stderr is a terminal. ``device``: where to train (default the CPU).
     ``train``: the old name of ``data``, still accepted.
+
+    ``data`` a directory or a glob pattern of shards (TSV/CSV/JSONL/Parquet, mixed): they are streamed, never held
+    in memory (:mod:`deepsem.data.stream`): one pass learns the label set with its counts (always over every row)
+    and the vocabulary (over the first ``vocab_sample`` rows when given); each epoch reads the shards again
+    through a shuffle buffer of ``shuffle_buffer`` texts with length buckets inside it, tokenising on the fly;
+    under torchrun each rank reads its own part. ``dev`` stays a file read into memory.
     """
     t0 = time.perf_counter()
     data = renamed_argument("train_classifier", "data", data, "train", train)
@@ -391,6 +459,15 @@ def train_classifier(
     check_precision(cfg.precision, device or "cpu")  # before any data is read
     options = {"text_col": text_col, "label_col": label_col, "multi_label": multi_label, "label_sep": label_sep,
                "fmt": fmt, "header": header, "skip_bad_rows": skip_bad_rows}
+    tcfg = tower if isinstance(tower, TowerConfig) else TowerConfig.from_dict(tower or {}, "tower")
+    head = {"multi_label": multi_label, "dropout": head_dropout, "ngram_buckets": ngram_buckets,
+            "ngram_order": ngram_order, "ngram_dim": ngram_dim}
+    if is_sharded(data):
+        assert isinstance(data, str | os.PathLike)
+        return _train_stream(data, out, dev, cfg, t0, options=options, tokenizer=tokenizer,
+                             tokenizer_options=tokenizer_options, tcfg=tcfg, head=head, class_weights=class_weights,
+                             label_smoothing=label_smoothing, run_dir=run_dir, resume=resume, progress=progress,
+                             device=device, shuffle_buffer=shuffle_buffer, vocab_sample=vocab_sample)
     train_data = as_labelled(data, None, options)
     source = train_data.source or "training data"
     if not len(train_data):
@@ -405,7 +482,6 @@ def train_classifier(
     if dev_data is not None and not len(dev_data):
         raise DataError(dev_data.source or "dev data", None, None, "no labelled texts in the dev data")
     weights = compute_class_weights(targets, labels, class_weights, multi_label)
-    tcfg = tower if isinstance(tower, TowerConfig) else TowerConfig.from_dict(tower or {}, "tower")
     tower_settings = tcfg.to_dict()
     tower_settings.pop("vocab_size", None)  # set from the tokenizer
     fingerprint = run_fingerprint(
@@ -416,60 +492,134 @@ def train_classifier(
               "head_dropout": head_dropout, "label_smoothing": label_smoothing, "ngram_buckets": ngram_buckets,
               "ngram_order": ngram_order, "ngram_dim": ngram_dim})
 
+    counts = Counter(y for row in train_data.labels for y in row)
+    info: dict[str, Any] = {
+        "training": cfg.to_dict(), "train_examples": len(train_data), "label_sep": label_sep,
+        "label_counts": {y: counts[y] for y in labels},
+        "class_weights": None if weights is None else dict(zip(labels, weights.tolist(), strict=True)),
+    }
+    if label_smoothing:
+        info["label_smoothing"] = label_smoothing
+
     def build(tok: Tokenizer) -> TrainingPlan:
-        tcfg.vocab_size = tok.vocab_size
-        _check_tokenizer_fits(tcfg.encoder, tok)
-        ccfg = ClassifierConfig(tower=tcfg, num_labels=len(labels), multi_label=multi_label, dropout=head_dropout,
-                                ngram_buckets=ngram_buckets, ngram_order=ngram_order, ngram_dim=ngram_dim)
-        ccfg.validate()
-        net = TextClassifier(ccfg)
-        clf = Classifier(net, tok, labels)
-        matrix, lengths = _pad(tok.encode_batch(train_data.texts), np.int32)  # int32: half the memory of int64
-        target_t = torch.from_numpy(targets)
+        def data_side() -> _DataSide:
+            matrix, lengths = _pad(tok.encode_batch(train_data.texts), np.int32)  # int32: half the memory of int64
+            target_t = torch.from_numpy(targets)
 
-        def collate(rows: np.ndarray) -> dict[str, Tensor]:
-            width = max(int(lengths[rows].max()), 1)
-            return {"ids": torch.from_numpy(matrix[rows, :width].astype(np.int64)),
-                    "lengths": torch.from_numpy(lengths[rows]), "targets": target_t[rows]}
+            def collate(rows: np.ndarray) -> dict[str, Tensor]:
+                width = max(int(lengths[rows].max()), 1)
+                return {"ids": torch.from_numpy(matrix[rows, :width].astype(np.int64)),
+                        "lengths": torch.from_numpy(lengths[rows]), "targets": target_t[rows]}
 
-        dev_targets = _targets(dev_data, labels, multi_label) if dev_data is not None else None
-        dev_ids = tok.encode_batch(dev_data.texts) if dev_data is not None else []
-
-        def evaluate() -> dict[str, float]:
-            assert dev_targets is not None
-            scores = classification_metrics(dev_targets, clf._proba_of_ids(dev_ids), labels,
-                                            multi_label=multi_label, threshold=ccfg.threshold)
-            return {k: scores[k] for k in ("accuracy", "macro_f1", "micro_f1")}
-
-        counts = Counter(y for row in train_data.labels for y in row)
-        info: dict[str, Any] = {
-            "training": cfg.to_dict(), "train_examples": len(train_data), "label_sep": label_sep,
-            "label_counts": {y: counts[y] for y in labels},
-            "class_weights": None if weights is None else dict(zip(labels, weights.tolist(), strict=True)),
-        }
-        if label_smoothing:
-            info["label_smoothing"] = label_smoothing
-
-        def record_best(metrics: dict[str, float]) -> None:
-            if metrics:
-                info["dev_metrics"] = metrics
-            clf.info = dict(info)
-
-        loss = ClassificationLoss(net, weights=torch.from_numpy(weights) if weights is not None else None,
-                                  label_smoothing=label_smoothing)
-        return TrainingPlan(
-            wrapper=clf, loss=loss, collate=collate,
             # one batch per bucket (length_buckets off): plain shuffled batches
-            batches=lambda epoch, rng: length_batches(lengths, cfg.batch_size, rng,
-                                                      _BUCKET_BATCHES if cfg.length_buckets else 1),
-            steps_per_epoch=(len(train_data) + cfg.batch_size - 1) // cfg.batch_size,
-            evaluate=evaluate if dev_data is not None else None, metric="micro_f1" if multi_label else "accuracy",
-            info=info, record_best=record_best,
-        )
+            return _DataSide(collate, lambda epoch, rng: length_batches(
+                lengths, cfg.batch_size, rng, _BUCKET_BATCHES if cfg.length_buckets else 1),
+                (len(train_data) + cfg.batch_size - 1) // cfg.batch_size)
+
+        return _plan(tok, tcfg, labels, head, dev_data, weights, label_smoothing, dict(info), data_side)
 
     return run_training(cfg, out, fingerprint, build, run_dir=run_dir, tokenizer=tokenizer,
                         tokenizer_options=tokenizer_options, texts=lambda: train_data.texts, resume=resume,
                         progress=progress, device=device, started=t0)
+
+
+#: Batches a stream prepares (reads, shuffles, tokenises) in a background thread ahead of the training step.
+STREAM_PREFETCH = 8
+
+
+def _label_problem(source: str, labels: list[str], examples: int) -> None:
+    """A :class:`DataError` when the training data cannot train a classifier: no rows, or fewer than two labels."""
+    if not examples:
+        raise DataError(source, None, None, "no labelled texts to train on")
+    if len(labels) < 2:
+        only = f"the label {labels[0]!r}" if labels else "no label"
+        raise DataError(source, None, "label", f"all {examples} rows have {only}; a classifier needs at least "
+                        "two classes")
+
+
+def _train_stream(data: str | os.PathLike[str], out: str | os.PathLike[str],
+                  dev: str | os.PathLike[str] | LabelledTexts | None, cfg: TrainConfig, started: float, *,
+                  options: dict[str, Any], tokenizer: str | Tokenizer, tokenizer_options: dict[str, Any] | None,
+                  tcfg: TowerConfig, head: dict[str, Any], class_weights: str | Mapping[str, float] | None,
+                  label_smoothing: float, run_dir: str | os.PathLike[str] | None, resume: bool,
+                  progress: bool | None, device: str | torch.device | None, shuffle_buffer: int,
+                  vocab_sample: int | None) -> tuple[Classifier, TrainResult]:
+    """:func:`train_classifier` of a directory or glob of shards, streamed (see :mod:`deepsem.data.stream`)."""
+    if vocab_sample is not None and vocab_sample < 1:
+        raise ValueError(f"vocab_sample must be >= 1 rows, got {vocab_sample}")
+    if shuffle_buffer < cfg.batch_size:
+        raise ValueError(f"shuffle_buffer ({shuffle_buffer} texts) must hold at least one batch ({cfg.batch_size})")
+    shards = find_shards(data)
+    stream = LabelledStream(shards, **options)
+    multi_label = bool(head["multi_label"])
+    # dev stays a file in memory, read before training; its labels are checked against the stream's in build
+    dev_data = as_labelled(dev, None, options) if dev is not None else None
+    if dev_data is not None and not len(dev_data):
+        raise DataError(dev_data.source or "dev data", None, None, "no labelled texts in the dev data")
+    tower_settings = tcfg.to_dict()
+    tower_settings.pop("vocab_size", None)  # set from the tokenizer
+    shown_weights = class_weights if class_weights is None or isinstance(class_weights, str) else dict(class_weights)
+    fingerprint = run_fingerprint(
+        cfg, **{"training data": data_fingerprint(shard_fingerprint(shards, shard_root(data)), dict(options)),
+                "dev data": None if dev_data is None else data_fingerprint(dev_data.texts, dev_data.labels)},
+        tokenizer=tokenizer_fingerprint(tokenizer, tokenizer_options), tower=tower_settings,
+        task={**{k: v for k, v in head.items() if k != "dropout"}, "class_weights": shown_weights,
+              "head_dropout": head["dropout"], "label_smoothing": label_smoothing,
+              "stream": {"shuffle_buffer": shuffle_buffer, "vocab_sample": vocab_sample}})
+
+    def build(tok: Tokenizer) -> TrainingPlan:
+        rank, world = distributed_rank()  # the process group (under torchrun) is started by now
+        local_batch = cfg.batch_size // world
+        if local_batch < 1:
+            raise ValueError(f"batch_size {cfg.batch_size} is smaller than the {world} processes that split it")
+        labels = stream.labels  # from the pass that learnt the vocabulary; a pass of its own when resuming
+        _label_problem(os.fspath(data), labels, stream.examples)
+        if dev_data is not None:
+            as_labelled(dev_data, labels, options)  # a dev label the training data lacks is a bad row
+        counts = stream.label_counts
+        weights = _stream_class_weights(counts, stream.examples, labels, class_weights, multi_label)
+        info: dict[str, Any] = {
+            "training": cfg.to_dict(), "train_examples": stream.examples, "train_shards": len(shards),
+            "label_sep": options["label_sep"], "label_counts": {y: counts[y] for y in labels},
+            "class_weights": None if weights is None else dict(zip(labels, weights.tolist(), strict=True)),
+        }
+        if label_smoothing:
+            info["label_smoothing"] = label_smoothing
+        steps = stream.steps_per_epoch(local_batch, world)
+
+        def data_side() -> _DataSide:
+            def collate(batch: TextBatch) -> dict[str, Tensor]:
+                matrix, lengths = _pad(batch.ids if batch.ids is not None else tok.encode_batch(batch.texts))
+                return {"ids": torch.from_numpy(matrix), "lengths": torch.from_numpy(lengths),
+                        "targets": torch.from_numpy(batch.targets)}
+
+            return _DataSide(collate, lambda epoch, rng: stream.batches(
+                epoch, batch_size=local_batch, seed=cfg.seed, steps=steps, rank=rank, world=world,
+                shuffle_buffer=shuffle_buffer, by_length=cfg.length_buckets, tokens=TokenCache(tok),
+                prefetch=STREAM_PREFETCH), steps, per_rank_batches=True)
+
+        return _plan(tok, tcfg, labels, head, dev_data, weights, label_smoothing, info, data_side)
+
+    result = run_training(cfg, out, fingerprint, build, run_dir=run_dir, tokenizer=tokenizer,
+                          tokenizer_options=tokenizer_options, texts=lambda: stream.scan(vocab_sample),
+                          resume=resume, progress=progress, device=device, started=started)
+    if stream.report.count:
+        print(f"{data}: {stream.report}")
+    return result
+
+
+def _stream_class_weights(counts: Mapping[str, int], examples: int, labels: list[str],
+                          spec: str | Mapping[str, float] | None, multi_label: bool) -> np.ndarray | None:
+    """:func:`compute_class_weights` from the label counts of a stream (the same numbers as from its targets)."""
+    if spec is None:
+        return None
+    if multi_label:
+        targets: np.ndarray = np.zeros((examples, len(labels)), np.float32)
+        for j, y in enumerate(labels):
+            targets[: counts[y], j] = 1.0
+    else:
+        targets = np.repeat(np.arange(len(labels), dtype=np.int64), [counts[y] for y in labels])
+    return compute_class_weights(targets, labels, spec, multi_label)
 
 
 register(Task(name="classifier", model_field="classifier", wrapper=Classifier, train=train_classifier,
