@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import traceback
 from collections.abc import Callable, Iterator
@@ -38,10 +39,18 @@ JUMP_AT = 5  # the forward pass after which a clock jumps past the budget: the r
 STEPS = 12  # 64 pairs in batches of 16, 3 epochs
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_port(_rng: random.Random = random.Random()) -> int:
+    """A free port below Linux's ephemeral range (32768-60999): the ports are all chosen before the scenarios run,
+    and a port the OS hands out (port 0) may meanwhile become the local end of an earlier scenario's connection,
+    leaving a later rank 0 unable to start its store while rank 1 waits on it."""
+    while True:
+        port = _rng.randrange(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @contextmanager
