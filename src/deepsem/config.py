@@ -413,8 +413,10 @@ class CrossEncoderConfig(_Config):
     Token embedding (``embedding_dim``) -> a BiLSTM (``encoder``, any recurrent tower cell; ``hidden_size`` per
     direction) over each text -> soft alignment both ways -> [a; ã; a-ã; a*ã] -> a ReLU projection to
     ``hidden_size`` -> a composition BiLSTM -> mean and max pooling of both texts -> an MLP of ``hidden_size`` tanh
-    units -> the logit. ``threshold``: the probability from which a pair is predicted relevant (chosen on dev data;
-    below 0 or above 1 when every dev pair was best called relevant, or irrelevant).
+    units -> the logit. ``exact_match``: each step's enhancement also carries whether its token occurs in the other
+    text (a word-overlap flag; off in directories written before it, which load as they were). ``threshold``: the
+    probability from which a pair is predicted relevant (chosen on dev data; below 0 or above 1 when every dev pair
+    was best called relevant, or irrelevant).
     """
 
     encoder: str = "lstm-peephole"
@@ -424,6 +426,7 @@ class CrossEncoderConfig(_Config):
     dropout: float = 0.2
     embedding_dropout: float = 0.1
     orthogonal_init: bool = True
+    exact_match: bool = False
     threshold: float | None = None
 
     def validate(self, where: str | None = None) -> None:
@@ -445,6 +448,6 @@ class CrossEncoderConfig(_Config):
         v, e, h = self.vocab_size, self.embedding_dim, self.hidden_size
         return [(f"vocab_size x embedding_dim ({v:,} x {e:,})", v * e),
                 *recurrent_sizes(self.encoder, e, h, 1, 2, "encoder: "),
-                (f"8 hidden_size x hidden_size ({8 * h:,} x {h:,})", 8 * h * h),
+                (f"8 hidden_size x hidden_size ({8 * h:,} x {h:,})", (8 * h + int(self.exact_match)) * h),
                 *recurrent_sizes(self.encoder, h, h, 1, 2, "composition: "),
                 (f"8 hidden_size x hidden_size ({8 * h:,} x {h:,})", 8 * h * h)]

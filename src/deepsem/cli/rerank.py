@@ -80,6 +80,8 @@ def rerank_train(
                       "MLP.", min=1)] = 96,
     dropout: Annotated[float, typer.Option(help="Dropout before the projection and in the MLP.")] = 0.2,
     embedding_dropout: Annotated[float, typer.Option(help="Dropout on token embeddings.")] = 0.1,
+    exact_match: Annotated[bool, typer.Option(help="Give each token a 0/1 flag: it occurs in the other text (word "
+                           "overlap, what BM25 rewards; helps most when the training data is small).")] = False,
     num_negatives: Annotated[int, typer.Option(help="Positive-only pairs: documents of other pairs in each "
                              "query's candidate list.", min=1)] = 4,
     dev_metric: Annotated[str | None, typer.Option(help="The dev number that picks the best model: accuracy, f1, "
@@ -109,7 +111,7 @@ def rerank_train(
     precision_name = check_precision(precision, device)
     try:
         model = CrossEncoderConfig(encoder=encoder.value, embedding_dim=embedding_dim, hidden_size=hidden,
-                                   dropout=dropout, embedding_dropout=embedding_dropout)
+                                   dropout=dropout, embedding_dropout=embedding_dropout, exact_match=exact_match)
         model.validate()
         train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                 clip_norm=clip_norm or None, patience=patience, eval_every=eval_every,
