@@ -8,7 +8,8 @@ BQ dev accuracy and Spearman of both.
 Every step is the command a user runs (``deepsem negatives mine``, ``deepsem train``, ``deepsem evaluate``), in
 a subprocess, one after the other: run it with the machine to itself. Both trainings use the CLI's defaults (the
 README's model: char tokens, peephole BiLSTM 2 x 128, last+max pooling, pointwise + in-batch softmax loss) and
-``--max-minutes``; the hard run adds ``--negatives hard --hard-negatives FILE --num-negatives K`` and nothing else.
+``--max-minutes``; the hard run adds ``--negatives hard --hard-negatives FILE --num-negatives K`` (and
+``--remine-every N`` when given) and nothing else.
 The best epoch of each is chosen on bq/dev (as ``deepsem train --dev`` always does) and scored there with its
 threshold. Scratch files go under ``--work`` (default /work/scratch/hardneg); the results, as JSON, to ``--out``.
 """
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     for name, extra in (("in-batch", []),
                         ("hard", ["--negatives", "hard", "--hard-negatives", str(negatives), "--num-negatives",
-                                  str(args.num_negatives)])):
+                                  str(args.num_negatives),
+                                  *(["--remine-every", str(args.remine_every)] if args.remine_every else [])])):
         out = work / "runs" / name
         _, seconds = deepsem("train", *common, "--out", str(out), *extra, log=log)
         metrics = evaluate(out, dev, log)
@@ -77,7 +79,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"minutes": args.minutes, "miner": str(args.miner), "mined": mined_line.strip(),
             "mine_seconds": round(mine_seconds, 1),
             "mining": {"source": args.source, "per_query": args.per_query, "depth": args.depth,
-                       "skip_top": args.skip_top, "margin": args.margin, "num_negatives": args.num_negatives},
+                       "skip_top": args.skip_top, "margin": args.margin, "num_negatives": args.num_negatives,
+                       "remine_every": args.remine_every},
             "cpu": platform.processor() or platform.machine(), "runs": runs,
             "gain": {k: round(runs["hard"][k] - runs["in-batch"][k], 4) for k in ("accuracy", "spearman")}}
 
@@ -95,6 +98,7 @@ def main() -> None:
     parser.add_argument("--skip-top", type=int, default=3)
     parser.add_argument("--margin", type=float, default=0.0, help="negative to turn it off")
     parser.add_argument("--num-negatives", type=int, default=4)
+    parser.add_argument("--remine-every", type=int, default=None, help="the hard run re-mines every N epochs")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args()

@@ -51,6 +51,13 @@ def test_mine_then_train_with_the_file(tiny: tuple[Path, Path], tmp_path: Path) 
     assert config["training"]["negatives"] == "hard" and config["training"]["num_negatives"] == 2
 
 
+def test_the_group_is_registered() -> None:
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "negatives" in result.output
+    result = runner.invoke(app, ["negatives", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "mine" in result.output
+
+
 def test_mistakes_are_one_error_line(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     train, model = tiny
     result = runner.invoke(app, ["negatives", "mine", str(train), "--model", str(model), "--out",
