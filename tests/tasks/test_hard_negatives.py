@@ -185,3 +185,22 @@ def test_what_is_refused(tmp_path: Path) -> None:
     write_tsv(shards / "a.tsv", rows)
     with pytest.raises(ValueError, match="needs it in memory"):
         deepsem.train(shards, tmp_path / "m", training=TINY, hard_negatives=negatives)
+
+
+def test_mined_documents_encoded_by_length_groups_give_the_vectors_of_one_call() -> None:
+    import torch
+
+    from deepsem.config import ModelConfig, TrainConfig
+    from deepsem.losses import MatchingLoss
+    from deepsem.models import TwoTowerModel
+
+    torch.manual_seed(0)
+    config = ModelConfig.from_dict({"tower": {**TINY_MODEL["tower"], "vocab_size": 30}}, "model")
+    net = TwoTowerModel(config).eval()
+    lengths = torch.tensor([3, 17, 1, 9, 12, 2, 5, 17, 8, 4, 6, 11])
+    ids = torch.randint(1, 30, (len(lengths), 17)) * (torch.arange(17)[None, :] < lengths[:, None])
+    grouped = MatchingLoss(net, TrainConfig(negatives="hard"))._encode_sampled({"s_ids": ids, "s_len": lengths})
+    whole = net.encode(ids, lengths, "doc")
+    torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-5)
+    grouped.sum().backward()
+    assert net.query_tower.embedding.weight.grad is not None
