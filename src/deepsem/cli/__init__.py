@@ -14,7 +14,19 @@ from typing import NoReturn
 
 import typer
 
-from deepsem.cli import classify, demo, diagnose, embeddings, export, index, matching, recommend, rerank, serve
+from deepsem.cli import (
+    classify,
+    demo,
+    diagnose,
+    embeddings,
+    export,
+    index,
+    matching,
+    negatives,
+    recommend,
+    rerank,
+    serve,
+)
 from deepsem.cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USER, DeepsemGroup
 from deepsem.cli.options import (
     MAX_LINE_BYTES,
@@ -42,7 +54,8 @@ for command in (matching.train, matching.evaluate, matching.encode, index.search
     app.command()(command)
 for name, group in (("index", index.index_app), ("classify", classify.classify_app),
                     ("embeddings", embeddings.embeddings_app), ("diagnose", diagnose.diagnose_app),
-                    ("recommend", recommend.recommend_app), ("rerank", rerank.rerank_app)):
+                    ("recommend", recommend.recommend_app), ("rerank", rerank.rerank_app),
+                    ("negatives", negatives.negatives_app)):
     app.add_typer(group, name=name)
 
 
