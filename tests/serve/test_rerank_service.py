@@ -169,10 +169,12 @@ def test_the_page_shows_the_stages_and_turns_re_ranking_off(index, reranker):
             assert f"re-ranked (top {TOP})" in stages and "first stage" in stages and "rerank" in stages
             want = index.search("银行卡余额", k=10, rerank=reranker, rerank_top=TOP)[0]
             assert page.locator("#results li .text").all_inner_texts() == [h.text for h in want]
+            assert page.locator("#results li .first").all_inner_texts() == [f"#{h.first_rank}" for h in want]
             page.uncheck("#rerank")  # searches again, first stage only
             page.wait_for_function("document.getElementById('stages').textContent.startsWith('first stage only')")
             plain = index.search("银行卡余额", k=10)[0]  # the list and the stages line change together
             assert page.locator("#results li .text").all_inner_texts() == [h.text for h in plain]
+            assert page.locator("#results li .first").count() == 0
             assert "rerank" not in page.inner_text("#stages").replace("re-rank", "")
             browser.close()
     finally:
