@@ -144,7 +144,7 @@ class StageTimings(BaseModel):
                                "fetching the documents, for the batch this request shared.")
     rerank: float = Field(description="Milliseconds the re-ranker spent on this request's queries (0 when not "
                           "re-ranked).")
-    total: float = Field(description="Milliseconds from the request's validation to its answer (took_ms).")
+    total: float = Field(description="Milliseconds of the whole search, waiting for its batch included (took_ms).")
 
 
 class SearchResponse(BaseModel):
@@ -522,8 +522,9 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         for i, (q, k, _, _, top) in enumerate(items):
             t3 = time.perf_counter()
             hits = found[i][:k] if top is None or reranker is None else rerank_hits(reranker, q, found[i], k)
+            spent = took(t3) if top is not None else 0.0
             out.append({"hits": [h.to_dict() for h in hits], "encode": took(t0, t1) if dense else 0.0,
-                        "first_stage": took(t1, t2), "rerank": took(t3) if top is not None else 0.0})
+                        "first_stage": took(t1, t2), "rerank": spent})
         return out
 
     batching: dict[str, Any] = {"max_wait_ms": max_wait_ms, "threaded": encoder_thread}
@@ -633,7 +634,6 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         if recommender is not None:
             info["recommender"] = repr(recommender)
         return info
-
 
     if served is not None:
         search_model = models["SearchRequest"]
