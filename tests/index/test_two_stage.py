@@ -126,3 +126,12 @@ def test_one_stage_search_is_unchanged_and_timings_are_reported(index, reranker)
         assert (t.encode == 0) == (mode == "lexical")
     reranked = index.search("银行", k=2, rerank=reranker[0])[0]
     assert set(reranked[0].to_dict()) == {"id", "text", "score", "metadata", "first_score", "first_rank"}
+
+
+def test_the_loaded_re_ranker_stays_on_the_index_when_it_reloads(trained_model_dir, reranker, tmp_path):
+    _, path = reranker
+    own = Index.build(trained_model_dir, ["银行卡账户余额", "火车站车票", "医院医生看病"], tmp_path / "idx")
+    loaded = own.reranker(path)
+    own.add([Document("new", "银行卡余额查询")])  # publishes a new version and reloads it
+    assert own.reranker(path) is loaded
+    assert {h.id for h in own.search("银行卡余额", k=4, rerank=path)[0]} == {"0", "1", "2", "new"}

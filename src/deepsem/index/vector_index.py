@@ -506,6 +506,7 @@ class Index:
         on this index (by its resolved path), so later searches reuse it."""
         if not isinstance(model, str | Path):
             return cross_encoder(model)
+        # made on first use, not in __init__: _reopen's __dict__.update from a freshly loaded Index keeps it
         cache: dict[Path, CrossEncoder] = self.__dict__.setdefault("_rerankers", {})
         key = Path(model).resolve()
         if key not in cache:
