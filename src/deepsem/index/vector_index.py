@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
@@ -75,14 +75,17 @@ from deepsem.index.corpus import Document, corpus_shards, is_sharded, read_corpu
 from deepsem.index.lexical import LexicalIndex
 from deepsem.index.shards import VectorShards, is_vector_shards
 from deepsem.index.store import DocStore, check_regular
+from deepsem.tasks import TASKS
 from deepsem.tasks import load as load_model
-from deepsem.tasks.rerank import CrossEncoder
 from deepsem.vectorstore.exact import exact_search
 from deepsem.vectorstore.faiss_store import FaissStore, default_search_params, faiss_cause
 from deepsem.vectorstore.qdrant_store import QdrantStore, exact_condition
 
 if TYPE_CHECKING:
     from deepsem.evaluation.pairs import TextEncoder
+    from deepsem.tasks import rerank as _rerank  # the task modules are reached through the registry package
+
+    CrossEncoder = _rerank.CrossEncoder
 
     class IndexedModel(TextEncoder, Protocol):
         """A :class:`TextEncoder` as an index holds it: its vectors' width, and a model directory to copy."""
@@ -170,12 +173,12 @@ def cross_encoder(model: str | Path | CrossEncoder) -> CrossEncoder:
     """``model``, or the model of the directory ``model``, checked to be a cross-encoder (task ``rerank``, as
     ``deepsem rerank train`` writes); a two-tower model or any other kind is a :class:`ConfigError` naming it."""
     loaded = load_model(model) if isinstance(model, str | Path) else model
-    if not isinstance(loaded, CrossEncoder):
+    if not isinstance(loaded, TASKS["rerank"].wrapper):
         where = f"{model}: " if isinstance(model, str | Path) else ""
         kind = "a two-tower model" if callable(getattr(loaded, "encode", None)) else f"a {type(loaded).__name__}"
         raise ConfigError(f"{where}{kind}, not a cross-encoder: a re-ranker reads query and document together; give "
                           "a model directory of task rerank (deepsem rerank train) or a CrossEncoder")
-    return loaded
+    return cast("CrossEncoder", loaded)
 
 
 def rerank_hits(reranker: CrossEncoder, query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
