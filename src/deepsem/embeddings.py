@@ -540,6 +540,23 @@ class Coverage:
         return text
 
 
+def pretrained_embeddings(tables: Sequence[Any], tokenizer: Tokenizer, path: str | os.PathLike[str],
+                          freeze: bool) -> dict[str, Any]:
+    """Copy the word vectors of ``path`` into each ``nn.Embedding`` of ``tables`` (rows as :func:`vocab_tokens`
+    of ``tokenizer``; see :func:`initialize_embedding`), kept fixed if ``freeze``; prints and returns the coverage
+    (``path``, ``found``, ``total``, ``frozen``), which a model directory records."""
+    tokens = vocab_tokens(tokenizer)
+    words, matrix = read_vectors(path, vocab=set(tokens))
+    report: dict[str, Any] = {}
+    for table in tables:
+        coverage = initialize_embedding(table.weight, tokens, (words, matrix))
+        table.weight.requires_grad_(not freeze)
+        report = {"path": str(path), "found": coverage.found, "total": coverage.total, "frozen": freeze}
+    print(f"pretrained vectors: {report['found']} of {report['total']} tokens found in {path}"
+          + (" (frozen)" if freeze else ""))
+    return report
+
+
 def initialize_embedding(
     weight: torch.Tensor,
     tokens: Sequence[str],
@@ -644,6 +661,7 @@ __all__ = [
     "VectorsInfo",
     "initialize_embedding",
     "load_vectors",
+    "pretrained_embeddings",
     "read_vectors",
     "train_vectors",
     "vocab_tokens",

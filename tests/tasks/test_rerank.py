@@ -143,3 +143,27 @@ def test_listwise_loss_is_cross_entropy_over_the_valid_candidates() -> None:
 def test_an_onnx_backend_is_refused(trained: tuple[CrossEncoder, Path]) -> None:
     with pytest.raises(deepsem.errors.ConfigError, match="torch backend only"):
         deepsem.load(trained[1], backend="onnx")
+
+
+def test_pretrained_vectors_start_the_embeddings_and_frozen_ones_stay(tmp_path: Path) -> None:
+    chars = sorted(set("".join(GROUPS)))
+    rng = np.random.default_rng(0)
+    vectors = {c: rng.normal(size=16).astype(np.float32) for c in chars[:-1]}  # one character left without
+    vec = tmp_path / "chars.vec"
+    vec.write_text(f"{len(vectors)} 16\n" + "".join(f"{c} {' '.join(f'{x:.6f}' for x in v)}\n"
+                                                     for c, v in vectors.items()), encoding="utf-8")
+    model, _ = train_rerank(xor_pairs(64, 5), tmp_path / "m", model=TINY, pretrained=vec, freeze_embeddings=True,
+                            training={"epochs": 1, "batch_size": 16}, progress=False)
+    report = model.info["pretrained"]
+    assert report["found"] == len(vectors) and report["frozen"] is True
+    weight = model.model.embedding.weight.detach()
+    ids = [model.tokenizer.encode(c)[0] for c in vectors]
+    rows = weight[ids].numpy()
+    want = np.stack(list(vectors.values()))
+    scale = np.linalg.norm(rows, axis=1) / np.linalg.norm(want, axis=1)  # one common factor (scale="match")
+    np.testing.assert_allclose(scale, scale[0], rtol=1e-4)
+    np.testing.assert_allclose(rows, want * scale[0], rtol=1e-4, atol=1e-6)  # frozen: still the copied vectors
+    # the vectors are part of the run: the same output directory with other vectors is another run
+    with pytest.raises(deepsem.errors.ResumeMismatchError):
+        train_rerank(xor_pairs(64, 5), tmp_path / "m", model=TINY, training={"epochs": 1, "batch_size": 16},
+                     progress=False)

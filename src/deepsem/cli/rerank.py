@@ -80,6 +80,10 @@ def rerank_train(
                       "MLP.", min=1)] = 96,
     dropout: Annotated[float, typer.Option(help="Dropout before the projection and in the MLP.")] = 0.2,
     embedding_dropout: Annotated[float, typer.Option(help="Dropout on token embeddings.")] = 0.1,
+    pretrained: Annotated[Path | None, typer.Option(help="Initialise the token embeddings from word vectors "
+                          "(word2vec/fastText .vec/.txt, e.g. from 'deepsem embeddings train'; the same size as "
+                          "--embedding-dim).", callback=data_file)] = None,
+    freeze_embeddings: Annotated[bool, typer.Option(help="Keep the --pretrained embeddings fixed.")] = False,
     exact_match: Annotated[bool, typer.Option(help="Give each token a 0/1 flag: it occurs in the other text (word "
                            "overlap, what BM25 rewards; helps most when the training data is small).")] = False,
     num_negatives: Annotated[int, typer.Option(help="Positive-only pairs: documents of other pairs in each "
@@ -123,7 +127,8 @@ def rerank_train(
     ce, result = train_rerank(
         data, out, dev, tokenizer=tokenizer.value, tokenizer_options={"min_count": min_count, "max_length": max_length},
         model=model, training=train_cfg, columns=pair_columns(columns), skip_bad_rows=skip_bad_rows,
-        dev_metric=dev_metric, resume=resume, progress=progress, device=device)
+        dev_metric=dev_metric, resume=resume, progress=progress, device=device, pretrained=pretrained,
+        freeze_embeddings=freeze_embeddings)
     typer.echo(f"stopped: {result.stopped} after {result.steps} steps ({result.seconds:.0f} s)")
     if "dev_metrics" in ce.info:
         typer.echo("best dev: " + ", ".join(f"{k} {v:.4f}" for k, v in ce.info["dev_metrics"].items()))

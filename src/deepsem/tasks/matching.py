@@ -483,22 +483,16 @@ def _pair_fingerprint(cfg: TrainConfig, mcfg: ModelConfig, train_pairs: TextPair
 
 def load_pretrained(net: TwoTowerModel, tokenizer: Tokenizer, path: str | Path, freeze: bool) -> dict[str, Any]:
     """Copy word vectors into every token embedding table of ``net``; frozen if ``freeze``."""
-    from deepsem.embeddings import initialize_embedding, read_vectors, vocab_tokens
+    from deepsem.embeddings import pretrained_embeddings
 
-    tokens = vocab_tokens(tokenizer)
-    words, matrix = read_vectors(path, vocab=set(tokens))
-    report: dict[str, Any] = {}
+    tables = []
     for tower in dict.fromkeys([net.query_tower, net.doc_tower]):
         embedding = getattr(tower, "embedding", None)
         if embedding is None:
             raise ValueError(f"encoder {net.config.tower.encoder!r} has no token embedding table for pretrained "
                              "vectors (the dssm and cnn towers hash letter trigrams)")
-        coverage = initialize_embedding(embedding.weight, tokens, (words, matrix))
-        embedding.weight.requires_grad_(not freeze)
-        report = {"path": str(path), "found": coverage.found, "total": coverage.total, "frozen": freeze}
-    print(f"pretrained vectors: {report['found']} of {report['total']} tokens found in {path}"
-          + (" (frozen)" if freeze else ""))
-    return report
+        tables.append(embedding)
+    return pretrained_embeddings(tables, tokenizer, path, freeze)
 
 
 def check_tokenizer_fits(encoder: str, tokenizer: Tokenizer) -> None:

@@ -262,6 +262,8 @@ def train_rerank(
     resume: bool = True,
     progress: bool | None = None,
     device: str | torch.device | None = None,
+    pretrained: str | Path | None = None,
+    freeze_embeddings: bool = False,
 ) -> tuple[CrossEncoder, TrainResult]:
     """Train a cross-encoder on pairs and save the best model (by dev score) to ``out``.
 
@@ -272,7 +274,9 @@ def train_rerank(
     pairs, MRR of :func:`candidate_lists` for positive-only ones; ``dev_metric`` picks another (``f1``,
     ``roc_auc``, or a ranking metric when dev holds candidate lists: ``map``, ``mrr``, ``ndcg@3``...). The
     training config's two-tower fields (loss, negatives, margin...) other than ``num_negatives`` are not used.
-    Checkpoints, resume, early stopping, ``max_minutes``: as :func:`deepsem.train`.
+    Checkpoints, resume, early stopping, ``max_minutes``: as :func:`deepsem.train`. ``pretrained``: word vectors
+    (.vec/.txt, e.g. from ``deepsem embeddings train``) copied into the token embeddings, kept fixed with
+    ``freeze_embeddings``: what lets a re-ranker trained on a few thousand questions start from word meanings.
     """
     t0 = time.perf_counter()
     cfg = training_config(training)
@@ -304,7 +308,8 @@ def train_rerank(
                 "dev data": None if dev_pairs is None else data_fingerprint(dev_pairs.text_a, dev_pairs.text_b,
                                                                             dev_pairs.labels)},
         tokenizer=tokenizer_fingerprint(tokenizer, tokenizer_options), model=settings,
-        task={"rerank": "labelled" if labelled else "listwise", "dev_metric": metric})
+        task={"rerank": "labelled" if labelled else "listwise", "dev_metric": metric,
+              **({} if pretrained is None else {"pretrained": str(pretrained), "frozen": freeze_embeddings})})
 
     def build(tok: Tokenizer) -> TrainingPlan:
         mcfg.vocab_size = tok.vocab_size
@@ -344,6 +349,10 @@ def train_rerank(
 
         info: dict[str, Any] = {"training": cfg.to_dict(), "train_pairs": len(train_pairs.text_a),
                                 "objective": "bce" if labelled else f"listwise, {k} in-batch negatives"}
+        if pretrained is not None:
+            from deepsem.embeddings import pretrained_embeddings
+
+            info["pretrained"] = pretrained_embeddings([net.embedding], tok, pretrained, freeze_embeddings)
 
         def record_best(metrics: dict[str, float]) -> None:
             if "threshold" in metrics:
