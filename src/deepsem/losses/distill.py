@@ -37,10 +37,10 @@ def kl_distill_loss(student: Tensor, teacher: Tensor, gamma: Tensor | float, tem
 
     ``student`` ``(P, C)`` cosines and ``teacher`` ``(P, C)`` logits of the same candidates; ``valid`` ``(P, C)``
     False where a list has no candidate (left out of both distributions). The temperature softens the teacher
-    only: the student's scale is its own ``gamma``, as in its softmax loss."""
+    only: the student's scale is its own ``gamma``, as in its softmax loss. The teacher's side is a target, detached."""
     if valid is None:
         valid = torch.ones_like(student, dtype=torch.bool)
-    t = (teacher.float() / temperature).masked_fill(~valid, float("-inf"))
+    t = (teacher.detach().float() / temperature).masked_fill(~valid, float("-inf"))
     s = (student.float().masked_fill(~valid, 0.0) * gamma).masked_fill(~valid, float("-inf"))
     log_t, log_s = F.log_softmax(t, dim=-1), F.log_softmax(s, dim=-1)
     kl = (log_t.exp() * (log_t - log_s)).masked_fill(~valid, 0.0).sum(-1)
@@ -54,6 +54,7 @@ def margin_mse_loss(student: Tensor, teacher: Tensor, gamma: Tensor | float, tem
     if valid is None:
         valid = torch.ones_like(student, dtype=torch.bool)
     s_margin = (student[:, :1] - student[:, 1:]).float() * gamma
+    teacher = teacher.detach()  # a target: nothing flows back into the teacher
     t_margin = (teacher[:, :1] - teacher[:, 1:]).float() / temperature
     keep = valid[:, 1:] & valid[:, :1]
     squared = (s_margin - t_margin).pow(2).masked_fill(~keep, 0.0)
@@ -64,7 +65,7 @@ def vector_mse_loss(student: Tensor, teacher: Tensor) -> Tensor:
     """Mean over rows of the squared L2 distance ``||student - teacher||^2`` (``(N, D)`` each; 0 with no row)."""
     if not len(student):
         return student.sum() * 0.0
-    return (student.float() - teacher.float()).pow(2).sum(-1).mean()
+    return (student.float() - teacher.detach().float()).pow(2).sum(-1).mean()
 
 
 class Student(nn.Module):
