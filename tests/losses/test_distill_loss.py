@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from deepsem.config import CrossEncoderConfig, ModelConfig, TowerConfig, TrainConfig
 from deepsem.losses import DistillLoss, MatchingLoss, kl_distill_loss, margin_mse_loss, vector_mse_loss
+from deepsem.losses.distill import encode_by_length
 from deepsem.models import TwoTowerModel
 from deepsem.models.cross_encoder import CrossEncoderModel
 
@@ -153,3 +154,11 @@ def test_the_vector_term_reads_only_rows_with_a_teacher_vector() -> None:
     rows = torch.cat([q[mask_q] - t_q[mask_q], d[mask_d] - t_d[mask_d]])
     expected = MatchingLoss(net, TrainConfig())(batch) + 2.0 * rows.pow(2).sum(-1).mean()
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_encoding_by_length_groups_gives_the_vectors_of_encoding_at_once() -> None:
+    net = tiny_model().eval()
+    batch = batch_of(k=5)
+    ids, lengths = batch["c_ids"], batch["c_len"]
+    grouped = encode_by_length(net, ids, lengths, "doc", rows=4)
+    torch.testing.assert_close(grouped, net.encode(ids, lengths, "doc"), atol=1e-5, rtol=1e-5)

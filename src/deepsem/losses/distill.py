@@ -122,7 +122,8 @@ class DistillLoss(nn.Module):
         """Cosines ``(P, 1 + K)`` of each positive pair's query with its positive and its ``K`` candidates."""
         p = batch["positive"]
         k = batch["c_teacher"].shape[1] - 1
-        negatives = self.model.net.encode(batch["c_ids"], batch["c_len"], "doc").view(len(p), k, -1)
+        negatives = encode_by_length(self.model.net, batch["c_ids"], batch["c_len"], "doc", max(32, len(p)))
+        negatives = negatives.view(len(p), k, -1)
         qp = q[p]
         return torch.cat([(qp * d[p]).sum(-1, keepdim=True), torch.einsum("pe,pke->pk", qp, negatives)], dim=1)
 
@@ -147,6 +148,20 @@ class DistillLoss(nn.Module):
         if self.model.projection is not None:
             student = self.model.projection(student)
         return vector_mse_loss(student, teacher)
+
+
+def encode_by_length(net: TwoTowerModel, ids: Tensor, lengths: Tensor, side: str, rows: int) -> Tensor:
+    """``net.encode`` of a padded batch in groups of ``rows`` texts of similar lengths, each trimmed to its longest:
+    a recurrent tower runs every step up to the width it is given, and candidates drawn at random (unlike the
+    length-bucketed pairs) would otherwise all run to the longest of them. The vectors come back in input order."""
+    if len(ids) <= rows:
+        return net.encode(ids, lengths, side)
+    order = torch.argsort(lengths, stable=True)
+    parts = []
+    for group in order.split(rows):
+        width = max(int(lengths[group].max()), 1)
+        parts.append(net.encode(ids[group, :width], lengths[group], side))
+    return torch.cat(parts)[torch.argsort(order)]
 
 
 @contextmanager
