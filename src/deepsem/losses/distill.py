@@ -142,7 +142,7 @@ class DistillLoss(nn.Module):
             students += [q[batch["t_q_mask"]], d[batch["t_d_mask"]]]
             teachers += [batch["t_q"][batch["t_q_mask"]], batch["t_d"][batch["t_d_mask"]]]
         if "t_x" in batch and len(batch["t_x"]):
-            students.append(self.model.net.encode(batch["x_ids"], batch["x_len"], "query"))
+            students.append(encode_by_length(self.model.net, batch["x_ids"], batch["x_len"], "query", 32))
             teachers.append(batch["t_x"])
         student, teacher = torch.cat(students), torch.cat(teachers)
         if self.model.projection is not None:
