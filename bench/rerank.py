@@ -38,7 +38,7 @@ def model_for(args: argparse.Namespace, texts: list[str]) -> CrossEncoder:
             raise SystemExit(f"{args.model}: not a cross-encoder")
         return loaded
     tokenizer = build_tokenizer("char", texts, min_count=1, max_length=args.max_length)
-    config = CrossEncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=args.hidden,
+    config = CrossEncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=args.hidden, exact_match=args.exact_match,
                                 embedding_dim=args.embedding_dim)
     torch.manual_seed(0)
     return CrossEncoder(CrossEncoderModel(config), tokenizer)
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     c = model.model.config
     return {
         "model": str(args.model) if args.model else "untrained", "encoder": c.encoder, "hidden_size": c.hidden_size,
+        "exact_match": c.exact_match,
         "embedding_dim": c.embedding_dim, "parameters": sum(p.numel() for p in model.model.parameters()),
         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         "queries": len(latencies), "candidates": args.candidates,
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=CrossEncoderConfig.hidden_size)
     parser.add_argument("--embedding-dim", type=int, default=CrossEncoderConfig.embedding_dim)
+    parser.add_argument("--exact-match", action="store_true", help="the word-overlap flags (untrained model only)")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")

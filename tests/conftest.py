@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,35 @@ def trained_model_dir(pair_files: tuple[Path, Path], tmp_path_factory: pytest.Te
     out = tmp_path_factory.mktemp("model") / "m"
     deepsem.train(pair_files[0], out, pair_files[1], model=TINY_MODEL, training=TINY_TRAINING, progress=False)
     return out
+
+
+class Killed(Exception):
+    """What :func:`killed_at_step` raises in place of a training step: a run killed mid-way."""
+
+
+@contextmanager
+def killed_at_step(step: int) -> Iterator[None]:
+    """Inside: every training run (any task's ``Trainer.fit``) raises :class:`Killed` at its ``step``-th forward,
+    counted over the block, as a run killed there would stop; the trainer is whole again after the block."""
+    from deepsem import trainer as train_module
+
+    real_fit = train_module.Trainer.fit
+    calls = {"n": 0}
+
+    def killing_fit(self, resume=True):
+        forward = self.forward
+
+        def wrapped(batch):
+            calls["n"] += 1
+            if calls["n"] == step:
+                raise Killed
+            return forward(batch)
+
+        self.forward = wrapped
+        return real_fit(self, resume)
+
+    train_module.Trainer.fit = killing_fit
+    try:
+        yield
+    finally:
+        train_module.Trainer.fit = real_fit

@@ -158,9 +158,10 @@ def _one_then_two_ranks(rank: int, root: Path) -> dict[str, Any]:
 def _step_function(rank: int, root: Path) -> dict[str, Any]:
     """The older Trainer form (a step function computing the loss) under a process group of two."""
     from deepsem.config import TrainConfig
-    from deepsem.trainer import Trainer
+    from deepsem.trainer import PROCESS_GROUP_TIMEOUT, Trainer
 
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    # the scenarios' timeout (set in _ranks), not torch's 30-minute default: a rank left waiting fails the test soon
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2, timeout=PROCESS_GROUP_TIMEOUT)
     try:
         model = torch.nn.Linear(2, 1)
         Trainer(model, TrainConfig(batch_size=4), root / "step", step=lambda batch: model(batch).sum(),

@@ -27,7 +27,7 @@ ENCODER_DEFAULTS: dict[str, tuple[int, int]] = {name: (spec.hidden_size, spec.nu
 RECURRENT_DEFAULT = (HIDDEN_SIZE, NUM_LAYERS)
 POOLINGS = ("last", "mean", "max", "last+max")
 LOSSES = ("softmax", "pointwise", "hinge", "pointwise+softmax")
-NEGATIVES = ("in-batch", "random", "both", "labelled")
+NEGATIVES = ("in-batch", "random", "both", "labelled", "hard")
 SCHEDULES = ("linear", "cosine", "constant")
 
 # Bounds of the size fields, checked by ``validate`` before anything is allocated, so that a hand-edited or hostile
@@ -244,6 +244,8 @@ class TrainConfig(_Config):
     precision: str = "fp32"  # "bf16": forward and loss under bf16 autocast; weights and optimiser state stay fp32
     #: under DDP, in-batch negatives from every rank's documents (the global batch); False: each rank's local batch
     gather_negatives: bool = True
+    #: with negatives "hard": mine them again with the current model (dense) every this many epochs (None: never)
+    remine_every: int | None = None
 
     def validate(self, where: str | None = None) -> None:
         w = where or "training"
@@ -266,15 +268,20 @@ class TrainConfig(_Config):
             _positive(w, "max_minutes", self.max_minutes)
         if self.max_steps is not None:
             _positive(w, "max_steps", self.max_steps)
-        if self.negatives in ("random", "both", "labelled") and self.num_negatives < 1:
+        if self.negatives in ("random", "both", "labelled", "hard") and self.num_negatives < 1:
             raise ConfigError(f"{w}: negatives={self.negatives!r} needs num_negatives >= 1")
+        if self.remine_every is not None:
+            _positive(w, "remine_every", self.remine_every)
+            if self.negatives != "hard":
+                raise ConfigError(f"{w}: remine_every re-mines hard negatives: it needs negatives='hard'")
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields, less ``max_steps`` when unset: the settings (and so the run fingerprints and saved
-        configs) of every run without a step budget stay as they were before the field, and resume."""
+        """The fields, less ``max_steps`` and ``remine_every`` when unset: the settings (and so the run fingerprints
+        and saved configs) of every run without them stay as they were before the fields, and resume."""
         out = super().to_dict()
-        if out.get("max_steps") is None:
-            del out["max_steps"]
+        for name in ("max_steps", "remine_every"):
+            if out.get(name) is None:
+                del out[name]
         return out
 
 
@@ -413,8 +420,10 @@ class CrossEncoderConfig(_Config):
     Token embedding (``embedding_dim``) -> a BiLSTM (``encoder``, any recurrent tower cell; ``hidden_size`` per
     direction) over each text -> soft alignment both ways -> [a; ã; a-ã; a*ã] -> a ReLU projection to
     ``hidden_size`` -> a composition BiLSTM -> mean and max pooling of both texts -> an MLP of ``hidden_size`` tanh
-    units -> the logit. ``threshold``: the probability from which a pair is predicted relevant (chosen on dev data;
-    below 0 or above 1 when every dev pair was best called relevant, or irrelevant).
+    units -> the logit. ``exact_match``: each step's enhancement also carries whether its token occurs in the other
+    text (a word-overlap flag; off in directories written before it, which load as they were). ``threshold``: the
+    probability from which a pair is predicted relevant (chosen on dev data; below 0 or above 1 when every dev pair
+    was best called relevant, or irrelevant).
     """
 
     encoder: str = "lstm-peephole"
@@ -424,6 +433,7 @@ class CrossEncoderConfig(_Config):
     dropout: float = 0.2
     embedding_dropout: float = 0.1
     orthogonal_init: bool = True
+    exact_match: bool = False
     threshold: float | None = None
 
     def validate(self, where: str | None = None) -> None:
@@ -445,6 +455,6 @@ class CrossEncoderConfig(_Config):
         v, e, h = self.vocab_size, self.embedding_dim, self.hidden_size
         return [(f"vocab_size x embedding_dim ({v:,} x {e:,})", v * e),
                 *recurrent_sizes(self.encoder, e, h, 1, 2, "encoder: "),
-                (f"8 hidden_size x hidden_size ({8 * h:,} x {h:,})", 8 * h * h),
+                (f"8 hidden_size x hidden_size ({8 * h:,} x {h:,})", (8 * h + int(self.exact_match)) * h),
                 *recurrent_sizes(self.encoder, h, h, 1, 2, "composition: "),
                 (f"8 hidden_size x hidden_size ({8 * h:,} x {h:,})", 8 * h * h)]

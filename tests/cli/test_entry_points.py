@@ -27,6 +27,8 @@ GROUPS = {
     "embeddings": ["train"],
     "diagnose": ["gradients"],
     "recommend": ["train", "evaluate", "predict", "item2vec", "serve"],
+    "rerank": ["train", "evaluate", "predict"],
+    "negatives": ["mine"],
 }
 TOP = ["train", "evaluate", "encode", "search", "serve", "demo"]
 

@@ -92,3 +92,17 @@ def test_commands_that_need_vectors_refuse_a_cross_encoder_in_one_line(tmp_path:
         assert result.exit_code == 2, (args, result.output)
         assert "a cross-encoder (rerank) model" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "v.npy").exists() and not (tmp_path / "m.onnx").exists()
+
+
+def test_exact_match_is_a_training_option_saved_with_the_model(tmp_path: Path) -> None:
+    train = write_tsv(tmp_path / "train.tsv", make_pairs(96, 4))
+    out = tmp_path / "flags"
+    result = runner.invoke(app, ["rerank", "train", str(train), "--out", str(out), "--epochs", "1", "--exact-match",
+                                 *TINY])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["cross_encoder"]["exact_match"] is True
+    loaded = deepsem.load(out)
+    assert loaded.model.projection[0].in_features == 8 * 12 + 1  # the flag feeds the projection
+    score = loaded.score([("银行卡", "银行卡余额")])
+    assert score.shape == (1,) and 0.0 < float(score[0]) < 1.0

@@ -21,7 +21,8 @@ from deepsem.data.stream import (
     PairStream,
     StreamCollate,
     TokenCache,
-    _shuffled_batches,
+    _cut,
+    _shuffled_windows,
     background,
     count_rows,
     find_shards,
@@ -129,7 +130,8 @@ def test_the_shuffle_buffer_never_holds_more_than_its_size(tmp_path: Path):
     emitted, most = 0, 0
     stats = {"held": 0}
     rng = np.random.default_rng(0)
-    for batch in _shuffled_batches(counted(), rng, 32, window=128, capacity=300 - 128, by_length=True, stats=stats):
+    windows = _shuffled_windows(counted(), rng, window=128, capacity=300 - 128, stats=stats)
+    for batch in (b for part in windows for b in _cut(part, rng, 32, True)):
         most = max(most, pulled - emitted)  # read from the source and not yet handed out, this batch included
         emitted += len(batch)
     assert emitted == len(rows)

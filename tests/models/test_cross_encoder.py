@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deepsem.config import ConfigError, CrossEncoderConfig
-from deepsem.models.cross_encoder import CrossEncoderModel, mean_max, soft_align
+from deepsem.models.cross_encoder import CrossEncoderModel, exact_match, mean_max, soft_align
 
 
 def tiny(**overrides: object) -> CrossEncoderModel:
@@ -45,9 +45,10 @@ def test_mean_max_ignores_padding() -> None:
     torch.testing.assert_close(pooled, torch.tensor([[2.0, 3.0]]))
 
 
-def test_a_pairs_score_does_not_depend_on_padding_or_other_rows() -> None:
-    model = tiny()
-    q, d = torch.tensor([[3, 4, 5]]), torch.tensor([[6, 7, 8, 9]])
+@pytest.mark.parametrize("flags", [False, True])
+def test_a_pairs_score_does_not_depend_on_padding_or_other_rows(flags: bool) -> None:
+    model = tiny(exact_match=flags)
+    q, d = torch.tensor([[3, 4, 5]]), torch.tensor([[6, 5, 8, 3]])  # 3 and 5 in both: flags set
     alone = model(q, torch.tensor([3]), d, torch.tensor([4]))
     # the same pair padded to 9 steps, beside longer and shorter rows
     q_pad = torch.zeros(3, 9, dtype=torch.long)
@@ -104,11 +105,47 @@ def test_config_is_validated_and_round_trips() -> None:
         CrossEncoderConfig.from_dict({"vocab_size": 40_000_000, "embedding_dim": 16_000})
 
 
-def test_one_query_against_many_documents_equals_the_query_repeated() -> None:
-    model = tiny()
+@pytest.mark.parametrize("flags", [False, True])
+def test_one_query_against_many_documents_equals_the_query_repeated(flags: bool) -> None:
+    model = tiny(exact_match=flags)
     q = torch.tensor([[3, 4, 5, 0]])
-    d = torch.tensor([[6, 7, 0, 0, 0], [8, 9, 10, 11, 12], [2, 0, 0, 0, 0]])
+    d = torch.tensor([[6, 4, 0, 0, 0], [8, 9, 10, 3, 5], [2, 0, 0, 0, 0]])
     d_len = torch.tensor([2, 5, 1])
     shared = model(q, torch.tensor([3]), d, d_len)
     repeated = model(q.expand(3, -1), torch.tensor([3, 3, 3]), d, d_len)
     torch.testing.assert_close(shared, repeated, atol=1e-6, rtol=1e-6)
+
+
+def test_exact_match_flags_each_real_token_found_in_the_other_text() -> None:
+    """Against sets of ids, pair by pair: [PAD] (0) and [UNK] (1) match nothing, padding steps are 0."""
+    q = torch.tensor([[3, 4, 1, 0], [7, 7, 2, 9]])
+    d = torch.tensor([[4, 1, 0, 3, 0], [9, 0, 0, 0, 0]])
+    q_len, d_len = torch.tensor([3, 4]), torch.tensor([2, 1])
+    q_mask = torch.arange(4)[None] < q_len[:, None]
+    d_mask = torch.arange(5)[None] < d_len[:, None]
+    got_q, got_d = exact_match(q, q_mask, d, d_mask)
+    for i in range(2):
+        real_q, real_d = q[i, : q_len[i]].tolist(), d[i, : d_len[i]].tolist()
+        want_q = [float(t > 1 and t in real_d) for t in real_q] + [0.0] * (4 - len(real_q))
+        want_d = [float(t > 1 and t in real_q) for t in real_d] + [0.0] * (5 - len(real_d))
+        assert got_q[i].tolist() == want_q and got_d[i].tolist() == want_d
+    # one query against two documents: its flags per document
+    one_q, one_d = exact_match(q[:1], q_mask[:1], d, d_mask)
+    assert one_q.tolist() == [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]] and one_d.shape == (2, 5)
+
+
+def test_exact_match_changes_the_model_and_old_configs_load_without_it() -> None:
+    assert CrossEncoderConfig.from_dict({"vocab_size": 30}).exact_match is False  # config.json written before it
+    with_flags = tiny(exact_match=True)
+    assert with_flags.projection[0].in_features == 8 * 6 + 1
+    q, d = torch.tensor([[3, 4, 5]]), torch.tensor([[5, 4, 9]])
+    with pytest.raises(ValueError, match="token ids"):
+        with_flags.interact(with_flags.embedding(q), torch.tensor([3]), with_flags.embedding(d), torch.tensor([3]))
+    # the flag's weights read the overlap: zeroing them changes the logit of an overlapping pair only
+    before = with_flags(q, torch.tensor([3]), d, torch.tensor([3]))
+    no_overlap = with_flags(q, torch.tensor([3]), torch.tensor([[7, 8, 9]]), torch.tensor([3]))
+    with torch.no_grad():
+        with_flags.projection[0].weight[:, -1] = 0.0
+    assert not torch.allclose(with_flags(q, torch.tensor([3]), d, torch.tensor([3])), before)
+    torch.testing.assert_close(with_flags(q, torch.tensor([3]), torch.tensor([[7, 8, 9]]), torch.tensor([3])),
+                               no_overlap)

@@ -13,10 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import TOPICS
+from conftest import TOPICS, Killed, killed_at_step
 from typer.testing import CliRunner
 
-from deepsem import trainer as train_module
 from deepsem.cli import app
 from deepsem.data.errors import DataError
 from deepsem.data.stream import LabelledStream, find_shards, rank_part
@@ -218,37 +217,17 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(model_dir / "training" / "checkpoint" / "model.safetensors"))
 
 
-def test_a_killed_streamed_run_resumes_to_the_weights_of_an_unbroken_one(tmp_path: Path, monkeypatch):
+def test_a_killed_streamed_run_resumes_to_the_weights_of_an_unbroken_one(tmp_path: Path):
     shards = shard_dir(tmp_path / "shards", make_rows(300, 6))  # 10 batches an epoch
     kw = {"tower": TINY_TOWER, "training": TRAINING, "progress": False, "shuffle_buffer": 96,
           "ngram_buckets": 32, "text_col": "text", "label_col": "label"}
     _, unbroken = train_classifier(str(shards / "*.parquet"), tmp_path / "a", **kw)
     assert unbroken.steps == 2 * 7  # 200 rows in the two Parquet shards: ceil(200 / 32) = 7 an epoch
 
-    class Killed(Exception):
-        pass
-
-    real_fit = train_module.Trainer.fit
-    calls = {"n": 0}
-
-    def killed_at_step_12(self, resume=True):
-        forward = self.forward
-
-        def wrapped(batch):
-            calls["n"] += 1
-            if calls["n"] == 12:  # mid second epoch, after the checkpoint at step 10
-                raise Killed
-            return forward(batch)
-
-        self.forward = wrapped
-        return real_fit(self, resume)
-
-    monkeypatch.setattr(train_module.Trainer, "fit", killed_at_step_12)
-    with pytest.raises(Killed):
+    with pytest.raises(Killed), killed_at_step(12):  # mid second epoch, after the checkpoint at step 10
         train_classifier(str(shards / "*.parquet"), tmp_path / "b", **kw)
     state = json.loads((tmp_path / "b" / "training" / "checkpoint" / "trainer_state.json").read_text())
     assert state["global_step"] == 10
-    monkeypatch.setattr(train_module.Trainer, "fit", real_fit)
     clf, resumed = train_classifier(str(shards / "*.parquet"), tmp_path / "b", **kw)
     assert resumed.steps == 14 and clf.labels == sorted(NAMES)
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import Killed, killed_at_step
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -407,38 +408,15 @@ def test_text_towers_read_the_titles(cyclic: Interactions, tmp_path: Path, title
     np.testing.assert_allclose(loaded.item_vectors(), rec.item_vectors(), atol=1e-5)
 
 
-def test_a_killed_run_resumes_from_its_checkpoint(cyclic: Interactions, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from deepsem import trainer as train_module
-
+def test_a_killed_run_resumes_from_its_checkpoint(cyclic: Interactions, tmp_path: Path) -> None:
     config = {**TINY, "encoder": "gru", "title_encoder": "none"}
     training = {**TRAINING, "epochs": 4, "checkpoint_every": 5}
     full, _ = train_recommender(cyclic, tmp_path / "full", config=config, training=training, progress=False)
 
-    class Killed(Exception):
-        pass
-
-    real_fit = train_module.Trainer.fit
-    calls = {"n": 0}
-
-    def killing_fit(self, resume=True):
-        step = self.forward
-
-        def wrapped(batch):
-            calls["n"] += 1
-            if calls["n"] == 7:  # after the checkpoint at step 5
-                raise Killed
-            return step(batch)
-
-        self.forward = wrapped
-        return real_fit(self, resume)
-
-    monkeypatch.setattr(train_module.Trainer, "fit", killing_fit)
-    with pytest.raises(Killed):
+    with pytest.raises(Killed), killed_at_step(7):  # after the checkpoint at step 5
         train_recommender(cyclic, tmp_path / "cut", config=config, training=training, progress=False)
     state = json.loads((tmp_path / "cut" / "training" / "checkpoint" / "trainer_state.json").read_text())
     assert state["global_step"] == 5
-    monkeypatch.setattr(train_module.Trainer, "fit", real_fit)
     resumed, result = train_recommender(cyclic, tmp_path / "cut", config=config, training=training, progress=False)
     assert result.steps == 4 * math.ceil(len(training_windows(split_sequences(cyclic).train, 8)) / 16)
     np.testing.assert_allclose(resumed.item_vectors(), full.item_vectors(), atol=1e-5)

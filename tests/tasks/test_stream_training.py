@@ -9,11 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import TINY_MODEL, make_pairs, write_tsv
+from conftest import TINY_MODEL, Killed, killed_at_step, make_pairs, write_tsv
 from typer.testing import CliRunner
 
 import deepsem
-from deepsem import trainer as train_module
 from deepsem.cli import app
 from deepsem.config import TrainConfig
 from deepsem.errors import ConfigError
@@ -57,37 +56,17 @@ def test_deepsem_train_on_a_folder_of_parquet_and_tsv_shards(tmp_path: Path, pai
     assert model.similarity("银行卡余额", "账户余额") > model.similarity("银行卡余额", "天气晴朗")
 
 
-def test_a_killed_streamed_run_resumes_to_the_weights_of_an_unbroken_one(tmp_path: Path, monkeypatch):
+def test_a_killed_streamed_run_resumes_to_the_weights_of_an_unbroken_one(tmp_path: Path):
     shards = _shard_dir(tmp_path / "shards", 300)  # 10 batches an epoch
     kw = {"model": TINY_MODEL, "training": {**TRAINING, "negatives": "both", "num_negatives": 2},
           "progress": False, "shuffle_buffer": 96}
     _, unbroken = deepsem.train(str(shards / "*"), tmp_path / "a", **kw)
     assert unbroken.steps == 20
 
-    class Killed(Exception):
-        pass
-
-    real_fit = train_module.Trainer.fit
-    calls = {"n": 0}
-
-    def killed_at_step_13(self, resume=True):
-        forward = self.forward
-
-        def wrapped(batch):
-            calls["n"] += 1
-            if calls["n"] == 13:  # mid second epoch, after the checkpoint at step 10
-                raise Killed
-            return forward(batch)
-
-        self.forward = wrapped
-        return real_fit(self, resume)
-
-    monkeypatch.setattr(train_module.Trainer, "fit", killed_at_step_13)
-    with pytest.raises(Killed):
+    with pytest.raises(Killed), killed_at_step(13):  # mid second epoch, after the checkpoint at step 10
         deepsem.train(str(shards / "*"), tmp_path / "b", **kw)
     state = json.loads((tmp_path / "b" / "training" / "checkpoint" / "trainer_state.json").read_text())
     assert state["global_step"] == 10
-    monkeypatch.setattr(train_module.Trainer, "fit", real_fit)
     _, resumed = deepsem.train(str(shards / "*"), tmp_path / "b", **kw)
     assert resumed.steps == 20
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")

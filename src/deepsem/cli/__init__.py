@@ -23,6 +23,7 @@ from deepsem.cli import (
     export,
     index,
     matching,
+    negatives,
     recommend,
     rerank,
     serve,
@@ -55,7 +56,7 @@ for command in (matching.train, matching.evaluate, matching.encode, index.search
 for name, group in (("index", index.index_app), ("classify", classify.classify_app),
                     ("embeddings", embeddings.embeddings_app), ("diagnose", diagnose.diagnose_app),
                     ("recommend", recommend.recommend_app), ("rerank", rerank.rerank_app),
-                    ("distill", distill.distill_app)):
+                    ("negatives", negatives.negatives_app), ("distill", distill.distill_app)):
     app.add_typer(group, name=name)
 
 

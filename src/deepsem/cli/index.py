@@ -184,8 +184,17 @@ def search(
     backend: Backend = BackendName.torch,
     onnx: OnnxFile = None,
     precision: EncodePrecision = PrecisionName.fp32,
+    rerank: Annotated[Path | None, typer.Option(help="A cross-encoder's model directory (deepsem rerank train): "
+                      "re-score each query's best --rerank-top first-stage documents with it (two-stage search); "
+                      "each hit then shows the first stage's rank and score, and the stages' milliseconds are "
+                      "printed.")] = None,
+    rerank_top: Annotated[int | None, typer.Option(help="First-stage documents the re-ranker scores per query "
+                          "(at least k are; default 50).", min=1)] = None,
+    timings: Annotated[bool, typer.Option(help="Print the milliseconds of each stage (encode, first stage, "
+                       "rerank, total); on stderr with --json. On with --rerank.")] = False,
 ) -> None:
-    """Search an index: ranked documents with their scores (cosine, BM25 or the hybrid score)."""
+    """Search an index: ranked documents with their scores (cosine, BM25 or the hybrid score, or the
+    re-ranker's probability with --rerank)."""
     texts = list(query or [])
     blank = [i for i, text in enumerate(texts, 1) if not text.strip()]
     if blank:
@@ -198,12 +207,17 @@ def search(
         texts += [line for line in lines if line.strip()]
     if not texts:
         fail("give a query text or --queries FILE")
+    if rerank_top is not None and rerank is None:
+        fail("--rerank-top is the re-ranker's number of candidates: give --rerank DIR too")
     idx = load_index(index, precision=check_precision(precision), **backend_kwargs(backend, onnx))
-    found = idx.search(texts, k=k, mode=mode)
+    found, took = idx.search_timed(texts, k=k, mode=mode, rerank=rerank, rerank_top=rerank_top)
     for text, hits in zip(texts, found, strict=True):
         if as_json:
             typer.echo(json.dumps({"query": text, "results": [h.to_dict() for h in hits]}, ensure_ascii=False))
         else:
             typer.echo(f"> {text}")
             for rank, h in enumerate(hits, 1):
-                typer.echo(f"{rank:3d}. {h.score:.4f}  [{h.id}] {h.text}")
+                first = "" if h.first_rank is None else f"  (first stage #{h.first_rank}, {h.first_score:.4f})"
+                typer.echo(f"{rank:3d}. {h.score:.4f}  [{h.id}] {h.text}{first}")
+    if timings or rerank is not None:
+        typer.echo(f"stages ({len(texts)} quer{'y' if len(texts) == 1 else 'ies'}): {took}", err=as_json)

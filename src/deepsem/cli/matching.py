@@ -104,8 +104,14 @@ def train(
                     "labels; hinge: pairwise margin; pointwise+softmax: both.")] = Loss.pointwise_softmax,
     negatives: Annotated[Negatives, typer.Option(help="Negatives for softmax/hinge: in-batch, K random "
                          "documents, both, or labelled: in-batch + K of the query's own label-0 documents (its "
-                         "unclicked results, a question's wrong candidates).")] = Negatives.in_batch,
+                         "unclicked results, a question's wrong candidates); hard: in-batch + K mined ones "
+                         "(--hard-negatives).")] = Negatives.in_batch,
     num_negatives: Annotated[int, typer.Option(help="K random negatives per query.", min=0)] = 4,
+    hard_negatives: Annotated[Path | None, typer.Option(help="--negatives hard: the file of 'deepsem negatives "
+                              "mine'; each query gets K of its mined documents beside the in-batch ones (random "
+                              "ones when it has none).", callback=data_file)] = None,
+    remine_every: Annotated[int | None, typer.Option(help="--negatives hard: mine them again with the model being "
+                            "trained (dense, the file's settings) every N epochs.", min=1)] = None,
     epochs: Epochs = 5,
     batch_size: Annotated[int, typer.Option(help="Pairs per step (the global batch: torchrun's processes split it).",
                                             min=1)] = 128,
@@ -177,7 +183,7 @@ def train(
                             eval_every=eval_every, max_minutes=max_minutes, max_steps=max_steps, seed=seed,
                             threads=threads,
                             length_buckets=length_buckets, precision=precision_name,
-                            gather_negatives=gather_negatives)
+                            gather_negatives=gather_negatives, remine_every=remine_every)
     train_cfg.validate()
     # progress None (auto: a terminal only) goes through to the trainer, which owns the bar
     model, result = train_pairs(
@@ -186,8 +192,8 @@ def train(
         model=model_cfg, training=train_cfg, columns=pair_columns(columns), skip_bad_rows=skip_bad_rows,
         clicks=clicks, impressions=int(impressions) if impressions and impressions.isdigit() else impressions,
         resume=resume, progress=progress, pretrained=pretrained, freeze_embeddings=freeze_embeddings, device=device,
-        shuffle_buffer=shuffle_buffer, vocab_sample=vocab_sample, teacher=teacher, teacher_vectors=teacher_vectors,
-        distill_texts=distill_texts,
+        shuffle_buffer=shuffle_buffer, vocab_sample=vocab_sample,
+        hard_negatives=hard_negatives, teacher=teacher, teacher_vectors=teacher_vectors, distill_texts=distill_texts,
         distill={"score_loss": distill_loss, "weight": distill_weight, "temperature": distill_temperature,
                  "candidates": distill_candidates, "vector_weight": vector_weight},
     )

@@ -271,6 +271,11 @@ EmbeddingDim = Annotated[int, typer.Option(help="Token embedding size (recurrent
 Patience = Annotated[int, typer.Option(help="Stop after this many dev evaluations without gain.", min=1)]
 LearningRate = Annotated[float, typer.Option(help="Peak AdamW learning rate.", callback=above_zero)]
 Epochs = Annotated[int, typer.Option(help="Maximum epochs.", min=1)]
+MaxMinutes = Annotated[float | None, typer.Option(help="Stop training after this many minutes.",
+                                                 callback=above_zero)]
+WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay.", callback=not_negative)]
+ClipNorm = Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).", callback=not_negative)]
+EvalEvery = Annotated[int | None, typer.Option(help="Steps between dev evaluations (default: epoch).", min=1)]
 Bidirectional = Annotated[bool, typer.Option(help="Read the text both ways.")]
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
 Port = Annotated[int, typer.Option(help="Port.", min=0, max=65535)]

@@ -13,11 +13,14 @@ if TYPE_CHECKING:
 
 from deepsem.cli.errors import fail
 from deepsem.cli.options import (
+    ClipNorm,
     Device,
     EmbeddingDim,
     Epochs,
+    EvalEvery,
     LearningRate,
     MaxLength,
+    MaxMinutes,
     MinCount,
     Patience,
     Precision,
@@ -29,11 +32,10 @@ from deepsem.cli.options import (
     SkipBadRows,
     Threads,
     TokenizerName,
-    above_zero,
+    WeightDecay,
     check_precision,
     data_file,
     load_task,
-    not_negative,
     out_dir,
     pair_columns,
     text_file_or_stdin,
@@ -78,6 +80,8 @@ def rerank_train(
                       "MLP.", min=1)] = 96,
     dropout: Annotated[float, typer.Option(help="Dropout before the projection and in the MLP.")] = 0.2,
     embedding_dropout: Annotated[float, typer.Option(help="Dropout on token embeddings.")] = 0.1,
+    exact_match: Annotated[bool, typer.Option(help="Give each token a 0/1 flag: it occurs in the other text (word "
+                           "overlap, what BM25 rewards; helps most when the training data is small).")] = False,
     num_negatives: Annotated[int, typer.Option(help="Positive-only pairs: documents of other pairs in each "
                              "query's candidate list.", min=1)] = 4,
     dev_metric: Annotated[str | None, typer.Option(help="The dev number that picks the best model: accuracy, f1, "
@@ -87,14 +91,11 @@ def rerank_train(
     batch_size: Annotated[int, typer.Option(help="Pairs per step (positive-only pairs: queries per step).", min=1)
                           ] = 64,
     lr: LearningRate = 2e-3,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.", callback=not_negative)] = 0.01,
-    clip_norm: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).",
-                                             callback=not_negative)] = 1.0,
+    weight_decay: WeightDecay = 0.01,
+    clip_norm: ClipNorm = 1.0,
     patience: Patience = 3,
-    eval_every: Annotated[int | None, typer.Option(help="Steps between dev evaluations (default: epoch).", min=1)
-                          ] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop training after this many minutes.",
-                                                      callback=above_zero)] = None,
+    eval_every: EvalEvery = None,
+    max_minutes: MaxMinutes = None,
     seed: Seed = 13,
     threads: Threads = None,
     resume: Resume = True,
@@ -110,7 +111,7 @@ def rerank_train(
     precision_name = check_precision(precision, device)
     try:
         model = CrossEncoderConfig(encoder=encoder.value, embedding_dim=embedding_dim, hidden_size=hidden,
-                                   dropout=dropout, embedding_dropout=embedding_dropout)
+                                   dropout=dropout, embedding_dropout=embedding_dropout, exact_match=exact_match)
         model.validate()
         train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                 clip_norm=clip_norm or None, patience=patience, eval_every=eval_every,

@@ -69,6 +69,12 @@ def serve(
     backend: Backend = BackendName.torch,
     onnx: OnnxFile = None,
     precision: EncodePrecision = PrecisionName.fp32,
+    rerank: Annotated[Path | None, typer.Option(help="A cross-encoder's model directory (deepsem rerank train): "
+                      "POST /search re-scores each query's best --rerank-top documents with it (a request may turn "
+                      "it off with \"rerank\": false); needs --index.")] = None,
+    rerank_top: Annotated[int, typer.Option(help="First-stage documents the re-ranker scores per query by "
+                          "default (a request may ask for another, up to --max-rerank-top).", min=1)] = 50,
+    max_rerank_top: Annotated[int, typer.Option(help="Largest rerank_top a request may ask for.", min=1)] = 200,
 ) -> None:
     """Serve search, similarity and embeddings over HTTP, with a search page at /."""
     import torch
@@ -80,6 +86,10 @@ def serve(
 
     if (index is None) == (model is None):
         fail("give --index DIR (search and more) or --model DIR (similarity and embeddings)")
+    if rerank is not None and index is None:
+        fail("--rerank re-scores an index's search results: give --index DIR too")
+    if rerank is not None and rerank_top > max_rerank_top:
+        fail(f"--rerank-top {rerank_top} is above --max-rerank-top {max_rerank_top}")
     auth = api_key_kwargs(api_key)
     how = {"precision": check_precision(precision), **backend_kwargs(backend, onnx)}
     idx = load_index(index, **how) if index is not None else None
@@ -90,11 +100,18 @@ def serve(
     classifier = loaded if isinstance(loaded, Classifier) else None  # a classifier directory: /classify
     recommender = loaded if isinstance(loaded, Recommender) else None  # a recommender directory: /recommend
     semantic = None if isinstance(loaded, Classifier | Recommender) else loaded
+    reranker = None
+    if rerank is not None:
+        from deepsem.index.vector_index import cross_encoder
+
+        reranker = cross_encoder(load(rerank, precision=how["precision"]))
     limits = Limits(max_chars, max_texts, max_k, **guard_limits(max_body_bytes, body_timeout, max_in_flight,
                                                                 header_timeout, max_header_bytes, max_headers,
-                                                                keep_alive))
+                                                                keep_alive), max_rerank_top=max_rerank_top)
     app_ = create_app(idx, semantic, limits, max_wait_ms=max_wait_ms, classifier=classifier,
                       recommender=recommender, encoder_thread=encoder_thread,
-                      reload_interval_s=reload_interval or None, **auth)
+                      reload_interval_s=reload_interval or None, reranker=reranker, rerank_top=rerank_top, **auth)
+    if reranker is not None:
+        typer.echo(f"re-ranking each search's best {rerank_top} documents with {rerank}")
     typer.echo(f"serving on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     run(app_, host=host, port=port)

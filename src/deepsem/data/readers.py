@@ -75,6 +75,7 @@ __all__ = [
     "Record",
     "RetrievalSet",
     "detect_format",
+    "iter_click_counts",
     "iter_pairs",
     "iter_records",
     "read_clicks",
@@ -919,7 +920,7 @@ def read_pairs(
 # Click logs
 
 
-def read_clicks(
+def iter_click_counts(
     path: str | os.PathLike[str],
     *,
     query: Column = 0,
@@ -930,14 +931,12 @@ def read_clicks(
     header: bool | None = None,
     skip_bad_rows: bool = False,
     encoding: str = "utf-8",
-) -> Clicks:
-    """Read a click log and aggregate it per (query, doc) pair, in first-seen order.
-
-    Each row holds a query, a document (title, URL text, ...) and optionally a click count and an
-    impression count (non-negative numbers; clicks may not exceed impressions in a row). Without a
-    clicks column (``clicks=None``) every row counts as one click. The file is streamed: only the
-    running sums per pair are kept, never the raw rows.
-    """
+    report: SkipReport | None = None,
+) -> Iterator[tuple[str, str, float, float]]:
+    """``(query, doc, clicks, impressions)`` of each row of a click log, checked (counts non-negative numbers,
+    clicks at most impressions in a row) and not aggregated: what :func:`read_clicks` sums per pair and the shard
+    stream reads row by row. Without a clicks column every row counts as one click; without impressions they are 0.
+    Skipped rows (``skip_bad_rows``) are counted in ``report``."""
     cols = [_Col("query", query), _Col("doc", doc)]
     if clicks is not None:
         cols.append(_Col("clicks", clicks))
@@ -968,14 +967,38 @@ def read_clicks(
             raise ctx.error(rec.line, "clicks", f"{c:g} clicks exceed {imp:g} impressions")
         return q, d, c, imp
 
+    yield from _convert(items, convert, skip_bad_rows, report if report is not None else SkipReport())
+
+
+def read_clicks(
+    path: str | os.PathLike[str],
+    *,
+    query: Column = 0,
+    doc: Column = 1,
+    clicks: Column | None = 2,
+    impressions: Column | None = None,
+    fmt: str | None = None,
+    header: bool | None = None,
+    skip_bad_rows: bool = False,
+    encoding: str = "utf-8",
+) -> Clicks:
+    """Read a click log and aggregate it per (query, doc) pair, in first-seen order.
+
+    Each row holds a query, a document (title, URL text, ...) and optionally a click count and an
+    impression count (non-negative numbers; clicks may not exceed impressions in a row). Without a
+    clicks column (``clicks=None``) every row counts as one click. The file is streamed: only the
+    running sums per pair are kept, never the raw rows.
+    """
     report = SkipReport()
+    rows = iter_click_counts(path, query=query, doc=doc, clicks=clicks, impressions=impressions, fmt=fmt,
+                             header=header, skip_bad_rows=skip_bad_rows, encoding=encoding, report=report)
     index: dict[tuple[str, str], int] = {}
     queries: list[str] = []
     docs: list[str] = []
     click_sums: list[float] = []
     imp_sums: list[float] = []
     n_rows = 0
-    for q, d, c, imp in _convert(items, convert, skip_bad_rows, report):
+    for q, d, c, imp in rows:
         n_rows += 1
         i = index.get((q, d))
         if i is None:

@@ -54,13 +54,7 @@ from deepsem.data.errors import DataError, SkipReport
 from deepsem.data.labelled import iter_labelled, sort_labels
 from deepsem.data.readers import (
     Column,
-    Record,
-    _Col,
-    _convert,
-    _header_like,
-    _number,
-    _records,
-    _text,
+    iter_click_counts,
     iter_pairs,
 )
 from deepsem.text import Tokenizer
@@ -87,6 +81,7 @@ SHARD_SUFFIXES = (".tsv", ".txt", ".tab", ".csv", ".jsonl", ".json", ".ndjson", 
 _COMPRESSED: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _FINGERPRINT_BYTES = 1 << 20
 _T = TypeVar("_T")
+_B = TypeVar("_B")
 
 
 # -- shards ----------------------------------------------------------------------------------------------------
@@ -191,36 +186,9 @@ def iter_click_rows(path: str | os.PathLike[str], *, query: Column = 0, doc: Col
     """``(query, doc, label)`` of a click log aggregated upstream (one row per (query, doc)), row by row, with the
     rule of :func:`deepsem.data.pairs.clicks_to_pairs`: label 1 when clicked ``min_clicks`` times or more; with
     impressions, 0 when shown and never clicked; other rows are left out. Checks as :func:`read_clicks` does."""
-    cols = [_Col("query", query), _Col("doc", doc)]
-    if clicks is not None:
-        cols.append(_Col("clicks", clicks))
-    if impressions is not None:
-        cols.append(_Col("impressions", impressions))
-    count_field = "clicks" if clicks is not None else ("impressions" if impressions is not None else None)
-
-    def sniff(values: dict[str, Any]) -> bool:
-        return count_field is not None and count_field in values and _header_like(values[count_field])
-
-    ctx, items = _records(path, cols, fmt=None, header=None, encoding="utf-8", sniff=sniff)
-
-    def count(rec: Record, name: str) -> float:
-        try:
-            value = _number(rec.values[name])
-        except ValueError as e:
-            raise ctx.error(rec.line, name, str(e)) from None
-        if value < 0:
-            raise ctx.error(rec.line, name, f"{rec.values[name]!r} is negative")
-        return value
-
-    def convert(rec: Record) -> tuple[str, str, float, float]:
-        q, d = _text(ctx, rec, "query"), _text(ctx, rec, "doc")
-        c = count(rec, "clicks") if clicks is not None else 1.0
-        imp = count(rec, "impressions") if impressions is not None else 0.0
-        if impressions is not None and c > imp:
-            raise ctx.error(rec.line, "clicks", f"{c:g} clicks exceed {imp:g} impressions")
-        return q, d, c, imp
-
-    for q, d, c, imp in _convert(items, convert, skip_bad_rows, report if report is not None else SkipReport()):
+    rows = iter_click_counts(path, query=query, doc=doc, clicks=clicks, impressions=impressions,
+                             skip_bad_rows=skip_bad_rows, report=report)
+    for q, d, c, imp in rows:
         if c >= min_clicks:
             yield q, d, 1.0
         elif impressions is not None and c == 0 and imp > 0:
@@ -289,6 +257,38 @@ class ShardStream:
 
 
 
+    def epoch_batches(self, epoch: int, batch_size: int, seed: int, steps: int, rank: int, world: int,
+                      shuffle_buffer: int, bucket_batches: int, stats: dict[str, int] | None,
+                      cut: Callable[[list[Any], np.random.Generator], Iterator[_B]], *, unit: str,
+                      empty: str) -> Iterator[_B]:
+        """Exactly ``steps`` batches of rank ``rank``'s part, drawn from ``(seed, epoch, rank, world)`` only: passes
+        over the part's shards in an order drawn per pass, rows through a shuffle buffer of ``shuffle_buffer``
+        (``stats['held']``: the most it held at once) in windows of ``bucket_batches`` batches, each window made
+        into batches by ``cut(window, rng)``. ``unit``/``empty`` name what a row is in the errors."""
+        if batch_size < 1 or shuffle_buffer < batch_size:
+            raise ValueError(f"the shuffle buffer ({shuffle_buffer} {unit}) must hold at least one batch "
+                             f"({batch_size} {unit})")
+        rng = np.random.default_rng([seed, epoch, rank, world, 0x5EED])
+        indices, by_row = rank_part(len(self.shards), rank, world)
+        window = batch_size * max(1, min(bucket_batches, (shuffle_buffer // 2) // batch_size))
+        capacity = shuffle_buffer - window
+        stats = stats if stats is not None else {}
+        stats.setdefault("held", 0)
+        made = 0
+        while made < steps:
+            order = [indices[k] for k in rng.permutation(len(indices))]
+            before = made
+            for part in _shuffled_windows(self.rows(order, rank, world, by_row), rng, window, capacity, stats):
+                for batch in cut(part, rng):
+                    yield batch
+                    made += 1
+                    if made == steps:
+                        return
+            if made == before:
+                raise DataError(self.shards[indices[0]] if len(indices) == 1 else os.path.dirname(self.shards[0]),
+                                None, None, f"no {empty} in the part of rank {rank} of {world}", unit="file")
+
+
 class PairStream(ShardStream):
     """Pairs of a list of shards, read again on every pass: see the module's docstring.
 
@@ -354,36 +354,9 @@ class PairStream(ShardStream):
     def _batches(self, epoch: int, batch_size: int, seed: int, steps: int, rank: int, world: int,
                  shuffle_buffer: int, by_length: bool, bucket_batches: int,
                  stats: dict[str, int] | None, tokens: TokenCache | None = None) -> Iterator[PairBatch]:
-        if batch_size < 1 or shuffle_buffer < batch_size:
-            raise ValueError(f"the shuffle buffer ({shuffle_buffer} pairs) must hold at least one batch "
-                             f"({batch_size} pairs)")
-        rng = np.random.default_rng([seed, epoch, rank, world, 0x5EED])
-        indices, by_row = rank_part(len(self.shards), rank, world)
-        window = batch_size * max(1, min(bucket_batches, (shuffle_buffer // 2) // batch_size))
-        capacity = shuffle_buffer - window
-        stats = stats if stats is not None else {}
-        stats.setdefault("held", 0)
-        made = 0
-        while made < steps:
-            order = [indices[k] for k in rng.permutation(len(indices))]
-            before = made
-            for batch in _shuffled_batches(self.rows(order, rank, world, by_row), rng, batch_size, window, capacity,
-                                           by_length, stats, tokens):
-                yield batch
-                made += 1
-                if made == steps:
-                    return
-            if made == before:
-                raise DataError(self.shards[indices[0]] if len(indices) == 1 else os.path.dirname(self.shards[0]),
-                                None, None, f"no training pairs in the part of rank {rank} of {world}", unit="file")
-
-
-def _shuffled_batches(rows: Iterator[tuple[str, str, float]], rng: np.random.Generator, batch_size: int,
-                      window: int, capacity: int, by_length: bool, stats: dict[str, int],
-                      tokens: TokenCache | None = None) -> Iterator[PairBatch]:
-    """Rows through a shuffle buffer of ``capacity`` into windows of ``window`` pairs, each cut into batches."""
-    for part in _shuffled_windows(rows, rng, window, capacity, stats):
-        yield from _cut(part, rng, batch_size, by_length, tokens)
+        return self.epoch_batches(
+            epoch, batch_size, seed, steps, rank, world, shuffle_buffer, bucket_batches, stats,
+            lambda part, rng: _cut(part, rng, batch_size, by_length, tokens), unit="pairs", empty="training pairs")
 
 
 def _shuffled_windows(rows: Iterator[_T], rng: np.random.Generator, window: int, capacity: int,
@@ -532,29 +505,11 @@ class LabelledStream(ShardStream):
     def _batches(self, epoch: int, batch_size: int, seed: int, steps: int, rank: int, world: int,
                  shuffle_buffer: int, by_length: bool, bucket_batches: int, stats: dict[str, int] | None,
                  tokens: TokenCache | None) -> Iterator[TextBatch]:
-        if batch_size < 1 or shuffle_buffer < batch_size:
-            raise ValueError(f"the shuffle buffer ({shuffle_buffer} texts) must hold at least one batch "
-                             f"({batch_size} texts)")
         index = {y: i for i, y in enumerate(self.labels)}
-        rng = np.random.default_rng([seed, epoch, rank, world, 0x5EED])
-        indices, by_row = rank_part(len(self.shards), rank, world)
-        window = batch_size * max(1, min(bucket_batches, (shuffle_buffer // 2) // batch_size))
-        capacity = shuffle_buffer - window
-        stats = stats if stats is not None else {}
-        stats.setdefault("held", 0)
-        made = 0
-        while made < steps:
-            order = [indices[k] for k in rng.permutation(len(indices))]
-            before = made
-            for part in _shuffled_windows(self.rows(order, rank, world, by_row), rng, window, capacity, stats):
-                for batch in self._cut(part, rng, batch_size, by_length, tokens, index):
-                    yield batch
-                    made += 1
-                    if made == steps:
-                        return
-            if made == before:
-                raise DataError(self.shards[indices[0]] if len(indices) == 1 else os.path.dirname(self.shards[0]),
-                                None, None, f"no labelled texts in the part of rank {rank} of {world}", unit="file")
+        return self.epoch_batches(
+            epoch, batch_size, seed, steps, rank, world, shuffle_buffer, bucket_batches, stats,
+            lambda part, rng: self._cut(part, rng, batch_size, by_length, tokens, index), unit="texts",
+            empty="labelled texts")
 
     def _cut(self, rows: list[tuple[str, tuple[str, ...]]], rng: np.random.Generator, batch_size: int,
              by_length: bool, tokens: TokenCache | None, index: dict[str, int]) -> Iterator[TextBatch]:

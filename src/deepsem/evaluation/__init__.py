@@ -9,6 +9,7 @@ from deepsem.evaluation.pairs import (
     evaluate_ranking,
     evaluate_retrieval,
     evaluate_translation,
+    ranking_metrics,
 )
 from deepsem.evaluation.recommendation import (
     Scorer,
@@ -29,5 +30,6 @@ __all__ = [
     "evaluate_translation",
     "plot_confusion",
     "popularity_scores",
+    "ranking_metrics",
     "target_ranks",
 ]

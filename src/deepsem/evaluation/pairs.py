@@ -58,7 +58,14 @@ def evaluate_ranking(model: TextEncoder, pairs: TextPairs) -> dict[str, float]:
     (as WikiQA is scored); ``queries`` is how many were scored."""
     if pairs.labels is None:
         raise ValueError("ranking evaluation needs labels")
-    scores = model.similarity(pairs.text_a, pairs.text_b)
+    return ranking_metrics(pairs, model.similarity(pairs.text_a, pairs.text_b))
+
+
+def ranking_metrics(pairs: TextPairs, scores: np.ndarray) -> dict[str, float]:
+    """MAP, MRR, NDCG@3/5/10 of the candidate lists of labelled ``pairs`` (the pairs sharing a text_a) ranked by
+    ``scores`` (one per pair, from any model), over the queries with a positive candidate; ``queries``: how many."""
+    if pairs.labels is None:
+        raise ValueError("ranking evaluation needs labels")
     run: dict[str, dict[str, float]] = {}
     qrels: dict[str, dict[str, int]] = {}
     qid_of: dict[str, str] = {}
@@ -70,9 +77,7 @@ def evaluate_ranking(model: TextEncoder, pairs: TextPairs) -> dict[str, float]:
     if not qrels:
         raise ValueError("ranking evaluation needs at least one query with a positive candidate")
     metrics = retrieval_metrics(run, qrels, ks=(3, 5, 10))
-    out = {key: metrics[key] for key in RANKING_METRICS}
-    out["queries"] = float(len(qrels))
-    return out
+    return {**{key: metrics[key] for key in RANKING_METRICS}, "queries": float(len(qrels))}
 
 
 def evaluate_translation(model: TextEncoder, pairs: TextPairs, ks: Sequence[int] = (1, 10)) -> dict[str, float]:

@@ -35,6 +35,12 @@ a model directory holds (loaded through the task registry, :func:`deepsem.tasks.
 Search modes: ``dense`` (the vectors alone), ``lexical`` (BM25 alone) and ``hybrid``: the union of both top
 lists, each candidate scored ``w * cosine + (1 - w) * BM25 / (the query's best BM25 score)`` with ``w`` the
 index's ``hybrid_weight`` (default 0.5, chosen on LCQMC dev; see bench/RESULTS.md).
+
+Two-stage search (``search(..., rerank=CROSS_ENCODER)``): the first stage above (any mode, filters included)
+fetches each query's best ``rerank_top`` documents (at least ``k``), a cross-encoder
+(:class:`~deepsem.tasks.rerank.CrossEncoder`, reading query and document together) scores them and the best ``k``
+by its probability come back; each hit keeps its first-stage score and rank (``first_score``, ``first_rank``).
+:meth:`Index.search_timed` also says how long each stage took (:class:`SearchTimings`).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
@@ -69,6 +75,7 @@ from deepsem.index.corpus import Document, corpus_shards, is_sharded, read_corpu
 from deepsem.index.lexical import LexicalIndex
 from deepsem.index.shards import VectorShards, is_vector_shards
 from deepsem.index.store import DocStore, check_regular
+from deepsem.tasks import TASKS
 from deepsem.tasks import load as load_model
 from deepsem.vectorstore.exact import exact_search
 from deepsem.vectorstore.faiss_store import FaissStore, default_search_params, faiss_cause
@@ -76,6 +83,9 @@ from deepsem.vectorstore.qdrant_store import QdrantStore, exact_condition
 
 if TYPE_CHECKING:
     from deepsem.evaluation.pairs import TextEncoder
+    from deepsem.tasks import rerank as _rerank  # the task modules are reached through the registry package
+
+    CrossEncoder = _rerank.CrossEncoder
 
     class IndexedModel(TextEncoder, Protocol):
         """A :class:`TextEncoder` as an index holds it: its vectors' width, and a model directory to copy."""
@@ -88,6 +98,8 @@ if TYPE_CHECKING:
 FORMAT = "deepsem.index"
 MODES = ("dense", "lexical", "hybrid")
 HYBRID_CANDIDATES = 100  # each side's top list in hybrid mode (at least; more with deleted rows or filters)
+#: First-stage candidates a re-ranker scores per query by default (at least ``k`` are always fetched).
+RERANK_TOP = 50
 LOCK_FILE = "LOCK"
 #: Seconds a writer waits for another one to finish before it gives up with IndexLockedError.
 LOCK_TIMEOUT = 600.0
@@ -115,13 +127,69 @@ def _step(what: str) -> None:
 
 @dataclass
 class Hit:
+    """A found document. ``score``: the first stage's (cosine, BM25 or hybrid), or the re-ranker's relevance
+    probability in a two-stage search, where ``first_score`` and ``first_rank`` (1-based) keep what the first
+    stage said of it (both None in a one-stage search)."""
+
     id: str
     text: str
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    first_score: float | None = None
+    first_rank: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "text": self.text, "score": self.score, "metadata": self.metadata}
+        """id, text, score, metadata; and first_score, first_rank when the hit was re-ranked."""
+        out = {"id": self.id, "text": self.text, "score": self.score, "metadata": self.metadata}
+        if self.first_rank is not None:
+            out["first_score"], out["first_rank"] = self.first_score, self.first_rank
+        return out
+
+
+@dataclass(frozen=True)
+class SearchTimings:
+    """Milliseconds a search spent in each stage: ``encode`` (the query tower; 0 in lexical mode),
+    ``first_stage`` (vector / BM25 / hybrid search and fetching the documents), ``rerank`` (the cross-encoder;
+    about 0 without one) and ``total`` (the whole call: checks and loading a re-ranker's directory included)."""
+
+    encode: float
+    first_stage: float
+    rerank: float
+    total: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"encode": self.encode, "first_stage": self.first_stage, "rerank": self.rerank, "total": self.total}
+
+    def __str__(self) -> str:
+        return (f"encode {self.encode:.2f} ms, first stage {self.first_stage:.2f} ms, rerank {self.rerank:.2f} ms, "
+                f"total {self.total:.2f} ms")
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def cross_encoder(model: str | Path | CrossEncoder) -> CrossEncoder:
+    """``model``, or the model of the directory ``model``, checked to be a cross-encoder (task ``rerank``, as
+    ``deepsem rerank train`` writes); a two-tower model or any other kind is a :class:`ConfigError` naming it."""
+    loaded = load_model(model) if isinstance(model, str | Path) else model
+    if not isinstance(loaded, TASKS["rerank"].wrapper):
+        where = f"{model}: " if isinstance(model, str | Path) else ""
+        kind = "a two-tower model" if callable(getattr(loaded, "encode", None)) else f"a {type(loaded).__name__}"
+        raise ConfigError(f"{where}{kind}, not a cross-encoder: a re-ranker reads query and document together; give "
+                          "a model directory of task rerank (deepsem rerank train) or a CrossEncoder")
+    return cast("CrossEncoder", loaded)
+
+
+def rerank_hits(reranker: CrossEncoder, query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
+    """The best ``k`` of ``hits`` (a first stage's list for ``query``, best first) by ``reranker``'s probability
+    (:meth:`CrossEncoder.rank`: the query encoded once; ties keep the first stage's order), each carrying that
+    probability as ``score`` and its first-stage score and rank."""
+    if not hits:
+        return []
+    ranked = reranker.rank(query, [h.text for h in hits], top_k=k)
+    return [Hit(hits[i].id, hits[i].text, p, hits[i].metadata, first_score=hits[i].score, first_rank=i + 1)
+            for i, p in ranked]
 
 
 _cause = faiss_cause
@@ -390,23 +458,63 @@ class Index:
         return self.search_vectors(vectors, k, equal=equal)
 
     def search(self, queries: str | Sequence[str], k: int = 10, filter: dict[str, Any] | None = None,
-               mode: str | None = None, hybrid_weight: float | None = None) -> list[list[Hit]]:
+               mode: str | None = None, hybrid_weight: float | None = None, *,
+               rerank: str | Path | CrossEncoder | None = None, rerank_top: int | None = None) -> list[list[Hit]]:
         """The ``k`` best documents of each query, best first; ``filter`` keeps documents whose metadata
         has every given key equal to the given value. ``mode``: ``dense``, ``lexical`` or ``hybrid`` (see the
         module docstring); default ``hybrid`` for an index built with ``lexical=True``, else ``dense``.
-        ``hybrid_weight`` overrides the index's cosine share for this search (e.g. to tune it on dev data)."""
+        ``hybrid_weight`` overrides the index's cosine share for this search (e.g. to tune it on dev data).
+        ``rerank``: a cross-encoder (or its model directory, loaded once and kept on the index) re-scores the first
+        stage's best ``rerank_top`` documents (default :data:`RERANK_TOP`, at least ``k``; filters apply in the
+        first stage) and the best ``k`` of them by its probability come back (see :class:`Hit`)."""
+        return self.search_timed(queries, k, filter, mode, hybrid_weight, rerank=rerank, rerank_top=rerank_top)[0]
+
+    def search_timed(self, queries: str | Sequence[str], k: int = 10, filter: dict[str, Any] | None = None,
+                     mode: str | None = None, hybrid_weight: float | None = None, *,
+                     rerank: str | Path | CrossEncoder | None = None, rerank_top: int | None = None
+                     ) -> tuple[list[list[Hit]], SearchTimings]:
+        """:meth:`search`, and the milliseconds each stage took over all the queries (:class:`SearchTimings`)."""
+        t0 = time.perf_counter()
         if isinstance(queries, str):
             queries = [queries]
         _check_queries(queries)
         if k < 1:
             raise QueryError(f"k must be >= 1, got {k}")
+        reranker = None if rerank is None else self.reranker(rerank)
+        if rerank_top is not None:
+            if reranker is None:
+                raise ValueError("rerank_top is the re-ranker's number of candidates: give rerank too")
+            if isinstance(rerank_top, bool) or not isinstance(rerank_top, int) or rerank_top < 1:
+                raise QueryError(f"rerank_top must be an integer >= 1, got {rerank_top!r}")
         mode = self.resolve_mode(mode)
+        t1 = time.perf_counter()
         vectors = None if mode == "lexical" else self.model.encode(list(queries), side="query")
+        t2 = time.perf_counter()
         if vectors is not None and not np.isfinite(vectors).all():
             bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
             raise ModelFileError(f"{self.directory / self.version / 'model'}: the model made NaN or infinite "
                                  f"vectors for query {bad + 1} ({queries[bad][:40]!r}): its weights are damaged")
-        return self.search_encoded(vectors, k, filter, texts=list(queries), mode=mode, hybrid_weight=hybrid_weight)
+        fetch = k if reranker is None else max(k, RERANK_TOP if rerank_top is None else rerank_top)
+        found = self.search_encoded(vectors, fetch, filter, texts=list(queries), mode=mode,
+                                    hybrid_weight=hybrid_weight)
+        t3 = time.perf_counter()
+        if reranker is not None:
+            found = [rerank_hits(reranker, q, hits, k) for q, hits in zip(queries, found, strict=True)]
+        t4 = time.perf_counter()
+        return found, SearchTimings(_ms(t2 - t1) if vectors is not None else 0.0, _ms(t3 - t2), _ms(t4 - t3),
+                                    _ms(t4 - t0))
+
+    def reranker(self, model: str | Path | CrossEncoder) -> CrossEncoder:
+        """The cross-encoder ``model`` names (:func:`cross_encoder`); a model directory is loaded once and kept
+        on this index (by its resolved path), so later searches reuse it."""
+        if not isinstance(model, str | Path):
+            return cross_encoder(model)
+        # made on first use, not in __init__: _reopen's __dict__.update from a freshly loaded Index keeps it
+        cache: dict[Path, CrossEncoder] = self.__dict__.setdefault("_rerankers", {})
+        key = Path(model).resolve()
+        if key not in cache:
+            cache[key] = cross_encoder(model)
+        return cache[key]
 
     def resolve_mode(self, mode: str | None) -> str:
         """``mode`` checked against this index (None: its default)."""

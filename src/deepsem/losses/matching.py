@@ -12,6 +12,9 @@ from deepsem.models import TwoTowerModel
 
 #: ``TrainConfig.loss`` values with a softmax (or hinge) term over negatives.
 SOFTMAX_LOSSES = ("softmax", "hinge", "pointwise+softmax")
+#: Mined (``negatives="hard"``) documents are encoded in this many groups of similar length: a recurrent tower runs
+#: every step up to its input's width, and a query's mined documents are of any length, not its batch's.
+SAMPLED_GROUPS = 4
 
 
 class MatchingLoss(nn.Module):
@@ -60,12 +63,24 @@ class MatchingLoss(nn.Module):
             loss = 0.0 * (q.sum() + d.sum())
         return loss
 
+    def _encode_sampled(self, batch: dict[str, Tensor]) -> Tensor:
+        """The sampled documents' vectors ``(P * K, dim)``: in one call, or for hard negatives in
+        :data:`SAMPLED_GROUPS` length-sorted groups, each trimmed to its longest (the other modes keep their one
+        call, and so their dropout draws and results)."""
+        ids, lengths = batch["s_ids"], batch["s_len"]
+        if self.config.negatives != "hard" or len(lengths) < 2 * SAMPLED_GROUPS:
+            return self.model.encode(ids, lengths, "doc")
+        order = torch.argsort(lengths, stable=True)
+        parts = [self.model.encode(ids[rows, : max(int(lengths[rows].max()), 1)], lengths[rows], "doc")
+                 for rows in order.tensor_split(SAMPLED_GROUPS)]
+        return torch.cat(parts)[torch.argsort(order)]
+
     def _negatives_term(self, batch: dict[str, Tensor], q: Tensor, d: Tensor, p: Tensor) -> Tensor:
         """The softmax (or hinge) term of the positive pairs ``p`` against their negatives."""
         cfg, model = self.config, self.model
         sampled = None
         if "s_ids" in batch:
-            sampled = model.encode(batch["s_ids"], batch["s_len"], "doc").view(len(p), cfg.num_negatives, -1)
+            sampled = self._encode_sampled(batch).view(len(p), cfg.num_negatives, -1)
         pos, neg = negative_scores(q[p], d, p, same_doc=batch["same"], sampled=sampled,
                                    in_batch=cfg.negatives != "random")
         if "clash" in batch:
@@ -96,7 +111,7 @@ class MatchingLoss(nn.Module):
             return 0.0 * d.sum()
         sampled = None
         if "s_ids" in batch:
-            sampled = model.encode(batch["s_ids"], batch["s_len"], "doc").view(len(p), cfg.num_negatives, -1)
+            sampled = self._encode_sampled(batch).view(len(p), cfg.num_negatives, -1)
         if not in_batch:  # only sampled negatives: nothing to gather, the mean is still the global one
             if not len(p):
                 return self._reduce(None, None, group, n_pos) + 0.0 * d.sum()

