@@ -2,8 +2,8 @@
 
 One module per command group (:mod:`.matching`: train / evaluate / encode; :mod:`.index`: index ... and search;
 :mod:`.serve`; :mod:`.export`; :mod:`.classify`; :mod:`.recommend`; :mod:`.embeddings`; :mod:`.diagnose`;
-:mod:`.demo`), the options they share in :mod:`.options`, and every command under the one error handler of
-:mod:`.errors`. The commands parse options and print; the work is done by the library.
+:mod:`.demo`; :mod:`.distill`), the options they share in :mod:`.options`, and every command under the one error
+handler of :mod:`.errors`. The commands parse options and print; the work is done by the library.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from deepsem.cli import (
     classify,
     demo,
     diagnose,
+    distill,
     embeddings,
     export,
     index,
@@ -55,7 +56,7 @@ for command in (matching.train, matching.evaluate, matching.encode, index.search
 for name, group in (("index", index.index_app), ("classify", classify.classify_app),
                     ("embeddings", embeddings.embeddings_app), ("diagnose", diagnose.diagnose_app),
                     ("recommend", recommend.recommend_app), ("rerank", rerank.rerank_app),
-                    ("negatives", negatives.negatives_app)):
+                    ("negatives", negatives.negatives_app), ("distill", distill.distill_app)):
     app.add_typer(group, name=name)
 
 

