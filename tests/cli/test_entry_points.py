@@ -29,6 +29,7 @@ GROUPS = {
     "recommend": ["train", "evaluate", "predict", "item2vec", "serve"],
     "rerank": ["train", "evaluate", "predict"],
     "negatives": ["mine"],
+    "distill": ["cache"],
 }
 TOP = ["train", "evaluate", "encode", "search", "serve", "demo"]
 
