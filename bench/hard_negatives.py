@@ -1,9 +1,14 @@
-"""Hard negatives on BQ: mine them with a trained BQ two-tower model, then train the README's default two-tower
-model for the same minutes with in-batch negatives and with in-batch + mined hard negatives, in one run, and report
-BQ dev accuracy and Spearman of both.
+"""Hard negatives and distillation on BQ: mine negatives with a trained BQ two-tower model, then train the README's
+default two-tower model with the same budget with in-batch negatives, with in-batch + mined hard negatives, and
+(``--teacher DIR``, a BQ cross-encoder) distilled from the teacher, alone and with the hard negatives, in one run;
+report BQ dev accuracy and Spearman of each.
 
     python bench/hard_negatives.py --data-dir ../shared/datasets --minutes 15            # full scale
     python bench/hard_negatives.py --data-dir ../shared/datasets --minutes 1             # a quick check
+    python bench/hard_negatives.py --epochs 3 --teacher runs/rerank-bq --runs in-batch,hard,distill,hard+distill
+
+``--epochs N`` gives every run the same number of steps instead of the same minutes (a fair budget on a shared
+machine, and the one that says what each method learns per example; the minutes each took are reported).
 
 Every step is the command a user runs (``deepsem negatives mine``, ``deepsem train``, ``deepsem evaluate``), in
 a subprocess, one after the other: run it with the machine to itself. Both trainings use the CLI's defaults (the
@@ -58,37 +63,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.margin is not None:
         mine += ["--margin", str(args.margin)]
     mined_line, mine_seconds = deepsem(*mine, log=log)
-    common = [str(train), "--dev", str(dev), "--max-minutes", str(args.minutes), "--no-resume", "--no-progress",
-              "--seed", str(args.seed)]
+    budget = ["--epochs", str(args.epochs)] if args.epochs else ["--max-minutes", str(args.minutes)]
+    common = [str(train), "--dev", str(dev), *budget, "--no-resume", "--no-progress", "--seed", str(args.seed)]
+    hard = ["--negatives", "hard", "--hard-negatives", str(negatives), "--num-negatives", str(args.num_negatives),
+            *(["--remine-every", str(args.remine_every)] if args.remine_every else [])]
+    distill = ["--teacher", str(args.teacher), "--distill-weight", str(args.distill_weight)]
+    variants = {"in-batch": [], "hard": hard, "distill": distill, "hard+distill": hard + distill}
+    wanted = args.runs.split(",")
+    if any(name not in variants for name in wanted) or (args.teacher is None and any("distill" in n for n in wanted)):
+        raise SystemExit(f"--runs takes {', '.join(variants)} (the distilled ones with --teacher)")
     runs: dict[str, Any] = {}
-    for name, extra in (("in-batch", []),
-                        ("hard", ["--negatives", "hard", "--hard-negatives", str(negatives), "--num-negatives",
-                                  str(args.num_negatives),
-                                  *(["--remine-every", str(args.remine_every)] if args.remine_every else [])])):
+    for name, extra in ((n, variants[n]) for n in wanted):
         out = work / "runs" / name
         _, seconds = deepsem("train", *common, "--out", str(out), *extra, log=log)
         metrics = evaluate(out, dev, log)
         config = json.loads((out / "config.json").read_text(encoding="utf-8"))
         result = json.loads((out / "training" / "result.json").read_text(encoding="utf-8"))
-        runs[name] = {"accuracy": round(metrics["accuracy"], 4), "spearman": round(metrics["spearman"], 4),
+        runs[name] = {"accuracy": round(metrics["accuracy"], 4),
+                      "spearman": round(metrics["spearman"], 4),
                       "f1": round(metrics["f1"], 4), "roc_auc": round(metrics["roc_auc"], 4),
                       "steps": result.get("steps"), "stopped": result.get("stopped"),
                       "best_step": result.get("best_step"), "train_seconds": round(seconds, 1),
                       "negatives": config["training"]["negatives"]}
         print(f"{name}: {runs[name]}", flush=True)
-    return {"minutes": args.minutes, "miner": str(args.miner), "mined": mined_line.strip(),
+    return {"minutes": None if args.epochs else args.minutes, "epochs": args.epochs, "miner": str(args.miner),
+            "teacher": None if args.teacher is None else str(args.teacher), "mined": mined_line.strip(),
             "mine_seconds": round(mine_seconds, 1),
             "mining": {"source": args.source, "per_query": args.per_query, "depth": args.depth,
                        "skip_top": args.skip_top, "margin": args.margin, "num_negatives": args.num_negatives,
                        "remine_every": args.remine_every},
             "cpu": platform.processor() or platform.machine(), "runs": runs,
-            "gain": {k: round(runs["hard"][k] - runs["in-batch"][k], 4) for k in ("accuracy", "spearman")}}
+            "gain": {name: {k: round(runs[name][k] - runs["in-batch"][k], 4) for k in ("accuracy", "spearman")}
+                     for name in runs if name != "in-batch" and "in-batch" in runs}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget of each run")
+    parser.add_argument("--epochs", type=int, default=None, help="a budget of epochs instead of minutes")
+    parser.add_argument("--teacher", type=Path, default=None, help="a BQ cross-encoder to distil")
+    parser.add_argument("--distill-weight", type=float, default=1.0)
+    parser.add_argument("--runs", default="in-batch,hard", help="which of in-batch,hard,distill,hard+distill")
     parser.add_argument("--miner", type=Path, default=Path("/work/scratch/bq"), help="the BQ two-tower model that "
                         "mines the negatives")
     parser.add_argument("--work", type=Path, default=Path("/work/scratch/hardneg"))
