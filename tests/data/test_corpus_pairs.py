@@ -28,14 +28,15 @@ DOCS = [
 
 
 def test_split_sentences_chinese():
-    assert split_sentences("今天很好。我们走吧！你去吗？“好的。”他说") == ["今天很好。", "我们走吧！", "你去吗？", "“好的。”", "他说"]
+    assert split_sentences("今天很好。我们走吧！你去吗？“好的。”他说") == [
+        "今天很好。", "我们走吧！", "你去吗？", "“好的。”", "他说"]
     assert split_sentences("真的吗？！是的。。") == ["真的吗？！", "是的。。"]
 
 
 def test_split_sentences_english_and_lines():
     text = "The dose was 3.5 mg. It worked! Did it last? See example.com for more...\nA new line\n\n  "
-    assert split_sentences(text) == ["The dose was 3.5 mg.", "It worked!", "Did it last?", "See example.com for more...",
-                                     "A new line"]
+    assert split_sentences(text) == ["The dose was 3.5 mg.", "It worked!", "Did it last?",
+                                     "See example.com for more...", "A new line"]
     assert split_sentences('He said "stop." Then left.') == ['He said "stop."', "Then left."]
     assert split_sentences("   ") == []
 

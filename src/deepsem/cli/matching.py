@@ -60,11 +60,11 @@ def _pairs_or_none(value: Path | None) -> Path | None:
 
 
 def train(
+    out: Annotated[Path, typer.Option(help="Model directory to write (config.json, tokenizer, weights).",
+                                      callback=out_dir)],
     data: Annotated[Path | None, typer.Argument(help="Training pairs: TSV/CSV/JSONL/Parquet with text_a, text_b[, "
                     "label]; a folder or a quoted glob of such shards is streamed, not loaded. Optional with "
                     "--corpus.", callback=_pairs_or_none, show_default=False)] = None,
-    out: Annotated[Path, typer.Option(help="Model directory to write (config.json, tokenizer, weights).",
-                                      callback=out_dir)],
     dev: Annotated[Path | None, typer.Option(help="Dev pairs: chooses the best epoch and the threshold.",
                                              callback=data_file)] = None,
     columns: Annotated[str, typer.Option(help="Columns of text_a,text_b,label by index or header name; "

@@ -163,7 +163,8 @@ def ict_pairs(docs: Sequence[CorpusDocument], pairs_per_doc: int, rng: np.random
 def simcse_pairs(docs: Sequence[CorpusDocument], count: int, rng: np.random.Generator) -> TextPairs:
     """``count`` dropout-noise pairs: a sentence (or title) of the corpus paired with itself, drawn without
     replacement while the corpus has enough distinct ones."""
-    pool = list(dict.fromkeys(s for doc in docs for s in ([doc.title] if doc.title else []) + split_sentences(doc.text)))
+    pool = list(dict.fromkeys(s for doc in docs
+                              for s in ([doc.title] if doc.title else []) + split_sentences(doc.text)))
     if count <= 0 or not pool:
         return TextPairs([], [])
     picks = rng.choice(len(pool), size=count, replace=count > len(pool)).tolist()
