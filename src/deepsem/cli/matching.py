@@ -54,12 +54,17 @@ from deepsem.cli.options import (
 )
 
 
+def _pairs_or_none(value: Path | None) -> Path | None:
+    """DATA of ``train``: optional when --corpus gives the pairs."""
+    return None if value is None else data_file_or_shards(value)
+
+
 def train(
-    data: Annotated[Path, typer.Argument(help="Training pairs: TSV/CSV/JSONL/Parquet with text_a, text_b[, label]; "
-                                         "a folder or a quoted glob of such shards is streamed, not loaded.",
-                                         callback=data_file_or_shards)],
     out: Annotated[Path, typer.Option(help="Model directory to write (config.json, tokenizer, weights).",
                                       callback=out_dir)],
+    data: Annotated[Path | None, typer.Argument(help="Training pairs: TSV/CSV/JSONL/Parquet with text_a, text_b[, "
+                    "label]; a folder or a quoted glob of such shards is streamed, not loaded. Optional with "
+                    "--corpus.", callback=_pairs_or_none, show_default=False)] = None,
     dev: Annotated[Path | None, typer.Option(help="Dev pairs: chooses the best epoch and the threshold.",
                                              callback=data_file)] = None,
     columns: Annotated[str, typer.Option(help="Columns of text_a,text_b,label by index or header name; "
@@ -158,8 +163,18 @@ def train(
                                   min=1)] = 4,
     vector_weight: Annotated[float, typer.Option(help="Weight of the vector distillation term.",
                              callback=not_negative)] = 1.0,
+    corpus: Annotated[Path | None, typer.Option(help="Documents to learn from without pairs (JSONL/Parquet/TSV/CSV "
+                      "with text[, title], or one document per line): inverse cloze pairs (a sentence -> the rest "
+                      "of its document) and dropout-noise pairs (SimCSE), added to DATA's pairs when given; "
+                      "without --dev, a few held-out documents are the dev set (MRR@10). --loss softmax suits "
+                      "these pairs.", callback=data_file)] = None,
+    ict_pairs_per_doc: Annotated[int, typer.Option(help="With --corpus: inverse cloze pairs drawn per document "
+                                 "(fewer from a short one).", min=1)] = 2,
+    simcse_share: Annotated[float, typer.Option(help="With --corpus: the share of the corpus pairs that pair a "
+                            "sentence with itself (SimCSE), in [0, 1).", min=0.0, max=0.99)] = 0.0,
 ) -> None:
-    """Train an LSTM-DSSM two-tower model on text pairs and save the best model directory.
+    """Train an LSTM-DSSM two-tower model on text pairs (or a bare corpus of documents) and save the best model
+    directory.
 
     The defaults are the settings that gave the best BQ result on a 2-core CPU (bench/RESULTS.md): character
     tokens, peephole BiLSTM 2 x 128, last+max pooling, dropout 0.2, pointwise + in-batch softmax loss.
@@ -168,6 +183,8 @@ def train(
     from deepsem.tasks.matching import train as train_pairs
     from deepsem.towers import default_tokenizer
 
+    if data is None and corpus is None:
+        fail("give DATA (training pairs) or --corpus FILE (documents), or both")
     precision_name = check_precision(precision, device)
     tower = TowerConfig(encoder=encoder.value, embedding_dim=embedding_dim, hidden_size=hidden,
                         num_layers=layers, bidirectional=bidirectional, pooling=pooling.value, output_dim=dim,
@@ -196,6 +213,7 @@ def train(
         hard_negatives=hard_negatives, teacher=teacher, teacher_vectors=teacher_vectors, distill_texts=distill_texts,
         distill={"score_loss": distill_loss, "weight": distill_weight, "temperature": distill_temperature,
                  "candidates": distill_candidates, "vector_weight": vector_weight},
+        corpus=corpus, ict_pairs_per_doc=ict_pairs_per_doc, simcse_share=simcse_share,
     )
     if os.environ.get("RANK", "0").strip() not in ("", "0"):  # torchrun: rank 0 reports, as only it writes
         return

@@ -16,7 +16,8 @@ import torch
 
 from deepsem.config import ModelConfig, TrainConfig
 from deepsem.data.batches import PairCollate, PairSet, TextTable, encode_texts, labelled_negatives, sample_negatives
-from deepsem.data.errors import DataError
+from deepsem.data.corpus_pairs import corpus_pairs, read_documents
+from deepsem.data.errors import DataError, SkipReport
 from deepsem.data.hard_negatives import (
     HardNegativeRows,
     HardNegatives,
@@ -204,6 +205,9 @@ def train(
     teacher_vectors: str | Path | None = None,
     distill_texts: str | Path | Sequence[str] | None = None,
     distill: DistillConfig | dict[str, Any] | None = None,
+    corpus: str | Path | None = None,
+    ict_pairs_per_doc: int = 2,
+    simcse_share: float = 0.0,
 ) -> tuple[SemanticModel, TrainResult]:
     """Train a two-tower model on pairs and save the best model (by dev score) to ``out``.
 
@@ -231,6 +235,13 @@ def train(
     (``clicks=True``) is taken as aggregated upstream, one row per (query, doc): clicked rows are positives,
     shown-but-unclicked rows (with ``impressions``) negatives. ``negatives="labelled"`` needs in-memory data.
 
+    ``corpus``: a file of documents (JSONL/Parquet/TSV/CSV rows with ``text`` and an optional ``title``, or plain
+    text, one document a line) that gives positive pairs of its own (:mod:`deepsem.data.corpus_pairs`), with or
+    without ``data``: up to ``ict_pairs_per_doc`` inverse cloze pairs per document (a sentence -> the rest) and
+    dropout-noise pairs (a sentence -> itself, SimCSE) making ``simcse_share`` of them, drawn from
+    ``training.seed``. Without ``dev``, ICT pairs of a few held-out documents are the dev set (MRR@10). The
+    in-batch ``loss="softmax"`` suits these positive-only pairs best.
+
     ``negatives="hard"`` with ``hard_negatives`` (a file of ``deepsem negatives mine``, see
     :mod:`deepsem.data.hard_negatives`): each positive pair's query also gets ``num_negatives`` of its mined
     documents, drawn anew each batch (a query without any gets random documents), beside the in-batch ones; the
@@ -245,7 +256,8 @@ def train(
     (:class:`~deepsem.tasks.distill.DistillConfig`: weights, temperature, K).
     """
     t0 = time.perf_counter()
-    data = renamed_argument("train", "data", data, "train_data", train_data)
+    if corpus is None or data is not None or train_data is not None:  # corpus= alone needs no pairs
+        data = renamed_argument("train", "data", data, "train_data", train_data)
     dev = dev if dev_data is None else renamed_argument("train", "dev", dev, "dev_data", dev_data)
     if out is None:
         raise TypeError("train() missing required argument: 'out'")
@@ -256,6 +268,10 @@ def train(
                                        candidates=None if hard is None else hard.by_query())
     if distillation is not None and is_sharded(data):
         raise ValueError("distillation reads the training pairs in memory: give a file, not shards")
+    corpus_info: dict[str, Any] | None = None
+    if corpus is not None:
+        data, dev, corpus_info = _corpus_data(corpus, data, dev, cfg.seed, ict_pairs_per_doc, simcse_share,
+                                              columns, skip_bad_rows, label_map, clicks, impressions)
     if is_sharded(data):
         assert isinstance(data, str | Path)
         return _train_stream(
@@ -276,7 +292,8 @@ def train(
                                     pretrained=None if pretrained is None else str(pretrained),
                                     freeze_embeddings=freeze_embeddings, dev_metric=dev_metric,
                                     **({} if hard is None else {"hard_negatives": sha256_file(str(hard_negatives))}),
-                                    **({} if distillation is None else {"distill": distillation.fingerprint()}))
+                                    **({} if distillation is None else {"distill": distillation.fingerprint()}),
+                                    **({} if corpus_info is None else {"corpus": corpus_info["options"]}))
 
     def build(tok: Tokenizer) -> TrainingPlan:
         mcfg.tower.vocab_size = tok.vocab_size
@@ -290,6 +307,8 @@ def train(
         semantic = SemanticModel(net, tok)
         metric, evaluate = _dev_evaluation(semantic, dev_pairs, dev_metric)
         info: dict[str, Any] = {"training": cfg.to_dict(), "train_pairs": len(pairs)}
+        if corpus_info is not None:
+            info["corpus"] = corpus_info
         if pretrained is not None:
             info["pretrained"] = load_pretrained(net, tok, pretrained, freeze_embeddings)
 
@@ -468,6 +487,44 @@ def _hard_batches(collate: PairCollate, batches: Callable[[int, np.random.Genera
         return batches(epoch, rng)
 
     return epoch_batches
+#: The share of a corpus's documents held out (one ICT pair each) as dev pairs when ``train(corpus=...)`` has no dev.
+CORPUS_DEV_SHARE = 0.03
+
+
+def _corpus_data(corpus: str | Path, data: str | Path | TextPairs | None, dev: str | Path | TextPairs | None,
+                 seed: int, ict_pairs_per_doc: int, simcse_share: float, columns: Sequence[int | str | None],
+                 skip_bad_rows: bool, label_map: Any, clicks: bool, impressions: int | str | None
+                 ) -> tuple[TextPairs, TextPairs | str | Path | None, dict[str, Any]]:
+    """:func:`train`'s ``corpus=``: the corpus's pairs, after ``data``'s pairs when given (label 1 when those are
+    labelled); the dev set: ``dev``, else the ICT pairs of held-out documents; and what was drawn (for the run
+    info; its ``options`` go into the run's fingerprint beside the pairs themselves)."""
+    if ict_pairs_per_doc < 1:
+        raise ValueError(f"ict_pairs_per_doc must be >= 1, got {ict_pairs_per_doc}")
+    if not 0.0 <= simcse_share < 1.0:
+        raise ValueError(f"simcse_share must be in [0, 1), got {simcse_share}")
+    if data is not None and is_sharded(data):
+        raise ValueError("corpus= adds its pairs to pairs held in memory: it cannot join streamed shards")
+    report = SkipReport()
+    docs = read_documents(corpus, skip_bad_rows=skip_bad_rows, report=report)
+    if report.count:
+        print(f"{corpus}: {report}")
+    try:
+        drawn = corpus_pairs(docs, ict_pairs_per_doc=ict_pairs_per_doc, simcse_share=simcse_share,
+                             dev_share=0.0 if dev is not None else CORPUS_DEV_SHARE, seed=seed)
+    except ValueError as exc:  # no documents, or none that gives a pair
+        raise DataError(corpus, None, None, str(exc)) from None
+    pairs = drawn.train
+    if data is not None:
+        given = as_pairs(data, columns, skip_bad_rows, label_map, clicks, impressions, binary=True)
+        labels = None if given.labels is None else np.concatenate(
+            [given.labels, np.ones(len(pairs.text_a), np.float32)])
+        pairs = TextPairs(given.text_a + pairs.text_a, given.text_b + pairs.text_b, labels)
+    options = {"ict_pairs_per_doc": ict_pairs_per_doc, "simcse_share": simcse_share}
+    info = {"path": str(corpus), "options": options, "documents": drawn.documents, "ict_pairs": drawn.ict,
+            "simcse_pairs": drawn.simcse, "dev_documents": drawn.dev_documents}
+    if dev is None and drawn.dev.text_a:
+        dev = drawn.dev
+    return pairs, dev, info
 
 
 def _dev_evaluation(semantic: SemanticModel, dev_pairs: TextPairs | None, dev_metric: str | None
