@@ -62,7 +62,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             str(args.skip_top)]
     if args.margin is not None:
         mine += ["--margin", str(args.margin)]
-    mined_line, mine_seconds = deepsem(*mine, log=log)
+    if args.reuse_negatives and negatives.exists():  # mined by an earlier run with these settings
+        mined_line, mine_seconds = f"reused {negatives}", 0.0
+    else:
+        mined_line, mine_seconds = deepsem(*mine, log=log)
     budget = ["--epochs", str(args.epochs)] if args.epochs else ["--max-minutes", str(args.minutes)]
     common = [str(train), "--dev", str(dev), *budget, "--no-resume", "--no-progress", "--seed", str(args.seed)]
     hard = ["--negatives", "hard", "--hard-negatives", str(negatives), "--num-negatives", str(args.num_negatives),
@@ -104,6 +107,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="a budget of epochs instead of minutes")
     parser.add_argument("--teacher", type=Path, default=None, help="a BQ cross-encoder to distil")
     parser.add_argument("--distill-weight", type=float, default=1.0)
+    parser.add_argument("--reuse-negatives", action="store_true", help="keep the negatives file of an earlier run "
+                        "under --work (same settings) instead of mining again")
     parser.add_argument("--runs", default="in-batch,hard", help="which of in-batch,hard,distill,hard+distill")
     parser.add_argument("--miner", type=Path, default=Path("/work/scratch/bq"), help="the BQ two-tower model that "
                         "mines the negatives")

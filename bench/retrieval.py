@@ -44,7 +44,13 @@ WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def lcqmc_task(data_dir: Path, split: str = "test") -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
-    rows = [line.split("\t") for line in (data_dir / f"lcqmc/{split}.tsv").read_text("utf-8").splitlines()]
+    return duplicate_task(data_dir / f"lcqmc/{split}.tsv")
+
+
+def duplicate_task(path: Path) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+    """Duplicate retrieval from a pair file (text_a, text_b, 0/1): the corpus is every distinct sentence; each pair
+    labelled 1 (two different texts) gives a query (text_a) and its relevant document (text_b)."""
+    rows = [line.split("\t") for line in path.read_text("utf-8").splitlines() if line.strip()]
     corpus_texts = list(dict.fromkeys(t.strip() for r in rows for t in r[:2]))
     doc_id = {t: f"d{i}" for i, t in enumerate(corpus_texts)}
     queries: dict[str, str] = {}

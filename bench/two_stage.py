@@ -27,30 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from retrieval import duplicate_task  # bench/retrieval.py: the LCQMC duplicate task, for any pair file
 
 from deepsem.index import Document, Index
 from deepsem.index.vector_index import cross_encoder
 from deepsem.metrics import retrieval_metrics
 
 STAGES = ("encode", "first_stage", "rerank", "total")
-
-
-def bq_task(path: Path) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
-    """Queries (id -> text), corpus (doc id -> text) and qrels of BQ's duplicate pairs, as lcqmc_task builds them."""
-    rows = [line.split("\t") for line in path.read_text("utf-8").splitlines() if line.strip()]
-    corpus_texts = list(dict.fromkeys(t.strip() for r in rows for t in r[:2]))
-    doc_id = {t: f"d{i}" for i, t in enumerate(corpus_texts)}
-    queries: dict[str, str] = {}
-    qrels: dict[str, dict[str, int]] = {}
-    qid_of: dict[str, str] = {}
-    for a, b, label in rows:
-        a, b = a.strip(), b.strip()
-        if label.strip() != "1" or a == b:
-            continue
-        qid = qid_of.setdefault(a, f"q{len(qid_of)}")
-        queries[qid] = a
-        qrels.setdefault(qid, {})[doc_id[b]] = 1
-    return queries, {v: k for k, v in doc_id.items()}, qrels
 
 
 def measure(index: Index, queries: list[tuple[str, str]], own: dict[str, str], qrels: dict[str, dict[str, int]],
@@ -78,7 +61,7 @@ def measure(index: Index, queries: list[tuple[str, str]], own: dict[str, str], q
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    queries, corpus, qrels = bq_task(args.data)
+    queries, corpus, qrels = duplicate_task(args.data)
     chosen = list(queries.items())[: args.queries] if args.queries else list(queries.items())
     own = {text: doc for doc, text in corpus.items()}
     reranker = cross_encoder(args.reranker)
