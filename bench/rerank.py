@@ -39,7 +39,7 @@ def model_for(args: argparse.Namespace, texts: list[str]) -> CrossEncoder:
         return loaded
     tokenizer = build_tokenizer("char", texts, min_count=1, max_length=args.max_length)
     config = CrossEncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=args.hidden, exact_match=args.exact_match,
-                                embedding_dim=args.embedding_dim)
+                                embedding_dim=args.embedding_dim, encoder=args.encoder)
     torch.manual_seed(0)
     return CrossEncoder(CrossEncoderModel(config), tokenizer)
 
@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=CrossEncoderConfig.hidden_size)
     parser.add_argument("--embedding-dim", type=int, default=CrossEncoderConfig.embedding_dim)
+    parser.add_argument("--encoder", default=CrossEncoderConfig.encoder, help="the recurrent cell (untrained model "
+                        "only): lstm-peephole, lstm, lstm-coupled, gru, rnn")
     parser.add_argument("--exact-match", action="store_true", help="the word-overlap flags (untrained model only)")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
