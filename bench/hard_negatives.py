@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         mined_line, mine_seconds = deepsem(*mine, log=log)
     budget = ["--epochs", str(args.epochs)] if args.epochs else ["--max-minutes", str(args.minutes)]
-    common = [str(train), "--dev", str(dev), *budget, "--no-resume", "--no-progress", "--seed", str(args.seed)]
+    common = [str(train), "--dev", str(dev), *budget, "--no-resume", "--no-progress", "--seed", str(args.seed),
+              "--device", args.device]
     hard = ["--negatives", "hard", "--hard-negatives", str(negatives), "--num-negatives", str(args.num_negatives),
             *(["--remine-every", str(args.remine_every)] if args.remine_every else [])]
     distill = ["--teacher", str(args.teacher), "--distill-weight", str(args.distill_weight)]
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       "best_step": result.get("best_step"), "train_seconds": round(seconds, 1),
                       "negatives": config["training"]["negatives"]}
         print(f"{name}: {runs[name]}", flush=True)
-    return {"minutes": None if args.epochs else args.minutes, "epochs": args.epochs, "miner": str(args.miner),
+    return {"minutes": None if args.epochs else args.minutes, "epochs": args.epochs, "device": args.device,
+            "miner": str(args.miner),
             "teacher": None if args.teacher is None else str(args.teacher), "mined": mined_line.strip(),
             "mine_seconds": round(mine_seconds, 1),
             "mining": {"source": args.source, "per_query": args.per_query, "depth": args.depth,
@@ -121,6 +123,7 @@ def main() -> None:
     parser.add_argument("--num-negatives", type=int, default=4)
     parser.add_argument("--remine-every", type=int, default=None, help="the hard run re-mines every N epochs")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--device", default="cpu", help="where every run trains (cpu, cuda): deepsem train --device")
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args()
     if args.margin is not None and args.margin < 0:

@@ -59,6 +59,46 @@ def test_an_inconsistent_launch_environment_is_refused(monkeypatch: pytest.Monke
         init_distributed()
 
 
+@pytest.mark.parametrize(("gpus", "local"), [(1, "1"), (0, "0"), (2, "x")])
+def test_a_process_without_a_gpu_of_its_own_is_refused_before_the_group_starts(
+        monkeypatch: pytest.MonkeyPatch, gpus: int, local: str) -> None:
+    """``torchrun --nproc-per-node 2 ... --device cuda`` on a one-GPU machine: rank 1 would ask for GPU 1 (seen on an
+    H200, bench/results/cuda_h200.log); refused with the count, not a CUDA 'invalid device ordinal'."""
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": local, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    started: list[object] = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda *a: started.append(a))
+    with pytest.raises(ConfigError, match=f"LOCAL_RANK={local}\\) has no GPU of its own, this machine has {gpus}"):
+        init_distributed("cuda")
+    assert started == []
+
+
+def test_two_processes_on_one_gpu_are_told_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """NCCL refuses two ranks on one GPU at the first collective (seen on an H200: 'Duplicate GPU detected'); the
+    run says what that means, as a ConfigError, and still destroys its process group."""
+    import deepsem.trainer as trainer
+
+    nccl = ("NCCL error in: NCCLUtils.cpp:93, invalid usage, NCCL version 2.28.9 ncclInvalidUsage: Last error: "
+            "Duplicate GPU detected : rank 1 and rank 0 both on CUDA device 60")
+    destroyed: list[bool] = []
+
+    def failing(*args: object) -> None:
+        raise torch.distributed.DistBackendError(nccl)
+
+    monkeypatch.setattr(trainer, "init_distributed", lambda device=None: True)
+    monkeypatch.setattr(trainer, "check_world_size", lambda config: None)
+    monkeypatch.setattr(trainer, "_run_training", failing)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a: 2)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda *a: destroyed.append(True))
+    with pytest.raises(ConfigError, match="two of them share one GPU") as caught:
+        trainer.run_training(TrainConfig(), tmp_path / "m", {}, lambda tok: None, device="cuda")
+    assert isinstance(caught.value.__cause__, torch.distributed.DistBackendError)
+    assert destroyed == [True]
+
+
 def test_one_process_starts_no_group(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert init_distributed() is False

@@ -105,7 +105,14 @@ def init_distributed(device: str | torch.device | None = None) -> bool:
         raise ConfigError(f"RANK={env['RANK']} is not a rank of a world of {world} processes (WORLD_SIZE)")
     cuda = torch.device(device if device is not None else "cpu").type == "cuda"
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0") or 0))
+        local = os.environ.get("LOCAL_RANK", "0").strip() or "0"
+        gpus = torch.cuda.device_count()
+        if not local.isdigit() or int(local) >= gpus:
+            raise ConfigError(f"--device cuda under {world} processes: this process (RANK={env['RANK']}, "
+                              f"LOCAL_RANK={local}) has no GPU of its own, this machine has {gpus} "
+                              f"(torch.cuda.device_count()); nccl runs one process per GPU, so start at most {gpus} "
+                              f"per machine (torchrun --nproc-per-node {max(gpus, 1)}), or train on the CPU (gloo)")
+        torch.cuda.set_device(int(local))
     torch.distributed.init_process_group("nccl" if cuda else "gloo", rank=int(env["RANK"]), world_size=int(world),
                                          timeout=PROCESS_GROUP_TIMEOUT)
     return True
@@ -1026,6 +1033,11 @@ def run_training(
         return _run_training(config, Path(out), fingerprint, build, run_dir, tokenizer, tokenizer_options, texts,
                              resume, progress, device, started)
     except RuntimeError as error:  # gloo/nccl report a lost peer as a RuntimeError: say what it means here
+        if group and "Duplicate GPU detected" in str(error):  # NCCL's refusal of two ranks on one GPU
+            raise ConfigError(f"--device cuda under {torch.distributed.get_world_size()} processes: two of them "
+                              "share one GPU, and nccl runs one process per GPU (NCCL: 'Duplicate GPU detected'); "
+                              "give each process its own LOCAL_RANK on each machine (torchrun does) and start at "
+                              "most torch.cuda.device_count() per machine") from error
         if group:
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
             error.add_note(f"deepsem: rank {rank} of {world} stopped: a collective failed, most likely because "
