@@ -102,10 +102,10 @@ def test_fusion_changes_the_order_between_the_two_extremes(index, reranker):
     re-ranker disagrees with the first stage), so the weight really mixes the two."""
     mixed = False
     for mode in ("dense", "lexical", "hybrid"):
-        for query in QUERIES:
-            ids = {w: [h.id for h in index.search(query, k=5, mode=mode, rerank=reranker, rerank_top=TOP,
-                                                  rerank_weight=w)[0]] for w in (0.0, 0.3, 0.5, 0.7, 1.0)}
-            mixed |= any(ids[w] not in (ids[0.0], ids[1.0]) for w in (0.3, 0.5, 0.7))
+        ids = {w: [[h.id for h in hits] for hits in index.search(QUERIES, k=5, mode=mode, rerank=reranker,
+                                                                 rerank_top=TOP, rerank_weight=w)]
+               for w in (0.0, 0.3, 0.5, 0.7, 1.0)}
+        mixed |= any(ids[w][q] not in (ids[0.0][q], ids[1.0][q]) for w in (0.3, 0.5, 0.7) for q in range(len(QUERIES)))
     assert mixed
 
 
