@@ -60,7 +60,7 @@ def test_rerank_weight_misuse_is_refused_in_one_line(setup):
         (["--rerank-weight", "0.5"], "give --rerank DIR too"),
         (["--rerank", str(ce), "--rerank-weight", "1.5"], "--rerank-weight"),
         (["--rerank", str(ce), "--rerank-weight", "-0.1"], "--rerank-weight"),
-        (["--rerank", str(ce), "--rerank-weight", "nan"], "rerank_weight must be a number from 0 to 1"),
+        (["--rerank", str(ce), "--rerank-weight", "nan"], "--rerank-weight"),
     ]:
         result = runner.invoke(app, ["search", "--index", str(idx), "银行", *args])
         assert result.exit_code == 2, (args, result.output)
@@ -86,7 +86,7 @@ def test_serve_with_rerank_weight(setup, monkeypatch: pytest.MonkeyPatch):
     for args, message in [
         (["--index", str(idx), "--rerank-weight", "0.5"], "give --rerank DIR too"),
         (["--index", str(idx), "--rerank", str(ce), "--rerank-weight", "2"], "--rerank-weight"),
-        (["--index", str(idx), "--rerank", str(ce), "--rerank-weight", "nan"], "rerank_weight must be a number"),
+        (["--index", str(idx), "--rerank", str(ce), "--rerank-weight", "nan"], "--rerank-weight"),
     ]:
         result = runner.invoke(app, ["serve", *args])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output

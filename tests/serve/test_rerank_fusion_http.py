@@ -112,7 +112,7 @@ def test_bad_server_weights(index, reranker):
         create_app(index, limits=LIMITS, rerank_weight=0.5)
     for bad in (1.2, -1, float("nan"), True):
         with pytest.raises(ConfigError, match="rerank_weight must be a number from 0 to 1"):
-            create_app(index, limits=LIMITS, reranker=reranker, rerank_weight=bad)
+            create_app(index, limits=LIMITS, reranker=reranker, rerank_top=TOP, rerank_weight=bad)
 
 
 def test_the_fused_service_keeps_its_contract(index, reranker):
