@@ -57,8 +57,7 @@ def measure(index: Index, queries: list[tuple[str, str]], own: dict[str, str], q
             ms[stage].append(value)
     metrics = retrieval_metrics(run, {q: qrels[q] for q, _ in queries}, ks=(1, 10))
     out: dict[str, Any] = {"mode": mode, "rerank_top": top, "rerank_weight": None if top is None else weight,
-                           "queries": len(queries),
-                           **{m: round(v, 4) for m, v in metrics.items()}}
+                           "queries": len(queries), **{m: round(v, 4) for m, v in metrics.items()}}
     for stage, values in ms.items():
         out[f"{stage}_p50_ms"] = round(float(np.percentile(values, 50)), 2)
         out[f"{stage}_p99_ms"] = round(float(np.percentile(values, 99)), 2)

@@ -512,8 +512,8 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         """One encoder call for every waiting query (mode already resolved), then one first-stage search per mode
         (and per candidate count of re-ranked queries), then the re-ranker on each re-ranked query's candidates
         (``rerank_top`` not None, fused with the first stage's scores by its weight); all on the index served when
-        the call starts. Each query's hits come back with
-        the stages' milliseconds (the encoder and first stage of the whole batch)."""
+        the call starts. Each query's hits come back with the stages' milliseconds (the encoder and first stage of
+        the whole batch)."""
         assert served is not None
         idx = served.index
         semantic = idx.model
