@@ -190,11 +190,15 @@ def search(
                       "printed.")] = None,
     rerank_top: Annotated[int | None, typer.Option(help="First-stage documents the re-ranker scores per query "
                           "(at least k are; default 50).", min=1)] = None,
+    rerank_weight: Annotated[float | None, typer.Option(help="Score fusion: rank the candidates by W * the "
+                             "re-ranker's probability + (1 - W) * the first stage's score, each min-max normalised "
+                             "over the query's candidates (1: the re-ranker alone, the default; 0: the first "
+                             "stage's order). Choose it on dev data.", min=0.0, max=1.0)] = None,
     timings: Annotated[bool, typer.Option(help="Print the milliseconds of each stage (encode, first stage, "
                        "rerank, total); on stderr with --json. On with --rerank.")] = False,
 ) -> None:
     """Search an index: ranked documents with their scores (cosine, BM25 or the hybrid score, or the
-    re-ranker's probability with --rerank)."""
+    re-ranker's probability with --rerank, the fused score with --rerank-weight below 1)."""
     texts = list(query or [])
     blank = [i for i, text in enumerate(texts, 1) if not text.strip()]
     if blank:
@@ -209,8 +213,11 @@ def search(
         fail("give a query text or --queries FILE")
     if rerank_top is not None and rerank is None:
         fail("--rerank-top is the re-ranker's number of candidates: give --rerank DIR too")
+    if rerank_weight is not None and rerank is None:
+        fail("--rerank-weight mixes the re-ranker's probability with the first stage's score: give --rerank DIR too")
     idx = load_index(index, precision=check_precision(precision), **backend_kwargs(backend, onnx))
-    found, took = idx.search_timed(texts, k=k, mode=mode, rerank=rerank, rerank_top=rerank_top)
+    found, took = idx.search_timed(texts, k=k, mode=mode, rerank=rerank, rerank_top=rerank_top,
+                                   rerank_weight=rerank_weight)
     for text, hits in zip(texts, found, strict=True):
         if as_json:
             typer.echo(json.dumps({"query": text, "results": [h.to_dict() for h in hits]}, ensure_ascii=False))

@@ -75,6 +75,10 @@ def serve(
     rerank_top: Annotated[int, typer.Option(help="First-stage documents the re-ranker scores per query by "
                           "default (a request may ask for another, up to --max-rerank-top).", min=1)] = 50,
     max_rerank_top: Annotated[int, typer.Option(help="Largest rerank_top a request may ask for.", min=1)] = 200,
+    rerank_weight: Annotated[float | None, typer.Option(help="Score fusion by default (a request may give its own "
+                             "rerank_weight): W * the re-ranker's probability + (1 - W) * the first stage's score, "
+                             "each min-max normalised over a query's candidates (1: the re-ranker alone, the "
+                             "default; 0: the first stage's order); needs --rerank.", min=0.0, max=1.0)] = None,
 ) -> None:
     """Serve search, similarity and embeddings over HTTP, with a search page at /."""
     import torch
@@ -90,6 +94,8 @@ def serve(
         fail("--rerank re-scores an index's search results: give --index DIR too")
     if rerank is not None and rerank_top > max_rerank_top:
         fail(f"--rerank-top {rerank_top} is above --max-rerank-top {max_rerank_top}")
+    if rerank_weight is not None and rerank is None:
+        fail("--rerank-weight mixes the re-ranker's probability with the first stage's score: give --rerank DIR too")
     auth = api_key_kwargs(api_key)
     how = {"precision": check_precision(precision), **backend_kwargs(backend, onnx)}
     idx = load_index(index, **how) if index is not None else None
@@ -110,8 +116,10 @@ def serve(
                                                                 keep_alive), max_rerank_top=max_rerank_top)
     app_ = create_app(idx, semantic, limits, max_wait_ms=max_wait_ms, classifier=classifier,
                       recommender=recommender, encoder_thread=encoder_thread,
-                      reload_interval_s=reload_interval or None, reranker=reranker, rerank_top=rerank_top, **auth)
+                      reload_interval_s=reload_interval or None, reranker=reranker, rerank_top=rerank_top,
+                      rerank_weight=rerank_weight, **auth)
     if reranker is not None:
-        typer.echo(f"re-ranking each search's best {rerank_top} documents with {rerank}")
+        fused = "" if rerank_weight is None else f" (score fusion, rerank_weight {rerank_weight:g})"
+        typer.echo(f"re-ranking each search's best {rerank_top} documents with {rerank}{fused}")
     typer.echo(f"serving on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     run(app_, host=host, port=port)

@@ -41,12 +41,22 @@ fetches each query's best ``rerank_top`` documents (at least ``k``), a cross-enc
 (:class:`~deepsem.tasks.rerank.CrossEncoder`, reading query and document together) scores them and the best ``k``
 by its probability come back; each hit keeps its first-stage score and rank (``first_score``, ``first_rank``).
 :meth:`Index.search_timed` also says how long each stage took (:class:`SearchTimings`).
+
+Score fusion (``rerank_weight=w`` with ``0 <= w < 1``): instead of the re-ranker's probability alone, each query's
+candidates are ranked by ``w * minmax(probability) + (1 - w) * minmax(first-stage score)``, where ``minmax`` maps
+the candidates' values to [0, 1] (``(x - min) / (max - min)``; all equal: all 1.0), so a re-ranker weaker than the
+first stage can still add to it instead of replacing its order. This is the convex combination with min-max
+normalisation of Bruch et al. 2023 ("An Analysis of Fusion Functions for Hybrid Retrieval"): scale-free, so it
+mixes cosines, raw BM25 and hybrid scores alike. Ties keep the first stage's order; ``Hit.score`` is the fused
+score; ``w = 0`` is the first stage's own order, ``w = 1`` (or None, the default) the re-ranker's alone, with its
+probability as score. Choose ``w`` on dev data (``bench/two_stage.py --weights``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import numbers
 import os
 import re
 import secrets
@@ -128,8 +138,8 @@ def _step(what: str) -> None:
 @dataclass
 class Hit:
     """A found document. ``score``: the first stage's (cosine, BM25 or hybrid), or the re-ranker's relevance
-    probability in a two-stage search, where ``first_score`` and ``first_rank`` (1-based) keep what the first
-    stage said of it (both None in a one-stage search)."""
+    probability in a two-stage search (the fused score with a ``rerank_weight`` below 1), where ``first_score`` and
+    ``first_rank`` (1-based) keep what the first stage said of it (both None in a one-stage search)."""
 
     id: str
     text: str
@@ -181,15 +191,50 @@ def cross_encoder(model: str | Path | CrossEncoder) -> CrossEncoder:
     return cast("CrossEncoder", loaded)
 
 
-def rerank_hits(reranker: CrossEncoder, query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
+def minmax(values: np.ndarray) -> np.ndarray:
+    """``values`` (float64) mapped onto [0, 1] by ``(x - min) / (max - min)``; all 1.0 when they are all equal (or
+    there is one), so a query whose candidates the scorer cannot tell apart leaves the other score to decide."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return values
+    lo, hi = float(values.min()), float(values.max())
+    if hi == lo:
+        return np.ones_like(values)
+    return (values - lo) / (hi - lo)
+
+
+def fuse_scores(probabilities: np.ndarray, first_scores: np.ndarray, weight: float) -> np.ndarray:
+    """The fused scores of one query's candidates: ``weight * minmax(probabilities) + (1 - weight) *
+    minmax(first_scores)`` (see the module docstring)."""
+    return weight * minmax(probabilities) + (1.0 - weight) * minmax(first_scores)
+
+
+def check_rerank_weight(weight: object) -> float:
+    """``weight`` as a float when it is a number from 0 to 1 (not a bool, not NaN), else a :class:`QueryError`."""
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= float(weight) <= 1:
+        raise QueryError(f"rerank_weight must be a number from 0 to 1, got {weight!r}")
+    return float(weight)
+
+
+def rerank_hits(reranker: CrossEncoder, query: str, hits: Sequence[Hit], k: int,
+                weight: float | None = None) -> list[Hit]:
     """The best ``k`` of ``hits`` (a first stage's list for ``query``, best first) by ``reranker``'s probability
     (:meth:`CrossEncoder.rank`: the query encoded once; ties keep the first stage's order), each carrying that
-    probability as ``score`` and its first-stage score and rank."""
+    probability as ``score`` and its first-stage score and rank. ``weight`` below 1: by the fused score
+    (:func:`fuse_scores`), which is then ``score``; None or 1: the probability alone."""
     if not hits:
         return []
-    ranked = reranker.rank(query, [h.text for h in hits], top_k=k)
-    return [Hit(hits[i].id, hits[i].text, p, hits[i].metadata, first_score=hits[i].score, first_rank=i + 1)
-            for i, p in ranked]
+    if weight is None or weight == 1:
+        ranked = reranker.rank(query, [h.text for h in hits], top_k=k)
+        return [Hit(hits[i].id, hits[i].text, p, hits[i].metadata, first_score=hits[i].score, first_rank=i + 1)
+                for i, p in ranked]
+    probabilities = np.zeros(len(hits), np.float64)
+    for i, p in reranker.rank(query, [h.text for h in hits]):
+        probabilities[i] = p
+    fused = fuse_scores(probabilities, np.array([h.score for h in hits], np.float64), float(weight))
+    order = np.argsort(-fused, kind="stable")[:k]
+    return [Hit(hits[i].id, hits[i].text, float(fused[i]), hits[i].metadata, first_score=hits[i].score,
+                first_rank=int(i) + 1) for i in order]
 
 
 _cause = faiss_cause
@@ -459,20 +504,24 @@ class Index:
 
     def search(self, queries: str | Sequence[str], k: int = 10, filter: dict[str, Any] | None = None,
                mode: str | None = None, hybrid_weight: float | None = None, *,
-               rerank: str | Path | CrossEncoder | None = None, rerank_top: int | None = None) -> list[list[Hit]]:
+               rerank: str | Path | CrossEncoder | None = None, rerank_top: int | None = None,
+               rerank_weight: float | None = None) -> list[list[Hit]]:
         """The ``k`` best documents of each query, best first; ``filter`` keeps documents whose metadata
         has every given key equal to the given value. ``mode``: ``dense``, ``lexical`` or ``hybrid`` (see the
         module docstring); default ``hybrid`` for an index built with ``lexical=True``, else ``dense``.
         ``hybrid_weight`` overrides the index's cosine share for this search (e.g. to tune it on dev data).
         ``rerank``: a cross-encoder (or its model directory, loaded once and kept on the index) re-scores the first
         stage's best ``rerank_top`` documents (default :data:`RERANK_TOP`, at least ``k``; filters apply in the
-        first stage) and the best ``k`` of them by its probability come back (see :class:`Hit`)."""
-        return self.search_timed(queries, k, filter, mode, hybrid_weight, rerank=rerank, rerank_top=rerank_top)[0]
+        first stage) and the best ``k`` of them by its probability come back (see :class:`Hit`).
+        ``rerank_weight`` (0 to 1; None: 1) mixes that probability with the first stage's score (score fusion, see
+        the module docstring): 1 is the re-ranker alone, 0 the first stage's order; choose it on dev data."""
+        return self.search_timed(queries, k, filter, mode, hybrid_weight, rerank=rerank, rerank_top=rerank_top,
+                                 rerank_weight=rerank_weight)[0]
 
     def search_timed(self, queries: str | Sequence[str], k: int = 10, filter: dict[str, Any] | None = None,
                      mode: str | None = None, hybrid_weight: float | None = None, *,
-                     rerank: str | Path | CrossEncoder | None = None, rerank_top: int | None = None
-                     ) -> tuple[list[list[Hit]], SearchTimings]:
+                     rerank: str | Path | CrossEncoder | None = None, rerank_top: int | None = None,
+                     rerank_weight: float | None = None) -> tuple[list[list[Hit]], SearchTimings]:
         """:meth:`search`, and the milliseconds each stage took over all the queries (:class:`SearchTimings`)."""
         t0 = time.perf_counter()
         if isinstance(queries, str):
@@ -486,6 +535,11 @@ class Index:
                 raise ValueError("rerank_top is the re-ranker's number of candidates: give rerank too")
             if isinstance(rerank_top, bool) or not isinstance(rerank_top, int) or rerank_top < 1:
                 raise QueryError(f"rerank_top must be an integer >= 1, got {rerank_top!r}")
+        if rerank_weight is not None:
+            if reranker is None:
+                raise ValueError("rerank_weight mixes the re-ranker's probability with the first stage's score: "
+                                 "give rerank too")
+            check_rerank_weight(rerank_weight)
         mode = self.resolve_mode(mode)
         t1 = time.perf_counter()
         vectors = None if mode == "lexical" else self.model.encode(list(queries), side="query")
@@ -499,7 +553,7 @@ class Index:
                                     hybrid_weight=hybrid_weight)
         t3 = time.perf_counter()
         if reranker is not None:
-            found = [rerank_hits(reranker, q, hits, k) for q, hits in zip(queries, found, strict=True)]
+            found = [rerank_hits(reranker, q, hits, k, rerank_weight) for q, hits in zip(queries, found, strict=True)]
         t4 = time.perf_counter()
         return found, SearchTimings(_ms(t2 - t1) if vectors is not None else 0.0, _ms(t3 - t2), _ms(t4 - t3),
                                     _ms(t4 - t0))

@@ -1,7 +1,8 @@
 """The HTTP service: FastAPI over an index (search) and its model (similarity, embeddings), plus a web page.
 
     POST /search      {"queries": "怎么还款" | [...], "k": 10, "filter": {"lang": "zh"}, "mode": "hybrid",
-                       "rerank": true, "rerank_top": 50}   (rerank: a server with a re-ranker, create_app(reranker=))
+                       "rerank": true, "rerank_top": 50, "rerank_weight": 0.7}
+                                        (rerank: a server with a re-ranker, create_app(reranker=))
     POST /similarity  {"pairs": [["text a", "text b"], ...]}
     POST /embed       {"texts": ["...", ...]}
     POST /classify    {"texts": ["...", ...], "k": 1}   (a classifier model: create_app(classifier=...))
@@ -21,6 +22,8 @@ by another process are served within about a second (see :class:`ServedIndex`).
 With a re-ranker (``create_app(index, reranker=CrossEncoder)``, ``deepsem serve --rerank DIR``) a search is two
 stages: the index's top ``rerank_top`` documents re-scored by the cross-encoder (on by default, ``"rerank":
 false`` turns it off per request); every search answer says how long each stage took (``timings_ms``).
+``"rerank_weight"`` (0 to 1; default the server's, ``create_app(rerank_weight=)``, else 1: the re-ranker alone)
+mixes the re-ranker's probability with the first stage's score (score fusion, see :mod:`deepsem.index.vector_index`).
 """
 
 import asyncio
@@ -46,7 +49,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 from deepsem.errors import ConfigError, QueryError
 from deepsem.index import Hit, Index
-from deepsem.index.vector_index import RERANK_TOP, rerank_hits
+from deepsem.index.vector_index import RERANK_TOP, check_rerank_weight, rerank_hits
 from deepsem.serve.batcher import MicroBatcher
 from deepsem.serve.guard import Guard, GuardSettings, protocol_class
 from deepsem.tasks.classification import Classifier
@@ -259,6 +262,10 @@ def request_models(limits: Limits, modes: tuple[str, ...] = ("dense",), rerank: 
         rerank_top: integer(1, limits.max_rerank_top) | None = Field(  # type: ignore[valid-type]
             None, description="First-stage documents the re-ranker scores per query (at least k are); default: the "
             "server's. Not used when not re-ranking.")
+        rerank_weight: Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)] | None = Field(
+            None, description="Score fusion: rank by rerank_weight * minmax(re-ranker probability) + (1 - "
+            "rerank_weight) * minmax(first-stage score) over the candidates; 1 is the re-ranker alone, 0 the first "
+            "stage's order. Default: the server's (else 1). Not used when not re-ranking.")
 
     class SimilarityRequest(_Request):
         pairs: Annotated[list[tuple[text, text]], Field(min_length=1, max_length=limits.max_texts)] = Field(
@@ -403,6 +410,8 @@ def _sentence(e: dict[str, Any], limits: Limits) -> str:
                 "create_app(reranker=...))")
     if field == "rerank_top" and kind in ("greater_than_equal", "less_than_equal"):
         return f"rerank_top must be between 1 and {limits.max_rerank_top}, got {value}"
+    if field == "rerank_weight" and kind in ("greater_than_equal", "less_than_equal"):
+        return f"rerank_weight must be between 0 and 1, got {value}"
     return f"{'.'.join(str(x) for x in loc) or 'body'}: {str(e.get('msg', '')).removeprefix('Value error, ')}"
 
 
@@ -451,7 +460,8 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
                max_wait_ms: float = 0.0, classifier: Classifier | None = None,
                recommender: Recommender | None = None, encoder_thread: bool = False, *,
                api_key: str | None = None, reload_interval_s: float | None = 1.0,
-               reranker: CrossEncoder | None = None, rerank_top: int = RERANK_TOP) -> FastAPI:
+               reranker: CrossEncoder | None = None, rerank_top: int = RERANK_TOP,
+               rerank_weight: float | None = None) -> FastAPI:
     """The service for ``index`` (its model encodes queries) or, without an index, for ``model`` alone; with
     ``classifier`` also ``POST /classify``, with ``recommender`` also ``POST /recommend``.
     ``encoder_thread``: run the micro-batched model calls in a worker thread (else in the event loop; see
@@ -460,7 +470,8 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
     environment here, see :func:`api_key_from_env`). ``reload_interval_s``: how often a request looks at
     ``INDEX/CURRENT`` for a new version (None: serve the index loaded now, until ``POST /admin/reload``).
     ``reranker``: a cross-encoder that re-scores each search's best ``rerank_top`` first-stage documents (a request
-    may turn it off, or ask for another ``rerank_top`` up to ``limits.max_rerank_top``)."""
+    may turn it off, or ask for another ``rerank_top`` up to ``limits.max_rerank_top``). ``rerank_weight``: the
+    score-fusion weight of a request that gives none (None: the re-ranker's probability alone)."""
     if index is None and model is None and classifier is None and recommender is None:
         raise ValueError("create_app needs an index, a model, a classifier or a recommender")
     if reranker is not None and index is None:
@@ -472,6 +483,14 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
     if reranker is not None and not 1 <= rerank_top <= limits.max_rerank_top:
         raise ConfigError(f"rerank_top must be between 1 and the limit max_rerank_top ({limits.max_rerank_top}), "
                           f"got {rerank_top}")
+    if rerank_weight is not None:
+        if reranker is None:
+            raise ValueError("rerank_weight mixes a re-ranker's probability with the first stage's score: "
+                             "create_app(index, reranker=..., rerank_weight=...)")
+        try:
+            rerank_weight = check_rerank_weight(rerank_weight)
+        except QueryError as exc:
+            raise ConfigError(str(exc)) from None
     started = time.time()
 
     def took(t0: float, t1: float | None = None) -> float:
@@ -488,25 +507,27 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         assert semantic is not None
         return semantic
 
-    def run_search(items: list[tuple[str, int, dict[str, Any] | None, str, int | None]]) -> list[dict[str, Any]]:
+    def run_search(items: list[tuple[str, int, dict[str, Any] | None, str, int | None, float | None]]
+                   ) -> list[dict[str, Any]]:
         """One encoder call for every waiting query (mode already resolved), then one first-stage search per mode
         (and per candidate count of re-ranked queries), then the re-ranker on each re-ranked query's candidates
-        (``rerank_top`` not None); all on the index served when the call starts. Each query's hits come back with
-        the stages' milliseconds (the encoder and first stage of the whole batch)."""
+        (``rerank_top`` not None, fused with the first stage's scores by its weight); all on the index served when
+        the call starts. Each query's hits come back with the stages' milliseconds (the encoder and first stage of
+        the whole batch)."""
         assert served is not None
         idx = served.index
         semantic = idx.model
-        texts = [q for q, _, _, _, _ in items]
+        texts = [q for q, *_ in items]
         t0 = time.perf_counter()
         dense = [i for i, item in enumerate(items) if item[3] != "lexical"]
         vectors = np.zeros((len(items), semantic.dim), np.float32)
         if dense:
             vectors[dense] = semantic.encode([texts[i] for i in dense], side="query")
         t1 = time.perf_counter()
-        fetch = [k if top is None else max(k, top) for _, k, _, _, top in items]
+        fetch = [k if top is None else max(k, top) for _, k, _, _, top, _ in items]
         found: list[list[Hit]] = [[] for _ in items]
         groups: dict[tuple[str, int | None], list[int]] = {}
-        for i, (_, _, f, mode, top) in enumerate(items):
+        for i, (_, _, f, mode, top, _) in enumerate(items):
             if not f:  # one search per mode; re-ranked queries also per candidate count (hybrid's pool depends on it)
                 groups.setdefault((mode, None if top is None else fetch[i]), []).append(i)
         for (mode, _), plain in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or 0)):
@@ -514,14 +535,14 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
                                          texts=[texts[i] for i in plain], mode=mode)
             for i, hits in zip(plain, hits_of, strict=True):
                 found[i] = hits[: fetch[i]]
-        for i, (q, _, f, mode, _) in enumerate(items):
+        for i, (q, _, f, mode, _, _) in enumerate(items):
             if f:
                 found[i] = idx.search_encoded(vectors[i : i + 1], fetch[i], f, [q], mode)[0]
         t2 = time.perf_counter()
         out = []
-        for i, (q, k, _, _, top) in enumerate(items):
+        for i, (q, k, _, _, top, weight) in enumerate(items):
             t3 = time.perf_counter()
-            hits = found[i][:k] if top is None or reranker is None else rerank_hits(reranker, q, found[i], k)
+            hits = found[i][:k] if top is None or reranker is None else rerank_hits(reranker, q, found[i], k, weight)
             spent = took(t3) if top is not None else 0.0
             out.append({"hits": [h.to_dict() for h in hits], "encode": took(t0, t1) if dense else 0.0,
                         "first_stage": took(t1, t2), "rerank": spent})
@@ -626,7 +647,8 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
                          else search_batcher).stats.to_dict()}
         if served is not None:
             info["index"] = served.index.stats()
-            info["reranker"] = None if reranker is None else {"model": repr(reranker), "rerank_top": rerank_top}
+            info["reranker"] = None if reranker is None else {"model": repr(reranker), "rerank_top": rerank_top,
+                                                              "rerank_weight": rerank_weight}
             info["reloads"] = served.reloads
             info["reload_error"] = served.error
         if classifier is not None:
@@ -645,8 +667,9 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
             mode = served.index.resolve_mode(req.mode)
             reranked = reranker is not None and req.rerank is not False
             top = (req.rerank_top or rerank_top) if reranked else None
+            weight = (rerank_weight if req.rerank_weight is None else req.rerank_weight) if reranked else None
             t0 = time.perf_counter()
-            answers = await search_batcher([(q, req.k, req.filter, mode, top) for q in queries])
+            answers = await search_batcher([(q, req.k, req.filter, mode, top, weight) for q in queries])
             counters["search"] += 1
             total = took(t0)
             timings = {"encode": answers[0]["encode"], "first_stage": answers[0]["first_stage"],
