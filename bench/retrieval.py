@@ -102,12 +102,14 @@ def wikiqa_training_pairs(data_dir: Path, repeat: int = 5, seed: int = 0) -> tup
     return TextPairs(a, b), TextPairs([q for q, _ in dev], [s for _, s in dev])
 
 
-def wikiqa_task(data_dir: Path):
+def wikiqa_task(data_dir: Path, split: str = "test"):
+    """WikiQA answer retrieval: every sentence of the three splits is a document; each question of ``split`` with a
+    correct answer is a query, its correct sentences the relevant documents."""
     splits = wikiqa_splits(data_dir)
     sentences = list(dict.fromkeys(r[5] for rows in splits.values() for r in rows))
     doc_id = {t: f"s{i}" for i, t in enumerate(sentences)}
     queries, qrels = {}, {}
-    for r in splits["test"]:
+    for r in splits[split]:
         if r[6] == "1":
             queries[r[0]] = r[1]
             qrels.setdefault(r[0], {})[doc_id[r[5]]] = 1
