@@ -99,6 +99,67 @@ def test_two_processes_on_one_gpu_are_told_so(monkeypatch: pytest.MonkeyPatch, t
     assert destroyed == [True]
 
 
+def test_a_failed_run_lets_go_of_its_trainer_before_the_group_is_destroyed(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    """A rank refused at its start (tests/test_trainer_ddp_stops.py, "apart") once hung: its exception's frames kept
+    DDP's reducer, the group's last owner after destroy_process_group, whose destructor then deadlocked in gloo.
+    Now what the failed run held is gone when the group is destroyed, and the error still reaches the caller."""
+    import weakref
+
+    import deepsem.trainer as trainer
+
+    class Held:
+        pass
+
+    refs: list[weakref.ref[Held]] = []
+    alive_at_destroy: list[bool] = []
+
+    def failing(*args: object) -> None:
+        held = Held()  # what the trainer's frames hold (DDP, its reducer, the group)
+        refs.append(weakref.ref(held))
+        try:
+            raise RuntimeError("gloo: inner")
+        except RuntimeError as inner:
+            raise ConfigError("the processes start at different steps") from inner
+
+    monkeypatch.setattr(trainer, "init_distributed", lambda device=None: True)
+    monkeypatch.setattr(trainer, "check_world_size", lambda config: None)
+    monkeypatch.setattr(trainer, "_run_training", failing)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group",
+                        lambda *a: alive_at_destroy.append(refs[0]() is not None))
+    with pytest.raises(ConfigError, match="start at different steps") as caught:
+        trainer.run_training(TrainConfig(), tmp_path / "m", {}, lambda tok: None)
+    assert alive_at_destroy == [False]
+    assert str(caught.value.__cause__) == "gloo: inner"
+
+
+def test_releasing_a_failed_run_clears_the_frames_of_its_causes_too() -> None:
+    import weakref
+
+    from deepsem.trainer import _release_failed_run
+
+    class Held:
+        pass
+
+    def inner(refs: list[weakref.ref[Held]]) -> None:
+        held = Held()
+        refs.append(weakref.ref(held))
+        raise KeyError("inner")
+
+    refs: list[weakref.ref[Held]] = []
+    try:
+        try:
+            inner(refs)
+        except KeyError as cause:
+            raise ValueError("outer") from cause
+    except ValueError as outer:
+        error = outer
+    assert refs[0]() is not None  # the cause's traceback holds the frame that holds it
+    _release_failed_run(error)
+    assert refs[0]() is None
+    _release_failed_run(None)  # a run that ended: nothing to clear
+
+
 def test_one_process_starts_no_group(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert init_distributed() is False

@@ -18,6 +18,7 @@ receives (from rank 0 only):
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -27,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -1046,7 +1048,22 @@ def run_training(
         raise
     finally:
         if group:
+            _release_failed_run(sys.exc_info()[1])
             torch.distributed.destroy_process_group()
+
+
+def _release_failed_run(error: BaseException | None) -> None:
+    """Drop what a failed run still holds before its process group is destroyed. The frames of ``error``'s traceback
+    (and of its causes) keep the trainer alive, and with it DDP's reducer, which holds the group: freed after
+    ``destroy_process_group``, the reducer would be the group's last owner, and gloo's destructor joins its worker
+    thread while holding the GIL, a deadlock when that thread still has a tensor to release (seen: a rank refused
+    at its start hung in ``~ProcessGroupGloo``). Cleared here, the reducer goes first, as after a run that ends."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+    gc.collect()
 
 
 def _run_training(config: TrainConfig, out: Path, fingerprint: dict[str, Any], build: Callable[[Any], TrainingPlan],
