@@ -6,6 +6,7 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -69,6 +70,23 @@ def trained_model_dir(pair_files: tuple[Path, Path], tmp_path_factory: pytest.Te
     out = tmp_path_factory.mktemp("model") / "m"
     deepsem.train(pair_files[0], out, pair_files[1], model=TINY_MODEL, training=TINY_TRAINING, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """A small cross-encoder (and its model directory) trained once for every two-stage test: the synthetic topics'
+    pairs, 2 epochs."""
+    import numpy as np
+
+    from deepsem.data.pairs import TextPairs
+    from deepsem.tasks.rerank import train_rerank
+
+    rows = make_pairs(600, 5)
+    pairs = TextPairs([a for a, _, _ in rows], [b for _, b, _ in rows], np.array([y for *_, y in rows], np.float32))
+    out = tmp_path_factory.mktemp("tiny-rerank") / "ce"
+    ce, _ = train_rerank(pairs, out, model={"hidden_size": 8, "embedding_dim": 8},
+                         training={"epochs": 2, "batch_size": 32, "lr": 1e-2}, progress=False)
+    return ce, out
 
 
 class Killed(Exception):

@@ -11,23 +11,18 @@ import numpy as np
 import pytest
 from conftest import make_pairs
 
-from deepsem.data.pairs import TextPairs
 from deepsem.errors import QueryError
 from deepsem.index import Document, Index
 from deepsem.index.vector_index import Hit, minmax
-from deepsem.tasks.rerank import CrossEncoder, train_rerank
+from deepsem.tasks.rerank import CrossEncoder
 
 QUERIES = ["银行卡余额", "火车站车票", "医生看病"]
 TOP = 12
 
 
 @pytest.fixture(scope="module")
-def reranker(tmp_path_factory: pytest.TempPathFactory) -> CrossEncoder:
-    rows = make_pairs(600, 5)
-    pairs = TextPairs([a for a, _, _ in rows], [b for _, b, _ in rows], np.array([y for *_, y in rows], np.float32))
-    ce, _ = train_rerank(pairs, tmp_path_factory.mktemp("fusion-ce") / "ce", model={"hidden_size": 8,
-                         "embedding_dim": 8}, training={"epochs": 2, "batch_size": 32, "lr": 1e-2}, progress=False)
-    return ce
+def reranker(tiny_reranker: tuple[CrossEncoder, Path]) -> CrossEncoder:
+    return tiny_reranker[0]
 
 
 @pytest.fixture(scope="module")

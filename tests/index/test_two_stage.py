@@ -11,23 +11,17 @@ import pytest
 from conftest import make_pairs
 
 import deepsem
-from deepsem.data.pairs import TextPairs
 from deepsem.errors import ConfigError, QueryError
 from deepsem.index import Document, Index
 from deepsem.index.vector_index import RERANK_TOP, Hit, SearchTimings
-from deepsem.tasks.rerank import CrossEncoder, train_rerank
+from deepsem.tasks.rerank import CrossEncoder
 
 QUERIES = ["银行卡余额", "火车站车票", "医生看病"]
 
 
 @pytest.fixture(scope="module")
-def reranker(tmp_path_factory: pytest.TempPathFactory) -> tuple[CrossEncoder, Path]:
-    rows = make_pairs(600, 5)
-    pairs = TextPairs([a for a, _, _ in rows], [b for _, b, _ in rows], np.array([y for *_, y in rows], np.float32))
-    out = tmp_path_factory.mktemp("two-stage-ce") / "ce"
-    ce, _ = train_rerank(pairs, out, model={"hidden_size": 8, "embedding_dim": 8},
-                         training={"epochs": 2, "batch_size": 32, "lr": 1e-2}, progress=False)
-    return ce, out
+def reranker(tiny_reranker: tuple[CrossEncoder, Path]) -> tuple[CrossEncoder, Path]:
+    return tiny_reranker
 
 
 @pytest.fixture(scope="module")

@@ -5,46 +5,19 @@ contract fuzz still passes with a default weight set."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from conftest import make_pairs
+import test_rerank_service as two_stage
 from fastapi.testclient import TestClient
 from test_contract import fuzz
 
-from deepsem.data.pairs import TextPairs
 from deepsem.errors import ConfigError
-from deepsem.index import Document, Index
 from deepsem.serve import Limits, create_app
-from deepsem.tasks.rerank import CrossEncoder, train_rerank
 
-LIMITS = Limits(max_chars=50, max_texts=4, max_k=5, max_rerank_top=20)
-TOP = 8
+LIMITS, TOP = two_stage.LIMITS, two_stage.TOP
 QUERIES = ["银行卡余额", "火车站车票"]
-
-
-@pytest.fixture(scope="module")
-def reranker(tmp_path_factory: pytest.TempPathFactory) -> CrossEncoder:
-    rows = make_pairs(600, 5)
-    pairs = TextPairs([a for a, _, _ in rows], [b for _, b, _ in rows], np.array([y for *_, y in rows], np.float32))
-    ce, _ = train_rerank(pairs, tmp_path_factory.mktemp("fusion-http-ce") / "ce",
-                         model={"hidden_size": 8, "embedding_dim": 8},
-                         training={"epochs": 2, "batch_size": 32, "lr": 1e-2}, progress=False)
-    return ce
-
-
-@pytest.fixture(scope="module")
-def index(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Index:
-    texts = list(dict.fromkeys(a for a, _, _ in make_pairs(60, 9)))[:30]
-    docs = [Document(f"d{i}", t, {"group": i % 2}) for i, t in enumerate(texts)]
-    return Index.build(trained_model_dir, docs, tmp_path_factory.mktemp("fusion-http") / "idx", lexical=True)
-
-
-@pytest.fixture(scope="module")
-def client(index: Index, reranker: CrossEncoder):
-    with TestClient(create_app(index, limits=LIMITS, reranker=reranker, rerank_top=TOP)) as c:
-        yield c
+# the same server as the two-stage tests: their tiny re-ranker, index and client (fixtures, used by name)
+reranker, index, client = two_stage.reranker, two_stage.index, two_stage.client
 
 
 def same_hits(got: list[dict], want: list) -> None:

@@ -17,23 +17,18 @@ from fastapi.testclient import TestClient
 from test_contract import fuzz
 from test_web_page import CHROMIUM, FLAGS, MISSING
 
-from deepsem.data.pairs import TextPairs
 from deepsem.errors import ConfigError
 from deepsem.index import Document, Index
 from deepsem.serve import Limits, create_app
-from deepsem.tasks.rerank import CrossEncoder, train_rerank
+from deepsem.tasks.rerank import CrossEncoder
 
 LIMITS = Limits(max_chars=50, max_texts=4, max_k=5, max_rerank_top=20)
 TOP = 8
 
 
 @pytest.fixture(scope="module")
-def reranker(tmp_path_factory: pytest.TempPathFactory) -> CrossEncoder:
-    rows = make_pairs(600, 5)
-    pairs = TextPairs([a for a, _, _ in rows], [b for _, b, _ in rows], np.array([y for *_, y in rows], np.float32))
-    ce, _ = train_rerank(pairs, tmp_path_factory.mktemp("svc-ce") / "ce", model={"hidden_size": 8, "embedding_dim": 8},
-                         training={"epochs": 2, "batch_size": 32, "lr": 1e-2}, progress=False)
-    return ce
+def reranker(tiny_reranker: tuple[CrossEncoder, Path]) -> CrossEncoder:
+    return tiny_reranker[0]
 
 
 @pytest.fixture(scope="module")
