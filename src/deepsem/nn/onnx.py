@@ -96,11 +96,13 @@ class Graph:
         """The length of ``x``'s ``axis`` as a scalar int64."""
         return self.op("Squeeze", self.op("Shape", x, start=axis, end=axis + 1), self.const([0]))
 
-    def masked_max(self, x: str, mask: str) -> str:
-        """Max over axis 1 of ``x`` ``(B, T, F)`` at the positions where ``mask`` ``(B, T)`` holds."""
-        filled = self.op("Where", self.op("Unsqueeze", mask, self.const([2])), x,
-                         self.const(np.float32(-np.inf)))
-        return self.op("ReduceMax", filled, axes=[1], keepdims=0)
+    def masked_max(self, x: str, inside: str, axis: int = 1) -> str:
+        """Max over ``axis`` of ``x`` at the positions where ``inside`` (bool, broadcastable to ``x``) holds, for
+        values well inside the float range: the lowest float is added elsewhere (onnxruntime runs a broadcast Add
+        over the largest tensor three times faster than a Where selecting from it)."""
+        past = self.op("Mul", self.op("Sub", self.op("Cast", inside, to=1), self.const(np.float32(1.0))),
+                       self.const(np.finfo(np.float32).max))  # 0 inside, the lowest float elsewhere
+        return self.op("ReduceMax", self.op("Add", x, past), axes=[axis], keepdims=0)
 
     def l2_normalize(self, x: str) -> str:
         """``x / max(||x||, 1e-12)`` over the last axis, as ``torch.nn.functional.normalize``."""
@@ -240,7 +242,7 @@ def pool_steps(g: Graph, y: str, lengths: str, how: str) -> str:
     inside = g.positions_mask(lengths, g.steps_of(y, axis=0))  # (B, T)
     inside = g.op("Unsqueeze", g.op("Transpose", inside, perm=[1, 0]), g.const([1, 3]))  # (T, 1, B, 1)
     if how == "max":
-        pooled = g.op("ReduceMax", g.op("Where", inside, y, g.const(np.float32(-np.inf))), axes=[0], keepdims=0)
+        pooled = g.masked_max(y, inside, axis=0)
     else:
         summed = g.op("ReduceSum", g.op("Mul", y, g.op("Cast", inside, to=1)), g.const([0]), keepdims=0)
         count = g.op("Cast", g.op("Max", lengths, g.const(1, dtype=np.int64)), to=1)

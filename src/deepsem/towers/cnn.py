@@ -101,7 +101,7 @@ class CNNTower(nn.Module):
         conv = g.op("Add", g.op("Add", centre, shifted(before, [0, 1, 0, 0, 0, 0, 0, 0], 0)),
                     shifted(after, [0, 0, 0, 0, 0, 1, 0, 0], 1))
         h = g.op("Tanh", g.op("Add", g.op("Squeeze", conv, g.const([2])), g.const(self.bias, "bias")))
-        pooled = g.masked_max(h, g.positions_mask(n_words, width))
+        pooled = g.masked_max(h, g.op("Unsqueeze", g.positions_mask(n_words, width), g.const([2])))
         return g.op("Tanh", g.linear(pooled, self.proj))
 
 
