@@ -4,6 +4,7 @@ per query) and bulk ``score`` throughput (pairs/s), on real BQ texts.
     python bench/rerank.py                                   # full scale: 500 queries x 50 candidates, 2 threads
     python bench/rerank.py --model runs/rerank-bq            # a trained model (else untrained weights, same cost)
     python bench/rerank.py --queries 20 --bulk 1000          # a quick check
+    python bench/rerank.py --model runs/rerank-bq --backends torch onnx int8   # each backend, the same queries
 
 The issue's target: re-ranking 50 candidates adds <= 5 ms p50 per query on a 2-core CPU. Speed does not depend on
 the weights, so without ``--model`` a model of the default size (:class:`deepsem.config.CrossEncoderConfig`, or
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import torch
 import deepsem
 from deepsem.config import CrossEncoderConfig
 from deepsem.data.pairs import as_pairs
+from deepsem.deploy.export import export_onnx
 from deepsem.models.cross_encoder import CrossEncoderModel
 from deepsem.tasks.rerank import CrossEncoder
 from deepsem.text import build_tokenizer
@@ -44,12 +47,26 @@ def model_for(args: argparse.Namespace, texts: list[str]) -> CrossEncoder:
     return CrossEncoder(CrossEncoderModel(config), tokenizer)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
-    pairs = as_pairs(args.data)
-    queries, docs = list(dict.fromkeys(pairs.text_a)), list(dict.fromkeys(pairs.text_b))
-    model = model_for(args, queries + docs)
-    rng = np.random.default_rng(args.seed)
+def systems(args: argparse.Namespace, model: CrossEncoder, workdir: Path) -> dict[str, CrossEncoder]:
+    """The model on each backend of ``--backends``: torch, onnx (fp32, exported in memory), int8 (an exported int8
+    file through onnxruntime)."""
+    found: dict[str, CrossEncoder] = {}
+    for name in args.backends:
+        if name == "torch":
+            found[name] = model
+        elif name == "onnx":
+            found[name] = model.__class__(model.model, model.tokenizer, model.info).use_backend("onnx")
+        else:
+            export_onnx(model, workdir / "reranker-int8.onnx", quantize="int8")
+            found[name] = model.__class__(model.model, model.tokenizer, model.info).use_backend(
+                "onnx", workdir / "reranker-int8.onnx")
+    return found
+
+
+def measure(model: CrossEncoder, args: argparse.Namespace, pairs: Any, queries: list[str],
+            docs: list[str]) -> dict[str, Any]:
+    """p50 / p99 of ``rank`` (one query x ``--candidates``), and bulk ``score`` throughput."""
+    rng = np.random.default_rng(args.seed)  # the same queries and candidates for every backend
     chosen = rng.choice(len(queries), size=min(args.queries + args.warmup, len(queries)), replace=False)
     latencies = []
     for n, q in enumerate(chosen):
@@ -64,18 +81,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     model.score(bulk, batch_size=256)
     bulk_seconds = time.perf_counter() - t0
-    c = model.model.config
     return {
-        "model": str(args.model) if args.model else "untrained", "encoder": c.encoder, "hidden_size": c.hidden_size,
-        "exact_match": c.exact_match,
-        "embedding_dim": c.embedding_dim, "parameters": sum(p.numel() for p in model.model.parameters()),
-        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         "queries": len(latencies), "candidates": args.candidates,
         "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
         "mean_ms": round(float(ms.mean()), 2),
         "rerank_pairs_per_s": round(args.candidates * len(ms) / (ms.sum() / 1000), 1),
         "bulk_pairs": len(bulk), "bulk_pairs_per_s": round(len(bulk) / bulk_seconds, 1),
     }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    pairs = as_pairs(args.data)
+    queries, docs = list(dict.fromkeys(pairs.text_a)), list(dict.fromkeys(pairs.text_b))
+    model = model_for(args, queries + docs)
+    c = model.model.config
+    result: dict[str, Any] = {
+        "model": str(args.model) if args.model else "untrained", "encoder": c.encoder, "hidden_size": c.hidden_size,
+        "exact_match": c.exact_match,
+        "embedding_dim": c.embedding_dim, "parameters": sum(p.numel() for p in model.model.parameters()),
+        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+    }
+    with tempfile.TemporaryDirectory(prefix="deepsem-rerank-bench-") as tmp:
+        for name, system in systems(args, model, Path(tmp)).items():
+            result[name] = measure(system, args, pairs, queries, docs)
+            print(f"{name:<8} p50 {result[name]['p50_ms']:.2f} ms, p99 {result[name]['p99_ms']:.2f} ms, bulk "
+                  f"{result[name]['bulk_pairs_per_s']:,.0f} pairs/s", flush=True)
+    if "torch" in result:
+        for name in args.backends:
+            if name != "torch":
+                result[name]["p50_vs_torch"] = round(result["torch"]["p50_ms"] / result[name]["p50_ms"], 2)
+    return result
 
 
 def main() -> None:
@@ -94,12 +130,13 @@ def main() -> None:
     parser.add_argument("--exact-match", action="store_true", help="the word-overlap flags (untrained model only)")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backends", nargs="+", choices=("torch", "onnx", "int8"), default=["torch"],
+                        help="what runs the model, each measured on the same queries: torch, onnx (onnxruntime "
+                        "fp32) and int8 (onnxruntime, deepsem export --quantize int8)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
     result = run(args)
-    print(f"{'what':<28}value")
-    for key, value in result.items():
-        print(f"{key:<28}{value}")
+    print(json.dumps(result, indent=2))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -10,12 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_pairs
 from torch.nn import functional as F
 
 import deepsem
 from deepsem.data.pairs import TextPairs
 from deepsem.metrics import mrr_at_k
-from deepsem.tasks.rerank import CrossEncoder, candidate_lists, evaluate_rerank, ranking_metrics, train_rerank
+from deepsem.tasks.rerank import (
+    CrossEncoder,
+    candidate_lists,
+    evaluate_rerank,
+    length_chunks,
+    ranking_metrics,
+    train_rerank,
+)
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "model_dirs_v1"
 GROUPS = ["甲乙丙丁戊己庚辛", "子丑寅卯辰巳午未"]
@@ -140,11 +148,6 @@ def test_listwise_loss_is_cross_entropy_over_the_valid_candidates() -> None:
         torch.tensor([2.0, 1.0, 5.0, 0.5, 0.0, 3.0]), torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])))
 
 
-def test_an_onnx_backend_is_refused(trained: tuple[CrossEncoder, Path]) -> None:
-    with pytest.raises(deepsem.errors.ConfigError, match="torch backend only"):
-        deepsem.load(trained[1], backend="onnx")
-
-
 def test_pretrained_vectors_start_the_embeddings_and_frozen_ones_stay(tmp_path: Path) -> None:
     chars = sorted(set("".join(GROUPS)))
     rng = np.random.default_rng(0)
@@ -167,3 +170,28 @@ def test_pretrained_vectors_start_the_embeddings_and_frozen_ones_stay(tmp_path: 
     with pytest.raises(deepsem.errors.ResumeMismatchError):
         train_rerank(xor_pairs(64, 5), tmp_path / "m", model=TINY, training={"epochs": 1, "batch_size": 16},
                      progress=False)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_length_chunks_cover_every_row_once_and_bound_the_padding(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    widths = rng.integers(1, 40, size=int(rng.integers(1, 120)))
+    for most, slack in [(256, 1.5), (16, 1.5), (7, 1.1), (256, 1.0)]:
+        chunks = length_chunks(widths, most, slack)
+        rows = np.concatenate(chunks)
+        assert sorted(rows.tolist()) == list(range(len(widths)))  # a partition of the rows
+        for chunk in chunks:
+            w = widths[chunk]
+            assert 1 <= len(chunk) <= most
+            assert (np.diff(w) >= 0).all()  # shortest first
+            assert len(chunk) == 1 or len(chunk) * w.max() <= slack * w.sum() + 1e-9
+        cut = [int(widths[c].max()) for c in chunks]
+        assert cut == sorted(cut)
+    same = length_chunks(np.full(600, 12), 256)  # equal widths: full chunks
+    assert [len(c) for c in same] == [256, 256, 88]
+
+
+def test_scores_do_not_depend_on_how_the_pairs_are_chunked(tiny_reranker) -> None:
+    ce, _ = tiny_reranker
+    pairs = [(a, b) for a, b, _ in make_pairs(50, 8)]
+    np.testing.assert_allclose(ce.score(pairs, batch_size=3), ce.score(pairs, batch_size=256), atol=1e-6)

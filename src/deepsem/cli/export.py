@@ -1,4 +1,5 @@
-"""``deepsem export``: a trained model's towers as ONNX files another runtime runs (:mod:`deepsem.deploy`)."""
+"""``deepsem export``: a trained model's towers (or re-ranker) as ONNX files another runtime runs
+(:mod:`deepsem.deploy`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Annotated
 import typer
 
 from deepsem.cli.errors import fail
-from deepsem.cli.options import existing_dir, out_file, vector_model
+from deepsem.cli.options import existing_dir, out_file
 
 
 class Format(StrEnum):
@@ -21,7 +22,7 @@ class Quantize(StrEnum):
 
 
 def export(
-    model: Annotated[Path, typer.Option(help="Model directory (two-tower, classifier or recommender).",
+    model: Annotated[Path, typer.Option(help="Model directory (two-tower, classifier, recommender or re-ranker).",
                                         callback=existing_dir)],
     out: Annotated[Path, typer.Option(help="The ONNX file to write; the other parts, the tokenizer and (for a "
                                       "recommender) the item vectors go beside it, named after it.",
@@ -32,12 +33,13 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace files already at --out and beside it (refused "
                          "otherwise, before anything is written).")] = False,
 ) -> None:
-    """Export the towers as ONNX (ids and lengths in, the final normalised vector out), check them against the
-    PyTorch model on random inputs, and print what was written."""
+    """Export the towers as ONNX (ids and lengths in, the final normalised vector out; a re-ranker: query and
+    document ids in, the relevance logit and probability out), check them against the PyTorch model on random
+    inputs, and print what was written."""
     from deepsem.deploy.export import check_export, export_onnx
     from deepsem.tasks import load
 
-    held = vector_model(load(model), model, "be exported as towers")
+    held = load(model)
     try:
         written = export_onnx(held, out, quantize=None if quantize is None else quantize.value, overwrite=overwrite)
     except FileExistsError as exc:

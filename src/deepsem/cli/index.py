@@ -21,11 +21,13 @@ from deepsem.cli.options import (
     OnnxFile,
     PrecisionName,
     Progress,
+    RerankOnnxFile,
     backend_kwargs,
     check_precision,
     corpus_source,
     data_file,
     out_dir,
+    rerank_kwargs,
     vectors_source,
 )
 
@@ -196,6 +198,7 @@ def search(
                              "stage's order). Choose it on dev data.", min=0.0, max=1.0)] = None,
     timings: Annotated[bool, typer.Option(help="Print the milliseconds of each stage (encode, first stage, "
                        "rerank, total); on stderr with --json. On with --rerank.")] = False,
+    rerank_onnx: RerankOnnxFile = None,
 ) -> None:
     """Search an index: ranked documents with their scores (cosine, BM25 or the hybrid score, or the
     re-ranker's probability with --rerank, the fused score with --rerank-weight below 1)."""
@@ -215,8 +218,13 @@ def search(
         fail("--rerank-top is the re-ranker's number of candidates: give --rerank DIR too")
     if rerank_weight is not None and rerank is None:
         fail("--rerank-weight mixes the re-ranker's probability with the first stage's score: give --rerank DIR too")
+    from deepsem.index.vector_index import cross_encoder
+    from deepsem.tasks import load
+
+    how = rerank_kwargs(backend, rerank, rerank_onnx, check_precision(precision))
     idx = load_index(index, precision=check_precision(precision), **backend_kwargs(backend, onnx))
-    found, took = idx.search_timed(texts, k=k, mode=mode, rerank=rerank, rerank_top=rerank_top,
+    reranker = None if rerank is None else cross_encoder(load(rerank, **how))
+    found, took = idx.search_timed(texts, k=k, mode=mode, rerank=reranker, rerank_top=rerank_top,
                                    rerank_weight=rerank_weight)
     for text, hits in zip(texts, found, strict=True):
         if as_json:

@@ -54,6 +54,22 @@ def backend_kwargs(backend: Any, onnx: Path | None) -> dict[str, Any]:
     if onnx is not None and backend.value != "onnx":
         fail("--onnx FILE needs --backend onnx")
     return {"backend": backend.value, "onnx": onnx}
+
+
+#: ``--rerank-onnx``: the re-ranker's own exported file (search and serve, beside ``--rerank``).
+RerankOnnxFile = Annotated[Path | None, typer.Option(help="The file deepsem export wrote for the --rerank model (an "
+                           "int8 one, say): the re-ranker runs on onnxruntime from it. Without it, the re-ranker "
+                           "follows --backend (exported in memory for onnx).", exists=True, dir_okay=False)]
+
+
+def rerank_kwargs(backend: Any, rerank: Path | None, rerank_onnx: Path | None, precision: str) -> dict[str, Any]:
+    """:func:`deepsem.load`'s keywords for the ``--rerank`` model: onnxruntime from ``--rerank-onnx``, or what
+    ``--backend`` says (the encoder's ``--onnx`` file is not the re-ranker's); ``--rerank-onnx`` alone is refused."""
+    if rerank_onnx is not None and rerank is None:
+        fail("--rerank-onnx FILE is the re-ranker's exported file: give --rerank DIR too")
+    if rerank_onnx is not None or backend.value == "onnx":
+        return {"backend": "onnx", "onnx": rerank_onnx}
+    return {"precision": precision}
 PrecisionName: Any = choices("PrecisionName", PRECISIONS)
 
 
@@ -387,11 +403,11 @@ def vector_model(loaded: Any, model: Path, what: str) -> Any:
     return loaded
 
 
-def load_task(model: Path, kind: type, wrong: str) -> Any:
-    """``deepsem.load(model)``, which must be a ``kind``; else exit 2 with ``wrong``."""
+def load_task(model: Path, kind: type, wrong: str, **how: Any) -> Any:
+    """``deepsem.load(model, **how)``, which must be a ``kind``; else exit 2 with ``wrong``."""
     from deepsem.tasks import load
 
-    loaded = load(model)
+    loaded = load(model, **how)
     if not isinstance(loaded, kind):
         fail(f"{model}: {wrong}")
     return loaded

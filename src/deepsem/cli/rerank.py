@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 from deepsem.cli.errors import fail
 from deepsem.cli.options import (
+    Backend,
+    BackendName,
     ClipNorm,
     Device,
     EmbeddingDim,
@@ -22,6 +24,7 @@ from deepsem.cli.options import (
     MaxLength,
     MaxMinutes,
     MinCount,
+    OnnxFile,
     Patience,
     Precision,
     PrecisionName,
@@ -33,6 +36,7 @@ from deepsem.cli.options import (
     Threads,
     TokenizerName,
     WeightDecay,
+    backend_kwargs,
     check_precision,
     data_file,
     load_task,
@@ -50,10 +54,11 @@ _SHOWN = ("accuracy", "f1", "roc_auc", "spearman", "threshold", "map", "mrr", "n
           "queries", "pairs_per_second")
 
 
-def _load(model: Path) -> CrossEncoder:
+def _load(model: Path, backend: Any = BackendName.torch, onnx: Path | None = None) -> CrossEncoder:
     from deepsem.tasks.rerank import CrossEncoder
 
-    return load_task(model, CrossEncoder, "not a cross-encoder (train one with 'deepsem rerank train')")
+    return load_task(model, CrossEncoder, "not a cross-encoder (train one with 'deepsem rerank train')",
+                     **backend_kwargs(backend, onnx))
 
 
 @rerank_app.command("train")
@@ -146,11 +151,13 @@ def rerank_evaluate(
                          "chosen on dev data at training time).")] = None,
     skip_bad_rows: SkipBadRows = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print every metric as JSON.")] = False,
+    backend: Backend = BackendName.torch,
+    onnx: OnnxFile = None,
 ) -> None:
     """Accuracy, F1, ROC-AUC of labelled pairs; MAP, MRR, NDCG@3/5/10 when the pairs hold candidate lists."""
     from deepsem.tasks.rerank import evaluate_rerank
 
-    ce = _load(model)
+    ce = _load(model, backend, onnx)
     metrics = evaluate_rerank(ce, data, threshold=threshold, columns=pair_columns(columns),
                               skip_bad_rows=skip_bad_rows)
     if as_json:
@@ -169,9 +176,11 @@ def rerank_predict(
                                                  callback=text_file_or_stdin)] = None,
     batch_size: Annotated[int, typer.Option(help="Pairs per forward pass.", min=1)] = 256,
     chunk: Annotated[int, typer.Option(help="Pairs read and scored at a time (bounds memory).", min=1)] = 100_000,
+    backend: Backend = BackendName.torch,
+    onnx: OnnxFile = None,
 ) -> None:
     """Print the relevance probability of each (query, document) pair, one per line, in input order."""
-    ce = _load(model)
+    ce = _load(model, backend, onnx)
     name = str(pairs) if pairs is not None and str(pairs) != "-" else "stdin"
 
     def flush(batch: list[tuple[str, str]]) -> None:

@@ -27,11 +27,13 @@ from deepsem.cli.options import (
     OnnxFile,
     Port,
     PrecisionName,
+    RerankOnnxFile,
     api_key_kwargs,
     backend_kwargs,
     check_precision,
     guard_limits,
     not_negative,
+    rerank_kwargs,
     vector_model,
 )
 
@@ -79,6 +81,7 @@ def serve(
                              "rerank_weight): W * the re-ranker's probability + (1 - W) * the first stage's score, "
                              "each min-max normalised over a query's candidates (1: the re-ranker alone, the "
                              "default; 0: the first stage's order); needs --rerank.", min=0.0, max=1.0)] = None,
+    rerank_onnx: RerankOnnxFile = None,
 ) -> None:
     """Serve search, similarity and embeddings over HTTP, with a search page at /."""
     import torch
@@ -98,6 +101,7 @@ def serve(
         fail("--rerank-weight mixes the re-ranker's probability with the first stage's score: give --rerank DIR too")
     auth = api_key_kwargs(api_key)
     how = {"precision": check_precision(precision), **backend_kwargs(backend, onnx)}
+    rerank_how = rerank_kwargs(backend, rerank, rerank_onnx, how["precision"])
     idx = load_index(index, **how) if index is not None else None
     loaded = vector_model(load(model, **how), model, "be served") if model is not None else None
     from deepsem.tasks.classification import Classifier
@@ -110,7 +114,7 @@ def serve(
     if rerank is not None:
         from deepsem.index.vector_index import cross_encoder
 
-        reranker = cross_encoder(load(rerank, precision=how["precision"]))
+        reranker = cross_encoder(load(rerank, **rerank_how))
     limits = Limits(max_chars, max_texts, max_k, **guard_limits(max_body_bytes, body_timeout, max_in_flight,
                                                                 header_timeout, max_header_bytes, max_headers,
                                                                 keep_alive), max_rerank_top=max_rerank_top)

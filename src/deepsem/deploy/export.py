@@ -11,6 +11,9 @@ classifier      ``classifier`` (FILE)  ``input_ids``, ``lengths`` -> ``logits``,
 recommender     ``user`` (FILE)        ``history`` (B, T) item rows (catalogue position + 1), ``lengths``
                                        [, ``features`` (B, F)] -> ``user_vector`` (B, dim); the item vectors in
                                        FILE.items.npy and their ids in FILE.items.json
+rerank          ``reranker`` (FILE)    ``query_ids`` (B or 1, Tq), ``query_lengths``, ``doc_ids`` (B, Td),
+                                       ``doc_lengths`` -> ``logits``, ``probabilities`` (B,); one query row
+                                       goes with every document
 ==============  =====================  =====================================================================
 
 Batch and length axes are dynamic; ids are right-padded with 0 and every length is at least 1 (deepsem's
@@ -41,6 +44,7 @@ import torch
 
 from deepsem.fileio import atomic_write_bytes, atomic_write_json, atomic_write_npy, atomic_write_text
 from deepsem.models.classifier import TextClassifier
+from deepsem.models.cross_encoder import CrossEncoderModel
 from deepsem.models.recommender import TwoTowerRecommender
 from deepsem.models.two_tower import TwoTowerModel
 from deepsem.nn.onnx import Graph
@@ -101,6 +105,17 @@ def _recommender_parts(model: TwoTowerRecommender) -> dict[str, Graph]:
     return {"user": g}
 
 
+def _rerank_parts(model: CrossEncoderModel) -> dict[str, Graph]:
+    g = Graph("deepsem_reranker")
+    q_ids, q_len = g.input("query_ids", "int64", ["queries", "query_length"]), g.input("query_lengths", "int64",
+                                                                                        ["queries"])
+    d_ids, d_len = g.input("doc_ids", "int64", ["batch", "doc_length"]), g.input("doc_lengths", "int64", ["batch"])
+    logits = model.onnx(g, q_ids, q_len, d_ids, d_len)
+    g.output(logits, "logits", "float", ["batch"])
+    g.output(g.op("Sigmoid", logits), "probabilities", "float", ["batch"])
+    return {"reranker": g}
+
+
 def weights_digest(net: torch.nn.Module) -> str:
     """A SHA-256 over the network's parameters and buffers (names, shapes, float32 bytes): it ties an exported
     file to the weights it came from (the ``deepsem.weights_sha256`` metadata key)."""
@@ -117,12 +132,16 @@ def part_names(net: torch.nn.Module) -> list[str]:
     """The parts :func:`onnx_models` writes for ``net``, the first one at ``--out`` itself."""
     if isinstance(net, TwoTowerModel):
         return ["query"] if net.query_tower is net.doc_tower else ["query", "doc"]
+    if isinstance(net, CrossEncoderModel):
+        return ["reranker"]
     return ["classifier"] if isinstance(net, TextClassifier) else ["user"]
 
 
 _PARTS: list[tuple[type, Callable[[Any], dict[str, Graph]]]] = [
-    (TwoTowerModel, _two_tower_parts), (TextClassifier, _classifier_parts), (TwoTowerRecommender, _recommender_parts)]
-_TASKS = {TwoTowerModel: "two-tower", TextClassifier: "classifier", TwoTowerRecommender: "recommender"}
+    (TwoTowerModel, _two_tower_parts), (TextClassifier, _classifier_parts), (TwoTowerRecommender, _recommender_parts),
+    (CrossEncoderModel, _rerank_parts)]
+_TASKS = {TwoTowerModel: "two-tower", TextClassifier: "classifier", TwoTowerRecommender: "recommender",
+          CrossEncoderModel: "rerank"}
 
 
 def onnx_models(held: Any) -> dict[str, onnx.ModelProto]:
@@ -228,18 +247,31 @@ def export_onnx(held: Any, out: str | os.PathLike[str], quantize: str | None = N
     return [write(path) for path, write in writes.items()]
 
 
+def _random_ids(rng: np.random.Generator, batch: int, steps: int, low: int, high: int) -> tuple[np.ndarray,
+                                                                                                  np.ndarray]:
+    """Ids ``(batch, steps)`` in ``[low, high)`` right-padded with 0 past random lengths 1..steps (the first row
+    full), and the lengths, both int64."""
+    lengths = rng.integers(1, steps + 1, size=batch)
+    lengths[0] = steps
+    ids = rng.integers(min(low, high - 1), high, size=(batch, steps))
+    ids[np.arange(steps)[None, :] >= lengths[:, None]] = 0
+    return ids.astype(np.int64), lengths.astype(np.int64)
+
+
 def random_inputs(net: torch.nn.Module, batch: int = 32, steps: int = 24, seed: int = 0) -> dict[str, np.ndarray]:
     """A padded batch of random ids of mixed lengths (1..``steps``) that ``net``'s exported graphs take."""
     rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, steps + 1, size=batch)
-    lengths[0] = steps
+    if isinstance(net, CrossEncoderModel):  # a query per document; ids from a few tokens, [UNK] among them, so
+        high = min(int(net.config.vocab_size), 12)  # that the texts share tokens (exact_match)
+        q_ids, q_len = _random_ids(rng, batch, max(steps // 2, 1), 1, high)
+        d_ids, d_len = _random_ids(rng, batch, steps, 1, high)
+        return {"query_ids": q_ids, "query_lengths": q_len, "doc_ids": d_ids, "doc_lengths": d_len}
     if isinstance(net, TwoTowerRecommender):
         high, name = int(net.config.n_items) + 1, "history"
     else:
         high, name = int(net.config.tower.vocab_size), "input_ids"  # type: ignore[union-attr,arg-type]
-    ids = rng.integers(min(2, high - 1), high, size=(batch, steps))
-    ids[np.arange(steps)[None, :] >= lengths[:, None]] = 0
-    feeds = {name: ids.astype(np.int64), "lengths": lengths.astype(np.int64)}
+    ids, lengths = _random_ids(rng, batch, steps, 2, high)
+    feeds = {name: ids, "lengths": lengths}
     if isinstance(net, TwoTowerRecommender) and net.config.n_user_features > 0:
         feeds["features"] = rng.integers(0, net.config.n_user_features + 1, size=(batch, 3)).astype(np.int64)
     return feeds
@@ -256,6 +288,9 @@ def torch_outputs(net: torch.nn.Module, feeds: dict[str, np.ndarray]) -> dict[st
                 return {side: net.encode(t["input_ids"], t["lengths"], side).numpy() for side in part_names(net)}
             if isinstance(net, TextClassifier):
                 return {"classifier": net.probabilities(net(t["input_ids"], t["lengths"])).numpy()}
+            if isinstance(net, CrossEncoderModel):
+                logits = net(t["query_ids"], t["query_lengths"], t["doc_ids"], t["doc_lengths"])
+                return {"reranker": torch.sigmoid(logits).numpy()}
             assert isinstance(net, TwoTowerRecommender)
             return {"user": net.user_vectors(t["history"], t["lengths"], t.get("features")).numpy()}
     finally:
@@ -264,7 +299,8 @@ def torch_outputs(net: torch.nn.Module, feeds: dict[str, np.ndarray]) -> dict[st
 
 def check_export(held: Any, out: str | os.PathLike[str], batch: int = 32) -> dict[str, tuple[float, float]]:
     """Run the files :func:`export_onnx` wrote at ``out`` with onnxruntime and the PyTorch model on the same random
-    batch: ``(max abs difference, min cosine)`` per part (the probabilities, for a classifier)."""
+    batch: ``(max abs difference, min cosine)`` per part (the probabilities, for a classifier or a re-ranker: a
+    re-ranker's cosine is that of the batch's probabilities as one vector)."""
     from deepsem.deploy.runtime import OnnxRunner
 
     net = getattr(held, "model", held)
@@ -275,7 +311,9 @@ def check_export(held: Any, out: str | os.PathLike[str], batch: int = 32) -> dic
     report = {}
     for part, want in expected.items():
         got = OnnxRunner(part_path(out, part, parts[0])).run(feeds)
-        answer = got[1] if part == "classifier" else got[0]
+        answer = got[1] if part in ("classifier", "reranker") else got[0]
+        if answer.ndim == 1:  # a probability per pair: the batch's as one vector
+            answer, want = answer[None, :], want[None, :]
         cosine = (answer * want).sum(1) / np.maximum(np.linalg.norm(answer, axis=1) * np.linalg.norm(want, axis=1),
                                                      1e-12)
         report[part] = (float(np.abs(answer - want).max()), float(cosine.min()))

@@ -15,11 +15,19 @@ them may change the score (the MLP is not symmetric), as it does in the paper's 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from deepsem.config import CrossEncoderConfig
+from deepsem.nn.onnx import rnn as onnx_rnn
+from deepsem.nn.onnx import steps_by_row
 from deepsem.towers.recurrent import build_rnn, run_rnn
+
+if TYPE_CHECKING:
+    from deepsem.nn.onnx import Graph
 
 
 def step_mask(lengths: Tensor, steps: int) -> Tensor:
@@ -111,3 +119,56 @@ class CrossEncoderModel(nn.Module):
         embed = self.embedding_dropout
         return self.interact(embed(self.embedding(q_ids)), q_lengths, embed(self.embedding(d_ids)), d_lengths,
                              q_ids, d_ids)
+
+    def onnx(self, g: Graph, q_ids: str, q_len: str, d_ids: str, d_len: str) -> str:
+        """:meth:`forward` in ONNX operators (:mod:`deepsem.nn.onnx`): logits ``(N,)`` of ``N`` documents against
+        ``N`` queries or one query (its rows broadcast to every document). Padded steps carry zeros, as run_rnn's."""
+        one, n = g.const(1, dtype=np.int64), g.op("Shape", d_ids, start=0, end=1)
+        q_len, d_len = g.op("Max", q_len, one), g.op("Max", d_len, one)
+        q_mask, d_mask = g.positions_mask(q_len, g.steps_of(q_ids)), g.positions_mask(d_len, g.steps_of(d_ids))
+        table = g.const(self.embedding.weight, "embedding")
+
+        def run(rnn: nn.Module, x: str, lengths: str) -> str:  # x time-major (T, B, E) -> rows of steps (B, T, 2H)
+            return steps_by_row(g, onnx_rnn(g, rnn, x, lengths, time_major=True)[0])
+
+        a = run(self.encoder, g.op("Gather", table, g.op("Transpose", q_ids, perm=[1, 0])), q_len)
+        b = run(self.encoder, g.op("Gather", table, g.op("Transpose", d_ids, perm=[1, 0])), d_len)
+        rows = g.op("Concat", n, g.op("Shape", q_ids, start=1, end=2), axis=0)  # (N, Tq)
+        a = g.op("Expand", a, g.op("Concat", rows, g.const([2 * self.config.hidden_size]), axis=0))
+        q_mask, q_len = g.op("Expand", q_mask, rows), g.op("Expand", q_len, n)
+        lowest = np.finfo(np.float32).max  # the softmax's and max's masks: the lowest float outside the steps
+
+        def outside(mask: str, axis: int) -> str:
+            return g.op("Unsqueeze", g.op("Mul", g.op("Sub", g.op("Cast", mask, to=1), g.const(np.float32(1))),
+                                          g.const(lowest)), g.const([axis]))
+
+        e = g.op("MatMul", a, g.op("Transpose", b, perm=[0, 2, 1]))  # (N, Tq, Td)
+        a_tilde = g.op("MatMul", g.op("Softmax", g.op("Add", e, outside(d_mask, 1)), axis=2), b)
+        b_tilde = g.op("MatMul", g.op("Transpose", g.op("Softmax", g.op("Add", e, outside(q_mask, 2)), axis=1),
+                                      perm=[0, 2, 1]), a)
+        flags: list[str | None] = [None, None]
+        if self.config.exact_match:  # exact_match(): a known token of one text among the other's known tokens
+            known_q = g.op("And", q_mask, g.op("Greater", q_ids, one))
+            known_d = g.op("And", d_mask, g.op("Greater", d_ids, one))
+            same = g.op("Equal", g.op("Unsqueeze", q_ids, g.const([2])), g.op("Unsqueeze", d_ids, g.const([1])))
+            same = g.op("Cast", g.op("And", g.op("And", same, g.op("Unsqueeze", known_q, g.const([2]))),
+                                     g.op("Unsqueeze", known_d, g.const([1]))), to=1)  # (N, Tq, Td)
+            flags = [g.op("ReduceMax", same, axes=[2], keepdims=1),
+                     g.op("Unsqueeze", g.op("ReduceMax", same, axes=[1], keepdims=0), g.const([2]))]
+
+        def compose(x: str, x_tilde: str, flag: str | None, lengths: str) -> str:
+            parts = [x, x_tilde, g.op("Sub", x, x_tilde), g.op("Mul", x, x_tilde)] + ([flag] if flag else [])
+            m = g.op("Relu", g.linear(g.op("Concat", *parts, axis=-1), cast(nn.Linear, self.projection[0])))
+            return run(self.composition, g.op("Transpose", m, perm=[1, 0, 2]), lengths)
+
+        def mean_max(v: str, mask: str, lengths: str) -> str:
+            inside = g.op("Unsqueeze", mask, g.const([2]))
+            total = g.op("ReduceSum", g.op("Mul", v, g.op("Cast", inside, to=1)), g.const([1]), keepdims=0)
+            mean = g.op("Div", total, g.op("Unsqueeze", g.op("Cast", lengths, to=1), g.const([1])))
+            return g.op("Concat", mean, g.masked_max(v, inside), axis=-1)
+
+        pooled = g.op("Concat", mean_max(compose(a, a_tilde, flags[0], q_len), q_mask, q_len),
+                      mean_max(compose(b, b_tilde, flags[1], d_len), d_mask, d_len), axis=-1)
+        hidden = g.op("Tanh", g.linear(pooled, cast(nn.Linear, self.mlp[0])))
+        logits = g.linear(hidden, cast(nn.Linear, self.mlp[3]))
+        return g.op("Squeeze", logits, g.const([1]))

@@ -231,6 +231,12 @@ def rnn(g: Graph, module: nn.Module, x: str, lengths: str, time_major: bool = Fa
     return y, y_h
 
 
+def steps_by_row(g: Graph, y: str) -> str:
+    """A recurrent operator's time-major output ``(T, D, B, H)`` as rows of steps ``(B, T, D*H)``, the directions
+    side by side as torch concatenates them."""
+    return g.op("Reshape", g.op("Transpose", y, perm=[2, 0, 1, 3]), g.const([0, 0, -1]))
+
+
 def states_by_row(g: Graph, states: str) -> str:
     """Final states ``(D, B, H)`` as rows ``(B, D*H)``, the directions side by side as torch concatenates them."""
     return g.op("Reshape", g.op("Transpose", states, perm=[1, 0, 2]), g.const([0, -1]))

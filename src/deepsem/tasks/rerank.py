@@ -28,6 +28,7 @@ from deepsem.data.batches import length_batches
 from deepsem.data.errors import DataError
 from deepsem.data.pairs import TextPairs, as_pairs
 from deepsem.data.precision import HasPrecision, autocast, check_precision
+from deepsem.deploy.runtime import Backend
 from deepsem.errors import ConfigError
 from deepsem.evaluation.pairs import RANKING_METRICS, ranking_metrics
 from deepsem.losses.rerank import RerankLoss
@@ -54,6 +55,8 @@ _RESERVED = ("deepsem_version", "task", "cross_encoder")
 PAIR_METRICS = ("accuracy", "f1", "roc_auc")
 #: Documents of other pairs put beside each positive when positive-only pairs are ranked (dev, evaluate).
 LIST_NEGATIVES = 9
+#: How much padding a chunk of pairs may carry: padded steps / real steps (see :func:`length_chunks`).
+PAD_SLACK = 1.5
 
 
 def _pad(ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
@@ -71,7 +74,25 @@ def _probabilities(logits: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
 
-class CrossEncoder(HasPrecision):
+def length_chunks(widths: np.ndarray, most: int, slack: float = PAD_SLACK) -> list[np.ndarray]:
+    """Rows of ``widths`` (each pair's longer text) sorted by width, cut into chunks of at most ``most`` rows that
+    pad to at most ``slack`` times their real steps: the recurrent nets (deepsem's loop and onnxruntime's
+    operators) step every row to the chunk's widest, so a few short rows beside a long one pay for its length."""
+    order = np.argsort(widths, kind="stable")
+    chunks: list[np.ndarray] = []
+    start, real = 0, 0
+    for end, row in enumerate(order):
+        width = int(widths[row])
+        if end > start and (end - start >= most or (end - start + 1) * width > slack * (real + width)):
+            chunks.append(order[start:end])
+            start, real = end, 0
+        real += width
+    if start < len(order):
+        chunks.append(order[start:])
+    return chunks
+
+
+class CrossEncoder(Backend, HasPrecision):
     """A trained cross-encoder with its tokenizer: relevance probabilities of (query, document) pairs.
 
     >>> ce = deepsem.load("runs/rerank-bq")                                # doctest: +SKIP
@@ -108,18 +129,12 @@ class CrossEncoder(HasPrecision):
         info = {k: v for k, v in read.config.items() if k not in _RESERVED}
         return cls(read.model, read.tokenizer, info, precision)
 
-    def use_backend(self, backend: str, onnx: str | Path | None = None) -> CrossEncoder:
-        """Only the torch backend: a cross-encoder has no ONNX export yet."""
-        if backend != "torch" or onnx is not None:
-            raise ConfigError("a cross-encoder (task rerank) runs on the torch backend only; it has no ONNX export")
-        return self
-
     # -- scoring -------------------------------------------------------------------------------------------
     def logits_of_ids(self, q_ids: Sequence[Sequence[int]], d_ids: Sequence[Sequence[int]],
                       batch_size: int = 256) -> np.ndarray:
-        """Logits ``(N,)`` float32 of aligned token ids, batched by length (the longer text of each pair) under
+        """Logits ``(N,)`` float32 of aligned token ids, batched by length (the longer text of each pair), under
         ``torch.inference_mode``; the model's training mode is restored after. One query (``q_ids`` of length 1)
-        goes with every document and is encoded once."""
+        goes with every document and is encoded once. Batches are :func:`length_chunks` of at most ``batch_size``."""
         one = len(q_ids) == 1 and len(d_ids) != 1
         out = np.zeros(len(d_ids), np.float32)
         if not len(d_ids):
@@ -128,13 +143,20 @@ class CrossEncoder(HasPrecision):
             raise ValueError(f"{len(q_ids)} queries for {len(d_ids)} documents")
         width = np.fromiter((max(len(q_ids[0 if one else i]), len(b)) for i, b in enumerate(d_ids)), np.int64,
                             len(d_ids))
-        order = np.argsort(width, kind="stable")
+        chunks = length_chunks(width, batch_size)
+        if self._onnx is not None:
+            runner = self._onnx["reranker"]
+            for rows in chunks:
+                q, q_len = _pad([q_ids[0]] if one else [q_ids[r] for r in rows])
+                d, d_len = _pad([d_ids[r] for r in rows])
+                out[rows] = runner.run({"query_ids": q.numpy(), "query_lengths": q_len.numpy(),
+                                        "doc_ids": d.numpy(), "doc_lengths": d_len.numpy()})[0]
+            return out
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                for start in range(0, len(order), batch_size):
-                    rows = order[start : start + batch_size]
+                for rows in chunks:
                     q, q_len = _pad([q_ids[0]] if one else [q_ids[r] for r in rows])
                     d, d_len = _pad([d_ids[r] for r in rows])
                     with autocast(self.precision):  # fp32: no autocast at all
