@@ -79,19 +79,19 @@ def test_help_lists_the_commands_and_options() -> None:
 
 
 def test_commands_that_need_vectors_refuse_a_cross_encoder_in_one_line(tmp_path: Path) -> None:
-    """encode, export, serve and retrieval evaluation need a model that makes vectors: a re-ranker makes none."""
+    """encode and serve --model need a model that makes vectors: a re-ranker makes none (it exports: see
+    tests/deploy/test_onnx_reranker.py)."""
     train = write_tsv(tmp_path / "train.tsv", make_pairs(40, 4))
     out = tmp_path / "m"
     assert runner.invoke(app, ["rerank", "train", str(train), "--out", str(out), "--epochs", "1", *TINY]).exit_code == 0
     texts = tmp_path / "texts.txt"
     texts.write_text("a b\n", encoding="utf-8")
     for args in (["encode", "--model", str(out), "--out", str(tmp_path / "v.npy"), str(texts)],
-                 ["export", "--model", str(out), "--out", str(tmp_path / "m.onnx")],
                  ["serve", "--model", str(out)]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert "a cross-encoder (rerank) model" in result.output and "Traceback" not in result.output
-    assert not (tmp_path / "v.npy").exists() and not (tmp_path / "m.onnx").exists()
+    assert not (tmp_path / "v.npy").exists()
 
 
 def test_exact_match_is_a_training_option_saved_with_the_model(tmp_path: Path) -> None:
