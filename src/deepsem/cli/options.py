@@ -70,6 +70,8 @@ def rerank_kwargs(backend: Any, rerank: Path | None, rerank_onnx: Path | None, p
     if rerank_onnx is not None or backend.value == "onnx":
         return {"backend": "onnx", "onnx": rerank_onnx}
     return {"precision": precision}
+
+
 PrecisionName: Any = choices("PrecisionName", PRECISIONS)
 
 

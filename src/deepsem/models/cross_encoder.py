@@ -136,11 +136,8 @@ class CrossEncoderModel(nn.Module):
         rows = g.op("Concat", n, g.op("Shape", q_ids, start=1, end=2), axis=0)  # (N, Tq)
         a = g.op("Expand", a, g.op("Concat", rows, g.const([2 * self.config.hidden_size]), axis=0))
         q_mask, q_len = g.op("Expand", q_mask, rows), g.op("Expand", q_len, n)
-        lowest = np.finfo(np.float32).max  # the softmax's and max's masks: the lowest float outside the steps
-
-        def outside(mask: str, axis: int) -> str:
-            return g.op("Unsqueeze", g.op("Mul", g.op("Sub", g.op("Cast", mask, to=1), g.const(np.float32(1))),
-                                          g.const(lowest)), g.const([axis]))
+        def outside(mask: str, axis: int) -> str:  # the softmax's mask, broadcast over ``axis``
+            return g.op("Unsqueeze", g.outside(mask), g.const([axis]))
 
         e = g.op("MatMul", a, g.op("Transpose", b, perm=[0, 2, 1]))  # (N, Tq, Td)
         a_tilde = g.op("MatMul", g.op("Softmax", g.op("Add", e, outside(d_mask, 1)), axis=2), b)

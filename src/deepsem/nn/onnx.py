@@ -96,13 +96,16 @@ class Graph:
         """The length of ``x``'s ``axis`` as a scalar int64."""
         return self.op("Squeeze", self.op("Shape", x, start=axis, end=axis + 1), self.const([0]))
 
-    def masked_max(self, x: str, inside: str, axis: int = 1) -> str:
-        """Max over ``axis`` of ``x`` at the positions where ``inside`` (bool, broadcastable to ``x``) holds, for
-        values well inside the float range: the lowest float is added elsewhere (onnxruntime runs a broadcast Add
+    def outside(self, inside: str) -> str:
+        """An additive mask of the bool ``inside``: 0 where it holds, the lowest float elsewhere. Added to values
+        well inside the float range before a max or a softmax, it leaves them out (onnxruntime runs a broadcast Add
         over the largest tensor three times faster than a Where selecting from it)."""
-        past = self.op("Mul", self.op("Sub", self.op("Cast", inside, to=1), self.const(np.float32(1.0))),
-                       self.const(np.finfo(np.float32).max))  # 0 inside, the lowest float elsewhere
-        return self.op("ReduceMax", self.op("Add", x, past), axes=[axis], keepdims=0)
+        return self.op("Mul", self.op("Sub", self.op("Cast", inside, to=1), self.const(np.float32(1.0))),
+                       self.const(np.finfo(np.float32).max))
+
+    def masked_max(self, x: str, inside: str, axis: int = 1) -> str:
+        """Max over ``axis`` of ``x`` at the positions where ``inside`` (bool, broadcastable to ``x``) holds."""
+        return self.op("ReduceMax", self.op("Add", x, self.outside(inside)), axes=[axis], keepdims=0)
 
     def l2_normalize(self, x: str) -> str:
         """``x / max(||x||, 1e-12)`` over the last axis, as ``torch.nn.functional.normalize``."""

@@ -143,12 +143,11 @@ class CrossEncoder(Backend, HasPrecision):
             raise ValueError(f"{len(q_ids)} queries for {len(d_ids)} documents")
         width = np.fromiter((max(len(q_ids[0 if one else i]), len(b)) for i, b in enumerate(d_ids)), np.int64,
                             len(d_ids))
-        chunks = length_chunks(width, batch_size)
+        batches = ((rows, *_pad([q_ids[0]] if one else [q_ids[r] for r in rows]), *_pad([d_ids[r] for r in rows]))
+                   for rows in length_chunks(width, batch_size))
         if self._onnx is not None:
             runner = self._onnx["reranker"]
-            for rows in chunks:
-                q, q_len = _pad([q_ids[0]] if one else [q_ids[r] for r in rows])
-                d, d_len = _pad([d_ids[r] for r in rows])
+            for rows, q, q_len, d, d_len in batches:
                 out[rows] = runner.run({"query_ids": q.numpy(), "query_lengths": q_len.numpy(),
                                         "doc_ids": d.numpy(), "doc_lengths": d_len.numpy()})[0]
             return out
@@ -156,9 +155,7 @@ class CrossEncoder(Backend, HasPrecision):
         self.model.eval()
         try:
             with torch.inference_mode():
-                for rows in chunks:
-                    q, q_len = _pad([q_ids[0]] if one else [q_ids[r] for r in rows])
-                    d, d_len = _pad([d_ids[r] for r in rows])
+                for rows, q, q_len, d, d_len in batches:
                     with autocast(self.precision):  # fp32: no autocast at all
                         out[rows] = self.model(q, q_len, d, d_len).float().numpy()
         finally:
