@@ -38,6 +38,16 @@ def make_pairs(n: int, seed: int) -> list[tuple[str, str, int]]:
     return rows
 
 
+def shake_peepholes_and_biases(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with its peepholes and biases drawn from U(-0.5, 0.5): they start at 0, where a wrong mapping of
+    them (an exporter's, say) would not show."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "weight_c" in name or "bias" in name:
+                p.uniform_(-0.5, 0.5)
+    return module
+
+
 def write_tsv(path: Path, rows: list[tuple[str, str, int]]) -> Path:
     path.write_text("".join(f"{a}\t{b}\t{y}\n" for a, b, y in rows), encoding="utf-8")
     return path

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import shake_peepholes_and_biases
 
 from deepsem.config import CrossEncoderConfig
 from deepsem.deploy.export import onnx_models
@@ -22,12 +23,7 @@ def random_model(encoder: str, exact: bool) -> CrossEncoderModel:
     torch.manual_seed(hash((encoder, exact)) % 1000)
     config = CrossEncoderConfig(vocab_size=VOCAB, embedding_dim=8, hidden_size=6, encoder=encoder, exact_match=exact,
                                 dropout=0.0, embedding_dropout=0.0)
-    model = CrossEncoderModel(config).eval()
-    with torch.no_grad():  # peepholes and biases start at 0: give them values so that a wrong mapping shows
-        for name, p in model.named_parameters():
-            if "weight_c" in name or "bias" in name:
-                p.uniform_(-0.5, 0.5)
-    return model
+    return shake_peepholes_and_biases(CrossEncoderModel(config).eval())  # type: ignore[return-value]
 
 
 def padded(rows: int, steps: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import shake_peepholes_and_biases
 
 from deepsem.config import TowerConfig
 from deepsem.nn.onnx import Graph
@@ -31,12 +32,7 @@ def random_tower(encoder: str, bidirectional: bool = False, pooling: str = "last
     torch.manual_seed(hash((encoder, bidirectional, pooling, layers)) % 1000)
     config = TowerConfig(encoder=encoder, vocab_size=vocab, embedding_dim=8, hidden_size=6, num_layers=layers,
                          output_dim=5, bidirectional=bidirectional, pooling=pooling)
-    tower = build_tower(config).eval()
-    with torch.no_grad():  # peepholes and biases start at 0: give them values so that a wrong mapping shows
-        for name, p in tower.named_parameters():
-            if "weight_c" in name or "bias" in name:
-                p.uniform_(-0.5, 0.5)
-    return tower
+    return shake_peepholes_and_biases(build_tower(config).eval())
 
 
 def padded_batch(batch: int, steps: int, vocab: int, seed: int, separators: bool) -> tuple[torch.Tensor, torch.Tensor]:
