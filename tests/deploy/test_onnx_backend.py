@@ -130,6 +130,9 @@ def test_standalone_script_needs_nothing_of_deepsem(tmp_path: Path):
             f"runpy.run_path({str(ROOT / 'examples' / 'onnx_standalone.py')!r}, run_name='__main__')")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
     np.testing.assert_allclose(np.load(tmp_path / "v.npy"), held.encode(texts), atol=1e-5, rtol=0)
+    refused = subprocess.run([sys.executable, str(ROOT / "examples" / "onnx_standalone.py"), str(tmp_path /
+                              "tower.onnx"), "a", "--query", "b"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "--query is for a re-ranker" in refused.stderr
 
 
 def test_cli_evaluate_with_onnx(pair_files: tuple[Path, Path], trained_model_dir: Path):

@@ -4,6 +4,8 @@ two-stage search, ``deepsem rerank`` and ``deepsem serve`` running it, each agai
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from deepsem.index import Index
 pytest.importorskip("onnxruntime")
 
 runner = CliRunner()
+ROOT = Path(__file__).parents[2]
 PAIRS = [(a, b) for a, b, _ in make_pairs(60, 4)] + [("", "银行"), ("x" * 80, "短"), ("短", "y y y " * 30)]
 
 
@@ -148,3 +151,24 @@ def test_rerank_cli_on_onnx(exported: tuple[Path, Path, Path], tmp_path: Path):
     cli = runner.invoke(app, ["export", "--model", str(directory), "--out", str(tmp_path / "cli.onnx")])
     assert cli.exit_code == 0, cli.output
     assert "reranker: onnxruntime against torch on random inputs" in cli.output
+
+
+def test_standalone_script_reranks_with_nothing_of_deepsem(exported: tuple[Path, Path, Path], tmp_path: Path):
+    """examples/onnx_standalone.py with a re-ranker's file, deepsem made unimportable: deepsem's probabilities."""
+    directory, fp32, _ = exported
+    ce = deepsem.load(directory)
+    query, docs = PAIRS[0][0], [b for _, b in PAIRS[:20]] + ["", "银行卡"]
+    argv = [str(fp32), "--query", query, *docs, "--out", str(tmp_path / "p.npy")]
+    code = ("import runpy, sys; sys.modules['deepsem'] = None; "  # any import of deepsem now fails
+            f"sys.argv = ['onnx_standalone.py', *{argv!r}]; "
+            f"runpy.run_path({str(ROOT / 'examples' / 'onnx_standalone.py')!r}, run_name='__main__')")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), ce.score([(query, d) for d in docs]), atol=1e-5, rtol=0)
+    printed = subprocess.run([sys.executable, str(ROOT / "examples" / "onnx_standalone.py"), str(fp32), "--query",
+                              query, *docs[:3]], check=True, capture_output=True, text=True).stdout.splitlines()
+    want = ce.rank(query, docs[:3])
+    assert [line.split("  ", 1)[1] for line in printed] == [docs[:3][i] for i, _ in want] or \
+        np.ptp([p for _, p in want]) < 1e-4  # ties may order either way
+    refused = subprocess.run([sys.executable, str(ROOT / "examples" / "onnx_standalone.py"), str(fp32), "a"],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "give --query" in refused.stderr
