@@ -121,9 +121,11 @@ def test_serve_runs_the_reranker_from_its_file(index_dir: Path, exported: tuple[
     result = runner.invoke(app, ["serve", "--index", str(index_dir), "--rerank", str(directory), "--rerank-top",
                                  "6", "--rerank-onnx", str(fp32)])
     assert result.exit_code == 0, result.output
+    assert f"re-ranking each search's best 6 documents with {directory} on onnxruntime" in result.output
     want = Index.load(index_dir).search("银行卡余额", k=3, rerank=directory, rerank_top=6)[0]
     with TestClient(captured["app"]) as client:
         body = client.post("/search", json={"queries": "银行卡余额", "k": 3}).json()
+        assert client.get("/stats").json()["reranker"]["backend"] == "onnx"
     assert body["reranked"] is True
     np.testing.assert_allclose([h["score"] for h in body["results"][0]], [h.score for h in want], atol=1e-5)
     refused = runner.invoke(app, ["serve", "--index", str(index_dir), "--rerank-onnx", str(fp32)])

@@ -121,6 +121,7 @@ def test_the_schema_describes_the_rerank_fields_and_timings(client):
     assert {"first_score", "first_rank"} <= set(schemas["HitModel"]["properties"])
     stats = client.get("/stats").json()
     assert stats["reranker"]["rerank_top"] == TOP and "CrossEncoder" in stats["reranker"]["model"]
+    assert stats["reranker"]["backend"] == "torch"
     assert f'data-reranker="{TOP}"' in client.get("/").text
 
 

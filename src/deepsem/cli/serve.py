@@ -124,6 +124,7 @@ def serve(
                       rerank_weight=rerank_weight, **auth)
     if reranker is not None:
         fused = "" if rerank_weight is None else f" (score fusion, rerank_weight {rerank_weight:g})"
-        typer.echo(f"re-ranking each search's best {rerank_top} documents with {rerank}{fused}")
+        runs_on = " on onnxruntime" if reranker.backend == "onnx" else ""
+        typer.echo(f"re-ranking each search's best {rerank_top} documents with {rerank}{runs_on}{fused}")
     typer.echo(f"serving on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     run(app_, host=host, port=port)

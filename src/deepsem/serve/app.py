@@ -647,8 +647,8 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
                          else search_batcher).stats.to_dict()}
         if served is not None:
             info["index"] = served.index.stats()
-            info["reranker"] = None if reranker is None else {"model": repr(reranker), "rerank_top": rerank_top,
-                                                              "rerank_weight": rerank_weight}
+            info["reranker"] = None if reranker is None else {"model": repr(reranker), "backend": reranker.backend,
+                                                              "rerank_top": rerank_top, "rerank_weight": rerank_weight}
             info["reloads"] = served.reloads
             info["reload_error"] = served.error
         if classifier is not None:
