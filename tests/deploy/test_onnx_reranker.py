@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from conftest import make_pairs
 from fastapi.testclient import TestClient
@@ -21,6 +20,7 @@ from deepsem.deploy.export import check_export, export_onnx
 from deepsem.errors import ModelFileError
 from deepsem.index import Index
 
+onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 runner = CliRunner()
