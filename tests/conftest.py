@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,24 @@ def shake_peepholes_and_biases(module: torch.nn.Module) -> torch.nn.Module:
             if "weight_c" in name or "bias" in name:
                 p.uniform_(-0.5, 0.5)
     return module
+
+
+@pytest.fixture
+def served_app(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], tuple[Any, Any]]:
+    """Run a ``deepsem ... serve`` command line through Typer's runner with ``uvicorn.run`` caught: returns the
+    result and the app it would have served (None when it refused), for a ``TestClient``."""
+    from typer.testing import CliRunner
+
+    from deepsem.cli import app
+
+    captured: dict[str, Any] = {}
+    monkeypatch.setattr("uvicorn.run", lambda app_, **kw: captured.update(app=app_))
+
+    def serve(argv: list[str]) -> tuple[Any, Any]:
+        captured.clear()
+        return CliRunner().invoke(app, argv), captured.get("app")
+
+    return serve
 
 
 def write_tsv(path: Path, rows: list[tuple[str, str, int]]) -> Path:

@@ -113,17 +113,14 @@ def test_two_stage_search_with_the_onnx_reranker(index_dir: Path, exported: tupl
     assert refused.exit_code == 2 and "give --rerank DIR too" in refused.output
 
 
-def test_serve_runs_the_reranker_from_its_file(index_dir: Path, exported: tuple[Path, Path, Path],
-                                              monkeypatch: pytest.MonkeyPatch):
+def test_serve_runs_the_reranker_from_its_file(index_dir: Path, exported: tuple[Path, Path, Path], served_app):
     directory, fp32, _ = exported
-    captured = {}
-    monkeypatch.setattr("uvicorn.run", lambda app_, **kw: captured.update(app=app_))
-    result = runner.invoke(app, ["serve", "--index", str(index_dir), "--rerank", str(directory), "--rerank-top",
+    result, served = served_app(["serve", "--index", str(index_dir), "--rerank", str(directory), "--rerank-top",
                                  "6", "--rerank-onnx", str(fp32)])
     assert result.exit_code == 0, result.output
     assert f"re-ranking each search's best 6 documents with {directory} on onnxruntime" in result.output
     want = Index.load(index_dir).search("银行卡余额", k=3, rerank=directory, rerank_top=6)[0]
-    with TestClient(captured["app"]) as client:
+    with TestClient(served) as client:
         body = client.post("/search", json={"queries": "银行卡余额", "k": 3}).json()
         assert client.get("/stats").json()["reranker"]["backend"] == "onnx"
     assert body["reranked"] is True

@@ -87,15 +87,13 @@ def test_misuse_is_refused_in_one_line(setup, trained_model_dir):
         assert message in result.output and "Traceback" not in result.output
 
 
-def test_serve_with_rerank(setup, trained_model_dir, monkeypatch: pytest.MonkeyPatch):
+def test_serve_with_rerank(setup, trained_model_dir, served_app):
     idx, ce = setup
-    captured = {}
-    monkeypatch.setattr("uvicorn.run", lambda app_, **kw: captured.update(app=app_))
-    result = runner.invoke(app, ["serve", "--index", str(idx), "--rerank", str(ce), "--rerank-top", "4",
+    result, served = served_app(["serve", "--index", str(idx), "--rerank", str(ce), "--rerank-top", "4",
                                  "--max-rerank-top", "10"])
     assert result.exit_code == 0, result.output
     assert f"re-ranking each search's best 4 documents with {ce}" in result.output
-    with TestClient(captured["app"]) as client:
+    with TestClient(served) as client:
         body = client.post("/search", json={"queries": "银行卡余额", "k": 3}).json()
         want = Index.load(idx).search("银行卡余额", k=3, rerank=ce, rerank_top=4)[0]
         assert body["reranked"] is True and [h["id"] for h in body["results"][0]] == [h.id for h in want]
@@ -140,15 +138,13 @@ def test_rerank_weight_misuse_is_refused_in_one_line(setup):
         assert message in result.output and "Traceback" not in result.output
 
 
-def test_serve_with_rerank_weight(setup, monkeypatch: pytest.MonkeyPatch):
+def test_serve_with_rerank_weight(setup, served_app):
     idx, ce = setup
-    captured = {}
-    monkeypatch.setattr("uvicorn.run", lambda app_, **kw: captured.update(app=app_))
-    result = runner.invoke(app, ["serve", "--index", str(idx), "--rerank", str(ce), "--rerank-top", "6",
+    result, served = served_app(["serve", "--index", str(idx), "--rerank", str(ce), "--rerank-top", "6",
                                  "--rerank-weight", "0.25"])
     assert result.exit_code == 0, result.output
     assert f"re-ranking each search's best 6 documents with {ce} (score fusion, rerank_weight 0.25)" in result.output
-    with TestClient(captured["app"]) as client:
+    with TestClient(served) as client:
         body = client.post("/search", json={"queries": "银行卡余额", "k": 3}).json()
         want = Index.load(idx).search("银行卡余额", k=3, rerank=ce, rerank_top=6, rerank_weight=0.25)[0]
         assert [h["id"] for h in body["results"][0]] == [h.id for h in want]

@@ -357,7 +357,7 @@ def test_cli_train_evaluate_predict(files: tuple[Path, Path], tmp_path: Path):
     assert result.exit_code == 2 and "stdin, line 2: empty text" in result.output
 
 
-def test_classify_endpoint(lstm_clf: Classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_classify_endpoint(lstm_clf: Classifier, tmp_path: Path, served_app):
     with TestClient(create_app(classifier=lstm_clf, limits=Limits(max_chars=20, max_texts=3, max_k=5))) as client:
         r = client.post("/classify", json={"texts": ["银行卡余额", "医院看病"], "k": 2})
         assert r.status_code == 200, r.text
@@ -377,11 +377,9 @@ def test_classify_endpoint(lstm_clf: Classifier, tmp_path: Path, monkeypatch: py
         assert client.get("/healthz").json() == {"status": "ok"}
 
     saved = lstm_clf.save(tmp_path / "served")
-    captured = {}
-    monkeypatch.setattr("uvicorn.run", lambda app_, **kw: captured.update(app=app_))
-    result = runner.invoke(app, ["serve", "--model", str(saved)])
+    result, served = served_app(["serve", "--model", str(saved)])
     assert result.exit_code == 0, result.output
-    with TestClient(captured["app"]) as client:
+    with TestClient(served) as client:
         r = client.post("/classify", json={"texts": ["火车站"]})
         assert r.status_code == 200 and r.json()["predictions"][0][0]["label"] == lstm_clf.predict("火车站")[0][0]
         assert client.get("/healthz").status_code == 200

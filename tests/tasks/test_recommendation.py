@@ -492,7 +492,7 @@ def test_cli_bad_log_names_file_line_and_field(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "not a deepsem model directory" in result.output
 
 
-def test_service_recommend(trained: Recommender, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_service_recommend(trained: Recommender, tmp_path: Path, served_app) -> None:
     with TestClient(create_app(recommender=trained, limits=Limits(max_k=10))) as client:
         r = client.post("/recommend", json={"history": ["i3", "i4", 5], "k": 4})
         assert r.status_code == 200, r.text
@@ -511,12 +511,10 @@ def test_service_recommend(trained: Recommender, tmp_path: Path, monkeypatch: py
         assert client.post("/classify", json={"texts": ["a"]}).status_code == 404
 
     saved = trained.save(tmp_path / "served")
-    captured: dict = {}
-    monkeypatch.setattr("uvicorn.run", lambda app_, **kw: captured.update(app=app_))
     for argv in (["recommend", "serve", "--model", str(saved)], ["serve", "--model", str(saved)]):
-        result = runner.invoke(app, argv)
+        result, served = served_app(argv)
         assert result.exit_code == 0, result.output
-        with TestClient(captured["app"]) as client:
+        with TestClient(served) as client:
             r = client.post("/recommend", json={"history": ["i10", "i11"], "k": 1})
             assert r.status_code == 200 and r.json()["items"][0]["id"] == trained.recommend(["i10", "i11"], k=1)[0][0]
 
