@@ -111,6 +111,13 @@ def test_two_stage_search_with_the_onnx_reranker(index_dir: Path, exported: tupl
             np.testing.assert_allclose([h["score"] for h in hits], [h.score for h in w], atol=tolerance)
     refused = runner.invoke(app, ["search", "--index", str(index_dir), "银行", "--rerank-onnx", str(int8)])
     assert refused.exit_code == 2 and "give --rerank DIR too" in refused.output
+    tower = index_dir.parent / "tower.onnx"  # a file of another part: one error line naming it
+    export_onnx(Index.load(index_dir).model, tower, overwrite=True)
+    wrong = runner.invoke(app, ["search", "--index", str(index_dir), "银行", "--rerank", str(directory),
+                                "--rerank-onnx", str(tower)])
+    assert wrong.exit_code != 0 and "expected 'reranker'" in wrong.output and "Traceback" not in wrong.output
+    missing = runner.invoke(app, [*args, "--rerank-onnx", str(index_dir.parent / "absent.onnx")])
+    assert missing.exit_code == 2 and "absent.onnx" in missing.output
 
 
 def test_serve_runs_the_reranker_from_its_file(index_dir: Path, exported: tuple[Path, Path, Path], served_app):
