@@ -94,3 +94,6 @@ def test_rerank_train_distils_an_embedding_teacher(tmp_path: Path) -> None:
     result = runner.invoke(app, ["rerank", "train", str(train), "--out", str(tmp_path / "x"), "--teacher",
                                  str(out), "--no-progress"])  # a cross-encoder is no embedding teacher
     assert result.exit_code != 0 and "embedding teacher" in result.output
+    result = runner.invoke(app, ["rerank", "train", str(train), "--out", str(tmp_path / "x"), "--distill-weight", "3",
+                                 "--no-progress"])  # a distillation setting without a teacher would do nothing
+    assert result.exit_code != 0 and "need --teacher" in result.output and not (tmp_path / "x").exists()

@@ -130,6 +130,8 @@ def rerank_train(
     from deepsem.tasks.rerank import train_rerank
 
     precision_name = check_precision(precision, device)
+    if teacher is None and (distill_weight, distill_temperature) != (1.0, 0.05):
+        fail("--distill-weight and --distill-temperature need --teacher")
     try:
         model = CrossEncoderConfig(encoder=encoder.value, embedding_dim=embedding_dim, hidden_size=hidden,
                                    dropout=dropout, embedding_dropout=embedding_dropout, exact_match=exact_match)
