@@ -87,6 +87,8 @@ def test_rerank_train_distils_an_embedding_teacher(tmp_path: Path) -> None:
     assert json.loads((out / "config.json").read_text(encoding="utf-8"))["distill"] == {
         "teacher": str(teacher), "weight": 2.0, "temperature": 0.1}
     assert len(list((out / "training").glob("teacher_vectors-*/vectors.npy"))) == 2
+    loaded = deepsem.load(out)  # the directory loads like any re-ranker's, its distill settings recorded beside
+    assert loaded.info["distill"]["weight"] == 2.0 and loaded.score([(lists[0][0], lists[0][1])]).shape == (1,)
     one_each = write_tsv(tmp_path / "pairs.tsv", make_pairs(40, 6))  # no candidate lists: one error line
     result = runner.invoke(app, ["rerank", "train", str(one_each), "--out", str(tmp_path / "x"), "--teacher",
                                  str(teacher), "--no-progress"])
