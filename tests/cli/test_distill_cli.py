@@ -51,6 +51,17 @@ def test_cache_then_train_on_the_cached_vectors(tmp_path: Path) -> None:
     assert config["distill"]["config"]["vector_weight"] == 2.0 and config["distill"]["extra_texts"]
     assert deepsem.load(out).encode("银行卡").shape == (12,)
 
+    out = tmp_path / "related"  # the relation term alone: no extra texts, no vector term
+    result = runner.invoke(app, ["train", str(train), "--out", str(out), "--teacher", str(teacher),
+                                 "--vector-weight", "0", "--relation-weight", "1.5", "--relation-temperature", "0.1",
+                                 *TINY])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["distill"]["config"]["relation_weight"] == 1.5
+    assert config["distill"]["config"]["relation_temperature"] == 0.1
+    bad = runner.invoke(app, ["train", str(train), "--out", str(tmp_path / "x"), "--relation-weight", "1", *TINY])
+    assert bad.exit_code != 0 and "'relation_weight' is for an embedding teacher" in bad.output
+
 
 def test_train_from_a_cross_encoder_teacher(tmp_path: Path) -> None:
     train = write_tsv(tmp_path / "train.tsv", make_pairs(100, 1))

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from deepsem.config import CrossEncoderConfig, ModelConfig, TowerConfig, TrainConfig
 from deepsem.losses import DistillLoss, MatchingLoss, kl_distill_loss, margin_mse_loss, vector_mse_loss
-from deepsem.losses.distill import encode_by_length
+from deepsem.losses.distill import encode_by_length, relation_loss
 from deepsem.models import TwoTowerModel
 from deepsem.models.cross_encoder import CrossEncoderModel
 
@@ -162,3 +162,40 @@ def test_encoding_by_length_groups_gives_the_vectors_of_encoding_at_once() -> No
     ids, lengths = batch["c_ids"], batch["c_len"]
     grouped = encode_by_length(net, ids, lengths, "doc", rows=4)
     torch.testing.assert_close(grouped, net.encode(ids, lengths, "doc"), atol=1e-5, rtol=1e-5)
+
+
+def test_the_relation_term_is_torch_kl_div_of_each_querys_row() -> None:
+    g = torch.Generator().manual_seed(4)
+    q, d = F.normalize(torch.randn(3, 6, generator=g), dim=-1), F.normalize(torch.randn(5, 6, generator=g), dim=-1)
+    t_q, t_d = torch.randn(3, 4, generator=g) * 3, torch.randn(5, 4, generator=g)  # not unit: normalised inside
+    gamma, temperature = 9.0, 0.1
+    teacher = (F.normalize(t_q, dim=-1) @ F.normalize(t_d, dim=-1).T / temperature).softmax(-1)
+    expected = F.kl_div((gamma * q @ d.T).log_softmax(-1), teacher, reduction="batchmean")
+    assert float(relation_loss(q, d, t_q, t_d, gamma, temperature)) == pytest.approx(float(expected), rel=1e-5)
+    # a student whose cosines are the teacher's (gamma = 1 / T) has nothing left to learn
+    same = F.normalize(t_q, dim=-1), F.normalize(t_d, dim=-1)
+    assert float(relation_loss(*same, t_q, t_d, 1 / temperature, temperature)) == pytest.approx(0.0, abs=1e-6)
+    # no distribution to learn: no query, or a single document
+    assert float(relation_loss(q[:0], d, t_q[:0], t_d, gamma, temperature)) == 0.0
+    assert float(relation_loss(q, d[:1], t_q, t_d[:1], gamma, temperature)) == 0.0
+
+
+def test_the_relation_term_reads_the_batchs_own_vectors_where_the_teacher_has_one() -> None:
+    net = tiny_model(dim=5)
+    batch = batch_of()
+    del batch["c_teacher"], batch["c_valid"], batch["c_ids"], batch["c_len"]
+    t_q, t_d = torch.randn(4, 7), torch.randn(4, 7)  # another width: relations need no map
+    mask_q, mask_d = torch.tensor([True, False, True, True]), torch.tensor([True, True, False, True])
+    batch.update({"t_q": t_q, "t_q_mask": mask_q, "t_d": t_d, "t_d_mask": mask_d})
+    loss = DistillLoss(net, TrainConfig(), vector_weight=0.0, relation_weight=0.5, relation_temperature=0.2,
+                       teacher_dim=7)
+    total = loss(batch)
+    q = net.encode(batch["q_ids"], batch["q_len"], "query")[mask_q]
+    d = net.encode(batch["d_ids"], batch["d_len"], "doc")[mask_d]
+    teacher = (F.normalize(t_q[mask_q], dim=-1) @ F.normalize(t_d[mask_d], dim=-1).T / 0.2).softmax(-1)
+    term = F.kl_div((net.gamma * q @ d.T).log_softmax(-1), teacher, reduction="batchmean")
+    assert term.item() > 0
+    expected = MatchingLoss(net, TrainConfig())(batch) + 0.5 * term
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="relation_temperature"):
+        DistillLoss(net, TrainConfig(), relation_weight=1.0, relation_temperature=0.0, teacher_dim=7)

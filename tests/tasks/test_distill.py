@@ -183,6 +183,45 @@ def vector(text: str) -> np.ndarray:
     return np.frombuffer(hashlib.sha256(text.encode()).digest()[:24], np.uint8).astype(np.float32)[::4] / 255
 
 
+def relation_agreement(student: SemanticModel, teacher: SemanticModel, texts: list[str]) -> float:
+    """Mean Spearman, over the texts, of the student's and the teacher's cosines with every other text."""
+    from scipy.stats import spearmanr
+
+    def cosines(model: SemanticModel) -> np.ndarray:
+        v = model.encode(texts)
+        v = v / np.linalg.norm(v, axis=1, keepdims=True)
+        return v @ v.T
+
+    s, t = cosines(student), cosines(teacher)
+    others = ~np.eye(len(texts), dtype=bool)
+    return float(np.mean([spearmanr(s[i][others[i]], t[i][others[i]])[0] for i in range(len(texts))]))
+
+
+def test_the_relation_term_teaches_the_teachers_similarities_of_new_texts(tower_dir: Path,
+                                                                          data: tuple[Path, Path],
+                                                                          tmp_path: Path) -> None:
+    training = {**TINY_TRAINING, "epochs": 3}
+    plain, _ = deepsem.train(data[0], tmp_path / "plain", model=TINY_MODEL, training=training, progress=False)
+    taught, _ = deepsem.train(data[0], tmp_path / "taught", model=TINY_MODEL, training=training, progress=False,
+                              teacher=tower_dir, distill={"vector_weight": 0.0, "relation_weight": 5.0})
+    teacher = SemanticModel.load(tower_dir)
+    held_out = texts_of(data[1])[:60]  # never trained on
+    got, before = relation_agreement(taught, teacher, held_out), relation_agreement(plain, teacher, held_out)
+    assert got > before + 0.15, (got, before)
+    assert taught.info["distill"]["config"]["relation_weight"] == 5.0
+
+
+def test_the_relation_term_needs_an_embedding_teacher(cross_dir: Path, data: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    for teacher in (None, cross_dir):
+        with pytest.raises(ConfigError, match="'relation_weight' is for an embedding teacher"):
+            deepsem.train(data[0], tmp_path / "m", teacher=teacher, distill={"relation_weight": 1.0}, progress=False)
+    with pytest.raises(ConfigError, match="'relation_weight' must be >= 0"):
+        deepsem.train(data[0], tmp_path / "m", distill={"relation_weight": -1.0}, progress=False)
+    with pytest.raises(ConfigError, match="'relation_temperature' must be > 0"):
+        deepsem.train(data[0], tmp_path / "m", distill={"relation_temperature": 0.0}, progress=False)
+
+
 def test_the_vector_cache_resumes_after_a_kill_keeping_its_chunks(tmp_path: Path) -> None:
     texts = [f"text {i}" for i in range(23)] + ["text 3"]  # a duplicate, embedded once
     out = tmp_path / "cache"

@@ -163,6 +163,11 @@ def train(
                                   min=1)] = 4,
     vector_weight: Annotated[float, typer.Option(help="Weight of the vector distillation term.",
                              callback=not_negative)] = 1.0,
+    relation_weight: Annotated[float, typer.Option(help="Weight of the relation term of an embedding teacher: each "
+                               "query's softmax over the batch's documents learns the teacher's (no extra forward "
+                               "pass; 0: none).", callback=not_negative)] = 0.0,
+    relation_temperature: Annotated[float, typer.Option(help="Temperature dividing the teacher's cosines in the "
+                                    "relation term.", callback=above_zero)] = 0.05,
     corpus: Annotated[Path | None, typer.Option(help="Documents to learn from without pairs (JSONL/Parquet/TSV/CSV "
                       "with text[, title], or one document per line): inverse cloze pairs (a sentence -> the rest "
                       "of its document) and dropout-noise pairs (SimCSE), added to DATA's pairs when given; "
@@ -212,7 +217,8 @@ def train(
         shuffle_buffer=shuffle_buffer, vocab_sample=vocab_sample,
         hard_negatives=hard_negatives, teacher=teacher, teacher_vectors=teacher_vectors, distill_texts=distill_texts,
         distill={"score_loss": distill_loss, "weight": distill_weight, "temperature": distill_temperature,
-                 "candidates": distill_candidates, "vector_weight": vector_weight},
+                 "candidates": distill_candidates, "vector_weight": vector_weight,
+                 "relation_weight": relation_weight, "relation_temperature": relation_temperature},
         corpus=corpus, ict_pairs_per_doc=ict_pairs_per_doc, simcse_share=simcse_share,
     )
     if os.environ.get("RANK", "0").strip() not in ("", "0"):  # torchrun: rank 0 reports, as only it writes

@@ -11,7 +11,11 @@ Two teachers, two terms (either or both), each weighted beside :class:`~deepsem.
 - **vectors** of an embedding model (e5, another two-tower model): the squared L2 distance between the student's
   vector, through a learned linear map to the teacher's width when the widths differ, and the teacher's vector
   (:func:`vector_mse_loss`; sentence-transformers' model distillation, summed over dimensions so that its size does
-  not shrink with the width), over the batch's texts that have a teacher vector and over extra unlabelled texts.
+  not shrink with the width), over the batch's texts that have a teacher vector and over extra unlabelled texts;
+- **relations** between the batch's texts, from the same vectors (relational, or in-batch, distillation): each
+  query's distribution over the batch's documents, KL(softmax(teacher cos / T) || softmax(gamma * cos)) over the
+  queries and documents that have a teacher vector (:func:`relation_loss`). The student's side is the pair loss's
+  own in-batch similarity matrix, so the term costs no forward pass, unlike the vector term.
 """
 
 from __future__ import annotations
@@ -68,6 +72,17 @@ def vector_mse_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return (student.float() - teacher.detach().float()).pow(2).sum(-1).mean()
 
 
+def relation_loss(q: Tensor, d: Tensor, t_q: Tensor, t_d: Tensor, gamma: Tensor | float,
+                  temperature: float) -> Tensor:
+    """:func:`kl_distill_loss` of each query's row over the documents: the student's cosines ``q d^T`` (unit
+    vectors ``(P, D)`` and ``(C, D)``) against the teacher's ``t_q t_d^T`` (its vectors, normalised here). 0 with
+    no query or fewer than two documents (no distribution to learn)."""
+    if not len(q) or len(d) < 2:
+        return q.sum() * 0.0 + d.sum() * 0.0
+    teacher = F.normalize(t_q.detach().float(), dim=-1) @ F.normalize(t_d.detach().float(), dim=-1).T
+    return kl_distill_loss(q.float() @ d.float().T, teacher, gamma, temperature)
+
+
 class Student(nn.Module):
     """What a distilled run trains and checkpoints: the two-tower model and, for vector distillation into a
     teacher of another width, the linear map from the student's vectors to the teacher's (a training aid, not
@@ -86,19 +101,22 @@ class DistillLoss(nn.Module):
     candidates, ``K`` per positive pair in the order of ``positive``), ``c_teacher`` ``(P, 1 + K)`` the teacher's
     logits (the positive first) and ``c_valid`` ``(P, 1 + K)``; for vectors: ``t_q``/``t_d`` ``(B, D)`` the teacher's
     vectors of the batch's queries / documents with ``t_q_mask``/``t_d_mask`` ``(B,)`` (True: one exists), and
-    ``x_ids``/``x_len``/``t_x`` extra texts with theirs. The queries' and documents' vectors are those the pair loss
+    ``x_ids``/``x_len``/``t_x`` extra texts with theirs (the relation term, ``relation_weight`` > 0, reads ``t_q`` and
+    ``t_d`` too, at ``relation_temperature``). The queries' and documents' vectors are those the pair loss
     computed (recorded, not encoded twice: the same dropout draws); the candidates and extra texts are encoded
     here, after it. ``teacher_dim``: the teacher vectors' width (a linear map is learnt when it is not the
     student's); None without vector distillation.
     """
 
     def __init__(self, model: TwoTowerModel, config: TrainConfig, *, score_loss: str = "kl", score_weight: float = 1.0,
-                 temperature: float = 1.0, vector_weight: float = 1.0, teacher_dim: int | None = None) -> None:
+                 temperature: float = 1.0, vector_weight: float = 1.0, teacher_dim: int | None = None,
+                 relation_weight: float = 0.0, relation_temperature: float = 0.05) -> None:
         super().__init__()
         if score_loss not in SCORE_LOSSES:
             raise ValueError(f"score_loss must be one of {', '.join(SCORE_LOSSES)}, got {score_loss!r}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        for name, value in (("temperature", temperature), ("relation_temperature", relation_temperature)):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         self.pairs = MatchingLoss(model, config)
         width = model.config.tower.output_dim
         projection = (nn.Linear(width, teacher_dim, bias=False)
@@ -106,6 +124,7 @@ class DistillLoss(nn.Module):
         self.model = Student(model, projection)
         self.score_loss, self.score_weight, self.temperature = score_loss, score_weight, temperature
         self.vector_weight = vector_weight
+        self.relation_weight, self.relation_temperature = relation_weight, relation_temperature
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         net = self.model.net
@@ -116,7 +135,15 @@ class DistillLoss(nn.Module):
             loss = loss + self.score_weight * self.score_term(batch, q, d)
         if ("t_q" in batch or "t_x" in batch) and self.vector_weight:
             loss = loss + self.vector_weight * self.vector_term(batch, q, d)
+        if "t_q" in batch and self.relation_weight:
+            loss = loss + self.relation_weight * self.relation_term(batch, q, d)
         return loss
+
+    def relation_term(self, batch: dict[str, Tensor], q: Tensor, d: Tensor) -> Tensor:
+        """:func:`relation_loss` over the batch's queries and documents that have a teacher vector."""
+        qm, dm = batch["t_q_mask"], batch["t_d_mask"]
+        return relation_loss(q[qm], d[dm], batch["t_q"][qm], batch["t_d"][dm], self.model.net.gamma,
+                             self.relation_temperature)
 
     def student_scores(self, batch: dict[str, Tensor], q: Tensor, d: Tensor) -> Tensor:
         """Cosines ``(P, 1 + K)`` of each positive pair's query with its positive and its ``K`` candidates."""

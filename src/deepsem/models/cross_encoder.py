@@ -133,9 +133,9 @@ class CrossEncoderModel(nn.Module):
 
         a = run(self.encoder, g.op("Gather", table, g.op("Transpose", q_ids, perm=[1, 0])), q_len)
         b = run(self.encoder, g.op("Gather", table, g.op("Transpose", d_ids, perm=[1, 0])), d_len)
-        rows = g.op("Concat", n, g.op("Shape", q_ids, start=1, end=2), axis=0)  # (N, Tq)
-        a = g.op("Expand", a, g.op("Concat", rows, g.const([2 * self.config.hidden_size]), axis=0))
-        q_mask, q_len = g.op("Expand", q_mask, rows), g.op("Expand", q_len, n)
+        # ``a`` keeps its one row when one query goes with every document: MatMul, Mul and Add broadcast it.
+        q_len = g.op("Expand", q_len, n)
+
         def outside(mask: str, axis: int) -> str:  # the softmax's mask, broadcast over ``axis``
             return g.op("Unsqueeze", g.outside(mask), g.const([axis]))
 
@@ -152,11 +152,21 @@ class CrossEncoderModel(nn.Module):
                                      g.op("Unsqueeze", known_d, g.const([1]))), to=1)  # (N, Tq, Td)
             flags = [g.op("ReduceMax", same, axes=[2], keepdims=1),
                      g.op("Unsqueeze", g.op("ReduceMax", same, axes=[1], keepdims=0), g.const([2]))]
+        # The projection of [x; x~; x - x~; x * x~; flag] as (W1 + W3) x + (W2 - W3) x~ + W4 (x * x~) + w5 flag + b:
+        # the same sum without the widest tensor of the graph, and the query's first term on its one row.
+        projection = cast(nn.Linear, self.projection[0])
+        w = projection.weight.detach().float().t()  # (8H [+ 1], H)
+        w1, w2, w3, w4 = w[: 8 * self.config.hidden_size].split(2 * self.config.hidden_size)
+        own, aligned, product = g.const(w1 + w3, "weight"), g.const(w2 - w3, "weight"), g.const(w4, "weight")
+        flag_row = g.const(w[8 * self.config.hidden_size :], "weight") if self.config.exact_match else ""
+        bias = g.const(projection.bias, "bias")
 
         def compose(x: str, x_tilde: str, flag: str | None, lengths: str) -> str:
-            parts = [x, x_tilde, g.op("Sub", x, x_tilde), g.op("Mul", x, x_tilde)] + ([flag] if flag else [])
-            m = g.op("Relu", g.linear(g.op("Concat", *parts, axis=-1), cast(nn.Linear, self.projection[0])))
-            return run(self.composition, g.op("Transpose", m, perm=[1, 0, 2]), lengths)
+            m = g.op("Add", g.op("Add", g.op("MatMul", x, own), bias),
+                     g.op("Add", g.op("MatMul", x_tilde, aligned), g.op("MatMul", g.op("Mul", x, x_tilde), product)))
+            if flag:
+                m = g.op("Add", m, g.op("Mul", flag, flag_row))
+            return run(self.composition, g.op("Transpose", g.op("Relu", m), perm=[1, 0, 2]), lengths)
 
         def mean_max(v: str, mask: str, lengths: str) -> str:
             inside = g.op("Unsqueeze", mask, g.const([2]))

