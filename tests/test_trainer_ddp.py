@@ -179,7 +179,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rank(rank: int, port: int, data: str, out: str) -> None:
+def _rank(rank: int, port: int, data: str, out: str, training: dict | None = None) -> None:
     """One process of a ``torchrun --nproc-per-node 2 -m deepsem train`` launch: the launcher's environment, then
     the plain Python API (which starts and destroys the group)."""
     import deepsem
@@ -187,7 +187,7 @@ def _rank(rank: int, port: int, data: str, out: str) -> None:
     torch.set_num_threads(1)
     os.environ.update({"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(port)})
-    deepsem.train(data, out, model=MODEL, training=TRAINING, progress=False)
+    deepsem.train(data, out, model=MODEL, training=training or TRAINING, progress=False)
     assert not torch.distributed.is_initialized()
 
 
@@ -213,6 +213,24 @@ def test_two_gloo_ranks_train_what_one_process_trains_on_the_same_global_batches
                .read_text().splitlines() if "train_loss" in json.loads(line)] for run in ("ddp", "one")]
     assert curves[0] and len(curves[0]) == len(curves[1])
     np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4)
+
+
+def test_two_gloo_ranks_keep_the_weight_average_one_process_keeps(tmp_path: Path) -> None:
+    """With ``ema_decay`` every rank averages the same (all-reduced) weights: the model directory rank 0 saves, the
+    average, is the one-process run's."""
+    import deepsem
+
+    training = {**TRAINING, "epochs": 2, "ema_decay": 0.9}
+    data = write_tsv(tmp_path / "pairs.tsv", make_pairs(64, 3))
+    mp.spawn(_rank, args=(_free_port(), str(data), str(tmp_path / "ddp"), training), nprocs=2, join=True)
+    torch.set_num_threads(1)
+    deepsem.train(data, tmp_path / "one", model=MODEL, training=training, progress=False)
+    ddp, one = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("ddp", "one"))
+    raw = load_file(str(tmp_path / "one" / "training" / "checkpoint" / "model.safetensors"))
+    assert ddp.keys() == one.keys() and one.keys() <= raw.keys()
+    for name, value in one.items():
+        torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=1e-4, msg=name)
+    assert any(not torch.allclose(one[name], raw[name], atol=1e-4) for name in one)  # the average, not the raw
 
 
 def _dying_rank(rank: int, port: int, data: str, out: str) -> None:

@@ -246,6 +246,10 @@ class TrainConfig(_Config):
     gather_negatives: bool = True
     #: with negatives "hard": mine them again with the current model (dense) every this many epochs (None: never)
     remine_every: int | None = None
+    #: keep an exponential moving average of the weights (Polyak averaging), updated after every optimiser step
+    #: with this decay (warmed up as ``min(decay, (1 + t) / (10 + t))``); evaluation and the saved model use the
+    #: averaged weights, training continues from the raw ones (None: off)
+    ema_decay: float | None = None
 
     def validate(self, where: str | None = None) -> None:
         w = where or "training"
@@ -274,12 +278,15 @@ class TrainConfig(_Config):
             _positive(w, "remine_every", self.remine_every)
             if self.negatives != "hard":
                 raise ConfigError(f"{w}: remine_every re-mines hard negatives: it needs negatives='hard'")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"{w}: field 'ema_decay' is the weight average's decay, between 0 and 1 (exclusive, "
+                              f"e.g. 0.999); got {self.ema_decay}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields, less ``max_steps`` and ``remine_every`` when unset: the settings (and so the run fingerprints
-        and saved configs) of every run without them stay as they were before the fields, and resume."""
+        """The fields, less ``max_steps``, ``remine_every`` and ``ema_decay`` when unset: the settings (and so the run
+        fingerprints and saved configs) of every run without them stay as they were before the fields, and resume."""
         out = super().to_dict()
-        for name in ("max_steps", "remine_every"):
+        for name in ("max_steps", "remine_every", "ema_decay"):
             if out.get(name) is None:
                 del out[name]
         return out

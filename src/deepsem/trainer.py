@@ -8,8 +8,8 @@ process group is initialised, and only rank 0 writes. :func:`run_training` is th
 threads, resume check, tokenizer, seed, trainer, saving the best model, the run's result). The run directory
 receives (from rank 0 only):
 
-- ``checkpoint/`` — model weights and optimiser state (safetensors), RNG states, the loop position and the
-  run's fingerprint (``trainer_state.json``), written every ``checkpoint_every`` steps and at each
+- ``checkpoint/`` — model weights, optimiser state and the weight average (safetensors), RNG states, the loop
+  position and the run's fingerprint (``trainer_state.json``), written every ``checkpoint_every`` steps and at each
   evaluation as one unit (see :meth:`Trainer.save_checkpoint`); a killed run resumes from it, a run with other
   data or settings refuses to (see :func:`check_resume`). Nothing in it is ever unpickled;
 - ``metrics.jsonl`` — one JSON object per evaluation (and per epoch);
@@ -41,6 +41,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
 from deepsem.config import TrainConfig
 from deepsem.data.precision import autocast, check_precision
@@ -463,8 +464,35 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+#: what ``AveragedModel`` calls to average (its ``multi_avg_fn``)
+_AverageFn = Callable[[tuple[Tensor, ...] | list[Tensor], tuple[Tensor, ...] | list[Tensor], Tensor | int], None]
+
+
+def ema_update(decay: float) -> _AverageFn:
+    """``AveragedModel``'s ``multi_avg_fn`` for an exponential moving average whose decay warms up as
+    ``min(decay, (1 + t) / (10 + t))`` after ``t`` updates (timm's ``ModelEmaV2`` warm-up): the first steps' weights,
+    far from the trained ones, fade within tens of steps however close to 1 ``decay`` is. After ``t`` updates the
+    average spans roughly the last ``t / 9`` steps, at most about ``1 / (1 - decay)``."""
+
+    def update(averaged: tuple[Tensor, ...] | list[Tensor], current: tuple[Tensor, ...] | list[Tensor],
+               num_averaged: Tensor | int) -> None:
+        if not averaged[0].is_floating_point():  # integer buffers (a step count, say) follow the model
+            torch._foreach_copy_(averaged, current)
+            return
+        t = int(num_averaged)
+        d = min(decay, (1 + t) / (10 + t))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return update
+
+
 class Trainer:
     """Runs ``loss`` over ``batches`` for ``config.epochs`` epochs.
+
+    With ``config.ema_decay`` the trainer keeps an exponential moving average of the model's weights (Polyak
+    averaging; :func:`ema_update`), updated after every optimiser step: ``evaluate`` and ``on_best`` see the
+    averaged weights, so the dev metric, early stopping and the saved model are the average's, while training goes
+    on from the raw weights. The checkpoint holds both, so a resumed run continues the same average.
 
     Parameters
     ----------
@@ -576,6 +604,10 @@ class Trainer:
         self.total_steps = config.epochs * steps_per_epoch
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
+        #: the weight average (``config.ema_decay``), a copy of the model on its device; None: off
+        self.ema: AveragedModel | None = None
+        if config.ema_decay is not None:
+            self.ema = AveragedModel(self.model, multi_avg_fn=ema_update(config.ema_decay), use_buffers=True)
         self.state: dict[str, Any] = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "best": None,
                                       "best_step": None, "bad_evals": 0, "seconds": 0.0, "history": []}
 
@@ -618,6 +650,9 @@ class Trainer:
             tmp.chmod(0o777 & ~_umask())
             save_model(self.model, str(tmp / "model.safetensors"))
             tensors, optimizer_meta = self._optimizer_parts()
+            if self.ema is not None:
+                for key, value in self.ema.state_dict().items():
+                    tensors[f"ema.{key}"] = value.detach().cpu().contiguous().clone()
             tensors["torch_rng"] = torch.get_rng_state()
             if self.device.type == "cuda":
                 tensors["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -678,6 +713,9 @@ class Trainer:
                 if isinstance(group.get("betas"), list):
                     group["betas"] = tuple(group["betas"])
             self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+            if self.ema is not None:
+                self.ema.load_state_dict({key[len("ema."):]: value for key, value in tensors.items()
+                                          if key.startswith("ema.")})
             torch.set_rng_state(tensors["torch_rng"])
             if self.device.type == "cuda" and "cuda_rng" in tensors:
                 torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
@@ -759,7 +797,7 @@ class Trainer:
         if self.evaluate is not None:
             evaluates = self.writes or not self.sharded
             on_cpu: AbstractContextManager[None] = self._on_cpu() if evaluates else nullcontext()
-            with on_cpu:
+            with on_cpu, self._averaged():
                 metrics: dict[str, float] | None = None
                 if evaluates:
                     was_training = self.model.training
@@ -782,6 +820,19 @@ class Trainer:
                     stop = self.state["bad_evals"] >= self.config.patience
         self._log(record)
         return stop
+
+    @contextmanager
+    def _averaged(self) -> Iterator[None]:
+        """The weight average in the model inside (nothing changes without one), the raw weights back after."""
+        if self.ema is None or int(self.ema.n_averaged) == 0:
+            yield
+            return
+        raw = {key: value.detach().clone() for key, value in self.model.state_dict().items()}
+        self.model.load_state_dict(self.ema.module.state_dict())
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(raw)
 
     @contextmanager
     def _on_cpu(self) -> Iterator[None]:
@@ -865,6 +916,8 @@ class Trainer:
                     if not math.isfinite(norm):
                         raise self._diverged(f"the gradient norm became {norm} (loss {value:.6g})")
                     self.optimizer.step()
+                    if self.ema is not None:
+                        self.ema.update_parameters(self.model)
                     running += value
                     n_loss += 1
                     epoch_loss += value
@@ -906,7 +959,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         if self.evaluate is None and self.on_best is not None and self.writes:
-            with self._on_cpu():
+            with self._on_cpu(), self._averaged():
                 self.on_best({})
         self.state["seconds"] = clock() - start
         self.save_checkpoint()

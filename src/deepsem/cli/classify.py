@@ -16,6 +16,7 @@ from deepsem.cli.options import (
     Bidirectional,
     ClipNorm,
     Device,
+    EmaDecay,
     EmbeddingDim,
     Encoder,
     Epochs,
@@ -123,6 +124,7 @@ def classify_train(
     clip_norm: ClipNorm = 1.0,
     seed: Seed = 13,
     threads: Threads = None,
+    ema_decay: EmaDecay = None,
     skip_bad_rows: SkipBadRows = False,
     resume: Resume = True,
     progress: Progress = None,
@@ -145,8 +147,7 @@ def classify_train(
     tower.validate()
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, clip_norm=clip_norm or None,
                             patience=patience, max_minutes=max_minutes, max_steps=max_steps, seed=seed,
-                            threads=threads,
-                            precision=precision_name)
+                            threads=threads, precision=precision_name, ema_decay=ema_decay)
     train_cfg.validate()
     clf, result = train_classifier(
         data, out, dev, tokenizer=tokenizer.value,

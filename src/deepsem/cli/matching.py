@@ -15,6 +15,7 @@ from deepsem.cli.options import (
     BackendName,
     Bidirectional,
     Device,
+    EmaDecay,
     EmbeddingDim,
     EncodePrecision,
     Encoder,
@@ -134,6 +135,7 @@ def train(
                            "rate decay then follows the elapsed time when that ends training first.",
                            callback=above_zero)] = None,
     max_steps: MaxSteps = None,
+    ema_decay: EmaDecay = None,
     seed: Annotated[int, typer.Option(help="Random seed (data order, initialisation, dropout).")] = 13,
     threads: Threads = None,
     length_buckets: Annotated[bool, typer.Option(help="Batches of pairs of similar lengths, in shuffled order: a "
@@ -205,7 +207,7 @@ def train(
                             eval_every=eval_every, max_minutes=max_minutes, max_steps=max_steps, seed=seed,
                             threads=threads,
                             length_buckets=length_buckets, precision=precision_name,
-                            gather_negatives=gather_negatives, remine_every=remine_every)
+                            gather_negatives=gather_negatives, remine_every=remine_every, ema_decay=ema_decay)
     train_cfg.validate()
     # progress None (auto: a terminal only) goes through to the trainer, which owns the bar
     model, result = train_pairs(

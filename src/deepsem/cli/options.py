@@ -103,6 +103,13 @@ def above_zero(value: float | None) -> float | None:
     return _finite(value, 0.0, strictly=True)
 
 
+def a_decay(value: float | None) -> float | None:
+    """A float option that must lie strictly between 0 and 1 (a moving average's decay)."""
+    if value is not None and not 0.0 < value < 1.0:  # NaN fails too
+        raise typer.BadParameter(f"must be between 0 and 1 (exclusive), got {value}")
+    return value
+
+
 def not_negative(value: float | None) -> float | None:
     """A float option that must be a finite number >= 0 (weight decay, clipping, waiting time)."""
     return _finite(value, 0.0, strictly=False)
@@ -294,6 +301,10 @@ MaxMinutes = Annotated[float | None, typer.Option(help="Stop training after this
 WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay.", callback=not_negative)]
 ClipNorm = Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).", callback=not_negative)]
 EvalEvery = Annotated[int | None, typer.Option(help="Steps between dev evaluations (default: epoch).", min=1)]
+EmaDecay = Annotated[float | None, typer.Option(help="Keep an exponential moving average of the weights with this "
+                                                "decay (e.g. 0.999; warmed up: after t steps it spans about the last "
+                                                "t/9, at most 1/(1-decay)): evaluation and the saved model use the "
+                                                "average (default: off).", callback=a_decay)]
 Bidirectional = Annotated[bool, typer.Option(help="Read the text both ways.")]
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
 Port = Annotated[int, typer.Option(help="Port.", min=0, max=65535)]

@@ -18,6 +18,7 @@ from deepsem.cli.options import (
     API_KEY_HELP,
     BodyTimeout,
     Device,
+    EmaDecay,
     Epochs,
     HeaderTimeout,
     Host,
@@ -127,6 +128,7 @@ def recommend_train(
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation "
                         "NDCG@10.", min=1)] = 5,
     max_minutes: MaxMinutes = None,
+    ema_decay: EmaDecay = None,
     seed: Seed = 13,
     threads: Threads = None,
     resume: Resume = True,
@@ -143,7 +145,8 @@ def recommend_train(
               "output_dim": dim, "dropout": dropout, "max_history": max_history,
               "title_encoder": title_encoder}
     training = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience, "seed": seed,
-                "max_minutes": max_minutes, "threads": threads, "weight_decay": 0.0, "precision": precision_name}
+                "max_minutes": max_minutes, "threads": threads, "weight_decay": 0.0, "precision": precision_name,
+                "ema_decay": ema_decay}
     # progress None (auto) goes through to the trainer
     rec, result = train_recommender(loaded, out, config=config, training=training, negatives=negatives.value,
                                     num_negatives=num_negatives, logq=logq, n_test=n_test, n_valid=n_valid,

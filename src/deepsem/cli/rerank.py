@@ -17,6 +17,7 @@ from deepsem.cli.options import (
     BackendName,
     ClipNorm,
     Device,
+    EmaDecay,
     EmbeddingDim,
     Epochs,
     EvalEvery,
@@ -106,6 +107,7 @@ def rerank_train(
     clip_norm: ClipNorm = 1.0,
     patience: Patience = 3,
     eval_every: EvalEvery = None,
+    ema_decay: EmaDecay = None,
     max_minutes: MaxMinutes = None,
     seed: Seed = 13,
     threads: Threads = None,
@@ -139,7 +141,7 @@ def rerank_train(
         train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                 clip_norm=clip_norm or None, patience=patience, eval_every=eval_every,
                                 max_minutes=max_minutes, seed=seed, threads=threads, num_negatives=num_negatives,
-                                precision=precision_name)
+                                precision=precision_name, ema_decay=ema_decay)
         train_cfg.validate()
     except ConfigError as exc:
         fail(str(exc))
