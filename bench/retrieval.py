@@ -74,14 +74,17 @@ def wikiqa_splits(data_dir: Path) -> dict[str, list[list[str]]]:
     return {s: read(f"WikiQA-{s}.tsv") for s in ("train", "dev", "test")}
 
 
-def wikiqa_training_pairs(data_dir: Path, repeat: int = 5, seed: int = 0) -> tuple[TextPairs, TextPairs]:
+def wikiqa_training_pairs(data_dir: Path, repeat: int = 5, seed: int = 0,
+                          articles_of: tuple[str, ...] = ("train", "dev", "test")) -> tuple[TextPairs, TextPairs]:
     """Question -> answer pairs of WikiQA-train (x ``repeat``) + title -> sentence and sentence -> sentence
-    pairs of each article of the corpus; dev: the WikiQA-dev question -> answer pairs."""
+    pairs of each article of the corpus (of the splits ``articles_of``: retrieval indexes all three, so its first
+    stage learns from every article's text, never a test question or label); dev: the WikiQA-dev question -> answer
+    pairs."""
     splits = wikiqa_splits(data_dir)
     articles: dict[str, dict[str, None]] = {}
     titles: dict[str, str] = {}
-    for rows in splits.values():
-        for r in rows:
+    for split in articles_of:
+        for r in splits[split]:
             articles.setdefault(r[2], {})[r[5]] = None
             titles[r[2]] = r[3]
     rng = random.Random(seed)

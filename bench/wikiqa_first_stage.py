@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--relation-temperature", type=float, default=0.05)
     parser.add_argument("--minutes", type=float, default=6.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--articles", nargs="+", default=["train", "dev", "test"], choices=("train", "dev", "test"),
+                        help="the splits whose articles give title -> sentence and sentence -> sentence pairs "
+                             "(answer ranking: train dev, so no test sentence is seen)")
     args = parser.parse_args()
     extra = {}
     if args.relation_weight:
@@ -68,7 +71,7 @@ def main() -> None:
         extra = {"teacher_vectors": merge_caches(args.caches, args.out.with_name(args.out.name + "-teacher")),
                  "distill": {"vector_weight": 0.0, "relation_weight": args.relation_weight,
                              "relation_temperature": args.relation_temperature}}
-    train, dev = wikiqa_training_pairs(args.data_dir)
+    train, dev = wikiqa_training_pairs(args.data_dir, articles_of=tuple(args.articles))
     model, result = deepsem.train(train, args.out, dev, tokenizer="trigram", model={"tower": {"encoder": "dssm"}},
                                   training={"loss": "softmax", "epochs": 100, "max_minutes": args.minutes,
                                             "batch_size": 256, "patience": 20, "threads": args.threads},
