@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from deepsem.config import TrainConfig
-from deepsem.errors import ConfigError
+from deepsem.errors import ConfigError, ResumeMismatchError
 from deepsem.trainer import Trainer, run_fingerprint
 
 X = torch.from_numpy(np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32))
@@ -148,9 +148,18 @@ def test_a_killed_run_resumes_the_same_average(tmp_path: Path):
 
 
 def test_a_checkpoint_of_a_run_without_the_average_is_not_resumed_with_one(tmp_path: Path):
-    """The decay is part of the run's settings (its fingerprint): switching the average on is a new run."""
+    """The decay is part of the run's settings (its fingerprint): switching the average on, or changing its decay,
+    is a new run, refused naming the setting; runs without it keep the fingerprint they had."""
+    assert "ema_decay" not in TrainConfig().to_dict()
     assert run_fingerprint(TrainConfig(ema_decay=0.99)) != run_fingerprint(TrainConfig())
-    assert "ema_decay" not in TrainConfig().to_dict()  # runs without it keep the fingerprint they had
+    for before, after in ((None, 0.9), (0.9, 0.99)):
+        run = tmp_path / str(before)
+        cut, _ = make(run, ema=before, crash_at=7)
+        with pytest.raises(KeyboardInterrupt):
+            cut.fit()
+        again, _ = make(run, ema=after)
+        with pytest.raises(ResumeMismatchError, match="ema_decay"):
+            again.fit()
 
 
 def test_the_average_lands_nearer_the_optimum_under_noisy_steps(tmp_path: Path):

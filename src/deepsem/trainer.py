@@ -797,7 +797,8 @@ class Trainer:
         if self.evaluate is not None:
             evaluates = self.writes or not self.sharded
             on_cpu: AbstractContextManager[None] = self._on_cpu() if evaluates else nullcontext()
-            with on_cpu, self._averaged():
+            averaged: AbstractContextManager[None] = self._averaged() if evaluates else nullcontext()
+            with on_cpu, averaged:
                 metrics: dict[str, float] | None = None
                 if evaluates:
                     was_training = self.model.training
