@@ -106,3 +106,21 @@ def test_exact_match_is_a_training_option_saved_with_the_model(tmp_path: Path) -
     assert loaded.model.projection[0].in_features == 8 * 12 + 1  # the flag feeds the projection
     score = loaded.score([("银行卡", "银行卡余额")])
     assert score.shape == (1,) and 0.0 < float(score[0]) < 1.0
+
+
+def test_the_schedule_reaches_the_training_settings(tmp_path: Path, monkeypatch) -> None:
+    """``--schedule constant`` (with ``--ema-decay``: the recipe measured best for a narrow re-ranker) reaches the
+    run's settings; an unknown schedule is one ``error:`` line naming the choices."""
+    from training_commands import fake_train
+
+    calls: list[dict] = []
+    monkeypatch.setattr("deepsem.tasks.rerank.train_rerank", fake_train(calls))
+    train = write_tsv(tmp_path / "train.tsv", make_pairs(16, 4))
+    result = runner.invoke(app, ["rerank", "train", str(train), "--out", str(tmp_path / "m"), "--schedule",
+                                 "constant", "--ema-decay", "0.999", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (calls[0]["training"].schedule, calls[0]["training"].ema_decay) == ("constant", 0.999)
+    result = runner.invoke(app, ["rerank", "train", str(train), "--out", str(tmp_path / "m"), "--schedule", "steps"])
+    assert result.exit_code == 2 and not calls[1:]
+    assert result.output.strip() == ("error: training: field 'schedule' is 'steps'; expected one of linear, cosine, "
+                                     "constant"), result.output

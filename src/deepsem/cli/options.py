@@ -301,6 +301,7 @@ MaxMinutes = Annotated[float | None, typer.Option(help="Stop training after this
 WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay.", callback=not_negative)]
 ClipNorm = Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).", callback=not_negative)]
 EvalEvery = Annotated[int | None, typer.Option(help="Steps between dev evaluations (default: epoch).", min=1)]
+Schedule = Annotated[str, typer.Option(help="linear, cosine or constant decay after warm-up.")]
 EmaDecay = Annotated[float | None, typer.Option(help="Keep an exponential moving average of the weights with this "
                                                 "decay (e.g. 0.999; warmed up: after t steps it spans about the last "
                                                 "t/9, at most 1/(1-decay)): evaluation and the saved model use the "

@@ -32,6 +32,7 @@ from deepsem.cli.options import (
     Progress,
     RecurrentEncoder,
     Resume,
+    Schedule,
     Seed,
     SkipBadRows,
     Threads,
@@ -104,6 +105,7 @@ def rerank_train(
                           ] = 64,
     lr: LearningRate = 2e-3,
     weight_decay: WeightDecay = 0.01,
+    schedule: Schedule = "linear",
     clip_norm: ClipNorm = 1.0,
     patience: Patience = 3,
     eval_every: EvalEvery = None,
@@ -139,9 +141,9 @@ def rerank_train(
                                    dropout=dropout, embedding_dropout=embedding_dropout, exact_match=exact_match)
         model.validate()
         train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                clip_norm=clip_norm or None, patience=patience, eval_every=eval_every,
-                                max_minutes=max_minutes, seed=seed, threads=threads, num_negatives=num_negatives,
-                                precision=precision_name, ema_decay=ema_decay)
+                                schedule=schedule, clip_norm=clip_norm or None, patience=patience,
+                                eval_every=eval_every, max_minutes=max_minutes, seed=seed, threads=threads,
+                                num_negatives=num_negatives, precision=precision_name, ema_decay=ema_decay)
         train_cfg.validate()
     except ConfigError as exc:
         fail(str(exc))
