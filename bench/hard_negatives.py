@@ -14,7 +14,8 @@ Every step is the command a user runs (``deepsem negatives mine``, ``deepsem tra
 a subprocess, one after the other: run it with the machine to itself. Both trainings use the CLI's defaults (the
 README's model: char tokens, peephole BiLSTM 2 x 128, last+max pooling, pointwise + in-batch softmax loss) and
 ``--max-minutes``; the hard run adds ``--negatives hard --hard-negatives FILE --num-negatives K`` (and
-``--remine-every N`` when given) and nothing else.
+``--remine-every N`` when given) and nothing else; ``--train-args '...'`` adds the same options to every run (for
+example ``--pretrained zhchar.vec --ema-decay 0.999``).
 The best epoch of each is chosen on bq/dev (as ``deepsem train --dev`` always does) and scored there with its
 threshold. Scratch files go under ``--work`` (default /work/scratch/hardneg); the results, as JSON, to ``--out``.
 """
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mined_line, mine_seconds = deepsem(*mine, log=log)
     budget = ["--epochs", str(args.epochs)] if args.epochs else ["--max-minutes", str(args.minutes)]
     common = [str(train), "--dev", str(dev), *budget, "--no-resume", "--no-progress", "--seed", str(args.seed),
-              "--device", args.device]
+              "--device", args.device, *shlex.split(args.train_args)]
     hard = ["--negatives", "hard", "--hard-negatives", str(negatives), "--num-negatives", str(args.num_negatives),
             *(["--remine-every", str(args.remine_every)] if args.remine_every else [])]
     distill = ["--teacher", str(args.teacher), "--distill-weight", str(args.distill_weight)]
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       "negatives": config["training"]["negatives"]}
         print(f"{name}: {runs[name]}", flush=True)
     return {"minutes": None if args.epochs else args.minutes, "epochs": args.epochs, "device": args.device,
-            "miner": str(args.miner),
+            "miner": str(args.miner), "train_args": args.train_args,
             "teacher": None if args.teacher is None else str(args.teacher), "mined": mined_line.strip(),
             "mine_seconds": round(mine_seconds, 1),
             "mining": {"source": args.source, "per_query": args.per_query, "depth": args.depth,
@@ -123,6 +125,8 @@ def main() -> None:
     parser.add_argument("--num-negatives", type=int, default=4)
     parser.add_argument("--remine-every", type=int, default=None, help="the hard run re-mines every N epochs")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--train-args", default="", help="more `deepsem train` options for every run, e.g. "
+                        "'--pretrained zhchar.vec --ema-decay 0.999'")
     parser.add_argument("--device", default="cpu", help="where every run trains (cpu, cuda): deepsem train --device")
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args()
