@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "--device", args.device, *shlex.split(args.train_args)]
     hard = ["--negatives", "hard", "--hard-negatives", str(negatives), "--num-negatives", str(args.num_negatives),
             *(["--remine-every", str(args.remine_every)] if args.remine_every else [])]
-    distill = ["--teacher", str(args.teacher), "--distill-weight", str(args.distill_weight)]
+    distill = [*(x for t in args.teacher or [] for x in ("--teacher", str(t))), "--distill-weight",
+               str(args.distill_weight)]
     variants = {"in-batch": [], "hard": hard, "distill": distill, "hard+distill": hard + distill}
     wanted = args.runs.split(",")
     if any(name not in variants for name in wanted) or (args.teacher is None and any("distill" in n for n in wanted)):
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name}: {runs[name]}", flush=True)
     return {"minutes": None if args.epochs else args.minutes, "epochs": args.epochs, "device": args.device,
             "miner": str(args.miner), "train_args": args.train_args,
-            "teacher": None if args.teacher is None else str(args.teacher), "mined": mined_line.strip(),
+            "teacher": None if args.teacher is None else [str(t) for t in args.teacher], "mined": mined_line.strip(),
             "mine_seconds": round(mine_seconds, 1),
             "mining": {"source": args.source, "per_query": args.per_query, "depth": args.depth,
                        "skip_top": args.skip_top, "margin": args.margin, "num_negatives": args.num_negatives,
@@ -109,7 +110,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget of each run")
     parser.add_argument("--epochs", type=int, default=None, help="a budget of epochs instead of minutes")
-    parser.add_argument("--teacher", type=Path, default=None, help="a BQ cross-encoder to distil")
+    parser.add_argument("--teacher", type=Path, nargs="+", default=None, help="a BQ cross-encoder to distil (several: "
+                        "an ensemble, the mean of their scores)")
     parser.add_argument("--distill-weight", type=float, default=1.0)
     parser.add_argument("--reuse-negatives", action="store_true", help="keep the negatives file of an earlier run "
                         "under --work (same settings) instead of mining again")

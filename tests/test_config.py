@@ -37,3 +37,14 @@ def test_train_config_checks():
     with pytest.raises(ConfigError, match="warmup"):
         TrainConfig.from_dict({"warmup": 2.0})
     assert TrainConfig.from_dict({"lr": 1}).lr == 1.0  # an int is accepted where a float is expected
+
+
+def test_cosent_scale_is_checked_and_left_out_of_the_settings_when_unset():
+    with pytest.raises(ConfigError, match="'cosent_scale' must be > 0"):
+        TrainConfig.from_dict({"loss": "cosent", "cosent_scale": 0})
+    # a run without it keeps the settings (and so the fingerprint) it had before the field existed
+    assert "cosent_scale" not in TrainConfig().to_dict()
+    assert "cosent_scale" not in TrainConfig(loss="cosent").to_dict()
+    t = TrainConfig(loss="cosent+softmax", cosent_scale=12.5)
+    assert t.to_dict()["cosent_scale"] == 12.5
+    assert TrainConfig.from_dict(t.to_dict()) == t

@@ -26,7 +26,11 @@ ENCODER_DEFAULTS: dict[str, tuple[int, int]] = {name: (spec.hidden_size, spec.nu
                                                 for name, spec in TOWERS.items()}
 RECURRENT_DEFAULT = (HIDDEN_SIZE, NUM_LAYERS)
 POOLINGS = ("last", "mean", "max", "last+max")
-LOSSES = ("softmax", "pointwise", "hinge", "pointwise+softmax")
+LOSSES = ("softmax", "pointwise", "hinge", "pointwise+softmax", "cosent", "cosent+softmax")
+#: The losses with a CoSENT term (:func:`deepsem.losses.cosent_loss`): they rank labelled pairs against each other.
+COSENT_LOSSES = ("cosent", "cosent+softmax")
+#: CoSENT's scale of the cosine differences when ``TrainConfig.cosent_scale`` is unset (the CoSENT paper's).
+COSENT_SCALE = 20.0
 NEGATIVES = ("in-batch", "random", "both", "labelled", "hard")
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -250,6 +254,8 @@ class TrainConfig(_Config):
     #: with this decay (warmed up as ``min(decay, (1 + t) / (10 + t))``); evaluation and the saved model use the
     #: averaged weights, training continues from the raw ones (None: off)
     ema_decay: float | None = None
+    #: with a CoSENT loss: the scale of its cosine differences (None: :data:`COSENT_SCALE`, 20)
+    cosent_scale: float | None = None
 
     def validate(self, where: str | None = None) -> None:
         w = where or "training"
@@ -278,15 +284,18 @@ class TrainConfig(_Config):
             _positive(w, "remine_every", self.remine_every)
             if self.negatives != "hard":
                 raise ConfigError(f"{w}: remine_every re-mines hard negatives: it needs negatives='hard'")
+        if self.cosent_scale is not None:
+            _positive(w, "cosent_scale", self.cosent_scale)
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"{w}: field 'ema_decay' is the weight average's decay, between 0 and 1 (exclusive, "
                               f"e.g. 0.999); got {self.ema_decay}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields, less ``max_steps``, ``remine_every`` and ``ema_decay`` when unset: the settings (and so the run
-        fingerprints and saved configs) of every run without them stay as they were before the fields, and resume."""
+        """The fields, less ``max_steps``, ``remine_every``, ``ema_decay`` and ``cosent_scale`` when unset: the settings
+        (and so the run fingerprints and saved configs) of every run without them stay as they were before the
+        fields, and resume."""
         out = super().to_dict()
-        for name in ("max_steps", "remine_every", "ema_decay"):
+        for name in ("max_steps", "remine_every", "ema_decay", "cosent_scale"):
             if out.get(name) is None:
                 del out[name]
         return out

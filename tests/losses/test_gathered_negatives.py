@@ -126,6 +126,11 @@ def _worker(rank: int, store: str, out: str) -> None:
         d_all, offset = _Gathered().rows(d)
         results["logits"] = (q @ d_all.T).detach()
         results["offset"] = offset
+        # CoSENT is not gathered: each rank ranks its own pairs, its term weighted by its share of the rows
+        cosent = _loss(TrainConfig(loss="cosent"))
+        total = cosent(local).detach().clone()
+        dist.all_reduce(total)
+        results["cosent_loss"] = float(total) / WORLD
         # gathering off: local x local
         off = _loss(CONFIGS["softmax-both"], gather=False)
         assert off._group() is None
@@ -201,3 +206,11 @@ def test_a_single_process_never_gathers_and_the_config_sets_the_default() -> Non
     model = _loss(CONFIGS["softmax-both"]).model
     assert MatchingLoss(model, TrainConfig(gather_negatives=False)).gather is False
     assert MatchingLoss(model, TrainConfig(gather_negatives=False), gather=True).gather is True
+
+
+def test_cosent_under_two_ranks_is_the_row_weighted_mean_of_each_ranks_own(ranks: list[dict[str, Any]]) -> None:
+    module = _loss(TrainConfig(loss="cosent"))
+    parts = [_batch(*_split(_global(0, 7), rank)) for rank in range(WORLD)]
+    expected = sum(float(module(part).detach()) * len(part["labels"]) / 7 for part in parts)
+    assert ranks[0]["cosent_loss"] == pytest.approx(expected, rel=1e-6)
+    assert expected != pytest.approx(float(module(_batch(*_global(0, 7))).detach()), rel=1e-3)  # not the global one

@@ -15,6 +15,7 @@ from deepsem.losses import (
     ClassificationLoss,
     MatchingLoss,
     NextItemLoss,
+    cosent_loss,
     hinge_loss,
     negative_scores,
     pointwise_loss,
@@ -76,6 +77,53 @@ def test_pointwise_is_bce_on_scaled_cosine():
     p = [1 / (1 + math.exp(-(4 * s - 1))) for s in score.tolist()]
     want = -sum(y * math.log(pi) + (1 - y) * math.log(1 - pi) for pi, y in zip(p, labels.tolist(), strict=True)) / 3
     assert got == pytest.approx(want, rel=1e-6)
+
+
+def _cosent_by_hand(score: list[float], labels: list[float], scale: float) -> float:
+    """CoSENT written out from its formula, pair by pair."""
+    terms = [math.exp(scale * (score[j] - score[i]))
+             for i in range(len(score)) for j in range(len(score)) if labels[i] > labels[j]]
+    return math.log(1.0 + sum(terms))
+
+
+@pytest.mark.parametrize("labels", [[1.0, 0.0, 1.0, 0.0, 1.0], [5.0, 0.5, 3.2, 3.2, 1.0]])  # 0/1 and graded
+def test_cosent_is_its_formula_and_its_gradient_is_right(labels):
+    score = torch.tensor([0.9, 0.1, 0.5, 0.45, -0.3], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor(labels, dtype=torch.float64)
+    for scale in (20.0, 3.0):
+        got = cosent_loss(score, y, scale).item()
+        assert got == pytest.approx(_cosent_by_hand(score.tolist(), labels, scale), rel=1e-12)
+    assert torch.autograd.gradcheck(lambda s: cosent_loss(s, y, 7.0), (score,))
+
+
+def test_cosent_ranks_pairs_whatever_their_queries_and_ignores_ties():
+    y = torch.tensor([1.0, 0.0, 1.0])
+    # a positive scored below a negative costs; the same scores in the right order cost little
+    wrong = cosent_loss(torch.tensor([0.2, 0.6, 0.9]), y).item()
+    right = cosent_loss(torch.tensor([0.7, 0.6, 0.9]), y).item()
+    assert wrong > 1.0 > 0.2 > right
+    # labels all equal: no ordered pair, the loss is log(1) = 0
+    flat = cosent_loss(torch.tensor([0.1, 0.9, 0.4], requires_grad=True), torch.ones(3))
+    assert flat.item() == 0.0
+    # bf16 cosines are summed in fp32
+    assert cosent_loss(torch.tensor([0.2, 0.6, 0.9], dtype=torch.bfloat16), y).dtype == torch.float32
+
+
+def test_matching_loss_with_cosent_adds_cosent_of_the_pairs_cosines():
+    module, batch = _pair_case()
+    del batch["s_ids"], batch["s_len"], batch["clash"]
+    model = module.model
+    model.eval()  # no dropout: the terms can be recomputed
+    q = model.encode(batch["q_ids"], batch["q_len"], "query")
+    d = model.encode(batch["d_ids"], batch["d_len"], "doc")
+    cos = (q * d).sum(-1)
+    alone = MatchingLoss(model, TrainConfig(loss="cosent"))(batch)
+    torch.testing.assert_close(alone, cosent_loss(cos, batch["labels"], 20.0))
+    scaled = MatchingLoss(model, TrainConfig(loss="cosent", cosent_scale=5.0))(batch)
+    torch.testing.assert_close(scaled, cosent_loss(cos, batch["labels"], 5.0))
+    both = MatchingLoss(model, TrainConfig(loss="cosent+softmax"))(batch)
+    softmax = MatchingLoss(model, TrainConfig(loss="softmax"))(batch)
+    torch.testing.assert_close(both, alone + softmax)
 
 
 def test_hinge_ignores_masked_negatives():

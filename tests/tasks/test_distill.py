@@ -258,6 +258,54 @@ def test_candidate_lists_keep_out_positives_and_take_given_then_labelled_first()
     assert draw_candidates(a, b, labels, 3, seed=0) == draw_candidates(a, b, labels, 3, seed=0)
 
 
+@pytest.fixture(scope="module")
+def cross_dir2(data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second cross-encoder, seeded otherwise: the other member of an ensemble."""
+    tokenizer = build_tokenizer("char", texts_of(data[0]), min_count=1)
+    torch.manual_seed(5)
+    model = CrossEncoderModel(CrossEncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=8, embedding_dim=8))
+    return CrossEncoder(model, tokenizer).save(tmp_path_factory.mktemp("teacher2") / "rerank")
+
+
+def test_an_ensemble_of_teachers_teaches_the_mean_of_their_logits(
+        cross_dir: Path, cross_dir2: Path, data: tuple[Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import deepsem.tasks.distill as distill_module
+
+    targets: list[tuple[np.ndarray, np.ndarray]] = []
+    original = distill_module.DistillCollate.__init__
+
+    def spy(self: distill_module.DistillCollate, base: object, **kwargs: object) -> None:
+        targets.append((np.array(kwargs["logits"]), np.array(kwargs["valid"])))
+        original(self, base, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(distill_module.DistillCollate, "__init__", spy)
+    training = {**TINY_TRAINING, "max_steps": 2}
+    infos = []
+    for name, teacher in (("a", cross_dir), ("b", cross_dir2), ("ab", [cross_dir, cross_dir2])):
+        model, _ = deepsem.train(data[0], tmp_path / name, data[1], model=TINY_MODEL, training=training,
+                                 progress=False, teacher=teacher, distill={"candidates": 3})
+        infos.append(model.info["distill"]["cross_encoder"])
+    (a, valid), (b, _), (ab, valid_ab) = targets
+    np.testing.assert_array_equal(valid_ab, valid)  # the same candidate lists
+    np.testing.assert_allclose(ab[valid], (a[valid] + b[valid]) / 2, atol=1e-6)
+    assert not np.allclose(a[valid], b[valid])
+    # one teacher: the cache file and the fingerprint of runs before ensembles; two: a file and an identity each
+    assert isinstance(infos[0], str) and infos[2] == [infos[0], infos[1]]
+    assert (tmp_path / "a" / "training" / SCORES_FILE).is_file()
+    files = sorted(p.name for p in (tmp_path / "ab" / "training").glob("teacher_scores*.npz"))
+    assert files == sorted(f"teacher_scores-{identity[:16]}.npz" for identity in infos[:2])
+
+
+def test_an_ensemble_is_of_different_cross_encoders(cross_dir: Path, tower_dir: Path, data: tuple[Path, Path],
+                                                    tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"ensemble of cross-encoders.*'two-tower'"):
+        deepsem.train(data[0], tmp_path / "m", teacher=[cross_dir, tower_dir], progress=False)
+    with pytest.raises(ConfigError, match="given twice"):
+        deepsem.train(data[0], tmp_path / "m", teacher=[cross_dir, str(cross_dir)], progress=False)
+    assert not (tmp_path / "m").exists()
+
+
 def test_teacher_kinds_are_checked(data: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a model directory"):
         deepsem.train(data[0], tmp_path / "m", teacher=tmp_path, progress=False)

