@@ -48,13 +48,17 @@ def texts_of(path: Path) -> list[str]:
     return list(dict.fromkeys([*pairs.text_a, *pairs.text_b]))
 
 
-@pytest.fixture(scope="module")
-def cross_dir(data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def seeded_cross_encoder(data: tuple[Path, Path], folder: Path, seed: int) -> Path:
     """An (untrained, seeded) cross-encoder directory: what it scores does not matter, only that it is its own."""
     tokenizer = build_tokenizer("char", texts_of(data[0]), min_count=1)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = CrossEncoderModel(CrossEncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=8, embedding_dim=8))
-    return CrossEncoder(model, tokenizer).save(tmp_path_factory.mktemp("teacher") / "rerank")
+    return CrossEncoder(model, tokenizer).save(folder / "rerank")
+
+
+@pytest.fixture(scope="module")
+def cross_dir(data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return seeded_cross_encoder(data, tmp_path_factory.mktemp("teacher"), 0)
 
 
 @pytest.fixture(scope="module")
@@ -261,10 +265,7 @@ def test_candidate_lists_keep_out_positives_and_take_given_then_labelled_first()
 @pytest.fixture(scope="module")
 def cross_dir2(data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second cross-encoder, seeded otherwise: the other member of an ensemble."""
-    tokenizer = build_tokenizer("char", texts_of(data[0]), min_count=1)
-    torch.manual_seed(5)
-    model = CrossEncoderModel(CrossEncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=8, embedding_dim=8))
-    return CrossEncoder(model, tokenizer).save(tmp_path_factory.mktemp("teacher2") / "rerank")
+    return seeded_cross_encoder(data, tmp_path_factory.mktemp("teacher2"), 5)
 
 
 def test_an_ensemble_of_teachers_teaches_the_mean_of_their_logits(
