@@ -79,6 +79,11 @@ def test_cosent_refuses_pairs_of_one_label(tmp_path: Path):
         deepsem.train(data, tmp_path / "m", model=TINY_MODEL, training={**TINY_TRAINING, "loss": "cosent"},
                       progress=False)
     assert not (tmp_path / "m").exists()
+    docs = tmp_path / "docs.txt"  # a bare corpus: its pairs are all positives
+    docs.write_text("".join(f"第{i}篇文档。它讲第{i}件事。还有第{i}个细节。\n" for i in range(40)), encoding="utf-8")
+    with pytest.raises(ValueError, match="loss 'cosent\\+softmax' ranks the labelled pairs"):
+        deepsem.train(None, tmp_path / "m", corpus=docs, model=TINY_MODEL,
+                      training={**TINY_TRAINING, "loss": "cosent+softmax"}, progress=False)
 
 
 def test_runs_are_repeatable_and_a_killed_run_resumes(tmp_path: Path, pair_files, monkeypatch):

@@ -107,6 +107,9 @@ def test_streaming_errors_are_one_clear_line(tmp_path: Path):
     with pytest.raises(ValueError, match="labelled"):
         deepsem.train(shards, tmp_path / "m", model=TINY_MODEL, training={**TRAINING, "negatives": "labelled"},
                       progress=False)
+    with pytest.raises(ValueError, match=r"loss 'cosent' ranks the labelled pairs.*shards have no label"):
+        deepsem.train(shards, tmp_path / "m", columns=("text_a", "text_b", None), model=TINY_MODEL,
+                      training={**TRAINING, "loss": "cosent"}, progress=False)
     with (shards / "part-2.tsv").open("a") as fh:
         fh.write("好\t坏\tabc\n")
     result = runner.invoke(app, ["train", str(shards), "--out", str(tmp_path / "m2"), "--epochs", "1",

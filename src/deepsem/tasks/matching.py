@@ -379,6 +379,9 @@ def _train_stream(data: str | Path, out: str | Path, dev: str | Path | TextPairs
     shards = find_shards(data)
     stream = PairStream(shards, columns=columns, skip_bad_rows=skip_bad_rows, label_map=label_map, clicks=clicks,
                         impressions=impressions)
+    if cfg.loss in COSENT_LOSSES and not stream.labelled:
+        raise ValueError(f"{data}: loss {cfg.loss!r} ranks the labelled pairs against each other, so it needs pairs "
+                         "of both labels (0 and 1); these shards have no label: use --loss softmax")
     dev_pairs = as_pairs(dev, columns, skip_bad_rows, label_map, clicks, impressions) if dev is not None else None
     if shuffle_buffer < cfg.batch_size:
         raise ValueError(f"shuffle_buffer ({shuffle_buffer} pairs) must hold at least one batch ({cfg.batch_size})")
