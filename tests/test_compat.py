@@ -16,6 +16,8 @@ MOVED = [
     ("deepsem.encoder", "deepsem.tasks.matching", ["SemanticModel"]),
     ("deepsem.encoder", "deepsem.tasks", ["load"]),
     ("deepsem.io", "deepsem.modeldir", ["build_and_load", "read_weights_header", "load_weights", "CONFIG_FILE"]),
+    ("deepsem.index.lexical", "deepsem.data.lexical", ["LexicalIndex", "lexical_tokens", "ROWS_FILE"]),
+    ("deepsem.index.negatives", "deepsem.data.lexical", ["bm25_ranking"]),
 ]
 
 

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from deepsem.cli import app
+from deepsem.data.lexical import LexicalIndex, lexical_tokens
 from deepsem.index import Document, Index
-from deepsem.index.lexical import LexicalIndex, lexical_tokens
 from deepsem.serve.app import Limits, create_app
 
 DOCS = ["信用卡怎么还款", "信用卡还款日期", "我想办一张信用卡", "贷款利率是多少", "怎么申请贷款", "银行卡丢了怎么办",

@@ -18,9 +18,9 @@ from deepsem.data.hard_negatives import (
     read_hard_negatives,
     write_hard_negatives,
 )
+from deepsem.data.lexical import lexical_tokens
 from deepsem.data.pairs import TextPairs
 from deepsem.errors import DataError
-from deepsem.index.lexical import lexical_tokens
 from deepsem.index.negatives import bm25_ranking, mine_hard_negatives
 
 WORDS = ["card", "loan", "repay", "bank", "credit", "limit", "password", "login", "phone", "rate", "fee", "account"]

@@ -3,6 +3,7 @@ every N epochs (and a resumed run reads what the broken run mined), and what is 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,78 @@ def test_re_mining_runs_every_n_epochs_and_a_resumed_run_reads_what_was_mined(
     # a fresh run (no checkpoint) forgets them
     _plan(monkeypatch, train, out, training=training, hard_negatives=negatives)
     assert not cache.exists()
+
+
+def _as_tuples(mined: HardNegatives) -> list[tuple[str, list[tuple[str, str, int]]]]:
+    return [(r.query, [(n.text, n.source, n.rank) for n in r.negatives]) for r in mined.rows]
+
+
+def test_re_mining_draws_from_the_file_s_sources_and_ranks_bm25_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = make_pairs(60, 1)
+    train = write_tsv(tmp_path / "train.tsv", rows)
+    settings = MiningSettings(per_query=3, depth=8, margin=0.0)
+    path, _ = _mined_file(tmp_path / "neg.jsonl", rows, settings=settings)
+    mined = read_hard_negatives(path)
+    mined.source = "both"  # as `deepsem negatives mine --source both` writes it
+    write_hard_negatives(path, mined)
+    out = tmp_path / "m"
+    plan = _plan(monkeypatch, train, out, training={**TINY, "epochs": 3, "remine_every": 1},
+                 hard_negatives=path)["plan"]
+    real_mine, real_ranking = matching.mine_negatives, matching.bm25_ranking
+    calls: list[tuple[Any, ...]] = []
+    built: list[list[str]] = []
+    ranked: list[int] = []
+
+    def recording(queries, docs, positives, settings, **kw):
+        calls.append((queries, docs, positives, settings, kw))
+        return real_mine(queries, docs, positives, settings, **kw)
+
+    def counting_ranking(docs):
+        built.append(list(docs))
+        rank = real_ranking(docs)
+
+        def counted(queries, n):
+            ranked.append(len(queries))
+            return rank(queries, n)
+        return counted
+
+    monkeypatch.setattr(matching, "mine_negatives", recording)
+    monkeypatch.setattr(matching, "bm25_ranking", counting_ranking)
+    for epoch in range(3):
+        plan.batches(epoch, np.random.default_rng(epoch))
+    assert len(calls) == 2 and all(c[4]["source"] == "both" and c[3] == settings for c in calls)
+    assert len(built) == 1 and len(ranked) == 1  # one BM25 index, one ranking, for both re-minings
+
+    # what each re-mining wrote is what mining from scratch (a fresh BM25 index) gives with the same model
+    queries, docs, positives, _, kw = calls[1]
+    reference = real_mine(queries, docs, positives, settings, source="both", lexical=real_ranking(docs),
+                          encode=kw["encode"])
+    for epoch in (1, 2):
+        saved = read_hard_negatives(out / "training" / "hard-negatives" / f"epoch-{epoch}.jsonl")
+        assert saved.source == "both" and _as_tuples(saved) == _as_tuples(reference)
+    assert any(n.source == "bm25" for r in reference.rows for n in r.negatives)
+
+
+def test_a_file_without_a_header_re_mines_dense(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = make_pairs(40, 1)
+    train = write_tsv(tmp_path / "train.tsv", rows)
+    _, mined = _mined_file(tmp_path / "neg.jsonl", rows)
+    bare = tmp_path / "bare.jsonl"  # another tool's file: no header, negatives as plain strings
+    bare.write_text("".join(json.dumps({"query": q, "negatives": d}, ensure_ascii=False) + "\n"
+                            for q, d in mined.items()), encoding="utf-8")
+    plan = _plan(monkeypatch, train, tmp_path / "m", training={**TINY, "epochs": 2, "remine_every": 1},
+                 hard_negatives=bare)["plan"]
+    sources: list[tuple[str, Any]] = []
+    real_mine = matching.mine_negatives
+
+    def recording(queries, docs, positives, settings, **kw):
+        sources.append((kw["source"], kw["lexical"]))
+        return real_mine(queries, docs, positives, settings, **kw)
+
+    monkeypatch.setattr(matching, "mine_negatives", recording)
+    plan.batches(1, np.random.default_rng(1))
+    assert sources == [("dense", None)]
 
 
 def test_a_real_run_re_mines_with_the_model_it_trains(tmp_path: Path) -> None:

@@ -125,7 +125,8 @@ def train(
                               "mine'; each query gets K of its mined documents beside the in-batch ones (random "
                               "ones when it has none).", callback=data_file)] = None,
     remine_every: Annotated[int | None, typer.Option(help="--negatives hard: mine them again with the model being "
-                            "trained (dense, the file's settings) every N epochs.", min=1)] = None,
+                            "trained every N epochs (the file's sources and settings; BM25 ranked once, "
+                            "rescored each time).", min=1)] = None,
     epochs: Epochs = 5,
     batch_size: Annotated[int, typer.Option(help="Pairs per step (the global batch: torchrun's processes split it).",
                                             min=1)] = 128,

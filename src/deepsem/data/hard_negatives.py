@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from deepsem.data.batches import PairSet
+from deepsem.data.lexical import Lexical
 from deepsem.data.pairs import TextPairs
 from deepsem.errors import DataError
 from deepsem.fileio import atomic_write, regular_file, utf8_lines
@@ -43,8 +44,6 @@ VERSION = 1
 SOURCES = ("dense", "bm25", "both")
 SAMPLING = ("top", "random")
 
-#: ``lexical(queries, n)``: for each query, the rows of its ``n`` best documents by BM25, best first.
-Lexical = Callable[[Sequence[str], int], list[np.ndarray]]
 #: ``encode(texts, side)``: L2-normalised vectors ``(N, dim)``; ``side`` "query" or "doc".
 Encode = Callable[[Sequence[str], str], np.ndarray]
 
@@ -285,7 +284,7 @@ def _row(doc: dict[str, Any], path: Path, lineno: int) -> QueryNegatives:
 class HardNegativeRows:
     """The mined negatives as :class:`~deepsem.data.batches.PairCollate`'s per-query document rows (``own``), for
     the epoch about to start: ``mined`` until the first re-mining, then, every ``every`` epochs, what ``remine()``
-    returns (the current model's dense negatives), saved to ``cache/epoch-E.jsonl`` so that a resumed run reads
+    returns (mined again with the current model), saved to ``cache/epoch-E.jsonl`` so that a resumed run reads
     the very negatives the broken run used instead of mining them again from other weights.
 
     Queries of ``pairs`` without mined negatives are left out: :func:`~deepsem.data.batches.sample_negatives`

@@ -1,7 +1,7 @@
 """Mining hard negatives for training pairs with a two-tower model and BM25 (what ``deepsem negatives mine`` runs).
 
 The rules and the file format are :mod:`deepsem.data.hard_negatives`'s; this module brings the model (loaded from
-its directory) and the BM25 ranking (:class:`~deepsem.index.lexical.LexicalIndex`, the one hybrid search uses).
+its directory) and the BM25 ranking (:func:`~deepsem.data.lexical.bm25_ranking`: the BM25 index hybrid search uses).
 """
 
 from __future__ import annotations
@@ -10,33 +10,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from deepsem.data.hard_negatives import (
     HardNegatives,
-    Lexical,
     MiningSettings,
     mine_negatives,
     mining_inputs,
     read_hard_negatives,
     write_hard_negatives,
 )
+from deepsem.data.lexical import bm25_ranking
 from deepsem.data.pairs import TextPairs, as_pairs
-from deepsem.index.lexical import LexicalIndex
 
 __all__ = ["HardNegatives", "MiningSettings", "bm25_ranking", "mine_hard_negatives", "read_hard_negatives",
            "write_hard_negatives"]
-
-
-def bm25_ranking(docs: Sequence[str]) -> Lexical:
-    """A BM25 index of ``docs`` (row ``i`` = ``docs[i]``) as a ranking function: ``rank(queries, n)`` gives each
-    query's ``n`` best rows, best first (documents sharing no token with the query are left out)."""
-    index = LexicalIndex.build(range(len(docs)), docs)
-
-    def rank(queries: Sequence[str], n: int) -> list[np.ndarray]:
-        return [index.top(index.scores(q), n)[1] for q in queries]
-
-    return rank
 
 
 def mine_hard_negatives(data: str | Path | TextPairs, model: str | Path | Any, *, source: str = "both",

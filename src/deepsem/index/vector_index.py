@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import numpy as np
 
 from deepsem.data.errors import DataError
+from deepsem.data.lexical import LexicalIndex
 from deepsem.errors import ConfigError, IndexFileError, IndexLockedError, ModelFileError, QueryError
 from deepsem.fileio import (
     atomic_write_json,
@@ -82,7 +83,6 @@ from deepsem.fileio import (
     sha256_file,
 )
 from deepsem.index.corpus import Document, corpus_shards, is_sharded, read_corpus
-from deepsem.index.lexical import LexicalIndex
 from deepsem.index.shards import VectorShards, is_vector_shards
 from deepsem.index.store import DocStore, check_regular
 from deepsem.tasks import TASKS

@@ -19,6 +19,7 @@ from deepsem.data.batches import PairCollate, PairSet, TextTable, encode_texts, 
 from deepsem.data.corpus_pairs import corpus_pairs, read_documents
 from deepsem.data.errors import DataError, SkipReport
 from deepsem.data.hard_negatives import (
+    SOURCES,
     HardNegativeRows,
     HardNegatives,
     MiningSettings,
@@ -26,6 +27,7 @@ from deepsem.data.hard_negatives import (
     mining_inputs,
     read_hard_negatives,
 )
+from deepsem.data.lexical import Lexical, bm25_ranking
 from deepsem.data.pairs import TextPairs, as_pairs, clicks_to_pairs
 from deepsem.data.precision import HasPrecision, check_precision
 from deepsem.data.stream import (
@@ -246,7 +248,7 @@ def train(
     :mod:`deepsem.data.hard_negatives`): each positive pair's query also gets ``num_negatives`` of its mined
     documents, drawn anew each batch (a query without any gets random documents), beside the in-batch ones; the
     file is part of the run's fingerprint. ``remine_every`` (training settings) mines them again with the current
-    model every so many epochs (dense, the file's settings). In-memory data only.
+    model every so many epochs (the file's sources and settings). In-memory data only.
 
     Distillation (:mod:`deepsem.tasks.distill`, in-memory data): ``teacher`` a cross-encoder (``rerank``) directory,
     whose logits over each positive pair's cached candidate list the model learns (KL or margin-MSE; the mined hard
@@ -466,7 +468,10 @@ def _hard_batches(collate: PairCollate, batches: Callable[[int, np.random.Genera
                   run_dir: Path) -> Callable[[int, np.random.Generator], Iterator[np.ndarray]]:
     """``batches`` that first give ``collate`` the epoch's mined negatives as each query's own documents (the
     random-negative path of :class:`PairCollate`, with its seeded, checkpointed RNG), re-mined with the current
-    model every ``cfg.remine_every`` epochs (:class:`HardNegativeRows`: saved under ``run_dir/hard-negatives``)."""
+    model every ``cfg.remine_every`` epochs (:class:`HardNegativeRows`: saved under ``run_dir/hard-negatives``),
+    from the file's own sources and settings: dense, BM25 or both (a file without a header: dense). BM25's ranking
+    is computed at the first re-mining only; every re-mining ranks dense candidates anew and rescores all of them
+    with the current model for the margin."""
     cache = run_dir / "hard-negatives"
     remine = None
     if cfg.remine_every:
@@ -476,13 +481,15 @@ def _hard_batches(collate: PairCollate, batches: Callable[[int, np.random.Genera
             shutil.rmtree(cache, ignore_errors=True)
         queries, docs, positives = mining_inputs(train_pairs)
         settings = mined.settings or MiningSettings()
+        source = mined.source if mined.source in SOURCES else "dense"
+        lexical = _ranked_once(docs) if source != "dense" else None
         net = semantic.model
 
         def remine() -> HardNegatives:
             device = next(net.parameters()).device
             net.to("cpu")  # encoding runs on the CPU, as dev evaluation does
             try:
-                return mine_negatives(queries, docs, positives, settings, source="dense",
+                return mine_negatives(queries, docs, positives, settings, source=source, lexical=lexical,
                                       encode=lambda texts, side: semantic.encode(texts, side=side))
             finally:
                 net.to(device)
@@ -495,6 +502,25 @@ def _hard_batches(collate: PairCollate, batches: Callable[[int, np.random.Genera
         return batches(epoch, rng)
 
     return epoch_batches
+
+
+def _ranked_once(docs: Sequence[str]) -> Lexical:
+    """BM25's ranking of ``docs`` for re-mining: built at the first call, and each query list's ranking kept, since
+    it does not change with the model (each re-mining only rescores it with the current cosines)."""
+    rank: Lexical | None = None
+    memo: dict[tuple[int, tuple[str, ...]], list[np.ndarray]] = {}
+
+    def ranked(queries: Sequence[str], n: int) -> list[np.ndarray]:
+        nonlocal rank
+        key = (n, tuple(queries))
+        if key not in memo:
+            rank = rank or bm25_ranking(docs)
+            memo[key] = rank(queries, n)
+        return memo[key]
+
+    return ranked
+
+
 #: The share of a corpus's documents held out (one ICT pair each) as dev pairs when ``train(corpus=...)`` has no dev.
 CORPUS_DEV_SHARE = 0.03
 
