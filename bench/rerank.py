@@ -5,11 +5,18 @@ per query) and bulk ``score`` throughput (pairs/s), on real BQ texts.
     python bench/rerank.py --model runs/rerank-bq            # a trained model (else untrained weights, same cost)
     python bench/rerank.py --queries 20 --bulk 1000          # a quick check
     python bench/rerank.py --model runs/rerank-bq --backends torch onnx int8   # each backend, the same queries
+    python bench/rerank.py --model runs/rerank-bq --backends int8 --document-cache   # also with the cache, warm
 
 The issue's target: re-ranking 50 candidates adds <= 5 ms p50 per query on a 2-core CPU. Speed does not depend on
 the weights, so without ``--model`` a model of the default size (:class:`deepsem.config.CrossEncoderConfig`, or
 ``--hidden`` / ``--embedding-dim``) is built with a character tokenizer learnt from the data. Queries are the
 data's text_a, candidates drawn at random from its text_b (seeded). Run it with the machine to itself.
+
+Every system answers each query in turn (the order rotating), so that a slower minute of the machine falls on all
+of them alike; ``ratio_p50`` is the median over queries of each system's time over the first system's.
+``--document-cache`` adds each backend with the re-ranker's document cache (``CrossEncoder.cache_documents``),
+warm: every document's states computed before the first query, as a service over a fixed corpus ends up. Its
+``warm_seconds`` is what filling it took.
 """
 
 from __future__ import annotations
@@ -47,47 +54,62 @@ def model_for(args: argparse.Namespace, texts: list[str]) -> CrossEncoder:
     return CrossEncoder(CrossEncoderModel(config), tokenizer)
 
 
-def systems(args: argparse.Namespace, model: CrossEncoder, workdir: Path) -> dict[str, CrossEncoder]:
+def systems(args: argparse.Namespace, model: CrossEncoder, workdir: Path,
+            docs: list[str]) -> tuple[dict[str, CrossEncoder], dict[str, float]]:
     """The model on each backend of ``--backends``: torch, onnx (fp32, exported in memory), int8 (an exported int8
-    file through onnxruntime)."""
+    file through onnxruntime); with ``--document-cache`` each also as ``NAME+cache``, its cache filled with every
+    document (and the seconds that took)."""
     found: dict[str, CrossEncoder] = {}
+    warm: dict[str, float] = {}
     for name in args.backends:
-        if name == "torch":
-            found[name] = model
-        elif name == "onnx":
-            found[name] = model.__class__(model.model, model.tokenizer, model.info).use_backend("onnx")
-        else:
+        if name == "int8":
             export_onnx(model, workdir / "reranker-int8.onnx", quantize="int8")
-            found[name] = model.__class__(model.model, model.tokenizer, model.info).use_backend(
-                "onnx", workdir / "reranker-int8.onnx")
-    return found
+        for cached in (False, True) if args.document_cache else (False,):
+            system = model if name == "torch" and not cached else model.__class__(model.model, model.tokenizer,
+                                                                                  model.info)
+            if name != "torch":
+                system.use_backend("onnx", workdir / "reranker-int8.onnx" if name == "int8" else None)
+            if cached:
+                t0 = time.perf_counter()
+                system.cache_documents(args.cache_mb).encode_documents(docs)
+                warm[f"{name}+cache"] = round(time.perf_counter() - t0, 2)
+            found[f"{name}+cache" if cached else name] = system
+    return found, warm
 
 
-def measure(model: CrossEncoder, args: argparse.Namespace, pairs: Any, queries: list[str],
-            docs: list[str]) -> dict[str, Any]:
-    """p50 / p99 of ``rank`` (one query x ``--candidates``), and bulk ``score`` throughput."""
-    rng = np.random.default_rng(args.seed)  # the same queries and candidates for every backend
+def measure(found: dict[str, CrossEncoder], args: argparse.Namespace, pairs: Any, queries: list[str],
+            docs: list[str]) -> dict[str, dict[str, Any]]:
+    """p50 / p99 of ``rank`` (one query x ``--candidates``) of every system on the same queries, in turn, and each
+    one's bulk ``score`` throughput."""
+    rng = np.random.default_rng(args.seed)
     chosen = rng.choice(len(queries), size=min(args.queries + args.warmup, len(queries)), replace=False)
-    latencies = []
+    names = list(found)
+    latencies: dict[str, list[float]] = {name: [] for name in names}
     for n, q in enumerate(chosen):
         candidates = [docs[j] for j in rng.choice(len(docs), size=args.candidates, replace=False)]
-        t0 = time.perf_counter()
-        model.rank(queries[q], candidates)
-        if n >= args.warmup:
-            latencies.append(time.perf_counter() - t0)
-    ms = np.asarray(latencies) * 1000
+        for name in names[n % len(names):] + names[: n % len(names)]:
+            t0 = time.perf_counter()
+            found[name].rank(queries[q], candidates)
+            if n >= args.warmup:
+                latencies[name].append(time.perf_counter() - t0)
+    first = np.asarray(latencies[names[0]])
     bulk = [(pairs.text_a[i % len(pairs.text_a)], pairs.text_b[i % len(pairs.text_b)]) for i in range(args.bulk)]
-    model.score(bulk[: min(256, len(bulk))])  # warm-up
-    t0 = time.perf_counter()
-    model.score(bulk, batch_size=256)
-    bulk_seconds = time.perf_counter() - t0
-    return {
-        "queries": len(latencies), "candidates": args.candidates,
-        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-        "mean_ms": round(float(ms.mean()), 2),
-        "rerank_pairs_per_s": round(args.candidates * len(ms) / (ms.sum() / 1000), 1),
-        "bulk_pairs": len(bulk), "bulk_pairs_per_s": round(len(bulk) / bulk_seconds, 1),
-    }
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        ms = np.asarray(latencies[name]) * 1000
+        found[name].score(bulk[: min(256, len(bulk))])  # warm-up
+        t0 = time.perf_counter()
+        found[name].score(bulk, batch_size=256)
+        bulk_seconds = time.perf_counter() - t0
+        out[name] = {
+            "queries": len(ms), "candidates": args.candidates,
+            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "mean_ms": round(float(ms.mean()), 2),
+            "ratio_p50": round(float(np.median(np.asarray(latencies[name]) / first)), 3),
+            "rerank_pairs_per_s": round(args.candidates * len(ms) / (ms.sum() / 1000), 1),
+            "bulk_pairs": len(bulk), "bulk_pairs_per_s": round(len(bulk) / bulk_seconds, 1),
+        }
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -103,12 +125,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
     }
     with tempfile.TemporaryDirectory(prefix="deepsem-rerank-bench-") as tmp:
-        for name, system in systems(args, model, Path(tmp)).items():
-            result[name] = measure(system, args, pairs, queries, docs)
-            print(f"{name:<8} p50 {result[name]['p50_ms']:.2f} ms, p99 {result[name]['p99_ms']:.2f} ms, bulk "
-                  f"{result[name]['bulk_pairs_per_s']:,.0f} pairs/s", flush=True)
+        found, warm = systems(args, model, Path(tmp), docs)
+        for name, measured in measure(found, args, pairs, queries, docs).items():
+            result[name] = {**measured, **({"warm_seconds": warm[name], "document_cache": found[name].document_cache}
+                                           if name in warm else {})}
+            print(f"{name:<12} p50 {measured['p50_ms']:.2f} ms, p99 {measured['p99_ms']:.2f} ms, p50 ratio "
+                  f"{measured['ratio_p50']:.3f}, bulk {measured['bulk_pairs_per_s']:,.0f} pairs/s", flush=True)
     if "torch" in result:
-        for name in args.backends:
+        for name in found:
             if name != "torch":
                 result[name]["p50_vs_torch"] = round(result["torch"]["p50_ms"] / result[name]["p50_ms"], 2)
     return result
@@ -133,6 +157,9 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", choices=("torch", "onnx", "int8"), default=["torch"],
                         help="what runs the model, each measured on the same queries: torch, onnx (onnxruntime "
                         "fp32) and int8 (onnxruntime, deepsem export --quantize int8)")
+    parser.add_argument("--document-cache", action="store_true", help="also measure each backend with the "
+                        "re-ranker's document cache, filled with every document first")
+    parser.add_argument("--cache-mb", type=float, default=512.0, help="the document cache's budget")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
     result = run(args)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import deepsem
 from deepsem.cli import app
 from deepsem.deploy.export import check_export, export_onnx
-from deepsem.errors import ModelFileError
+from deepsem.errors import ConfigError, ModelFileError
 from deepsem.index import Index
 
 onnx = pytest.importorskip("onnx")
@@ -38,20 +38,53 @@ def exported(tiny_reranker: tuple[deepsem.CrossEncoder, Path],
     return directory, out / "ce.onnx", out / "ce8.onnx"
 
 
-def test_export_writes_one_graph_that_matches_torch(exported: tuple[Path, Path, Path]):
+def test_export_writes_the_graphs_that_match_torch(exported: tuple[Path, Path, Path]):
     directory, fp32, int8 = exported
     ce = deepsem.load(directory)
-    (max_diff, _), = check_export(ce, fp32).values()
-    assert max_diff <= 1e-5
-    meta = {p.key: p.value for p in onnx.load(fp32).metadata_props}
-    assert (meta["deepsem.task"], meta["deepsem.part"]) == ("rerank", "reranker")
-    assert json.loads(meta["deepsem.tokenizer"])["name"] == ce.tokenizer.name
-    inputs = [i.name for i in onnx.load(fp32).graph.input]
-    assert inputs == ["query_ids", "query_lengths", "doc_ids", "doc_lengths"]
+    report = check_export(ce, fp32)
+    assert set(report) == {"reranker", "documents", "encoded"}
+    assert all(max_diff <= 1e-5 for max_diff, _ in report.values()), report
+    files = {"reranker": fp32, "documents": fp32.with_name("ce.documents.onnx"),
+             "encoded": fp32.with_name("ce.encoded.onnx")}
+    inputs = {"reranker": ["query_ids", "query_lengths", "doc_ids", "doc_lengths"],
+              "documents": ["doc_ids", "doc_lengths"],
+              "encoded": ["query_ids", "query_lengths", "doc_ids", "doc_lengths", "doc_states"]}
+    for part, file in files.items():
+        meta = {p.key: p.value for p in onnx.load(file).metadata_props}
+        assert (meta["deepsem.task"], meta["deepsem.part"]) == ("rerank", part)
+        assert json.loads(meta["deepsem.tokenizer"])["name"] == ce.tokenizer.name
+        assert [i.name for i in onnx.load(file).graph.input] == inputs[part]
     assert "DynamicQuantizeLSTM" in {n.op_type for n in onnx.load(int8).graph.node}
-    (_, cosine), = check_export(ce, int8).values()
-    assert cosine > 0.99
+    quantized = check_export(ce, int8)  # int8 activations: each document's states a little further off
+    assert quantized["reranker"][1] > 0.99 and quantized["encoded"][1] > 0.99 and quantized["documents"][1] > 0.95
     assert int8.stat().st_size < fp32.stat().st_size
+
+
+def test_an_export_of_an_earlier_deepsem_still_loads(exported: tuple[Path, Path, Path], tmp_path: Path):
+    """Files written before the document cache's graphs: the re-ranker file alone loads and scores; the cache is
+    refused with the file's name."""
+    directory, fp32, _ = exported
+    old = tmp_path / "old.onnx"
+    old.write_bytes(fp32.read_bytes())
+    ce = deepsem.load(directory, backend="onnx", onnx=old)
+    np.testing.assert_allclose(ce.score(PAIRS), deepsem.load(directory).score(PAIRS), atol=1e-5, rtol=0)
+    assert set(check_export(ce, old)) == {"reranker"}
+    with pytest.raises(ConfigError, match=r"old\.onnx: exported without the document cache's graphs"):
+        ce.cache_documents()
+
+
+def test_serve_warns_and_re_ranks_without_the_cache_on_an_old_export(index_dir: Path, exported: tuple[Path, Path, Path],
+                                                                     tmp_path: Path, served_app):
+    directory, fp32, _ = exported
+    old = tmp_path / "old.onnx"
+    old.write_bytes(fp32.read_bytes())
+    result, served = served_app(["serve", "--index", str(index_dir), "--rerank", str(directory), "--rerank-onnx",
+                                 str(old)])
+    assert result.exit_code == 0, result.output
+    assert "warning: " in result.output and "exported without the document cache's graphs" in result.output
+    with TestClient(served) as client:
+        assert client.post("/search", json={"queries": "银行卡余额", "k": 3}).json()["reranked"] is True
+        assert client.get("/stats").json()["reranker"]["document_cache"] is None
 
 
 def test_load_with_the_onnx_backend_scores_as_torch(exported: tuple[Path, Path, Path]):

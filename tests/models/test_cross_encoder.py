@@ -116,6 +116,26 @@ def test_one_query_against_many_documents_equals_the_query_repeated(flags: bool)
     torch.testing.assert_close(shared, repeated, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("flags", [False, True])
+@pytest.mark.parametrize("encoder", ["lstm-peephole", "gru"])
+def test_documents_encoded_ahead_give_the_same_logits(encoder: str, flags: bool) -> None:
+    """What the document cache relies on: a document's encoder states do not depend on the query or on the other
+    documents of its batch, and passed back (d_states) they give forward()'s logits."""
+    model = tiny(exact_match=flags, encoder=encoder)
+    d = torch.tensor([[6, 4, 0, 0, 0], [8, 9, 10, 3, 5], [2, 0, 0, 0, 0]])
+    d_len = torch.tensor([2, 5, 1])
+    with torch.no_grad():
+        states = model.encode_documents(d, d_len)
+        assert states.shape == (3, 5, 12) and not states[0, 2:].any() and not states[2, 1:].any()
+        for i in range(3):  # each document alone, unpadded: the same states
+            alone = model.encode_documents(d[i : i + 1, : int(d_len[i])], d_len[i : i + 1])
+            torch.testing.assert_close(alone[0], states[i, : int(d_len[i])], atol=1e-6, rtol=1e-6)
+        for q, q_len in [(torch.tensor([[3, 4, 5, 0]]), torch.tensor([3])),  # one query for every document
+                         (torch.tensor([[3, 4, 0], [7, 0, 0], [5, 6, 8]]), torch.tensor([2, 1, 3]))]:
+            torch.testing.assert_close(model(q, q_len, d, d_len, states), model(q, q_len, d, d_len),
+                                       atol=1e-6, rtol=1e-6)
+
+
 def test_exact_match_flags_each_real_token_found_in_the_other_text() -> None:
     """Against sets of ids, pair by pair: [PAD] (0) and [UNK] (1) match nothing, padding steps are 0."""
     q = torch.tensor([[3, 4, 1, 0], [7, 7, 2, 9]])

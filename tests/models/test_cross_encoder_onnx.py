@@ -1,5 +1,6 @@
 """The ESIM cross-encoder as an ONNX graph (:meth:`CrossEncoderModel.onnx`), run by onnxruntime, against the PyTorch
-model: every recurrent cell, with and without the exact-match flags, one query per document or one for all."""
+model: every recurrent cell, with and without the exact-match flags, one query per document or one for all; and the
+document cache's two graphs (the documents' states, and the logits from them)."""
 
 from __future__ import annotations
 
@@ -93,3 +94,25 @@ def test_exact_match_flags_change_the_answer() -> None:
     assert abs(first[0] - second[0]) > 10 * TOLERANCE
     logits, want = run_both(model, ort.InferenceSession(after, providers=["CPUExecutionProvider"]), q, d)
     np.testing.assert_allclose(logits, want, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("encoder", RECURRENT_ENCODERS)
+def test_the_document_cache_graphs_give_the_models_states_and_logits(encoder: str, exact: bool) -> None:
+    model = random_model(encoder, exact)
+    graphs = onnx_models(model)
+    documents, encoded = (ort.InferenceSession(graphs[part].SerializeToString(), providers=["CPUExecutionProvider"])
+                          for part in ("documents", "encoded"))
+    generator = torch.Generator().manual_seed(5)
+    for batch, q_rows, q_steps, d_steps in [(7, 7, 5, 11), (6, 1, 4, 3), (1, 1, 1, 1)]:
+        q, d = padded(q_rows, q_steps, generator), padded(batch, d_steps, generator)
+        with torch.no_grad():
+            want_states = model.encode_documents(d[0], d[1]).numpy()
+            want = model(q[0], q[1], d[0], d[1]).numpy()
+        states, = documents.run(None, {"doc_ids": d[0].numpy(), "doc_lengths": d[1].numpy()})
+        np.testing.assert_allclose(states, want_states, atol=TOLERANCE, rtol=0)
+        logits, probabilities = encoded.run(None, {"query_ids": q[0].numpy(), "query_lengths": q[1].numpy(),
+                                                   "doc_ids": d[0].numpy(), "doc_lengths": d[1].numpy(),
+                                                   "doc_states": states})
+        np.testing.assert_allclose(logits, want, atol=TOLERANCE, rtol=0)
+        np.testing.assert_allclose(probabilities, 1 / (1 + np.exp(-logits)), rtol=1e-6)

@@ -125,6 +125,32 @@ def test_the_schema_describes_the_rerank_fields_and_timings(client):
     assert f'data-reranker="{TOP}"' in client.get("/").text
 
 
+def test_serve_keeps_a_document_cache_and_answers_as_the_library(index, tiny_reranker, served_app):
+    directory = tiny_reranker[1]
+    result, served = served_app(["serve", "--index", str(index.directory), "--rerank", str(directory),
+                                 "--rerank-top", str(TOP)])
+    assert result.exit_code == 0, result.output
+    assert "a document cache of 256 MB" in result.output
+    want = index.search("银行卡余额", k=3, rerank=directory, rerank_top=TOP)[0]
+    with TestClient(served) as c:
+        assert c.get("/stats").json()["reranker"]["document_cache"] == {
+            "documents": 0, "mb": 0.0, "max_mb": 256.0, "hits": 0, "misses": 0}
+        for _ in range(2):  # the second search re-ranks the same documents from the cache
+            body = c.post("/search", json={"queries": "银行卡余额", "k": 3}).json()
+            np.testing.assert_allclose([h["score"] for h in body["results"][0]], [h.score for h in want], atol=1e-6)
+            assert [h["id"] for h in body["results"][0]] == [h.id for h in want]
+        cache = c.get("/stats").json()["reranker"]["document_cache"]
+    assert cache["documents"] == TOP and cache["misses"] == TOP and cache["hits"] == TOP
+    result, served = served_app(["serve", "--index", str(index.directory), "--rerank", str(directory),
+                                 "--rerank-cache-mb", "0"])
+    assert result.exit_code == 0 and "document cache" not in result.output
+    with TestClient(served) as c:
+        assert c.get("/stats").json()["reranker"]["document_cache"] is None
+    refused = served_app(["serve", "--index", str(index.directory), "--rerank", str(directory),
+                          "--rerank-cache-mb", "-1"])[0]
+    assert refused.exit_code == 2 and "--rerank-cache-mb" in refused.output
+
+
 def test_the_reranking_service_keeps_its_contract(index, reranker):
     app = create_app(index, limits=Limits(max_chars=40, max_texts=4, max_k=8, max_rerank_top=12), reranker=reranker,
                      rerank_top=6)

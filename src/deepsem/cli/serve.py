@@ -36,6 +36,8 @@ from deepsem.cli.options import (
     rerank_kwargs,
     vector_model,
 )
+from deepsem.errors import ConfigError
+from deepsem.tasks.document_cache import DOCUMENT_CACHE_MB
 
 
 def serve(
@@ -82,6 +84,9 @@ def serve(
                              "each min-max normalised over a query's candidates (1: the re-ranker alone, the "
                              "default; 0: the first stage's order); needs --rerank.", min=0.0, max=1.0)] = None,
     rerank_onnx: RerankOnnxFile = None,
+    rerank_cache_mb: Annotated[float, typer.Option(help="MB for the re-ranker's document cache: each document's "
+                               "encoder states, kept between requests (a third of its re-ranking cost; least "
+                               "recently used dropped first); 0: none.", min=0.0)] = DOCUMENT_CACHE_MB,
 ) -> None:
     """Serve search, similarity and embeddings over HTTP, with a search page at /."""
     import torch
@@ -115,6 +120,10 @@ def serve(
         from deepsem.index.vector_index import cross_encoder
 
         reranker = cross_encoder(load(rerank, **rerank_how))
+        try:
+            reranker.cache_documents(rerank_cache_mb)
+        except ConfigError as exc:  # an export of an earlier deepsem: it still re-ranks, without the cache
+            typer.echo(f"warning: {exc}", err=True)
     limits = Limits(max_chars, max_texts, max_k, **guard_limits(max_body_bytes, body_timeout, max_in_flight,
                                                                 header_timeout, max_header_bytes, max_headers,
                                                                 keep_alive), max_rerank_top=max_rerank_top)
@@ -125,6 +134,8 @@ def serve(
     if reranker is not None:
         fused = "" if rerank_weight is None else f" (score fusion, rerank_weight {rerank_weight:g})"
         runs_on = " on onnxruntime" if reranker.backend == "onnx" else ""
-        typer.echo(f"re-ranking each search's best {rerank_top} documents with {rerank}{runs_on}{fused}")
+        cache = reranker.document_cache
+        cached = "" if cache is None else f", a document cache of {cache['max_mb']:g} MB"
+        typer.echo(f"re-ranking each search's best {rerank_top} documents with {rerank}{runs_on}{fused}{cached}")
     typer.echo(f"serving on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     run(app_, host=host, port=port)

@@ -14,7 +14,15 @@ recommender     ``user`` (FILE)        ``history`` (B, T) item rows (catalogue p
 rerank          ``reranker`` (FILE)    ``query_ids`` (B or 1, Tq), ``query_lengths``, ``doc_ids`` (B, Td),
                                        ``doc_lengths`` -> ``logits``, ``probabilities`` (B,); one query row
                                        goes with every document
+                ``documents``          ``doc_ids``, ``doc_lengths`` -> ``doc_states`` (B, Td, 2H): the
+                (FILE.documents.onnx)  documents' encoder states, which do not depend on the query
+                ``encoded``            ``reranker``'s inputs and ``doc_states`` -> ``logits``,
+                (FILE.encoded.onnx)    ``probabilities``: re-ranking documents whose states were computed
+                                       earlier (a third less work; deepsem keeps them in a cache)
 ==============  =====================  =====================================================================
+
+The re-ranker's ``documents`` and ``encoded`` parts are optional when a file is loaded (exports of deepsem before
+them have the ``reranker`` part only; such a model re-ranks without the document cache).
 
 Batch and length axes are dynamic; ids are right-padded with 0 and every length is at least 1 (deepsem's
 tokenizers give ``[UNK]`` for an empty text). Each file's metadata (``deepsem.*`` keys) names its task, part,
@@ -65,6 +73,8 @@ TOKENIZER_NOTES = {
                "letter trigrams, words separated by id 2; ids are line numbers of FILE.vocab.txt, unknown 1.",
 }
 QUANTIZE = ("int8",)
+#: Parts a loaded file set may lack (written by a deepsem before them): the re-ranker's document-cache graphs.
+OPTIONAL_PARTS = ("documents", "encoded")
 
 
 def _text_inputs(g: Graph) -> tuple[str, str]:
@@ -106,14 +116,24 @@ def _recommender_parts(model: TwoTowerRecommender) -> dict[str, Graph]:
 
 
 def _rerank_parts(model: CrossEncoderModel) -> dict[str, Graph]:
-    g = Graph("deepsem_reranker")
-    q_ids, q_len = g.input("query_ids", "int64", ["queries", "query_length"]), g.input("query_lengths", "int64",
-                                                                                        ["queries"])
-    d_ids, d_len = g.input("doc_ids", "int64", ["batch", "doc_length"]), g.input("doc_lengths", "int64", ["batch"])
-    logits = model.onnx(g, q_ids, q_len, d_ids, d_len)
-    g.output(logits, "logits", "float", ["batch"])
-    g.output(g.op("Sigmoid", logits), "probabilities", "float", ["batch"])
-    return {"reranker": g}
+    parts: dict[str, Graph] = {}
+    states: list[str | int] = ["batch", "doc_length", 2 * model.config.hidden_size]
+    for part in part_names(model):
+        g = Graph(f"deepsem_{part}")
+        if part != "documents":
+            q_ids = g.input("query_ids", "int64", ["queries", "query_length"])
+            q_len = g.input("query_lengths", "int64", ["queries"])
+        d_ids, d_len = g.input("doc_ids", "int64", ["batch", "doc_length"]), g.input("doc_lengths", "int64",
+                                                                                      ["batch"])
+        if part == "documents":
+            g.output(model.onnx_documents(g, d_ids, d_len), "doc_states", "float", states)
+        else:
+            d_states = g.input("doc_states", "float", states) if part == "encoded" else None
+            logits = model.onnx(g, q_ids, q_len, d_ids, d_len, d_states)
+            g.output(logits, "logits", "float", ["batch"])
+            g.output(g.op("Sigmoid", logits), "probabilities", "float", ["batch"])
+        parts[part] = g
+    return parts
 
 
 def weights_digest(net: torch.nn.Module) -> str:
@@ -133,7 +153,7 @@ def part_names(net: torch.nn.Module) -> list[str]:
     if isinstance(net, TwoTowerModel):
         return ["query"] if net.query_tower is net.doc_tower else ["query", "doc"]
     if isinstance(net, CrossEncoderModel):
-        return ["reranker"]
+        return ["reranker", *OPTIONAL_PARTS]
     return ["classifier"] if isinstance(net, TextClassifier) else ["user"]
 
 
@@ -265,7 +285,10 @@ def random_inputs(net: torch.nn.Module, batch: int = 32, steps: int = 24, seed: 
         high = min(int(net.config.vocab_size), 12)  # that the texts share tokens (exact_match)
         q_ids, q_len = _random_ids(rng, batch, max(steps // 2, 1), 1, high)
         d_ids, d_len = _random_ids(rng, batch, steps, 1, high)
-        return {"query_ids": q_ids, "query_lengths": q_len, "doc_ids": d_ids, "doc_lengths": d_len}
+        with torch.no_grad():  # the documents' states, as the ``encoded`` part takes them
+            states = net.encode_documents(torch.from_numpy(d_ids), torch.from_numpy(d_len)).float().numpy()
+        return {"query_ids": q_ids, "query_lengths": q_len, "doc_ids": d_ids, "doc_lengths": d_len,
+                "doc_states": states}
     if isinstance(net, TwoTowerRecommender):
         high, name = int(net.config.n_items) + 1, "history"
     else:
@@ -290,7 +313,10 @@ def torch_outputs(net: torch.nn.Module, feeds: dict[str, np.ndarray]) -> dict[st
                 return {"classifier": net.probabilities(net(t["input_ids"], t["lengths"])).numpy()}
             if isinstance(net, CrossEncoderModel):
                 logits = net(t["query_ids"], t["query_lengths"], t["doc_ids"], t["doc_lengths"])
-                return {"reranker": torch.sigmoid(logits).numpy()}
+                encoded = net(t["query_ids"], t["query_lengths"], t["doc_ids"], t["doc_lengths"], t["doc_states"])
+                return {"reranker": torch.sigmoid(logits).numpy(),
+                        "documents": net.encode_documents(t["doc_ids"], t["doc_lengths"]).numpy(),
+                        "encoded": torch.sigmoid(encoded).numpy()}
             assert isinstance(net, TwoTowerRecommender)
             return {"user": net.user_vectors(t["history"], t["lengths"], t.get("features")).numpy()}
     finally:
@@ -300,7 +326,8 @@ def torch_outputs(net: torch.nn.Module, feeds: dict[str, np.ndarray]) -> dict[st
 def check_export(held: Any, out: str | os.PathLike[str], batch: int = 32) -> dict[str, tuple[float, float]]:
     """Run the files :func:`export_onnx` wrote at ``out`` with onnxruntime and the PyTorch model on the same random
     batch: ``(max abs difference, min cosine)`` per part (the probabilities, for a classifier or a re-ranker: a
-    re-ranker's cosine is that of the batch's probabilities as one vector)."""
+    re-ranker's cosine is that of the batch's probabilities as one vector; its documents' states: each document's
+    as one vector). An optional part whose file is not there (an export of an earlier deepsem) is left out."""
     from deepsem.deploy.runtime import OnnxRunner
 
     net = getattr(held, "model", held)
@@ -310,10 +337,14 @@ def check_export(held: Any, out: str | os.PathLike[str], batch: int = 32) -> dic
     out = Path(out)
     report = {}
     for part, want in expected.items():
-        got = OnnxRunner(part_path(out, part, parts[0])).run(feeds)
-        answer = got[1] if part in ("classifier", "reranker") else got[0]
+        file = part_path(out, part, parts[0])
+        if part in OPTIONAL_PARTS and not file.exists():
+            continue
+        got = OnnxRunner(file).run(feeds)
+        answer = got[1] if part in ("classifier", "reranker", "encoded") else got[0]
         if answer.ndim == 1:  # a probability per pair: the batch's as one vector
             answer, want = answer[None, :], want[None, :]
+        answer, want = answer.reshape(len(answer), -1), want.reshape(len(want), -1)  # a document's states: one row
         cosine = (answer * want).sum(1) / np.maximum(np.linalg.norm(answer, axis=1) * np.linalg.norm(want, axis=1),
                                                      1e-12)
         report[part] = (float(np.abs(answer - want).max()), float(cosine.min()))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from deepsem.deploy.export import onnx_models, part_names, part_path, weights_digest
+from deepsem.deploy.export import OPTIONAL_PARTS, onnx_models, part_names, part_path, weights_digest
 from deepsem.errors import ConfigError, ModelFileError
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ def runners(held: Any, path: str | os.PathLike[str] | None = None) -> dict[str, 
     found: dict[str, OnnxRunner] = {}
     for part in parts:
         file = part_path(out, part, parts[0])
+        if part in OPTIONAL_PARTS and not file.exists() and not file.is_symlink():
+            continue  # an export of an earlier deepsem: the model answers without that part
         if not file.is_file():
             raise ModelFileError(f"{file}: no such ONNX file (write it with deepsem export)")
         runner = found[part] = OnnxRunner(file)

@@ -89,13 +89,24 @@ class CrossEncoderModel(nn.Module):
         out = out.to(q.dtype)
         return out[: q.shape[0], : q.shape[1]], out[q.shape[0] :, : d.shape[1]]
 
+    def encode_documents(self, d_ids: Tensor, d_lengths: Tensor) -> Tensor:
+        """The documents' encoder states ``(B, Td, 2H)`` (zero past each length): all :meth:`interact` reads of a
+        document before the alignment, and a third of what re-ranking one costs. They do not depend on the query,
+        so a document's can be computed once and passed to :meth:`forward` (``d_states``) with any query."""
+        out, _ = run_rnn(self.encoder, self.embedding_dropout(self.embedding(d_ids)), d_lengths.clamp(min=1))
+        return out
+
     def interact(self, q: Tensor, q_len: Tensor, d: Tensor, d_len: Tensor, q_ids: Tensor | None = None,
-                 d_ids: Tensor | None = None) -> Tensor:
+                 d_ids: Tensor | None = None, *, encoded: bool = False) -> Tensor:
         """The logits of embedded queries ``(B, Tq, E)`` and documents ``(B, Td, E)`` (everything after the lookup;
-        the ids only for the ``exact_match`` flags)."""
+        the ids only for the ``exact_match`` flags); ``encoded``: ``d`` holds the documents' encoder states
+        ``(B, Td, 2H)`` (:meth:`encode_documents`) instead of their embeddings."""
         q_len, d_len = q_len.clamp(min=1), d_len.clamp(min=1)
         q_mask, d_mask = step_mask(q_len, q.shape[1]), step_mask(d_len, d.shape[1])
-        a, b = self._both(self.encoder, q, q_len, d, d_len)
+        if encoded:
+            a, b = run_rnn(self.encoder, q, q_len)[0].to(q.dtype), d.to(q.dtype)
+        else:
+            a, b = self._both(self.encoder, q, q_len, d, d_len)
         flags = None
         if self.config.exact_match:
             if q_ids is None or d_ids is None:
@@ -115,24 +126,41 @@ class CrossEncoderModel(nn.Module):
         pooled = torch.cat([mean_max(v_a, q_mask), mean_max(v_b, d_mask)], -1)
         return self.mlp(self.dropout(pooled)).squeeze(-1)
 
-    def forward(self, q_ids: Tensor, q_lengths: Tensor, d_ids: Tensor, d_lengths: Tensor) -> Tensor:
+    def forward(self, q_ids: Tensor, q_lengths: Tensor, d_ids: Tensor, d_lengths: Tensor,
+                d_states: Tensor | None = None) -> Tensor:
+        """``d_states``: the documents' :meth:`encode_documents` (padded to ``d_ids``' steps), computed earlier."""
         embed = self.embedding_dropout
+        if d_states is not None:
+            return self.interact(embed(self.embedding(q_ids)), q_lengths, d_states, d_lengths, q_ids, d_ids,
+                                 encoded=True)
         return self.interact(embed(self.embedding(q_ids)), q_lengths, embed(self.embedding(d_ids)), d_lengths,
                              q_ids, d_ids)
 
-    def onnx(self, g: Graph, q_ids: str, q_len: str, d_ids: str, d_len: str) -> str:
+    @staticmethod
+    def _onnx_rnn(g: Graph, rnn: nn.Module, x: str, lengths: str) -> str:
+        """``rnn`` over time-major ``x`` (T, B, E) -> rows of steps (B, T, 2H)."""
+        return steps_by_row(g, onnx_rnn(g, rnn, x, lengths, time_major=True)[0])
+
+    def _onnx_encode(self, g: Graph, table: str, ids: str, lengths: str) -> str:
+        """The encoder states (B, T, 2H) of ids (B, T) with lengths already at least 1."""
+        return self._onnx_rnn(g, self.encoder, g.op("Gather", table, g.op("Transpose", ids, perm=[1, 0])), lengths)
+
+    def onnx_documents(self, g: Graph, d_ids: str, d_len: str) -> str:
+        """:meth:`encode_documents` in ONNX operators: the encoder states ``(N, Td, 2H)`` of ``N`` documents."""
+        table = g.const(self.embedding.weight, "embedding")
+        return self._onnx_encode(g, table, d_ids, g.op("Max", d_len, g.const(1, dtype=np.int64)))
+
+    def onnx(self, g: Graph, q_ids: str, q_len: str, d_ids: str, d_len: str, d_states: str | None = None) -> str:
         """:meth:`forward` in ONNX operators (:mod:`deepsem.nn.onnx`): logits ``(N,)`` of ``N`` documents against
-        ``N`` queries or one query (its rows broadcast to every document). Padded steps carry zeros, as run_rnn's."""
+        ``N`` queries or one query (its rows broadcast to every document). Padded steps carry zeros, as run_rnn's.
+        ``d_states``: the documents' encoder states (:meth:`onnx_documents`) as an input, not computed here."""
         one, n = g.const(1, dtype=np.int64), g.op("Shape", d_ids, start=0, end=1)
         q_len, d_len = g.op("Max", q_len, one), g.op("Max", d_len, one)
         q_mask, d_mask = g.positions_mask(q_len, g.steps_of(q_ids)), g.positions_mask(d_len, g.steps_of(d_ids))
         table = g.const(self.embedding.weight, "embedding")
 
-        def run(rnn: nn.Module, x: str, lengths: str) -> str:  # x time-major (T, B, E) -> rows of steps (B, T, 2H)
-            return steps_by_row(g, onnx_rnn(g, rnn, x, lengths, time_major=True)[0])
-
-        a = run(self.encoder, g.op("Gather", table, g.op("Transpose", q_ids, perm=[1, 0])), q_len)
-        b = run(self.encoder, g.op("Gather", table, g.op("Transpose", d_ids, perm=[1, 0])), d_len)
+        a = self._onnx_encode(g, table, q_ids, q_len)
+        b = d_states or self._onnx_encode(g, table, d_ids, d_len)
         # ``a`` keeps its one row when one query goes with every document: MatMul, Mul and Add broadcast it.
         q_len = g.op("Expand", q_len, n)
 
@@ -166,7 +194,7 @@ class CrossEncoderModel(nn.Module):
                      g.op("Add", g.op("MatMul", x_tilde, aligned), g.op("MatMul", g.op("Mul", x, x_tilde), product)))
             if flag:
                 m = g.op("Add", m, g.op("Mul", flag, flag_row))
-            return run(self.composition, g.op("Transpose", g.op("Relu", m), perm=[1, 0, 2]), lengths)
+            return self._onnx_rnn(g, self.composition, g.op("Transpose", g.op("Relu", m), perm=[1, 0, 2]), lengths)
 
         def mean_max(v: str, mask: str, lengths: str) -> str:
             inside = g.op("Unsqueeze", mask, g.const([2]))

@@ -648,7 +648,8 @@ def create_app(index: Index | None = None, model: SemanticModel | None = None, l
         if served is not None:
             info["index"] = served.index.stats()
             info["reranker"] = None if reranker is None else {"model": repr(reranker), "backend": reranker.backend,
-                                                              "rerank_top": rerank_top, "rerank_weight": rerank_weight}
+                                                              "rerank_top": rerank_top, "rerank_weight": rerank_weight,
+                                                              "document_cache": reranker.document_cache}
             info["reloads"] = served.reloads
             info["reload_error"] = served.error
         if classifier is not None:

@@ -14,6 +14,7 @@ under ``cross_encoder``), the tokenizer files and ``model.safetensors``; never a
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from deepsem.data.batches import length_batches, list_batch_count, list_batches
 from deepsem.data.errors import DataError
 from deepsem.data.pairs import TextPairs, as_pairs
 from deepsem.data.precision import HasPrecision, autocast, check_precision
-from deepsem.deploy.runtime import Backend
+from deepsem.deploy.runtime import Backend, padded_batches
 from deepsem.errors import ConfigError
 from deepsem.evaluation.pairs import RANKING_METRICS, ranking_metrics
 from deepsem.losses.rerank import RerankLoss
@@ -36,6 +37,7 @@ from deepsem.metrics import pair_metrics
 from deepsem.modeldir import TokenizerSize, read_model_dir, save_model_dir
 from deepsem.models.cross_encoder import CrossEncoderModel
 from deepsem.tasks.distill import DistillConfig, PairTeacher, check_embedding_teacher, embedding_identity
+from deepsem.tasks.document_cache import DOCUMENT_CACHE_MB, DocumentStates
 from deepsem.tasks.registry import Task, model_fields, register
 from deepsem.text import Tokenizer
 from deepsem.trainer import (
@@ -73,6 +75,14 @@ def _pad(ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
 def _probabilities(logits: np.ndarray) -> np.ndarray:
     """The sigmoid of ``logits``, computed in float64 (no overflow warning), as float32."""
     return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+
+def _pad_states(states: Sequence[np.ndarray], steps: int) -> np.ndarray:
+    """Documents' states (each ``(T_i, 2H)``) right-padded with zeros to ``(N, steps, 2H)`` float32."""
+    out = np.zeros((len(states), steps, states[0].shape[1]), np.float32)
+    for i, x in enumerate(states):
+        out[i, : len(x)] = x
+    return out
 
 
 def length_chunks(widths: np.ndarray, most: int, slack: float = PAD_SLACK) -> list[np.ndarray]:
@@ -142,23 +152,92 @@ class CrossEncoder(Backend, HasPrecision):
             return out
         if not one and len(q_ids) != len(d_ids):
             raise ValueError(f"{len(q_ids)} queries for {len(d_ids)} documents")
+        states = None if self._documents is None else self._documents.get(d_ids, self._document_states)
         width = np.fromiter((max(len(q_ids[0 if one else i]), len(b)) for i, b in enumerate(d_ids)), np.int64,
                             len(d_ids))
         batches = ((rows, *_pad([q_ids[0]] if one else [q_ids[r] for r in rows]), *_pad([d_ids[r] for r in rows]))
                    for rows in length_chunks(width, batch_size))
         if self._onnx is not None:
-            runner = self._onnx["reranker"]
+            runner = self._onnx["reranker" if states is None else "encoded"]
             for rows, q, q_len, d, d_len in batches:
-                out[rows] = runner.run({"query_ids": q.numpy(), "query_lengths": q_len.numpy(),
-                                        "doc_ids": d.numpy(), "doc_lengths": d_len.numpy()})[0]
+                feeds = {"query_ids": q.numpy(), "query_lengths": q_len.numpy(), "doc_ids": d.numpy(),
+                         "doc_lengths": d_len.numpy()}
+                if states is not None:
+                    feeds["doc_states"] = _pad_states([states[r] for r in rows], d.shape[1])
+                out[rows] = runner.run(feeds)[0]
             return out
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
                 for rows, q, q_len, d, d_len in batches:
+                    d_states = None if states is None else torch.from_numpy(
+                        _pad_states([states[r] for r in rows], d.shape[1]))
                     with autocast(self.precision):  # fp32: no autocast at all
-                        out[rows] = self.model(q, q_len, d, d_len).float().numpy()
+                        out[rows] = self.model(q, q_len, d, d_len, d_states).float().numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    # -- the document cache --------------------------------------------------------------------------------
+    _documents: DocumentStates | None = None
+
+    def cache_documents(self, max_mb: float | None = DOCUMENT_CACHE_MB) -> CrossEncoder:
+        """Keep the encoder states of the documents this model scores (:mod:`deepsem.tasks.document_cache`), at
+        most ``max_mb`` MB, the least recently used dropped first; a document met again skips a third of its
+        cost. The answers are the model's (the states are what it computes for the document alone, as it always
+        does; float rounding apart). ``max_mb`` 0 or None: no cache. Returns ``self``.
+
+        On the ``onnx`` backend it needs the export's ``documents`` and ``encoded`` parts (``deepsem export``
+        writes them; a file set of an earlier deepsem lacks them: export again)."""
+        if max_mb is not None and (isinstance(max_mb, bool) or not np.isfinite(max_mb) or max_mb < 0):
+            raise ValueError(f"max_mb must be a number >= 0 or None, got {max_mb!r}")
+        if not max_mb:
+            self._documents = None
+            return self
+        if self._onnx is not None and not {"documents", "encoded"} <= self._onnx.keys():
+            raise ConfigError(f"{self._onnx_file}: exported without the document cache's graphs (documents, "
+                              "encoded; an export of an earlier deepsem): export it again, or re-rank without the "
+                              "cache")
+        self._documents = DocumentStates(int(max_mb * 2**20))
+        return self
+
+    @property
+    def document_cache(self) -> dict[str, Any] | None:
+        """The document cache's counts (:meth:`DocumentStates.stats`), None without one."""
+        return None if self._documents is None else self._documents.stats()
+
+    def encode_documents(self, docs: Sequence[str], batch_size: int = 256) -> int:
+        """Put the states of ``docs`` into the document cache ahead of the queries (say, every document of an
+        index, as far as the cache holds them); returns how many it holds now. Needs :meth:`cache_documents`."""
+        if self._documents is None:
+            raise ValueError("encode_documents fills the document cache: call cache_documents() first")
+        ids = self.tokenizer.encode_batch(list(docs))
+        for start in range(0, len(ids), batch_size * 16):
+            self._documents.get(ids[start : start + batch_size * 16], self._document_states)
+        return len(self._documents)
+
+    def use_backend(self, backend: str = "torch", onnx: str | os.PathLike[str] | None = None) -> CrossEncoder:
+        super().use_backend(backend, onnx)
+        if self._documents is not None:  # states another backend computed are not this one's
+            self.cache_documents(self._documents.max_bytes / 2**20)
+        return self
+
+    def _document_states(self, ids: Sequence[Sequence[int]], batch_size: int = 256) -> list[np.ndarray]:
+        """Each document's encoder states ``(max(len, 1), 2H)`` float32, batched by length."""
+        out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(ids)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for rows, batch, lengths in padded_batches([x or [0] for x in ids], batch_size):
+                if self._onnx is not None:
+                    states = self._onnx["documents"].run({"doc_ids": batch, "doc_lengths": lengths})[0]
+                else:
+                    with torch.inference_mode(), autocast(self.precision):
+                        encoded = self.model.encode_documents(torch.from_numpy(batch), torch.from_numpy(lengths))
+                    states = encoded.float().numpy()
+                for i, r in enumerate(rows.tolist()):
+                    out[r] = np.ascontiguousarray(states[i, : max(int(lengths[i]), 1)], dtype=np.float32)
         finally:
             self.model.train(was_training)
         return out

@@ -1,0 +1,110 @@
+"""The re-ranker's document cache: each document's encoder states, kept between queries.
+
+A cross-encoder's first BiLSTM reads each text alone, so a document's states (``(T, 2H)`` float32, its tokens'
+encodings before the alignment with the query) are the same whatever the query: a third of what re-ranking a
+document costs, computed once per document instead of once per (query, document). A service re-ranks the same
+documents again and again (the first stage's top results of similar queries), so it keeps them here.
+
+:class:`DocumentStates` is a least-recently-used map from a document's token ids to its states, bounded in bytes
+(the arrays plus their keys), safe to share between threads (the service answers requests on a thread pool).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+#: The default budget (``CrossEncoder.cache_documents``, ``deepsem serve --rerank-cache-mb``): some 28,000
+#: documents of 12 tokens at the default hidden size of 96 (about 9.7 KB each), more for narrower models.
+DOCUMENT_CACHE_MB = 256.0
+#: What an entry costs beyond its array: the key (a tuple of ints) and the map's bookkeeping, about.
+ENTRY_OVERHEAD = 120
+KEY_BYTES_PER_TOKEN = 36
+
+Key = tuple[int, ...]
+
+
+def _entry_bytes(key: Key, states: np.ndarray) -> int:
+    return int(states.nbytes) + ENTRY_OVERHEAD + KEY_BYTES_PER_TOKEN * len(key)
+
+
+class DocumentStates:
+    """Documents' encoder states by token ids, at most ``max_bytes`` in all, least recently used dropped first.
+
+    :meth:`get` returns each document's states, computing those not held with ``compute`` (called once, outside
+    the lock, with the missing documents' ids, each once) and keeping them. An entry larger than the whole budget
+    is returned but not kept."""
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"the document cache needs a budget of at least 1 byte, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self._entries: OrderedDict[Key, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def bytes(self) -> int:
+        """What the entries held now cost (arrays and keys, about)."""
+        return self._bytes
+
+    def get(self, ids: Sequence[Sequence[int]],
+            compute: Callable[[list[Key]], Sequence[np.ndarray]]) -> list[np.ndarray]:
+        """The states of each document of ``ids`` (aligned with it)."""
+        keys = [tuple(int(t) for t in x) for x in ids]
+        found: dict[Key, np.ndarray] = {}
+        with self._lock:
+            for key in keys:
+                if key in found:
+                    continue
+                states = self._entries.get(key)
+                if states is not None:
+                    self._entries.move_to_end(key)
+                    found[key] = states
+            missing = [key for key in dict.fromkeys(keys) if key not in found]
+            self.hits += len(keys) - sum(1 for key in keys if key not in found)
+            self.misses += sum(1 for key in keys if key not in found)
+        if missing:
+            computed = compute(missing)
+            if len(computed) != len(missing):
+                raise RuntimeError(f"{len(computed)} documents' states computed for {len(missing)} documents")
+            found.update(zip(missing, computed, strict=True))
+            with self._lock:
+                for key in missing:
+                    self._keep(key, found[key])
+        return [found[key] for key in keys]
+
+    def _keep(self, key: Key, states: np.ndarray) -> None:
+        size = _entry_bytes(key, states)
+        if size > self.max_bytes:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= _entry_bytes(key, old)
+        self._entries[key] = states
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            dropped_key, dropped = self._entries.popitem(last=False)
+            self._bytes -= _entry_bytes(dropped_key, dropped)
+
+    def clear(self) -> None:
+        """Forget every entry (and the counts): the states of other weights or another backend are not these."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+    def stats(self) -> dict[str, Any]:
+        """``documents``, ``mb`` (held), ``max_mb``, ``hits`` and ``misses`` (documents looked up since made)."""
+        with self._lock:
+            return {"documents": len(self._entries), "mb": round(self._bytes / 2**20, 3),
+                    "max_mb": round(self.max_bytes / 2**20, 3), "hits": self.hits, "misses": self.misses}
