@@ -86,6 +86,10 @@ def test_a_path_is_loaded_once_and_gives_what_the_object_gives(index, reranker):
         same(a, c)
     assert index.reranker(path) is index.reranker(str(path))  # cached on the index
     assert index.reranker(path) is not ce and isinstance(index.reranker(path), CrossEncoder)
+    # with its document cache: each document encoded once; the search by str re-ranked its 3 x 10 from it
+    cache = index.reranker(path).document_cache
+    assert cache is not None and cache["misses"] == cache["documents"] and cache["hits"] >= len(QUERIES) * 10
+    assert ce.document_cache is None  # an object given is used as it is
 
 
 def test_a_two_tower_model_is_refused_as_re_ranker_and_a_cross_encoder_as_index_model(

@@ -560,14 +560,15 @@ class Index:
 
     def reranker(self, model: str | Path | CrossEncoder) -> CrossEncoder:
         """The cross-encoder ``model`` names (:func:`cross_encoder`); a model directory is loaded once and kept
-        on this index (by its resolved path), so later searches reuse it."""
+        on this index (by its resolved path), so later searches reuse it and its document cache
+        (``CrossEncoder.cache_documents()``, the default budget). A CrossEncoder given is used as it is."""
         if not isinstance(model, str | Path):
             return cross_encoder(model)
         # made on first use, not in __init__: _reopen's __dict__.update from a freshly loaded Index keeps it
         cache: dict[Path, CrossEncoder] = self.__dict__.setdefault("_rerankers", {})
         key = Path(model).resolve()
         if key not in cache:
-            cache[key] = cross_encoder(model)
+            cache[key] = cross_encoder(model).cache_documents()
         return cache[key]
 
     def resolve_mode(self, mode: str | None) -> str:
