@@ -5,7 +5,7 @@ per query) and bulk ``score`` throughput (pairs/s), on real BQ texts.
     python bench/rerank.py --model runs/rerank-bq            # a trained model (else untrained weights, same cost)
     python bench/rerank.py --queries 20 --bulk 1000          # a quick check
     python bench/rerank.py --model runs/rerank-bq --backends torch onnx int8   # each backend, the same queries
-    python bench/rerank.py --model runs/rerank-bq --backends int8 --document-cache   # also with the cache, warm
+    python bench/rerank.py --model runs/rerank-bq --backends int8 --document-cache warm cold   # and the cache
 
 The issue's target: re-ranking 50 candidates adds <= 5 ms p50 per query on a 2-core CPU. Speed does not depend on
 the weights, so without ``--model`` a model of the default size (:class:`deepsem.config.CrossEncoderConfig`, or
@@ -14,9 +14,10 @@ data's text_a, candidates drawn at random from its text_b (seeded). Run it with 
 
 Every system answers each query in turn (the order rotating), so that a slower minute of the machine falls on all
 of them alike; ``ratio_p50`` is the median over queries of each system's time over the first system's.
-``--document-cache`` adds each backend with the re-ranker's document cache (``CrossEncoder.cache_documents``),
-warm: every document's states computed before the first query, as a service over a fixed corpus ends up. Its
-``warm_seconds`` is what filling it took.
+``--document-cache warm`` adds each backend with the re-ranker's document cache (``CrossEncoder.cache_documents``)
+filled before the first query (every document's states: what a service over a fixed corpus ends up with; its
+``warm_seconds`` is what filling it took); ``cold`` with the cache empty at the start, filled as the queries meet
+documents.
 """
 
 from __future__ import annotations
@@ -58,22 +59,25 @@ def systems(args: argparse.Namespace, model: CrossEncoder, workdir: Path,
             docs: list[str]) -> tuple[dict[str, CrossEncoder], dict[str, float]]:
     """The model on each backend of ``--backends``: torch, onnx (fp32, exported in memory), int8 (an exported int8
     file through onnxruntime); with ``--document-cache`` each also as ``NAME+cache``, its cache filled with every
-    document (and the seconds that took)."""
+    document (``NAME+cache``, and the seconds that took) and ``NAME+cold`` with it empty."""
     found: dict[str, CrossEncoder] = {}
     warm: dict[str, float] = {}
     for name in args.backends:
         if name == "int8":
             export_onnx(model, workdir / "reranker-int8.onnx", quantize="int8")
-        for cached in (False, True) if args.document_cache else (False,):
-            system = model if name == "torch" and not cached else model.__class__(model.model, model.tokenizer,
-                                                                                  model.info)
+        for cache in ("", *args.document_cache):
+            system = model if name == "torch" and not cache else model.__class__(model.model, model.tokenizer,
+                                                                                 model.info)
             if name != "torch":
                 system.use_backend("onnx", workdir / "reranker-int8.onnx" if name == "int8" else None)
-            if cached:
+            label = {"": name, "warm": f"{name}+cache", "cold": f"{name}+cold"}[cache]
+            if cache:
+                system.cache_documents(args.cache_mb)
+            if cache == "warm":
                 t0 = time.perf_counter()
-                system.cache_documents(args.cache_mb).encode_documents(docs)
-                warm[f"{name}+cache"] = round(time.perf_counter() - t0, 2)
-            found[f"{name}+cache" if cached else name] = system
+                system.encode_documents(docs)
+                warm[label] = round(time.perf_counter() - t0, 2)
+            found[label] = system
     return found, warm
 
 
@@ -127,8 +131,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="deepsem-rerank-bench-") as tmp:
         found, warm = systems(args, model, Path(tmp), docs)
         for name, measured in measure(found, args, pairs, queries, docs).items():
-            result[name] = {**measured, **({"warm_seconds": warm[name], "document_cache": found[name].document_cache}
-                                           if name in warm else {})}
+            result[name] = {**measured, **({"warm_seconds": warm[name]} if name in warm else {}),
+                            **({"document_cache": found[name].document_cache} if found[name].document_cache else {})}
             print(f"{name:<12} p50 {measured['p50_ms']:.2f} ms, p99 {measured['p99_ms']:.2f} ms, p50 ratio "
                   f"{measured['ratio_p50']:.3f}, bulk {measured['bulk_pairs_per_s']:,.0f} pairs/s", flush=True)
     if "torch" in result:
@@ -157,8 +161,9 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", choices=("torch", "onnx", "int8"), default=["torch"],
                         help="what runs the model, each measured on the same queries: torch, onnx (onnxruntime "
                         "fp32) and int8 (onnxruntime, deepsem export --quantize int8)")
-    parser.add_argument("--document-cache", action="store_true", help="also measure each backend with the "
-                        "re-ranker's document cache, filled with every document first")
+    parser.add_argument("--document-cache", nargs="*", choices=("warm", "cold"), default=[], help="also measure "
+                        "each backend with the re-ranker's document cache: warm (filled with every document first), "
+                        "cold (empty at the start)")
     parser.add_argument("--cache-mb", type=float, default=512.0, help="the document cache's budget")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()

@@ -134,6 +134,9 @@ def test_documents_encoded_ahead_give_the_same_logits(encoder: str, flags: bool)
                          (torch.tensor([[3, 4, 0], [7, 0, 0], [5, 6, 8]]), torch.tensor([2, 1, 3]))]:
             torch.testing.assert_close(model(q, q_len, d, d_len, states), model(q, q_len, d, d_len),
                                        atol=1e-6, rtol=1e-6)
+            logits, from_pass = model.score_and_encode(q, q_len, d, d_len)  # the states of the scoring pass
+            torch.testing.assert_close(logits, model(q, q_len, d, d_len), atol=0, rtol=0)
+            torch.testing.assert_close(from_pass, states, atol=1e-6, rtol=1e-6)
 
 
 def test_exact_match_flags_each_real_token_found_in_the_other_text() -> None:

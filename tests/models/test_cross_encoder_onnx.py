@@ -44,8 +44,10 @@ def run_both(model: CrossEncoderModel, session: ort.InferenceSession, q: tuple[t
         want = model(q[0], q[1], d[0], d[1]).numpy()
     feeds = {"query_ids": q[0].numpy(), "query_lengths": q[1].numpy(), "doc_ids": d[0].numpy(),
              "doc_lengths": d[1].numpy()}
-    logits, probabilities = session.run(None, feeds)
+    logits, probabilities, states = session.run(None, feeds)
     np.testing.assert_allclose(probabilities, 1 / (1 + np.exp(-logits)), rtol=1e-6)
+    with torch.no_grad():  # the documents' states, beside the logits
+        np.testing.assert_allclose(states, model.encode_documents(d[0], d[1]).numpy(), atol=TOLERANCE, rtol=0)
     return logits, want
 
 

@@ -94,23 +94,30 @@ def test_threads_share_it_safely() -> None:
 def test_a_cached_cross_encoder_answers_as_without(tiny_reranker: tuple[deepsem.CrossEncoder, Path]) -> None:
     _, directory = tiny_reranker
     plain, cached = deepsem.load(directory), deepsem.load(directory).cache_documents(16)
-    calls: list[int] = []
-    encode = cached.model.encode_documents
+    calls: list[tuple[str, int]] = []
+    for name in ("encode_documents", "score_and_encode"):
+        method = getattr(cached.model, name)
 
-    def counting(d_ids, d_lengths):  # type: ignore[no-untyped-def]
-        calls.append(len(d_ids))
-        return encode(d_ids, d_lengths)
+        def counting(*args, _name=name, _method=method):  # type: ignore[no-untyped-def]
+            calls.append((_name, len(args[2 if _name == "score_and_encode" else 0])))
+            return _method(*args)
 
-    cached.model.encode_documents = counting  # type: ignore[method-assign]
+        setattr(cached.model, name, counting)
     query = PAIRS[0][0]
     want = plain.rank(query, DOCS)
     got = cached.rank(query, DOCS)
     assert [i for i, _ in got] == [i for i, _ in want]
     np.testing.assert_allclose([p for _, p in got], [p for _, p in want], atol=1e-6, rtol=0)
-    assert sum(calls) == len(DOCS) and cached.document_cache["misses"] == len(DOCS)  # type: ignore[index]
+    # the new documents' states came from the pass that scored them: no separate encoding
+    assert {n for n, _ in calls} == {"score_and_encode"} and sum(k for _, k in calls) == len(DOCS)
+    assert cached.document_cache["misses"] == cached.document_cache["documents"] == len(DOCS)  # type: ignore[index]
     calls.clear()
     again = cached.rank(PAIRS[1][0], DOCS[::-1])  # other query, same documents: nothing encoded again
     assert calls == [] and cached.document_cache["hits"] == len(DOCS)  # type: ignore[index]
+    mixed = [*DOCS[:5], "一个新的文档", "另一个新的"]  # held and new documents in one call
+    np.testing.assert_allclose([p for _, p in cached.rank(query, mixed)], [p for _, p in plain.rank(query, mixed)],
+                               atol=1e-6, rtol=0)
+    assert sum(k for _, k in calls) == 2 and cached.document_cache["documents"] == len(DOCS) + 2  # type: ignore[index]
     np.testing.assert_allclose([p for _, p in again], [p for _, p in plain.rank(PAIRS[1][0], DOCS[::-1])],
                                atol=1e-6, rtol=0)
     np.testing.assert_allclose(cached.score(PAIRS), plain.score(PAIRS), atol=1e-6, rtol=0)  # many queries

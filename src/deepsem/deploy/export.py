@@ -12,10 +12,10 @@ recommender     ``user`` (FILE)        ``history`` (B, T) item rows (catalogue p
                                        [, ``features`` (B, F)] -> ``user_vector`` (B, dim); the item vectors in
                                        FILE.items.npy and their ids in FILE.items.json
 rerank          ``reranker`` (FILE)    ``query_ids`` (B or 1, Tq), ``query_lengths``, ``doc_ids`` (B, Td),
-                                       ``doc_lengths`` -> ``logits``, ``probabilities`` (B,); one query row
-                                       goes with every document
-                ``documents``          ``doc_ids``, ``doc_lengths`` -> ``doc_states`` (B, Td, 2H): the
-                (FILE.documents.onnx)  documents' encoder states, which do not depend on the query
+                                       ``doc_lengths`` -> ``logits``, ``probabilities`` (B,), ``doc_states``
+                                       (B, Td, 2H); one query row goes with every document
+                ``documents``          ``doc_ids``, ``doc_lengths`` -> ``doc_states``: the documents' encoder
+                (FILE.documents.onnx)  states, which do not depend on the query
                 ``encoded``            ``reranker``'s inputs and ``doc_states`` -> ``logits``,
                 (FILE.encoded.onnx)    ``probabilities``: re-ranking documents whose states were computed
                                        earlier (a third less work; deepsem keeps them in a cache)
@@ -129,9 +129,11 @@ def _rerank_parts(model: CrossEncoderModel) -> dict[str, Graph]:
             g.output(model.onnx_documents(g, d_ids, d_len), "doc_states", "float", states)
         else:
             d_states = g.input("doc_states", "float", states) if part == "encoded" else None
-            logits = model.onnx(g, q_ids, q_len, d_ids, d_len, d_states)
+            logits, encoded = model.onnx(g, q_ids, q_len, d_ids, d_len, d_states)
             g.output(logits, "logits", "float", ["batch"])
             g.output(g.op("Sigmoid", logits), "probabilities", "float", ["batch"])
+            if part == "reranker":  # what the document cache keeps of the documents it has not met before
+                g.output(encoded, "doc_states", "float", states)
         parts[part] = g
     return parts
 

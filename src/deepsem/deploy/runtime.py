@@ -46,6 +46,7 @@ class OnnxRunner:
             raise ModelFileError(f"{where}not an ONNX model onnxruntime can run ({exc})") from None
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})
@@ -53,7 +54,8 @@ class OnnxRunner:
 
 def runners(held: Any, path: str | os.PathLike[str] | None = None) -> dict[str, OnnxRunner]:
     """Sessions for every part of ``held`` (a loaded model): from the files ``deepsem export`` wrote at ``path``
-    (each checked to come from these very weights), or exported in memory when ``path`` is None."""
+    (each checked to come from these very weights; an optional part not there is left out), or exported in memory
+    when ``path`` is None."""
     if path is None:
         return {part: OnnxRunner(m.SerializeToString()) for part, m in onnx_models(held).items()}
     net = getattr(held, "model", held)

@@ -101,6 +101,11 @@ class CrossEncoderModel(nn.Module):
         """The logits of embedded queries ``(B, Tq, E)`` and documents ``(B, Td, E)`` (everything after the lookup;
         the ids only for the ``exact_match`` flags); ``encoded``: ``d`` holds the documents' encoder states
         ``(B, Td, 2H)`` (:meth:`encode_documents`) instead of their embeddings."""
+        return self._interact(q, q_len, d, d_len, q_ids, d_ids, encoded)[0]
+
+    def _interact(self, q: Tensor, q_len: Tensor, d: Tensor, d_len: Tensor, q_ids: Tensor | None,
+                  d_ids: Tensor | None, encoded: bool) -> tuple[Tensor, Tensor]:
+        """:meth:`interact`'s logits and the documents' encoder states it read."""
         q_len, d_len = q_len.clamp(min=1), d_len.clamp(min=1)
         q_mask, d_mask = step_mask(q_len, q.shape[1]), step_mask(d_len, d.shape[1])
         if encoded:
@@ -124,7 +129,7 @@ class CrossEncoderModel(nn.Module):
         m_b = self.projection(self.dropout(torch.cat(enhanced_b, -1)))
         v_a, v_b = self._both(self.composition, m_a, q_len, m_b, d_len)
         pooled = torch.cat([mean_max(v_a, q_mask), mean_max(v_b, d_mask)], -1)
-        return self.mlp(self.dropout(pooled)).squeeze(-1)
+        return self.mlp(self.dropout(pooled)).squeeze(-1), b
 
     def forward(self, q_ids: Tensor, q_lengths: Tensor, d_ids: Tensor, d_lengths: Tensor,
                 d_states: Tensor | None = None) -> Tensor:
@@ -135,6 +140,14 @@ class CrossEncoderModel(nn.Module):
                                  encoded=True)
         return self.interact(embed(self.embedding(q_ids)), q_lengths, embed(self.embedding(d_ids)), d_lengths,
                              q_ids, d_ids)
+
+    def score_and_encode(self, q_ids: Tensor, q_lengths: Tensor, d_ids: Tensor,
+                         d_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward`'s logits and, from the same pass, the documents' encoder states (``(B, Td, 2H)``, what
+        :meth:`encode_documents` gives): a cache fills itself at no extra cost."""
+        embed = self.embedding_dropout
+        return self._interact(embed(self.embedding(q_ids)), q_lengths, embed(self.embedding(d_ids)), d_lengths,
+                              q_ids, d_ids, False)
 
     @staticmethod
     def _onnx_rnn(g: Graph, rnn: nn.Module, x: str, lengths: str) -> str:
@@ -150,10 +163,12 @@ class CrossEncoderModel(nn.Module):
         table = g.const(self.embedding.weight, "embedding")
         return self._onnx_encode(g, table, d_ids, g.op("Max", d_len, g.const(1, dtype=np.int64)))
 
-    def onnx(self, g: Graph, q_ids: str, q_len: str, d_ids: str, d_len: str, d_states: str | None = None) -> str:
+    def onnx(self, g: Graph, q_ids: str, q_len: str, d_ids: str, d_len: str,
+             d_states: str | None = None) -> tuple[str, str]:
         """:meth:`forward` in ONNX operators (:mod:`deepsem.nn.onnx`): logits ``(N,)`` of ``N`` documents against
-        ``N`` queries or one query (its rows broadcast to every document). Padded steps carry zeros, as run_rnn's.
-        ``d_states``: the documents' encoder states (:meth:`onnx_documents`) as an input, not computed here."""
+        ``N`` queries or one query (its rows broadcast to every document), and the documents' encoder states
+        ``(N, Td, 2H)`` (:meth:`score_and_encode`). Padded steps carry zeros, as run_rnn's. ``d_states``: those
+        states as an input (computed earlier, :meth:`onnx_documents`), not computed here."""
         one, n = g.const(1, dtype=np.int64), g.op("Shape", d_ids, start=0, end=1)
         q_len, d_len = g.op("Max", q_len, one), g.op("Max", d_len, one)
         q_mask, d_mask = g.positions_mask(q_len, g.steps_of(q_ids)), g.positions_mask(d_len, g.steps_of(d_ids))
@@ -206,4 +221,4 @@ class CrossEncoderModel(nn.Module):
                       mean_max(compose(b, b_tilde, flags[1], d_len), d_mask, d_len), axis=-1)
         hidden = g.op("Tanh", g.linear(pooled, cast(nn.Linear, self.mlp[0])))
         logits = g.linear(hidden, cast(nn.Linear, self.mlp[3]))
-        return g.op("Squeeze", logits, g.const([1]))
+        return g.op("Squeeze", logits, g.const([1])), b

@@ -35,9 +35,8 @@ def _entry_bytes(key: Key, states: np.ndarray) -> int:
 class DocumentStates:
     """Documents' encoder states by token ids, at most ``max_bytes`` in all, least recently used dropped first.
 
-    :meth:`get` returns each document's states, computing those not held with ``compute`` (called once, outside
-    the lock, with the missing documents' ids, each once) and keeping them. An entry larger than the whole budget
-    is returned but not kept."""
+    :meth:`lookup` gives what is held, :meth:`put` keeps more, :meth:`get` does both around a function that
+    computes what is missing. An entry larger than the whole budget is not kept."""
 
     def __init__(self, max_bytes: int) -> None:
         if max_bytes < 1:
@@ -57,30 +56,38 @@ class DocumentStates:
         """What the entries held now cost (arrays and keys, about)."""
         return self._bytes
 
-    def get(self, ids: Sequence[Sequence[int]],
-            compute: Callable[[list[Key]], Sequence[np.ndarray]]) -> list[np.ndarray]:
-        """The states of each document of ``ids`` (aligned with it)."""
-        keys = [tuple(int(t) for t in x) for x in ids]
-        found: dict[Key, np.ndarray] = {}
+    def lookup(self, keys: Sequence[Key]) -> list[np.ndarray | None]:
+        """The states held for each key (None where there are none), counted as hits and misses."""
         with self._lock:
-            for key in keys:
-                if key in found:
-                    continue
-                states = self._entries.get(key)
+            found = [self._entries.get(key) for key in keys]
+            for key, states in zip(keys, found, strict=True):
                 if states is not None:
                     self._entries.move_to_end(key)
-                    found[key] = states
-            missing = [key for key in dict.fromkeys(keys) if key not in found]
-            self.hits += len(keys) - sum(1 for key in keys if key not in found)
-            self.misses += sum(1 for key in keys if key not in found)
+            missing = sum(states is None for states in found)
+            self.hits += len(keys) - missing
+            self.misses += missing
+        return found
+
+    def put(self, keys: Sequence[Key], states: Sequence[np.ndarray]) -> None:
+        """Keep ``states[i]`` for ``keys[i]`` (the least recently used dropped while over the budget)."""
+        with self._lock:
+            for key, value in zip(keys, states, strict=True):
+                self._keep(key, value)
+
+    def get(self, ids: Sequence[Sequence[int]],
+            compute: Callable[[list[Key]], Sequence[np.ndarray]]) -> list[np.ndarray]:
+        """The states of each document of ``ids`` (aligned with it), those not held computed by ``compute`` (called
+        once, outside the lock, with the missing documents' ids, each once) and kept."""
+        keys = [tuple(int(t) for t in x) for x in ids]
+        held = self.lookup(keys)
+        found = {key: states for key, states in zip(keys, held, strict=True) if states is not None}
+        missing = list(dict.fromkeys(key for key, states in zip(keys, held, strict=True) if states is None))
         if missing:
             computed = compute(missing)
             if len(computed) != len(missing):
                 raise RuntimeError(f"{len(computed)} documents' states computed for {len(missing)} documents")
             found.update(zip(missing, computed, strict=True))
-            with self._lock:
-                for key in missing:
-                    self._keep(key, found[key])
+            self.put(missing, computed)
         return [found[key] for key in keys]
 
     def _keep(self, key: Key, states: np.ndarray) -> None:

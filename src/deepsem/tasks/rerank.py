@@ -145,39 +145,75 @@ class CrossEncoder(Backend, HasPrecision):
                       batch_size: int = 256) -> np.ndarray:
         """Logits ``(N,)`` float32 of aligned token ids, batched by length (the longer text of each pair), under
         ``torch.inference_mode``; the model's training mode is restored after. One query (``q_ids`` of length 1)
-        goes with every document and is encoded once. Batches are :func:`length_chunks` of at most ``batch_size``."""
+        goes with every document and is encoded once. Batches are :func:`length_chunks` of at most ``batch_size``.
+        With the document cache (:meth:`cache_documents`), documents it holds are scored from their states and the
+        others' states are kept from the same pass that scores them."""
         one = len(q_ids) == 1 and len(d_ids) != 1
         out = np.zeros(len(d_ids), np.float32)
         if not len(d_ids):
             return out
         if not one and len(q_ids) != len(d_ids):
             raise ValueError(f"{len(q_ids)} queries for {len(d_ids)} documents")
-        states = None if self._documents is None else self._documents.get(d_ids, self._document_states)
-        width = np.fromiter((max(len(q_ids[0 if one else i]), len(b)) for i, b in enumerate(d_ids)), np.int64,
-                            len(d_ids))
-        batches = ((rows, *_pad([q_ids[0]] if one else [q_ids[r] for r in rows]), *_pad([d_ids[r] for r in rows]))
-                   for rows in length_chunks(width, batch_size))
-        if self._onnx is not None:
-            runner = self._onnx["reranker" if states is None else "encoded"]
-            for rows, q, q_len, d, d_len in batches:
-                feeds = {"query_ids": q.numpy(), "query_lengths": q_len.numpy(), "doc_ids": d.numpy(),
-                         "doc_lengths": d_len.numpy()}
-                if states is not None:
-                    feeds["doc_states"] = _pad_states([states[r] for r in rows], d.shape[1])
-                out[rows] = runner.run(feeds)[0]
-            return out
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                for rows, q, q_len, d, d_len in batches:
-                    d_states = None if states is None else torch.from_numpy(
-                        _pad_states([states[r] for r in rows], d.shape[1]))
-                    with autocast(self.precision):  # fp32: no autocast at all
-                        out[rows] = self.model(q, q_len, d, d_len, d_states).float().numpy()
+                if self._documents is None:
+                    self._score(q_ids, d_ids, np.arange(len(d_ids)), one, batch_size, out)
+                    return out
+                keys = [tuple(x) for x in d_ids]
+                held = self._documents.lookup(keys)
+                known = np.array([i for i, x in enumerate(held) if x is not None], np.int64)
+                # few held: one pass over all (a second set of length chunks would cost more than it saves)
+                new = np.array([i for i, x in enumerate(held) if x is None or 2 * len(known) < len(keys)], np.int64)
+                if len(new):
+                    states = self._score(q_ids, d_ids, new, one, batch_size, out, keep=True)
+                    self._documents.put([keys[i] for i in new.tolist() if held[i] is None],
+                                        [x for i, x in zip(new.tolist(), states, strict=True) if held[i] is None])
+                if 2 * len(known) >= len(keys):
+                    self._score(q_ids, d_ids, known, one, batch_size, out, given=held)
+                return out
         finally:
             self.model.train(was_training)
-        return out
+
+    def _score(self, q_ids: Sequence[Sequence[int]], d_ids: Sequence[Sequence[int]], rows: np.ndarray, one: bool,
+               batch_size: int, out: np.ndarray, *, keep: bool = False,
+               given: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """The logits of the pairs ``rows`` into ``out[rows]``, in :func:`length_chunks`. ``given``: every
+        document's states (those of ``rows`` set), read instead of computed; ``keep``: return the states of the
+        documents of ``rows`` (in that order, each ``(max(len, 1), 2H)``)."""
+        width = np.fromiter((max(len(q_ids[0 if one else i]), len(d_ids[i])) for i in rows.tolist()), np.int64,
+                            len(rows))
+        kept: dict[int, np.ndarray] = {}
+        for chunk in length_chunks(width, batch_size):
+            picked = rows[chunk].tolist()
+            q, q_len = _pad([q_ids[0]] if one else [q_ids[i] for i in picked])
+            d, d_len = _pad([d_ids[i] for i in picked])
+            states = None if given is None else _pad_states([given[i] for i in picked], d.shape[1])
+            encoded: np.ndarray | None = None
+            if self._onnx is not None:
+                feeds = {"query_ids": q.numpy(), "query_lengths": q_len.numpy(), "doc_ids": d.numpy(),
+                         "doc_lengths": d_len.numpy()}
+                if states is not None:
+                    feeds["doc_states"] = states
+                found = self._onnx["reranker" if states is None else "encoded"].run(feeds)
+                logits = found[0]
+                if keep:
+                    encoded = found[2]
+            else:
+                with autocast(self.precision):  # fp32: no autocast at all
+                    if keep:
+                        scored, computed = self.model.score_and_encode(q, q_len, d, d_len)
+                        encoded = computed.float().numpy()
+                    else:
+                        scored = self.model(q, q_len, d, d_len, None if states is None else torch.from_numpy(states))
+                logits = scored.float().numpy()
+            out[rows[chunk]] = logits
+            if keep:
+                assert encoded is not None
+                for j, i in enumerate(picked):
+                    kept[i] = np.ascontiguousarray(encoded[j, : max(len(d_ids[i]), 1)], dtype=np.float32)
+        return [kept[i] for i in rows.tolist()] if keep else []
 
     # -- the document cache --------------------------------------------------------------------------------
     _documents: DocumentStates | None = None
@@ -195,7 +231,8 @@ class CrossEncoder(Backend, HasPrecision):
         if not max_mb:
             self._documents = None
             return self
-        if self._onnx is not None and not {"documents", "encoded"} <= self._onnx.keys():
+        if self._onnx is not None and not ({"documents", "encoded"} <= self._onnx.keys()
+                                           and "doc_states" in self._onnx["reranker"].output_names):
             raise ConfigError(f"{self._onnx_file}: exported without the document cache's graphs (documents, "
                               "encoded; an export of an earlier deepsem): export it again, or re-rank without the "
                               "cache")
