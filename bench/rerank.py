@@ -13,7 +13,9 @@ the weights, so without ``--model`` a model of the default size (:class:`deepsem
 data's text_a, candidates drawn at random from its text_b (seeded). Run it with the machine to itself.
 
 Every system answers each query in turn (the order rotating), so that a slower minute of the machine falls on all
-of them alike; ``ratio_p50`` is the median over queries of each system's time over the first system's.
+of them alike; ``ratio_p50`` is the median over queries of each system's time over the first system's. Each
+onnxruntime session has its own threads, which spin for a while after each run and slow the next session's run on
+2 cores: compare onnxruntime systems one per process (``--cached-only``, separate runs) for absolute times.
 ``--document-cache warm`` adds each backend with the re-ranker's document cache (``CrossEncoder.cache_documents``)
 filled before the first query (every document's states: what a service over a fixed corpus ends up with; its
 ``warm_seconds`` is what filling it took); ``cold`` with the cache empty at the start, filled as the queries meet
@@ -65,7 +67,7 @@ def systems(args: argparse.Namespace, model: CrossEncoder, workdir: Path,
     for name in args.backends:
         if name == "int8":
             export_onnx(model, workdir / "reranker-int8.onnx", quantize="int8")
-        for cache in ("", *args.document_cache):
+        for cache in ("",) * (not args.cached_only) + tuple(args.document_cache):
             system = model if name == "torch" and not cache else model.__class__(model.model, model.tokenizer,
                                                                                  model.info)
             if name != "torch":
@@ -165,6 +167,9 @@ def main() -> None:
                         "each backend with the re-ranker's document cache: warm (filled with every document first), "
                         "cold (empty at the start)")
     parser.add_argument("--cache-mb", type=float, default=512.0, help="the document cache's budget")
+    parser.add_argument("--cached-only", action="store_true", help="measure only the --document-cache systems "
+                        "(one per process: onnxruntime's per-session thread pools, spinning after each run, slow "
+                        "the other sessions of a process down)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
     result = run(args)

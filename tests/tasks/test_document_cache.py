@@ -155,6 +155,10 @@ def test_onnx_backends_with_the_cache(tiny_reranker: tuple[deepsem.CrossEncoder,
     cached = int8.score([(query, d) for d in DOCS])
     assert np.abs(cached - want).max() < 0.05 and np.abs(cached - uncached).max() < 0.05
     assert int8.document_cache["misses"] == len(DOCS)  # type: ignore[index]
+    # its sessions run in turn (new documents, then held ones): their threads do not spin between runs
+    for part in ("reranker", "documents", "encoded"):
+        options = int8._onnx[part].session.get_session_options()  # type: ignore[index]
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     int8.use_backend("torch")  # another backend: the states it computed are forgotten, the budget kept
     assert int8.document_cache == {"documents": 0, "mb": 0.0, "max_mb": 16.0, "hits": 0, "misses": 0}
     np.testing.assert_allclose(int8.score([(query, d) for d in DOCS]), want, atol=1e-6, rtol=0)

@@ -26,9 +26,15 @@ BACKENDS = ("torch", "onnx")
 
 
 class OnnxRunner:
-    """One onnxruntime session on the CPU, as many threads as torch uses (``torch.get_num_threads()``)."""
+    """One onnxruntime session on the CPU, as many threads as torch uses (``torch.get_num_threads()``).
 
-    def __init__(self, model: bytes | str | os.PathLike[str], threads: int | None = None) -> None:
+    ``spinning=False``: its threads sleep as soon as a run ends instead of spinning for the next one. Each session
+    has threads of its own (onnxruntime's Python binding has no pool shared between sessions), so a model that runs
+    several sessions one after another (the re-ranker with its document cache) would have one session's spinning
+    threads slow the next one's run down, twice as slow on 2 cores (bench/RESULTS.md)."""
+
+    def __init__(self, model: bytes | str | os.PathLike[str], threads: int | None = None,
+                 spinning: bool = True) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - the onnx extra is part of the test set-up
@@ -37,6 +43,8 @@ class OnnxRunner:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = model if isinstance(model, bytes) else os.fspath(model)
         try:
             self.session: onnxruntime.InferenceSession = ort.InferenceSession(
@@ -52,12 +60,12 @@ class OnnxRunner:
         return self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})
 
 
-def runners(held: Any, path: str | os.PathLike[str] | None = None) -> dict[str, OnnxRunner]:
+def runners(held: Any, path: str | os.PathLike[str] | None = None, spinning: bool = True) -> dict[str, OnnxRunner]:
     """Sessions for every part of ``held`` (a loaded model): from the files ``deepsem export`` wrote at ``path``
     (each checked to come from these very weights; an optional part not there is left out), or exported in memory
     when ``path`` is None."""
     if path is None:
-        return {part: OnnxRunner(m.SerializeToString()) for part, m in onnx_models(held).items()}
+        return {part: OnnxRunner(m.SerializeToString(), spinning=spinning) for part, m in onnx_models(held).items()}
     net = getattr(held, "model", held)
     parts, digest, out = part_names(net), weights_digest(net), Path(path)
     found: dict[str, OnnxRunner] = {}
@@ -67,7 +75,7 @@ def runners(held: Any, path: str | os.PathLike[str] | None = None) -> dict[str, 
             continue  # an export of an earlier deepsem: the model answers without that part
         if not file.is_file():
             raise ModelFileError(f"{file}: no such ONNX file (write it with deepsem export)")
-        runner = found[part] = OnnxRunner(file)
+        runner = found[part] = OnnxRunner(file, spinning=spinning)
         if runner.metadata.get("deepsem.part") != part:
             raise ModelFileError(f"{file}: holds part {runner.metadata.get('deepsem.part')!r}, expected {part!r}")
         if runner.metadata.get("deepsem.weights_sha256") != digest:
@@ -109,6 +117,8 @@ class Backend:
 
     _onnx: dict[str, OnnxRunner] | None = None
     _onnx_file: str | os.PathLike[str] | None = None
+    #: Whether the sessions' threads spin between runs (:class:`OnnxRunner`): off for a model that runs several.
+    _onnx_spinning = True
 
     @property
     def backend_options(self) -> dict[str, Any]:
@@ -127,6 +137,6 @@ class Backend:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend == "torch" and onnx is not None:
             raise ValueError("an ONNX file needs backend='onnx'")
-        self._onnx = runners(self, onnx) if backend == "onnx" else None
+        self._onnx = runners(self, onnx, self._onnx_spinning) if backend == "onnx" else None
         self._onnx_file = onnx
         return self

@@ -77,6 +77,11 @@ def _probabilities(logits: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
 
+#: The share of a call's documents the cache must hold for them to be scored from their states apart from the
+#: others (a second set of length chunks and session runs); below it every document goes through the full graph.
+SPLIT_SHARE = 0.75
+
+
 def _pad_states(states: Sequence[np.ndarray], steps: int) -> np.ndarray:
     """Documents' states (each ``(T_i, 2H)``) right-padded with zeros to ``(N, steps, 2H)`` float32."""
     out = np.zeros((len(states), steps, states[0].shape[1]), np.float32)
@@ -164,13 +169,13 @@ class CrossEncoder(Backend, HasPrecision):
                 keys = [tuple(x) for x in d_ids]
                 held = self._documents.lookup(keys)
                 known = np.array([i for i, x in enumerate(held) if x is not None], np.int64)
-                # few held: one pass over all (a second set of length chunks would cost more than it saves)
-                new = np.array([i for i, x in enumerate(held) if x is None or 2 * len(known) < len(keys)], np.int64)
+                split = len(known) >= SPLIT_SHARE * len(keys)  # else one pass over all: a second set of length
+                new = np.array([i for i, x in enumerate(held) if x is None or not split], np.int64)  # chunks costs more
                 if len(new):
                     states = self._score(q_ids, d_ids, new, one, batch_size, out, keep=True)
                     self._documents.put([keys[i] for i in new.tolist() if held[i] is None],
                                         [x for i, x in zip(new.tolist(), states, strict=True) if held[i] is None])
-                if 2 * len(known) >= len(keys):
+                if split:
                     self._score(q_ids, d_ids, known, one, batch_size, out, given=held)
                 return out
         finally:
@@ -217,6 +222,7 @@ class CrossEncoder(Backend, HasPrecision):
 
     # -- the document cache --------------------------------------------------------------------------------
     _documents: DocumentStates | None = None
+    _onnx_spinning = False  # the cache runs the reranker and encoded graphs in turn (OnnxRunner)
 
     def cache_documents(self, max_mb: float | None = DOCUMENT_CACHE_MB) -> CrossEncoder:
         """Keep the encoder states of the documents this model scores (:mod:`deepsem.tasks.document_cache`), at
