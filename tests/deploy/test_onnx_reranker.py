@@ -71,6 +71,11 @@ def test_an_export_of_an_earlier_deepsem_still_loads(exported: tuple[Path, Path,
     assert set(check_export(ce, old)) == {"reranker"}
     with pytest.raises(ConfigError, match=r"old\.onnx: exported without the document cache's graphs"):
         ce.cache_documents()
+    cached = deepsem.load(directory).cache_documents(8)
+    cached.score(PAIRS)
+    with pytest.raises(ConfigError, match="exported without the document cache's graphs"):
+        cached.use_backend("onnx", old)  # the torch states are not kept for another backend
+    assert cached.document_cache is None and cached.backend == "onnx"
 
 
 def test_serve_warns_and_re_ranks_without_the_cache_on_an_old_export(index_dir: Path, exported: tuple[Path, Path, Path],

@@ -114,10 +114,15 @@ def test_a_cached_cross_encoder_answers_as_without(tiny_reranker: tuple[deepsem.
     calls.clear()
     again = cached.rank(PAIRS[1][0], DOCS[::-1])  # other query, same documents: nothing encoded again
     assert calls == [] and cached.document_cache["hits"] == len(DOCS)  # type: ignore[index]
-    mixed = [*DOCS[:5], "一个新的文档", "另一个新的"]  # held and new documents in one call
-    np.testing.assert_allclose([p for _, p in cached.rank(query, mixed)], [p for _, p in plain.rank(query, mixed)],
-                               atol=1e-6, rtol=0)
-    assert sum(k for _, k in calls) == 2 and cached.document_cache["documents"] == len(DOCS) + 2  # type: ignore[index]
+    # held and new documents in one call: under three quarters held, all in one pass; from there, apart
+    new = [DOCS[0][::-1] + DOCS[k] for k in (1, 2, 3)]  # known characters, texts not met before
+    assert not set(new) & set(DOCS)
+    for mixed, passed in (([*DOCS[:5], *new[:2]], 7), ([*DOCS[:6], new[2]], 1)):
+        calls.clear()
+        np.testing.assert_allclose([p for _, p in cached.rank(query, mixed)],
+                                   [p for _, p in plain.rank(query, mixed)], atol=1e-6, rtol=0)
+        assert sum(k for _, k in calls) == passed
+    assert cached.document_cache["documents"] == len(DOCS) + 3  # type: ignore[index]
     np.testing.assert_allclose([p for _, p in again], [p for _, p in plain.rank(PAIRS[1][0], DOCS[::-1])],
                                atol=1e-6, rtol=0)
     np.testing.assert_allclose(cached.score(PAIRS), plain.score(PAIRS), atol=1e-6, rtol=0)  # many queries

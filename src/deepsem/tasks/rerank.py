@@ -261,9 +261,12 @@ class CrossEncoder(Backend, HasPrecision):
         return len(self._documents)
 
     def use_backend(self, backend: str = "torch", onnx: str | os.PathLike[str] | None = None) -> CrossEncoder:
+        """:meth:`Backend.use_backend`; a document cache starts empty on the new backend (states another backend
+        computed are not this one's), and a file set without the cache's graphs leaves it off (a ConfigError)."""
+        cache, self._documents = self._documents, None
         super().use_backend(backend, onnx)
-        if self._documents is not None:  # states another backend computed are not this one's
-            self.cache_documents(self._documents.max_bytes / 2**20)
+        if cache is not None:
+            self.cache_documents(cache.max_bytes / 2**20)
         return self
 
     def _document_states(self, ids: Sequence[Sequence[int]], batch_size: int = 256) -> list[np.ndarray]:
