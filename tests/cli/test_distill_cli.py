@@ -105,8 +105,27 @@ def test_rerank_train_distils_an_embedding_teacher(tmp_path: Path) -> None:
                                  str(teacher), "--no-progress"])
     assert result.exit_code != 0 and "candidate lists" in result.output
     result = runner.invoke(app, ["rerank", "train", str(train), "--out", str(tmp_path / "x"), "--teacher",
-                                 str(out), "--no-progress"])  # a cross-encoder is no embedding teacher
-    assert result.exit_code != 0 and "embedding teacher" in result.output
+                                 str(out), "--teacher", str(teacher), "--no-progress"])  # an ensemble of two kinds
+    assert result.exit_code == 2 and "ensemble of cross-encoders" in result.output
+    assert not (tmp_path / "x").exists()
     result = runner.invoke(app, ["rerank", "train", str(train), "--out", str(tmp_path / "x"), "--distill-weight", "3",
                                  "--no-progress"])  # a distillation setting without a teacher would do nothing
     assert result.exit_code != 0 and "need --teacher" in result.output and not (tmp_path / "x").exists()
+
+
+def test_rerank_train_distils_an_ensemble_of_rerankers(tmp_path: Path) -> None:
+    train = write_tsv(tmp_path / "pairs.tsv", make_pairs(80, 7))
+    small = ["--embedding-dim", "8", "--hidden", "8", "--epochs", "1", "--no-progress"]
+    teachers = []
+    for seed in ("1", "2"):
+        teachers.append(tmp_path / f"teacher{seed}")
+        result = runner.invoke(app, ["rerank", "train", str(train), "--out", str(teachers[-1]), "--seed", seed, *small])
+        assert result.exit_code == 0, result.output
+    out = tmp_path / "student"
+    result = runner.invoke(app, ["rerank", "train", str(train), "--out", str(out), "--teacher", str(teachers[0]),
+                                 "--teacher", str(teachers[1]), "--distill-weight", "2", *small])
+    assert result.exit_code == 0, result.output
+    assert "teacher scores:" in result.output  # one pair set (no candidate lists needed), each teacher's logits
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["distill"] == {
+        "teacher": [str(t) for t in teachers], "weight": 2.0, "temperature": 1.0}  # T 1: logits, not cosines
+    assert len(list((out / "training").glob("teacher_scores-*.npz"))) == 2

@@ -107,6 +107,26 @@ def test_load_with_the_onnx_backend_scores_as_torch(exported: tuple[Path, Path, 
     assert np.abs(quantized.score(PAIRS) - torch_ce.score(PAIRS)).max() < 0.05
 
 
+
+def test_the_onnx_backend_never_runs_nor_switches_the_torch_module(exported: tuple[Path, Path, Path],
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    directory, fp32, _ = exported
+    want = deepsem.load(directory).score(PAIRS)
+    for cache in (None, 64):
+        ce = deepsem.load(directory, backend="onnx", onnx=fp32).cache_documents(cache)
+        ce.model.train()  # a model left in training mode (say, by a caller's fine-tuning) stays so
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the torch module ran on the onnx backend")
+
+        monkeypatch.setattr(ce.model, "forward", refuse)
+        monkeypatch.setattr(ce.model, "train", refuse)
+        monkeypatch.setattr(ce.model, "eval", refuse)
+        for _ in range(2):  # the second time from the document cache, when there is one
+            np.testing.assert_allclose(ce.score(PAIRS), want, atol=1e-5, rtol=0)
+        assert ce.model.training
+        monkeypatch.undo()
+
 def test_a_file_of_other_weights_or_another_task_is_refused(exported: tuple[Path, Path, Path],
                                                            trained_model_dir: Path, tmp_path: Path):
     directory, fp32, _ = exported

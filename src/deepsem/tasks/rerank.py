@@ -36,7 +36,16 @@ from deepsem.losses.rerank import RerankLoss
 from deepsem.metrics import pair_metrics
 from deepsem.modeldir import TokenizerSize, read_model_dir, save_model_dir
 from deepsem.models.cross_encoder import CrossEncoderModel
-from deepsem.tasks.distill import DistillConfig, PairTeacher, check_embedding_teacher, embedding_identity
+from deepsem.tasks.distill import (
+    DistillConfig,
+    PairTeacher,
+    RerankerTeacher,
+    Teachers,
+    directory_identity,
+    embedding_identity,
+    reranker_teachers,
+    teacher_list,
+)
 from deepsem.tasks.document_cache import DOCUMENT_CACHE_MB, DocumentStates
 from deepsem.tasks.registry import Task, model_fields, register
 from deepsem.text import Tokenizer
@@ -62,13 +71,19 @@ LIST_NEGATIVES = 9
 PAD_SLACK = 1.5
 
 
-def _pad(ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
-    """Right-padded ids ``(N, T)`` int64 and lengths ``(N,)`` (T at least 1)."""
+def _pad_arrays(ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded ids ``(N, T)`` int64 and lengths ``(N,)`` (T at least 1), as numpy arrays."""
     lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
     width = max(int(lengths.max()) if len(ids) else 1, 1)
     matrix = np.zeros((len(ids), width), np.int64)
     for r, row in enumerate(ids):
         matrix[r, : len(row)] = row
+    return matrix, lengths
+
+
+def _pad(ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """:func:`_pad_arrays` as tensors."""
+    matrix, lengths = _pad_arrays(ids)
     return torch.from_numpy(matrix), torch.from_numpy(lengths)
 
 
@@ -159,27 +174,34 @@ class CrossEncoder(Backend, HasPrecision):
             return out
         if not one and len(q_ids) != len(d_ids):
             raise ValueError(f"{len(q_ids)} queries for {len(d_ids)} documents")
+        if self._onnx is not None:  # onnxruntime: the torch module is not run, its mode is not touched
+            return self._logits(q_ids, d_ids, one, batch_size, out)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                if self._documents is None:
-                    self._score(q_ids, d_ids, np.arange(len(d_ids)), one, batch_size, out)
-                    return out
-                keys = [tuple(x) for x in d_ids]
-                held = self._documents.lookup(keys)
-                known = np.array([i for i, x in enumerate(held) if x is not None], np.int64)
-                split = len(known) >= SPLIT_SHARE * len(keys)  # else one pass over all: a second set of length
-                new = np.array([i for i, x in enumerate(held) if x is None or not split], np.int64)  # chunks costs more
-                if len(new):
-                    states = self._score(q_ids, d_ids, new, one, batch_size, out, keep=True)
-                    self._documents.put([keys[i] for i in new.tolist() if held[i] is None],
-                                        [x for i, x in zip(new.tolist(), states, strict=True) if held[i] is None])
-                if split:
-                    self._score(q_ids, d_ids, known, one, batch_size, out, given=held)
-                return out
+                return self._logits(q_ids, d_ids, one, batch_size, out)
         finally:
             self.model.train(was_training)
+
+    def _logits(self, q_ids: Sequence[Sequence[int]], d_ids: Sequence[Sequence[int]], one: bool, batch_size: int,
+                out: np.ndarray) -> np.ndarray:
+        """:meth:`logits_of_ids` into ``out``, the model already in eval mode (or not run: onnxruntime)."""
+        if self._documents is None:
+            self._score(q_ids, d_ids, np.arange(len(d_ids)), one, batch_size, out)
+            return out
+        keys = [tuple(x) for x in d_ids]
+        held = self._documents.lookup(keys)
+        known = np.array([i for i, x in enumerate(held) if x is not None], np.int64)
+        split = len(known) >= SPLIT_SHARE * len(keys)  # else one pass over all: a second set of length chunks
+        new = np.array([i for i, x in enumerate(held) if x is None or not split], np.int64)  # costs more
+        if len(new):
+            states = self._score(q_ids, d_ids, new, one, batch_size, out, keep=True)
+            self._documents.put([keys[i] for i in new.tolist() if held[i] is None],
+                                [x for i, x in zip(new.tolist(), states, strict=True) if held[i] is None])
+        if split:
+            self._score(q_ids, d_ids, known, one, batch_size, out, given=held)
+        return out
 
     def _score(self, q_ids: Sequence[Sequence[int]], d_ids: Sequence[Sequence[int]], rows: np.ndarray, one: bool,
                batch_size: int, out: np.ndarray, *, keep: bool = False,
@@ -192,13 +214,12 @@ class CrossEncoder(Backend, HasPrecision):
         kept: dict[int, np.ndarray] = {}
         for chunk in length_chunks(width, batch_size):
             picked = rows[chunk].tolist()
-            q, q_len = _pad([q_ids[0]] if one else [q_ids[i] for i in picked])
-            d, d_len = _pad([d_ids[i] for i in picked])
+            q, q_len = _pad_arrays([q_ids[0]] if one else [q_ids[i] for i in picked])
+            d, d_len = _pad_arrays([d_ids[i] for i in picked])
             states = None if given is None else _pad_states([given[i] for i in picked], d.shape[1])
             encoded: np.ndarray | None = None
             if self._onnx is not None:
-                feeds = {"query_ids": q.numpy(), "query_lengths": q_len.numpy(), "doc_ids": d.numpy(),
-                         "doc_lengths": d_len.numpy()}
+                feeds = {"query_ids": q, "query_lengths": q_len, "doc_ids": d, "doc_lengths": d_len}
                 if states is not None:
                     feeds["doc_states"] = states
                 found = self._onnx["reranker" if states is None else "encoded"].run(feeds)
@@ -206,12 +227,14 @@ class CrossEncoder(Backend, HasPrecision):
                 if keep:
                     encoded = found[2]
             else:
+                tq, tq_len, td, td_len = (torch.from_numpy(x) for x in (q, q_len, d, d_len))
                 with autocast(self.precision):  # fp32: no autocast at all
                     if keep:
-                        scored, computed = self.model.score_and_encode(q, q_len, d, d_len)
+                        scored, computed = self.model.score_and_encode(tq, tq_len, td, td_len)
                         encoded = computed.float().numpy()
                     else:
-                        scored = self.model(q, q_len, d, d_len, None if states is None else torch.from_numpy(states))
+                        scored = self.model(tq, tq_len, td, td_len,
+                                            None if states is None else torch.from_numpy(states))
                 logits = scored.float().numpy()
             out[rows[chunk]] = logits
             if keep:
@@ -390,22 +413,23 @@ def evaluate_rerank(model: CrossEncoder, data: str | Path | TextPairs, *, thresh
 
 
 # -- training ---------------------------------------------------------------------------------------------------
-def _distill_config(teacher: str | Path | None,
-                    distill: DistillConfig | Mapping[str, Any] | None) -> DistillConfig | None:
-    """The settings of a distilled re-ranker run (None without a teacher), refused before any data is read."""
-    if teacher is None:
+def _distill_config(teacher: Teachers,
+                    distill: DistillConfig | Mapping[str, Any] | None) -> tuple[DistillConfig | None, list[str]]:
+    """The settings of a distilled re-ranker run (None without a teacher) and its cross-encoder teachers (``[]``:
+    none, or one embedding teacher), refused before any data is read."""
+    if not teacher_list(teacher):
         if distill is not None:
             raise ConfigError("distill settings need a teacher")
-        return None
-    check_embedding_teacher(teacher)
+        return None, []
+    cross = reranker_teachers(teacher)
     config = DistillConfig.of(distill)
     if config.score_loss != "kl":
         raise ConfigError(f"a re-ranker distils with score_loss 'kl' (its lists need not start with a positive), "
                           f"got {config.score_loss!r}")
-    return config
+    return config, cross
 
 
-def _teach(scorer: PairTeacher, queries: np.ndarray, docs: np.ndarray,
+def _teach(scorer: PairTeacher | RerankerTeacher, queries: np.ndarray, docs: np.ndarray,
            valid: np.ndarray | None = None) -> dict[str, Tensor]:
     """A batch's teacher scores and candidate lists: its rows as given (``valid`` ``(Q, 1 + k)``: listwise rows),
     or grouped by query (labelled rows), lists of one document left out (nothing to order)."""
@@ -444,7 +468,7 @@ def train_rerank(
     device: str | torch.device | None = None,
     pretrained: str | Path | None = None,
     freeze_embeddings: bool = False,
-    teacher: str | Path | None = None,
+    teacher: Teachers = None,
     distill: DistillConfig | Mapping[str, Any] | None = None,
 ) -> tuple[CrossEncoder, TrainResult]:
     """Train a cross-encoder on pairs and save the best model (by dev score) to ``out``.
@@ -467,11 +491,18 @@ def train_rerank(
     (:class:`~deepsem.tasks.distill.PairTeacher`). Labelled pairs must hold candidate lists (several documents per
     query, as answer selection has); a step then takes whole lists (:func:`~deepsem.data.batches.list_batches`).
     Positive-only pairs: the teacher scores each query's list of in-batch documents.
+
+    ``teacher`` may instead be a cross-encoder directory, or several (an ensemble: the mean of their logits): a
+    smaller or faster re-ranker learns a larger one's scores. Labelled pairs: beside BCE on the labels, the KL
+    between the two Bernoullis of each pair, sigmoid(teacher logit / T) and sigmoid(logit / T), times T²
+    (Hinton's soft targets), weighted ``distill.weight``; the teachers' logits of the training pairs are computed
+    once and cached in the run directory (one file per teacher). Positive-only pairs: the KL of each candidate
+    list's softmaxes, as above, the teachers scoring each batch's lists as it is drawn.
     """
     t0 = time.perf_counter()
     cfg = training_config(training)
     check_precision(cfg.precision, device or "cpu")  # before any data is read
-    distill_cfg = _distill_config(teacher, distill)
+    distill_cfg, cross = _distill_config(teacher, distill)
     train_pairs = as_pairs(data, columns, skip_bad_rows, label_map, binary=True)
     dev_pairs = as_pairs(dev, columns, skip_bad_rows, label_map) if dev is not None else None
     source = str(data) if isinstance(data, str | Path) else "training pairs"
@@ -482,7 +513,7 @@ def train_rerank(
         raise DataError(source, None, "label", "every pair is labelled 0: a re-ranker needs relevant pairs")
     if not labelled and cfg.num_negatives < 1:
         raise ConfigError("positive-only pairs train against num_negatives >= 1 documents of other pairs")
-    if teacher is not None and labelled and not has_candidate_lists(train_pairs):
+    if distill_cfg is not None and not cross and labelled and not has_candidate_lists(train_pairs):
         raise DataError(source, None, "text_a", "distilling a teacher into a re-ranker needs candidate lists "
                         "(several documents per query, as answer selection has) or positive-only pairs: here "
                         "most queries have one document, so no list to learn the teacher's order from")
@@ -505,8 +536,9 @@ def train_rerank(
         tokenizer=tokenizer_fingerprint(tokenizer, tokenizer_options), model=settings,
         task={"rerank": "labelled" if labelled else "listwise", "dev_metric": metric,
               **({} if pretrained is None else {"pretrained": str(pretrained), "frozen": freeze_embeddings}),
-              **({} if teacher is None or distill_cfg is None else {"distill": {
-                  "teacher": embedding_identity(teacher), "weight": distill_cfg.weight,
+              **({} if distill_cfg is None else {"distill": {
+                  "teacher": ([directory_identity(t) for t in cross] if cross
+                              else embedding_identity(teacher_list(teacher)[0])), "weight": distill_cfg.weight,
                   "temperature": distill_cfg.temperature}})})
     run_path = Path(run_dir) if run_dir is not None else Path(out) / "training"
 
@@ -525,7 +557,14 @@ def train_rerank(
         targets = None if not labelled else torch.from_numpy(np.asarray(train_pairs.labels, np.float32) > 0.5)
         negatives_rng = np.random.default_rng([cfg.seed, 11])
         k = cfg.num_negatives
-        scorer = None if teacher is None else PairTeacher(teacher, unique, a_key, b_key, run_path)
+        scorer: PairTeacher | RerankerTeacher | None = None
+        soft: Tensor | None = None  # the cross-encoder teachers' logit of each labelled training pair
+        if cross:
+            scorer = RerankerTeacher(cross, unique, run_path)
+            if labelled:
+                soft = torch.from_numpy(scorer.precompute(a_key, b_key))
+        elif distill_cfg is not None:
+            scorer = PairTeacher(teacher_list(teacher)[0], unique, a_key, b_key, run_path)
 
         def pad_pairs(qk: np.ndarray, dk: np.ndarray) -> dict[str, Tensor]:
             q, q_len = _pad([table[i] for i in qk])
@@ -535,6 +574,8 @@ def train_rerank(
         def collate(rows: np.ndarray) -> dict[str, Tensor]:
             if targets is not None:
                 batch = {**pad_pairs(a_key[rows], b_key[rows]), "targets": targets[rows].float()}
+                if soft is not None:
+                    return {**batch, "teacher_logits": soft[rows]}
                 return batch if scorer is None else {**batch, **_teach(scorer, a_key[rows], b_key[rows])}
             n = len(rows)
             others = negatives_rng.integers(0, max(n - 1, 1), size=(n, k))
@@ -552,8 +593,9 @@ def train_rerank(
 
         info: dict[str, Any] = {"training": cfg.to_dict(), "train_pairs": len(train_pairs.text_a),
                                 "objective": "bce" if labelled else f"listwise, {k} in-batch negatives"}
-        if teacher is not None and distill_cfg is not None:
-            info["distill"] = {"teacher": str(teacher), "weight": distill_cfg.weight,
+        if distill_cfg is not None:
+            named = [str(t) for t in teacher_list(teacher)]
+            info["distill"] = {"teacher": named[0] if len(named) == 1 else named, "weight": distill_cfg.weight,
                                "temperature": distill_cfg.temperature}
         if pretrained is not None:
             from deepsem.embeddings import pretrained_embeddings
@@ -567,7 +609,7 @@ def train_rerank(
                 info["dev_metrics"] = metrics
             ce.info = dict(info)
 
-        by_list = scorer is not None and labelled  # whole candidate lists a step: the teacher orders each
+        by_list = scorer is not None and labelled and soft is None  # whole candidate lists: the teacher orders each
         return TrainingPlan(
             wrapper=ce, loss=RerankLoss(net, *(() if distill_cfg is None else (distill_cfg.weight,
                                                                                distill_cfg.temperature))),
