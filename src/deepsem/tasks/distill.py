@@ -625,7 +625,7 @@ class RerankerTeacher:
     """Cross-encoder teachers' logit of any (query, document) of a set of texts (an ensemble's: the mean of its
     teachers'): what a smaller re-ranker learns beside its labels. :meth:`precompute` scores given rows once into a
     cache per teacher in ``run_dir`` (:func:`teacher_logits`: resumable, so a repeated run never calls a teacher
-    for a pair it scored); :meth:`scores` computes any other pair when it is asked for (each pair once)."""
+    for a pair it scored); :meth:`scores` computes any other pair when it is asked for."""
 
     def __init__(self, teachers: Sequence[str | Path], texts: Sequence[str], run_dir: Path) -> None:
         from deepsem.tasks.rerank import CrossEncoder
