@@ -79,6 +79,9 @@ def test_threads_share_it_safely() -> None:
             for key, got in zip(keys, cache.get(keys, lambda ks: [states_of(k) for k in ks]), strict=True):
                 if not np.array_equal(got, states_of(key)):
                     wrong.append(key)
+            texts = ["".join(chr(97 + t) for t in key) for key in keys]  # the text -> ids map, shared too
+            ids = cache.token_ids(texts, lambda ts: [[ord(c) - 97 for c in t] for t in ts])
+            wrong.extend(key for key, got in zip(keys, ids, strict=True) if got != key)
 
     threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
     for t in threads:
@@ -89,6 +92,55 @@ def test_threads_share_it_safely() -> None:
     held = list(cache._entries.items())
     assert cache.bytes == sum(entry(k) for k, _ in held) <= cache.max_bytes
     assert cache.hits + cache.misses == 4 * 300 * 5
+
+
+def test_token_ids_are_remembered_by_text_within_their_own_bound() -> None:
+    from deepsem.tasks.document_cache import BYTES_PER_TEXT
+
+    cache = DocumentStates(3 * BYTES_PER_TEXT)  # three texts
+    assert cache.max_texts == 3
+    calls: list[list[str]] = []
+
+    def encode(texts: list[str]) -> list[list[int]]:  # an independent tokenizer: each character's code point
+        calls.append(list(texts))
+        return [[ord(c) for c in t] for t in texts]
+
+    assert cache.token_ids(["ab", "c", "ab"], encode) == [(97, 98), (99,), (97, 98)]
+    assert calls == [["ab", "c"]]  # each missing text once
+    assert cache.token_ids(["c", "ab"], encode) == [(99,), (97, 98)] and len(calls) == 1  # remembered
+    cache.token_ids(["d"], encode)  # three held; "ab" was used last but one, "c" before it
+    cache.token_ids(["ab"], encode)
+    cache.token_ids(["e"], encode)  # over the bound: "c", the least recently used, goes
+    calls.clear()
+    assert cache.token_ids(["ab", "d", "e"], encode) == [(97, 98), (100,), (101,)] and calls == []
+    assert cache.token_ids(["c"], encode) == [(99,)] and calls == [["c"]]
+    assert cache.stats()["documents"] == 0  # texts are not documents' states: the counts are the states'
+    cache.clear()
+    calls.clear()
+    cache.token_ids(["ab"], encode)
+    assert calls == [["ab"]]
+
+
+def test_a_cached_cross_encoder_tokenizes_a_document_met_again_not_again(
+        tiny_reranker: tuple[deepsem.CrossEncoder, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, directory = tiny_reranker
+    ce = deepsem.load(directory).cache_documents(16)
+    want = deepsem.load(directory).rank(PAIRS[0][0], DOCS[:12])
+    seen: list[str] = []
+    original = ce.tokenizer.encode_batch
+    monkeypatch.setattr(ce.tokenizer, "encode_batch", lambda texts: seen.extend(texts) or original(texts))
+    first = ce.rank(PAIRS[0][0], DOCS[:12])
+    assert [i for i, _ in first] == [i for i, _ in want]
+    np.testing.assert_allclose([p for _, p in first], [p for _, p in want], atol=1e-6)
+    assert sorted(seen) == sorted([PAIRS[0][0], *DOCS[:12]])
+    seen.clear()
+    got = ce.rank(PAIRS[1][0], DOCS[:12])  # the same documents: only the new query is tokenized
+    assert seen == [PAIRS[1][0]]
+    np.testing.assert_allclose([p for _, p in got], [p for _, p in deepsem.load(directory).rank(PAIRS[1][0],
+                                                                                              DOCS[:12])], atol=1e-6)
+    seen.clear()
+    ce.score([(PAIRS[2][0], DOCS[0]), (PAIRS[3][0], DOCS[20])])  # score() reads the same map
+    assert sorted(seen) == sorted([PAIRS[2][0], PAIRS[3][0], DOCS[20]])
 
 
 def test_a_cached_cross_encoder_answers_as_without(tiny_reranker: tuple[deepsem.CrossEncoder, Path]) -> None:

@@ -278,7 +278,7 @@ class CrossEncoder(Backend, HasPrecision):
         index, as far as the cache holds them); returns how many it holds now. Needs :meth:`cache_documents`."""
         if self._documents is None:
             raise ValueError("encode_documents fills the document cache: call cache_documents() first")
-        ids = self.tokenizer.encode_batch(list(docs))
+        ids = self._document_ids(list(docs))
         for start in range(0, len(ids), batch_size * 16):
             self._documents.get(ids[start : start + batch_size * 16], self._document_states)
         return len(self._documents)
@@ -317,9 +317,16 @@ class CrossEncoder(Backend, HasPrecision):
         pairs = list(pairs)
         if any(not isinstance(p, tuple | list) or len(p) != 2 for p in pairs):
             raise ValueError("score takes a list of (query, document) pairs")
-        encode = self.tokenizer.encode_batch
-        logits = self.logits_of_ids(encode([p[0] for p in pairs]), encode([p[1] for p in pairs]), batch_size)
+        logits = self.logits_of_ids(self.tokenizer.encode_batch([p[0] for p in pairs]),
+                                    self._document_ids([p[1] for p in pairs]), batch_size)
         return _probabilities(logits)
+
+    def _document_ids(self, docs: list[str]) -> Sequence[Sequence[int]]:
+        """The documents' token ids; with the document cache, remembered by text (a document met again is not
+        tokenized again: :meth:`DocumentStates.token_ids`)."""
+        if self._documents is None:
+            return self.tokenizer.encode_batch(docs)
+        return self._documents.token_ids(docs, self.tokenizer.encode_batch)
 
     def similarity(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         """:meth:`score` of aligned lists (query side a, document side b), as the two-tower models' evaluators ask."""
@@ -334,7 +341,7 @@ class CrossEncoder(Backend, HasPrecision):
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         ids = self.tokenizer.encode_batch([query])[0]
-        probs = _probabilities(self.logits_of_ids([ids], self.tokenizer.encode_batch(list(docs)), batch_size))
+        probs = _probabilities(self.logits_of_ids([ids], self._document_ids(list(docs)), batch_size))
         order = np.argsort(-probs, kind="stable")[:top_k]
         return [(int(i), float(probs[i])) for i in order]
 
