@@ -580,21 +580,30 @@ class Distillation:
                 valid[i, : 1 + len(negatives)] = True
                 docs[i][1 : 1 + len(negatives)] = negatives
         wanted = [(query_texts[i], docs[i][j]) for i, j in zip(*np.nonzero(valid), strict=True)]
-        scored = np.zeros(len(wanted), np.float64)
-        for spec in self.cross:
-            identity = directory_identity(spec)
-            # one teacher: the cache file of runs before ensembles; each of several: its own file, so that an
-            # ensemble with a teacher more or less than an earlier one's scores only what it has not scored yet
-            cache = run_dir / (SCORES_FILE if len(self.cross) == 1 else f"teacher_scores-{identity[:16]}.npz")
-            t0 = time.perf_counter()
-            scored += teacher_logits(CrossEncoder.load(spec), wanted, cache, identity=identity, write=write,
-                                     progress=_report("teacher scores"))
-            print(f"teacher scores: {len(wanted):,} pairs of {spec} ({time.perf_counter() - t0:.0f} s; cached in "
-                  f"{cache})")
+        # one teacher: the cache file of runs before ensembles
         logits = np.zeros((n, 1 + k), np.float32)
-        logits[valid] = scored / len(self.cross)
+        logits[valid] = ensemble_logits(self.cross, [CrossEncoder.load(spec) for spec in self.cross], wanted,
+                                        run_dir, write=write, single_file=len(self.cross) == 1)
         rows = table.add([d for row in docs for d in row[1:]]).reshape(n, k)
         return {"candidates": rows, "logits": logits, "valid": valid}
+
+
+def ensemble_logits(specs: Sequence[str], models: Sequence[CrossEncoder], pairs: Sequence[tuple[str, str]],
+                    run_dir: Path, *, write: bool = True, single_file: bool = False) -> np.ndarray:
+    """``(N,)`` float32: the mean of the cross-encoders' logits of ``pairs`` (``models``, loaded from ``specs``), each
+    teacher's read from or written to its cache in ``run_dir`` (:func:`teacher_logits`): a file per teacher, named by
+    its identity, so that an ensemble with a teacher more or less than an earlier one's scores only what it has not
+    scored yet; ``single_file``: :data:`SCORES_FILE` (a two-tower run with one teacher, as before ensembles)."""
+    total = np.zeros(len(pairs), np.float64)
+    for spec, model in zip(specs, models, strict=True):
+        identity = directory_identity(spec)
+        cache = run_dir / (SCORES_FILE if single_file else f"teacher_scores-{identity[:16]}.npz")
+        t0 = time.perf_counter()
+        total += teacher_logits(model, pairs, cache, identity=identity, write=write,
+                                progress=_report("teacher scores"))
+        print(f"teacher scores: {len(pairs):,} pairs of {spec} ({time.perf_counter() - t0:.0f} s; cached in "
+              f"{cache})", flush=True)
+    return (total / len(models)).astype(np.float32)
 
 
 def _report(what: str) -> Callable[[int, int], None]:
@@ -631,7 +640,6 @@ class RerankerTeacher:
         from deepsem.tasks.rerank import CrossEncoder
 
         self.specs = [str(t) for t in teachers]
-        self.identities = [directory_identity(t) for t in self.specs]
         self.models = [CrossEncoder.load(t) for t in self.specs]
         self.texts, self.run_dir = texts, run_dir
         self._known: dict[tuple[int, int], float] = {}
@@ -640,15 +648,7 @@ class RerankerTeacher:
         """``(N,)`` float32 logits of every (``queries[i]``, ``docs[i]``), rows of ``texts``, read from or written to
         each teacher's cache in ``run_dir``; they are also kept for :meth:`scores`."""
         pairs = [(self.texts[q], self.texts[d]) for q, d in zip(queries.tolist(), docs.tolist(), strict=True)]
-        total = np.zeros(len(pairs), np.float64)
-        for spec, identity, model in zip(self.specs, self.identities, self.models, strict=True):
-            cache = self.run_dir / f"teacher_scores-{identity[:16]}.npz"
-            t0 = time.perf_counter()
-            total += teacher_logits(model, pairs, cache, identity=identity, write=write,
-                                    progress=_report("teacher scores"))
-            print(f"teacher scores: {len(pairs):,} pairs of {spec} ({time.perf_counter() - t0:.0f} s; cached in "
-                  f"{cache})", flush=True)
-        logits = (total / len(self.models)).astype(np.float32)
+        logits = ensemble_logits(self.specs, self.models, pairs, self.run_dir, write=write)
         self._known.update(zip(zip(queries.tolist(), docs.tolist(), strict=True), logits.tolist(), strict=True))
         return logits
 
