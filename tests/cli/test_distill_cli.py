@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import deepsem
 from deepsem.cli import app
-from deepsem.tasks.distill import load_vectors, text_key
+from deepsem.tasks.distill import load_vectors, pair_key, text_key
 
 runner = CliRunner()
 TINY = ["--embedding-dim", "12", "--hidden", "12", "--dim", "12", "--batch-size", "32", "--lr", "0.01",
@@ -81,6 +81,20 @@ def test_train_from_a_cross_encoder_teacher(tmp_path: Path) -> None:
                                            "candidates": 2, "vector_weight": 1.0, "extra_batch": None}
     bad = runner.invoke(app, ["train", str(train), "--out", str(tmp_path / "x"), "--teacher", str(tmp_path), *TINY])
     assert bad.exit_code != 0 and "not a model directory" in bad.output
+
+    out = tmp_path / "pairs"  # both terms: each pair's probability beside each list's order, one cache
+    result = runner.invoke(app, ["train", str(train), "--out", str(out), "--teacher", str(teacher),
+                                 "--distill-pair-weight", "2", "--distill-candidates", "2", *TINY])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["distill"]["config"]["pair_weight"] == 2.0 and config["distill"]["config"]["weight"] == 1.0
+    with np.load(out / "training" / "teacher_scores.npz") as saved:  # every labelled pair, and the lists' others
+        keys = {row.tobytes() for row in saved["keys"]}
+    labelled = {pair_key(a, b) for a, b, _ in make_pairs(100, 1)}
+    assert labelled <= keys and len(keys) > len(labelled)
+    bad = runner.invoke(app, ["train", str(train), "--out", str(tmp_path / "x"), "--distill-pair-weight", "1",
+                              *TINY])
+    assert bad.exit_code != 0 and "'pair_weight' is for a cross-encoder teacher" in bad.output
 
 
 def test_rerank_train_distils_an_embedding_teacher(tmp_path: Path) -> None:

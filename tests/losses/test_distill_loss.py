@@ -199,3 +199,39 @@ def test_the_relation_term_reads_the_batchs_own_vectors_where_the_teacher_has_on
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="relation_temperature"):
         DistillLoss(net, TrainConfig(), relation_weight=1.0, relation_temperature=0.0, teacher_dim=7)
+
+
+def test_the_pair_term_is_torch_distributions_kl_of_each_pairs_two_bernoullis() -> None:
+    from torch.distributions import Bernoulli, kl_divergence
+
+    net = tiny_model(dim=5)
+    with torch.no_grad():  # not the initial scale and offset: the term must read the model's own
+        net.log_gamma.fill_(math.log(6.0))
+        net.bias.fill_(-0.7)
+    batch = batch_of()
+    del batch["c_teacher"], batch["c_valid"], batch["c_ids"], batch["c_len"]
+    batch["p_teacher"] = torch.tensor([2.5, -1.0, 0.3, 4.0])  # every pair's, the label-0 pair's too
+    q = net.encode(batch["q_ids"], batch["q_len"], "query")
+    d = net.encode(batch["d_ids"], batch["d_len"], "doc")
+    student = net.gamma * (q * d).sum(-1) + net.bias  # the pointwise loss's logit of each pair
+    pair = MatchingLoss(net, TrainConfig())(batch)
+    for t in (1.0, 2.0):
+        total = DistillLoss(net, TrainConfig(), pair_weight=0.4, temperature=t)(batch)
+        kl = kl_divergence(Bernoulli(logits=batch["p_teacher"] / t), Bernoulli(logits=student / t)).mean()
+        assert kl.item() > 0
+        assert total.item() == pytest.approx((pair + 0.4 * t * t * kl).item(), rel=1e-5)
+    # weight 0, or no teacher logits in the batch: the pair loss alone
+    assert DistillLoss(net, TrainConfig(), pair_weight=0.0)(batch).item() == pytest.approx(pair.item(), rel=1e-6)
+    del batch["p_teacher"]
+    assert DistillLoss(net, TrainConfig(), pair_weight=1.0)(batch).item() == pytest.approx(pair.item(), rel=1e-6)
+
+
+def test_the_pair_term_trains_the_scale_and_offset_the_pointwise_loss_uses() -> None:
+    net = tiny_model(dim=5)
+    batch = batch_of()
+    del batch["c_teacher"], batch["c_valid"], batch["c_ids"], batch["c_len"]
+    batch["p_teacher"] = torch.tensor([2.5, -1.0, 0.3, 4.0])
+    loss = DistillLoss(net, TrainConfig(loss="softmax"), pair_weight=1.0)  # no pointwise term of its own
+    loss(batch).backward()
+    assert net.bias.grad is not None and float(net.bias.grad.abs()) > 0
+    assert net.log_gamma.grad is not None and float(net.log_gamma.grad.abs()) > 0

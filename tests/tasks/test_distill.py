@@ -458,6 +458,71 @@ def test_a_reranker_learns_its_reranker_teachers_probability_of_each_pair(
     assert got < before / 2, (got, before)
 
 
+
+def pair_probabilities(model: SemanticModel, text_a: Sequence[str], text_b: Sequence[str]) -> np.ndarray:
+    """A two-tower model's probability of each pair, sigma(gamma cos + bias): its pointwise loss's."""
+    net = model.model
+    cos = np.sum(model.encode(list(text_a)) * model.encode(list(text_b), side="doc"), axis=1)
+    return 1 / (1 + np.exp(-(float(net.gamma.detach()) * cos + float(net.bias.detach()))))
+
+
+def length_teacher(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every cross-encoder made a teacher that grades pairs by a rule the labels do not carry, 3 - 1.5 |len(a) -
+    len(b)|; the number of pairs each call scores."""
+    calls: list[int] = []
+
+    def graded(self: CrossEncoder, q_ids: Sequence[Sequence[int]], d_ids: Sequence[Sequence[int]],
+               batch_size: int = 256) -> np.ndarray:
+        calls.append(len(d_ids))
+        return np.asarray([3.0 - 1.5 * abs(len(q) - len(d)) for q, d in zip(q_ids, d_ids, strict=True)], np.float32)
+
+    monkeypatch.setattr(CrossEncoder, "logits_of_ids", graded)
+    return calls
+
+
+def test_a_two_tower_student_learns_its_teachers_probability_of_each_labelled_pair(
+        cross_dir: Path, cross_dir2: Path, data: tuple[Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from scipy.stats import spearmanr
+
+    pairs, dev = as_pairs(data[0]), as_pairs(data[1])
+    training = {**TINY_TRAINING, "epochs": 4}
+    plain, _ = deepsem.train(data[0], tmp_path / "plain", model=TINY_MODEL, training=training, progress=False)
+    calls = length_teacher(monkeypatch)
+    distill = {"weight": 0.0, "pair_weight": 10.0}  # the pair term alone: no candidate lists are drawn
+    taught, _ = deepsem.train(data[0], tmp_path / "taught", model=TINY_MODEL, training=training, progress=False,
+                              teacher=[cross_dir, cross_dir2], distill=distill)
+    distinct = len(set(zip(pairs.text_a, pairs.text_b, strict=True)))
+    assert sum(calls) == 2 * distinct  # each teacher, each labelled pair (its label-0 ones too), once
+    assert taught.info["distill"]["config"]["pair_weight"] == 10.0
+    assert sorted(p.name for p in (tmp_path / "taught" / "training").glob("teacher_scores-*.npz")) == sorted(
+        f"teacher_scores-{directory_identity(d)[:16]}.npz" for d in (cross_dir, cross_dir2))
+    calls.clear()  # started over: the teachers' cached logits still serve
+    deepsem.train(data[0], tmp_path / "taught", model=TINY_MODEL, training={**training, "max_steps": 2},
+                  progress=False, resume=False, teacher=[cross_dir, cross_dir2], distill=distill)
+    assert calls == []
+    # the teacher's probability of held-out pairs, from its rule on the texts (one token a character)
+    want = 1 / (1 + np.exp(-np.asarray([3.0 - 1.5 * abs(len(a) - len(b))
+                                        for a, b in zip(dev.text_a, dev.text_b, strict=True)])))
+    got, before = (pair_probabilities(m, dev.text_a, dev.text_b) for m in (taught, plain))
+    assert np.abs(got - want).mean() < 0.75 * np.abs(before - want).mean()
+    assert spearmanr(got, want)[0] > spearmanr(before, want)[0] + 0.1
+
+
+def test_the_pair_term_needs_a_cross_encoder_teacher(tower_dir: Path, data: tuple[Path, Path],
+                                                     tmp_path: Path) -> None:
+    from deepsem.tasks.distill import DistillConfig
+
+    for teacher in (None, tower_dir):
+        with pytest.raises(ConfigError, match="'pair_weight' is for a cross-encoder teacher"):
+            deepsem.train(data[0], tmp_path / "m", teacher=teacher, distill={"pair_weight": 1.0}, progress=False)
+    with pytest.raises(ConfigError, match="'pair_weight' must be >= 0"):
+        deepsem.train(data[0], tmp_path / "m", distill={"pair_weight": -1.0}, progress=False)
+    assert not (tmp_path / "m").exists()
+    # off, the settings (and so an earlier run's fingerprint) are those of runs before the term existed
+    assert "pair_weight" not in DistillConfig().to_dict()
+    assert DistillConfig(pair_weight=0.5).to_dict()["pair_weight"] == 0.5
+
 def test_a_reranker_teacher_scores_positive_only_lists_as_they_are_drawn(
         cross_dir: Path, data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import deepsem.tasks.rerank as rerank_module

@@ -170,6 +170,10 @@ def train(
                               "loss.", callback=not_negative)] = 1.0,
     distill_temperature: Annotated[float, typer.Option(help="Temperature T dividing the teacher's logits.",
                                    callback=above_zero)] = 1.0,
+    distill_pair_weight: Annotated[float, typer.Option(help="Weight of the pair term of a cross-encoder teacher: "
+                                   "each labelled training pair's probability, sigma(gamma cos + bias), learns the "
+                                   "teacher's sigma(logit / T) (computed once with the lists, cached; 0: none).",
+                                   callback=not_negative)] = 0.0,
     distill_candidates: Annotated[int, typer.Option(help="Negatives K in each positive pair's candidate list.",
                                   min=1)] = 4,
     vector_weight: Annotated[float, typer.Option(help="Weight of the vector distillation term.",
@@ -230,7 +234,8 @@ def train(
         hard_negatives=hard_negatives, teacher=teacher, teacher_vectors=teacher_vectors, distill_texts=distill_texts,
         distill={"score_loss": distill_loss, "weight": distill_weight, "temperature": distill_temperature,
                  "candidates": distill_candidates, "vector_weight": vector_weight,
-                 "relation_weight": relation_weight, "relation_temperature": relation_temperature},
+                 "relation_weight": relation_weight, "relation_temperature": relation_temperature,
+                 "pair_weight": distill_pair_weight},
         corpus=corpus, ict_pairs_per_doc=ict_pairs_per_doc, simcse_share=simcse_share,
     )
     if os.environ.get("RANK", "0").strip() not in ("", "0"):  # torchrun: rank 0 reports, as only it writes

@@ -16,7 +16,13 @@ module here holding its model and computing its loss from the batch its task's c
 """
 
 from deepsem.losses.classification import ClassificationLoss
-from deepsem.losses.distill import DistillLoss, kl_distill_loss, margin_mse_loss, vector_mse_loss
+from deepsem.losses.distill import (
+    DistillLoss,
+    kl_distill_loss,
+    margin_mse_loss,
+    soft_target_loss,
+    vector_mse_loss,
+)
 from deepsem.losses.functional import (
     candidate_softmax_loss,
     classification_loss,
@@ -44,6 +50,7 @@ __all__ = [
     "margin_mse_loss",
     "negative_scores",
     "pointwise_loss",
+    "soft_target_loss",
     "softmax_loss",
     "vector_mse_loss",
 ]

@@ -15,7 +15,12 @@ Two teachers, two terms (either or both), each weighted beside :class:`~deepsem.
 - **relations** between the batch's texts, from the same vectors (relational, or in-batch, distillation): each
   query's distribution over the batch's documents, KL(softmax(teacher cos / T) || softmax(gamma * cos)) over the
   queries and documents that have a teacher vector (:func:`relation_loss`). The student's side is the pair loss's
-  own in-batch similarity matrix, so the term costs no forward pass, unlike the vector term.
+  own in-batch similarity matrix, so the term costs no forward pass, unlike the vector term;
+- **pair probabilities** of a cross-encoder for every labelled training pair (its negatives too): the student's
+  probability of the pair, sigma(gamma * cos + bias) as in its pointwise loss, learns the teacher's sigma(logit / T)
+  (:func:`soft_target_loss`, Hinton et al. 2015's soft targets). The score term teaches each query's order of its
+  candidates; this one the teacher's confidence in each pair, which is comparable across queries (what a pooled
+  measure such as ROC-AUC or Spearman over all pairs ranks). No forward pass either.
 """
 
 from __future__ import annotations
@@ -65,6 +70,16 @@ def margin_mse_loss(student: Tensor, teacher: Tensor, gamma: Tensor | float, tem
     return squared.sum() / keep.sum().clamp(min=1)
 
 
+def soft_target_loss(logits: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
+    """Mean over rows of T² KL(Bernoulli(sigmoid(teacher / T)) || Bernoulli(sigmoid(logits / T))): zero where the
+    two logits agree, whatever the labels."""
+    t = temperature
+    target = torch.sigmoid(teacher.float() / t)
+    kl = (F.binary_cross_entropy_with_logits(logits / t, target, reduction="none")
+          - F.binary_cross_entropy_with_logits(teacher.float() / t, target, reduction="none"))
+    return t * t * kl.mean()
+
+
 def vector_mse_loss(student: Tensor, teacher: Tensor) -> Tensor:
     """Mean over rows of the squared L2 distance ``||student - teacher||^2`` (``(N, D)`` each; 0 with no row)."""
     if not len(student):
@@ -102,7 +117,8 @@ class DistillLoss(nn.Module):
     logits (the positive first) and ``c_valid`` ``(P, 1 + K)``; for vectors: ``t_q``/``t_d`` ``(B, D)`` the teacher's
     vectors of the batch's queries / documents with ``t_q_mask``/``t_d_mask`` ``(B,)`` (True: one exists), and
     ``x_ids``/``x_len``/``t_x`` extra texts with theirs (the relation term, ``relation_weight`` > 0, reads ``t_q`` and
-    ``t_d`` too, at ``relation_temperature``). The queries' and documents' vectors are those the pair loss
+    ``t_d`` too, at ``relation_temperature``); for pair probabilities (``pair_weight`` > 0): ``p_teacher`` ``(B,)`` the
+    teacher's logit of each pair of the batch. The queries' and documents' vectors are those the pair loss
     computed (recorded, not encoded twice: the same dropout draws); the candidates and extra texts are encoded
     here, after it. ``teacher_dim``: the teacher vectors' width (a linear map is learnt when it is not the
     student's); None without vector distillation.
@@ -110,7 +126,7 @@ class DistillLoss(nn.Module):
 
     def __init__(self, model: TwoTowerModel, config: TrainConfig, *, score_loss: str = "kl", score_weight: float = 1.0,
                  temperature: float = 1.0, vector_weight: float = 1.0, teacher_dim: int | None = None,
-                 relation_weight: float = 0.0, relation_temperature: float = 0.05) -> None:
+                 relation_weight: float = 0.0, relation_temperature: float = 0.05, pair_weight: float = 0.0) -> None:
         super().__init__()
         if score_loss not in SCORE_LOSSES:
             raise ValueError(f"score_loss must be one of {', '.join(SCORE_LOSSES)}, got {score_loss!r}")
@@ -125,6 +141,7 @@ class DistillLoss(nn.Module):
         self.score_loss, self.score_weight, self.temperature = score_loss, score_weight, temperature
         self.vector_weight = vector_weight
         self.relation_weight, self.relation_temperature = relation_weight, relation_temperature
+        self.pair_weight = pair_weight
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         net = self.model.net
@@ -137,7 +154,16 @@ class DistillLoss(nn.Module):
             loss = loss + self.vector_weight * self.vector_term(batch, q, d)
         if "t_q" in batch and self.relation_weight:
             loss = loss + self.relation_weight * self.relation_term(batch, q, d)
+        if "p_teacher" in batch and self.pair_weight:
+            loss = loss + self.pair_weight * self.pair_term(batch, q, d)
         return loss
+
+    def pair_term(self, batch: dict[str, Tensor], q: Tensor, d: Tensor) -> Tensor:
+        """:func:`soft_target_loss` of every pair of the batch: the student's logit ``gamma * cos + bias`` (its
+        pointwise loss's) against the teacher's ``p_teacher``."""
+        net = self.model.net
+        logits = (q * d).sum(-1).float() * net.gamma + net.bias
+        return soft_target_loss(logits, batch["p_teacher"], self.temperature)
 
     def relation_term(self, batch: dict[str, Tensor], q: Tensor, d: Tensor) -> Tensor:
         """:func:`relation_loss` over the batch's queries and documents that have a teacher vector."""

